@@ -1,0 +1,10 @@
+//! `fleet-firmware`: the device side of fleet.
+//!
+//! `#![no_std]` and allocation-free. The `std` feature runs the same core on a host over
+//! tokio; that is the "simulated device" the demo, the tests and the load generators use.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod bundle;
+pub mod error;
+
+pub use error::Error;
