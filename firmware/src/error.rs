@@ -2,7 +2,10 @@
 
 use core::fmt;
 
+use embedded_tls::TlsError;
+
 use crate::bundle::BundleError;
+use crate::mqtt::{ConnectReturnCode, MqttError};
 
 /// Everything that can go wrong on the device side.
 #[derive(Debug)]
@@ -10,12 +13,30 @@ use crate::bundle::BundleError;
 pub enum Error {
     /// The identity bundle in flash is unusable.
     Bundle(BundleError),
+    /// TLS failed: handshake refused, gateway certificate not trusted, I/O error inside TLS.
+    Tls(TlsError),
+    /// The gateway sent bytes that are not valid MQTT, or a packet could not be encoded.
+    Mqtt(MqttError),
+    /// The gateway answered CONNECT with a refusal.
+    Refused(ConnectReturnCode),
+    /// The gateway broke the protocol as the device sees it.
+    Protocol(&'static str),
+    /// Something did not arrive in time.
+    Timeout(&'static str),
+    /// The gateway closed the connection.
+    Closed,
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Bundle(e) => e.fmt(f),
+            Error::Tls(e) => write!(f, "TLS: {e:?}"),
+            Error::Mqtt(e) => write!(f, "MQTT: {e}"),
+            Error::Refused(code) => write!(f, "gateway refused CONNECT: {code:?}"),
+            Error::Protocol(what) => write!(f, "protocol: {what}"),
+            Error::Timeout(what) => write!(f, "timeout: {what}"),
+            Error::Closed => write!(f, "gateway closed the connection"),
         }
     }
 }
@@ -23,6 +44,15 @@ impl fmt::Display for Error {
 impl From<BundleError> for Error {
     fn from(e: BundleError) -> Self {
         Error::Bundle(e)
+    }
+}
+
+impl From<TlsError> for Error {
+    fn from(e: TlsError) -> Self {
+        match e {
+            TlsError::ConnectionClosed => Error::Closed,
+            e => Error::Tls(e),
+        }
     }
 }
 

@@ -4,7 +4,15 @@
 //! tokio; that is the "simulated device" the demo, the tests and the load generators use.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod backoff;
 pub mod bundle;
+pub mod device;
 pub mod error;
+pub mod mqtt;
+pub mod socket;
+pub mod tls;
+
+#[cfg(feature = "std")]
+pub mod sim;
 
 pub use error::Error;

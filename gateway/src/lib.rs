@@ -1,1 +1,25 @@
+//! `fleet-gateway`: the cloud MQTT gateway.
+//!
+//! Every client authenticates with a certificate (mutual TLS); the certificate names the
+//! session's identity, the ACL policy decides what it may publish and subscribe, and an
+//! embedded rumqttd router moves the messages.
+//!
+//! ```text
+//! accept → TLS handshake (timeout) → Identity from cert → CONNECT checks
+//!        → rumqttd local link → socket ⇄ Session (ACL) ⇄ router
+//! ```
 
+pub mod acl;
+pub mod config;
+pub mod connection;
+mod error;
+pub mod identity;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::Gateway;
+pub use session::Refusal;

@@ -1,1 +1,172 @@
+//! Shared fixtures for the end-to-end tests: a station in a temp dir and a gateway on port 0.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fleet_gateway::config::TlsFiles;
+use fleet_gateway::{Config, Gateway};
+use fleet_hil::backend::{Backend, ServiceIdentity};
+use fleet_hil::fleet::DeviceBundle;
+use fleet_provision::{BatchRequest, KeyProtection, Station};
+use tokio::sync::oneshot;
+
+pub const TENANT: &str = "acme";
+pub const SERVICE: &str = "backend";
+
+/// A factory station with a PKI, a gateway server certificate and a backend service identity.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub station: Station,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let station = Station::init(dir.path(), "Test Org", KeyProtection::InsecurePlaintext)
+            .expect("ca init");
+        station
+            .issue_server_cert(&["localhost", "127.0.0.1"])
+            .expect("server cert");
+        station
+            .issue_service_cert(SERVICE, TENANT)
+            .expect("service cert");
+        Pki { dir, station }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Issues `count` devices of `tenant` and loads their bundles.
+    pub fn devices(&mut self, tenant: &str, count: u32) -> Vec<DeviceBundle> {
+        let issued = self
+            .station
+            .issue_devices(&BatchRequest {
+                tenant: tenant.into(),
+                count,
+                gateway_host: "localhost".into(),
+                gateway_port: 8883,
+                validity_days: 30,
+            })
+            .expect("issue devices");
+        issued
+            .iter()
+            .map(|d| DeviceBundle::load(&d.bundle_path).expect("bundle"))
+            .collect()
+    }
+
+    pub fn gateway_config(&self) -> Config {
+        Config::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            TlsFiles {
+                server_cert: self.path("gateway/server.pem"),
+                server_key: self.path("gateway/server.key"),
+                client_ca: vec![self.path("gateway/clients-ca.pem")],
+            },
+        )
+    }
+
+    pub fn service_identity(&self) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            self.path(&format!("services/{SERVICE}.pem")),
+            self.path(&format!("services/{SERVICE}.key")),
+            self.path("ca/root.pem"),
+        )
+    }
+
+    /// A backend service connected to `addr`.
+    pub async fn backend(&self, addr: SocketAddr) -> Backend {
+        let (cert, key, ca) = self.service_identity();
+        let id = ServiceIdentity {
+            cert_pem: &cert,
+            key_pem: &key,
+            server_ca_pem: &ca,
+        };
+        Backend::connect("localhost", addr.port(), SERVICE, TENANT, &id)
+            .await
+            .expect("backend connects")
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A gateway serving on 127.0.0.1 at a free port; dropping it does not stop it, `stop` does.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub sessions: fleet_gateway::registry::Registry,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningGateway {
+    pub async fn start(config: Config) -> RunningGateway {
+        let gateway = Gateway::bind(config).await.expect("gateway binds");
+        let addr = gateway.local_addr();
+        let sessions = gateway.sessions();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        RunningGateway {
+            addr,
+            sessions,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Shuts the gateway down and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// A rustls client config with a device's certificate and key from its bundle.
+pub fn device_client_config(bundle: &DeviceBundle, root_pem: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivateSec1KeyDer};
+    let b = fleet_firmware::bundle::Bundle::parse(&bundle.bytes).expect("bundle");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(root_pem).expect("root pem") {
+        roots.add(c.expect("cert")).expect("add root");
+    }
+    let key = PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(
+        b.private_key_der.expect("bundle has a key").to_vec(),
+    ));
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![CertificateDer::from(b.cert_der.to_vec())], key)
+        .expect("client auth"),
+    )
+}
+
+/// Writes a device's certificate and key from its bundle as PEM files (for external clients).
+pub fn export_pem(bundle: &DeviceBundle, dir: &Path) -> (PathBuf, PathBuf) {
+    let b = fleet_firmware::bundle::Bundle::parse(&bundle.bytes).expect("bundle");
+    let cert = dir.join(format!("{}.pem", bundle.device_id));
+    let key = dir.join(format!("{}.key", bundle.device_id));
+    std::fs::write(&cert, pem::encode(&pem::Pem::new("CERTIFICATE", b.cert_der.to_vec())))
+        .expect("write cert");
+    std::fs::write(
+        &key,
+        pem::encode(&pem::Pem::new(
+            "EC PRIVATE KEY",
+            b.private_key_der.expect("key").to_vec(),
+        )),
+    )
+    .expect("write key");
+    (cert, key)
+}

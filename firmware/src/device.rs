@@ -1,0 +1,442 @@
+//! One connection of a device: TLS → CONNECT → SUBSCRIBE → telemetry and commands.
+//!
+//! Runtime-agnostic: the board (or the `std` simulation) supplies the socket halves, the RNG
+//! and a [`Clock`]. After CONNECT the connection runs as two loops raced against each other —
+//! a reader that handles what the gateway sends and a writer that sends telemetry, pings and
+//! acknowledgements — because embedded-tls reads cannot be cancelled halfway. Whichever loop
+//! ends first ends the connection; the caller reconnects.
+
+use core::cell::RefCell;
+use core::future::Future;
+
+use embassy_futures::select::{select, Either};
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::signal::Signal;
+use embedded_io_async::{Read, Write};
+use embedded_tls::{CryptoRngCore, TlsConfig, TlsConnection, TlsContext};
+use heapless::{String, Vec};
+
+use crate::bundle::Bundle;
+use crate::mqtt::{
+    ConnectReturnCode, Connect, Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters,
+};
+use crate::socket::SplitSocket;
+use crate::tls::{DeviceCrypto, Suite};
+use crate::Error;
+
+/// Milliseconds since some fixed start, and a way to wait.
+pub trait Clock {
+    fn now_ms(&self) -> u64;
+    fn sleep_until(&self, at_ms: u64) -> impl Future<Output = ()>;
+}
+
+/// What the device does with its connection.
+pub trait App {
+    /// Writes the next telemetry payload into `out` and returns its length.
+    fn telemetry(&mut self, seq: u32, out: &mut [u8]) -> usize;
+    /// A command arrived. Write a reply into `reply` and return its length to acknowledge it
+    /// on `.../ack`, or return `None`.
+    fn on_command(&mut self, topic: &str, payload: &[u8], reply: &mut [u8]) -> Option<usize>;
+    /// The gateway accepted the session and the command subscription.
+    fn on_connected(&mut self) {}
+}
+
+/// Connection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub keep_alive_secs: u16,
+    pub telemetry_period_ms: u64,
+    pub telemetry_qos: QoS,
+    /// How long to wait for CONNACK and SUBACK.
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_alive_secs: 30,
+            telemetry_period_ms: 1000,
+            telemetry_qos: QoS::AtMostOnce,
+            ack_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Largest MQTT packet the device accepts or sends.
+pub const MAX_PACKET: usize = 1024;
+/// Largest topic the device builds.
+pub const MAX_TOPIC: usize = 160;
+const MAX_PAYLOAD: usize = 512;
+
+/// Counters that survive reconnects (the caller owns them).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub connects: u32,
+    pub published: u32,
+    pub acked: u32,
+    pub commands: u32,
+}
+
+/// Buffers one connection needs; keep them in a `static` on boards.
+pub struct Buffers {
+    pub tls_read: [u8; crate::tls::READ_BUFFER],
+    pub tls_write: [u8; crate::tls::WRITE_BUFFER],
+}
+
+impl Buffers {
+    pub const fn new() -> Self {
+        Buffers {
+            tls_read: [0; crate::tls::READ_BUFFER],
+            tls_write: [0; crate::tls::WRITE_BUFFER],
+        }
+    }
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the reader hands to the writer.
+#[derive(Default)]
+struct Pending {
+    pubacks: Vec<u16, 8>,
+    replies: Vec<Vec<u8, MAX_PAYLOAD>, 4>,
+    ping_outstanding: bool,
+}
+
+/// Runs one connection until it ends; always returns the reason as an error.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_connection<R, W, C, A, G>(
+    rd: R,
+    wr: W,
+    bundle: &Bundle<'_>,
+    rng: G,
+    clock: &C,
+    app: &mut A,
+    options: &Options,
+    buffers: &mut Buffers,
+    stats: &mut Stats,
+) -> Error
+where
+    R: Read,
+    W: Write,
+    C: Clock,
+    A: App,
+    G: CryptoRngCore,
+{
+    match connection(rd, wr, bundle, rng, clock, app, options, buffers, stats).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection<R, W, C, A, G>(
+    rd: R,
+    wr: W,
+    bundle: &Bundle<'_>,
+    rng: G,
+    clock: &C,
+    app: &mut A,
+    options: &Options,
+    buffers: &mut Buffers,
+    stats: &mut Stats,
+) -> Result<Never, Error>
+where
+    R: Read,
+    W: Write,
+    C: Clock,
+    A: App,
+    G: CryptoRngCore,
+{
+    let socket = SplitSocket::new(rd, wr);
+    let crypto = DeviceCrypto::new(bundle, rng).map_err(Error::Tls)?;
+    let config = TlsConfig::new().with_server_name(bundle.gateway_host);
+    let mut tls: TlsConnection<'_, _, Suite> =
+        TlsConnection::new(&socket, &mut buffers.tls_read, &mut buffers.tls_write);
+    tls.open(TlsContext::new(&config, crypto))
+        .await
+        .map_err(Error::Tls)?;
+
+    let topics = Topics::new(bundle)?;
+    let mut rx = [0u8; MAX_PACKET];
+    let mut rx_len = 0;
+    let mut tx = [0u8; MAX_PACKET];
+
+    // CONNECT → CONNACK.
+    send(
+        &mut tls,
+        &mut tx,
+        &Packet::Connect(Connect {
+            clean_session: true,
+            keep_alive: options.keep_alive_secs,
+            client_id: bundle.device_id,
+            will: None,
+            username: None,
+            password: None,
+        }),
+    )
+    .await?;
+    let deadline = clock.now_ms() + options.ack_timeout_ms;
+    let (code, n) = match expect(&mut tls, &mut rx, &mut rx_len, clock, deadline).await? {
+        (Packet::ConnAck(ack), n) => (ack.code, n),
+        _ => return Err(Error::Protocol("expected CONNACK")),
+    };
+    consume(&mut rx, &mut rx_len, n);
+    if code != ConnectReturnCode::Accepted {
+        return Err(Error::Refused(code));
+    }
+    stats.connects += 1;
+
+    // SUBSCRIBE to our own commands → SUBACK.
+    let filters = [(topics.commands.as_str(), QoS::AtLeastOnce)];
+    send(
+        &mut tls,
+        &mut tx,
+        &Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: SubscribeFilters::from_slice(&filters),
+        }),
+    )
+    .await?;
+    let (refused, n) = match expect(&mut tls, &mut rx, &mut rx_len, clock, deadline).await? {
+        (Packet::SubAck(ack), n) => (ack.return_codes.iter().any(|c| c == SubAckCode::Failure), n),
+        _ => return Err(Error::Protocol("expected SUBACK")),
+    };
+    consume(&mut rx, &mut rx_len, n);
+    if refused {
+        return Err(Error::Protocol("gateway refused the command subscription"));
+    }
+    app.on_connected();
+
+    let pending = RefCell::new(Pending::default());
+    let wake = Signal::<NoopRawMutex, ()>::new();
+    let app = RefCell::new(app);
+    let stats = RefCell::new(stats);
+    let (mut reader, mut writer) = tls.split();
+
+    let reading = async {
+        loop {
+            if rx_len == rx.len() {
+                return Err::<Never, _>(Error::Protocol("packet larger than the receive buffer"));
+            }
+            let n = reader
+                .read(&mut rx[rx_len..])
+                .await
+                .map_err(Error::Tls)?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+            rx_len += n;
+            let mut used = 0;
+            while let Some((packet, n)) =
+                Packet::parse(&rx[used..rx_len], MAX_PACKET).map_err(Error::Mqtt)?
+            {
+                used += n;
+                handle(packet, &pending, &app, &stats)?;
+                wake.signal(());
+            }
+            consume(&mut rx, &mut rx_len, used);
+        }
+    };
+
+    let writing = async {
+        let keep_alive_ms = u64::from(options.keep_alive_secs) * 1000;
+        let mut next_telemetry = clock.now_ms();
+        let mut next_ping = clock.now_ms() + keep_alive_ms;
+        let mut seq: u32 = 0;
+        let mut packet_id: u16 = 1;
+        let mut payload = [0u8; MAX_PAYLOAD];
+        loop {
+            let (acks, replies) = {
+                let mut p = pending.borrow_mut();
+                (core::mem::take(&mut p.pubacks), core::mem::take(&mut p.replies))
+            };
+            for id in acks {
+                send(&mut writer, &mut tx, &Packet::PubAck(id)).await?;
+            }
+            for reply in replies {
+                publish(&mut writer, &mut tx, topics.ack.as_str(), &reply, QoS::AtMostOnce, None)
+                    .await?;
+            }
+            let now = clock.now_ms();
+            if now >= next_telemetry {
+                let len = app.borrow_mut().telemetry(seq, &mut payload).min(MAX_PAYLOAD);
+                seq = seq.wrapping_add(1);
+                let id = (options.telemetry_qos != QoS::AtMostOnce).then(|| {
+                    packet_id = packet_id.checked_add(1).unwrap_or(2);
+                    packet_id
+                });
+                publish(
+                    &mut writer,
+                    &mut tx,
+                    topics.telemetry.as_str(),
+                    &payload[..len],
+                    options.telemetry_qos,
+                    id,
+                )
+                .await?;
+                stats.borrow_mut().published += 1;
+                next_telemetry = now + options.telemetry_period_ms;
+            }
+            if keep_alive_ms > 0 && now >= next_ping {
+                if pending.borrow().ping_outstanding {
+                    return Err::<Never, _>(Error::Timeout("no PINGRESP within the keep-alive"));
+                }
+                pending.borrow_mut().ping_outstanding = true;
+                send(&mut writer, &mut tx, &Packet::PingReq).await?;
+                next_ping = now + keep_alive_ms;
+            }
+            let at = if keep_alive_ms > 0 {
+                next_telemetry.min(next_ping)
+            } else {
+                next_telemetry
+            };
+            select(clock.sleep_until(at), wake.wait()).await;
+        }
+    };
+
+    match select(reading, writing).await {
+        Either::First(r) | Either::Second(r) => r,
+    }
+}
+
+fn handle<A: App>(
+    packet: Packet<'_>,
+    pending: &RefCell<Pending>,
+    app: &RefCell<&mut A>,
+    stats: &RefCell<&mut Stats>,
+) -> Result<(), Error> {
+    match packet {
+        Packet::Publish(p) => {
+            stats.borrow_mut().commands += 1;
+            let mut reply = [0u8; MAX_PAYLOAD];
+            let replied = app.borrow_mut().on_command(p.topic, p.payload, &mut reply);
+            let mut pending = pending.borrow_mut();
+            if let Some(n) = replied {
+                let _ = pending
+                    .replies
+                    .push(Vec::from_slice(&reply[..n.min(MAX_PAYLOAD)]).unwrap_or_default());
+            }
+            if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
+                pending
+                    .pubacks
+                    .push(id)
+                    .map_err(|_| Error::Protocol("too many unacknowledged commands"))?;
+            }
+            Ok(())
+        }
+        Packet::PubAck(_) => {
+            stats.borrow_mut().acked += 1;
+            Ok(())
+        }
+        Packet::PingResp => {
+            pending.borrow_mut().ping_outstanding = false;
+            Ok(())
+        }
+        Packet::SubAck(_) | Packet::UnsubAck(_) => Ok(()),
+        _ => Err(Error::Protocol("unexpected packet from the gateway")),
+    }
+}
+
+/// The topics a device uses, built once from its bundle.
+struct Topics {
+    telemetry: String<MAX_TOPIC>,
+    commands: String<MAX_TOPIC>,
+    ack: String<MAX_TOPIC>,
+}
+
+impl Topics {
+    fn new(b: &Bundle<'_>) -> Result<Topics, Error> {
+        let prefix = |suffix: &str| -> Result<String<MAX_TOPIC>, Error> {
+            let mut s = String::new();
+            for part in ["tenants/", b.tenant, "/devices/", b.device_id, "/", suffix] {
+                s.push_str(part)
+                    .map_err(|_| Error::Protocol("topic longer than MAX_TOPIC"))?;
+            }
+            Ok(s)
+        };
+        Ok(Topics {
+            telemetry: prefix("telemetry")?,
+            commands: prefix("cmd/#")?,
+            ack: prefix("ack")?,
+        })
+    }
+}
+
+async fn publish<W: Write>(
+    w: &mut W,
+    tx: &mut [u8],
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    packet_id: Option<u16>,
+) -> Result<(), Error>
+where
+    Error: From<W::Error>,
+{
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic,
+        packet_id,
+        payload,
+    });
+    send(w, tx, &p).await
+}
+
+async fn send<W: Write>(w: &mut W, tx: &mut [u8], packet: &Packet<'_>) -> Result<(), Error>
+where
+    Error: From<W::Error>,
+{
+    let n = packet.emit(tx).map_err(Error::Mqtt)?;
+    w.write_all(&tx[..n]).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads until one whole packet is buffered, or the deadline passes.
+async fn expect<'b, T: Read, C: Clock>(
+    t: &mut T,
+    rx: &'b mut [u8; MAX_PACKET],
+    rx_len: &mut usize,
+    clock: &C,
+    deadline: u64,
+) -> Result<(Packet<'b>, usize), Error>
+where
+    Error: From<T::Error>,
+{
+    loop {
+        if Packet::parse(&rx[..*rx_len], MAX_PACKET)
+            .map_err(Error::Mqtt)?
+            .is_some()
+        {
+            break;
+        }
+        if *rx_len == rx.len() {
+            return Err(Error::Protocol("packet larger than the receive buffer"));
+        }
+        // Cancelling this read on timeout is safe: the connection is abandoned then.
+        match select(t.read(&mut rx[*rx_len..]), clock.sleep_until(deadline)).await {
+            Either::First(Ok(0)) => return Err(Error::Closed),
+            Either::First(Ok(n)) => *rx_len += n,
+            Either::First(Err(e)) => return Err(e.into()),
+            Either::Second(()) => return Err(Error::Timeout("no acknowledgement from the gateway")),
+        }
+    }
+    match Packet::parse(&rx[..*rx_len], MAX_PACKET) {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(Error::Protocol("incomplete packet")),
+        Err(e) => Err(Error::Mqtt(e)),
+    }
+}
+
+fn consume(rx: &mut [u8], len: &mut usize, n: usize) {
+    rx.copy_within(n..*len, 0);
+    *len -= n;
+}

@@ -1,0 +1,342 @@
+//! Topic access control.
+//!
+//! A policy is a list of rules per principal kind. A rule pattern is an MQTT topic filter that
+//! may contain the templates `{tenant}` and `{device}`, filled in from the certificate identity
+//! (whose names are restricted to `[A-Za-z0-9._-]`, so a template can never inject a wildcard).
+//!
+//! - PUBLISH to a topic is allowed when some allow rule matches it and no deny rule does.
+//! - SUBSCRIBE to a filter is allowed only when EVERY topic the filter can match is allowed:
+//!   the filter is contained in some allow pattern, and overlaps no deny pattern.
+
+use serde::Deserialize;
+
+use crate::identity::{Identity, Kind};
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// Which operation a rule governs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Publish,
+    Subscribe,
+    /// Both publish and subscribe.
+    All,
+}
+
+/// One rule: `effect` `action` on topics matching `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub effect: Effect,
+    pub action: Action,
+    pub pattern: String,
+}
+
+impl Rule {
+    pub fn allow(action: Action, pattern: &str) -> Rule {
+        Rule {
+            effect: Effect::Allow,
+            action,
+            pattern: pattern.to_owned(),
+        }
+    }
+
+    fn applies_to(&self, op: Action) -> bool {
+        self.action == Action::All || self.action == op
+    }
+}
+
+/// The whole policy: rules for devices and rules for services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub device: Vec<Rule>,
+    pub service: Vec<Rule>,
+}
+
+impl Default for Policy {
+    /// Devices publish under their own prefix and subscribe to their own `cmd/` and `cert/`
+    /// subtopics; services publish and subscribe anywhere under their tenant.
+    fn default() -> Self {
+        Policy {
+            device: vec![
+                Rule::allow(Action::Publish, "tenants/{tenant}/devices/{device}/#"),
+                Rule::allow(Action::Subscribe, "tenants/{tenant}/devices/{device}/cmd/#"),
+                Rule::allow(Action::Subscribe, "tenants/{tenant}/devices/{device}/cert/#"),
+            ],
+            service: vec![Rule::allow(Action::All, "tenants/{tenant}/#")],
+        }
+    }
+}
+
+impl Policy {
+    /// Checks every pattern once at load time.
+    pub fn validate(&self) -> Result<(), String> {
+        for rule in self.device.iter().chain(&self.service) {
+            let probe = expand(&rule.pattern, "t", "d");
+            if rule.pattern.contains('{') && !probe.is_some_and(|p| !p.contains('{')) {
+                return Err(format!(
+                    "pattern {:?} uses an unknown template (only {{tenant}} and {{device}})",
+                    rule.pattern
+                ));
+            }
+            let p = probe.unwrap_or_default();
+            if !valid_filter(&p) {
+                return Err(format!(
+                    "pattern {:?} is not a valid MQTT topic filter",
+                    rule.pattern
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn rules(&self, who: &Identity) -> &[Rule] {
+        match who.kind {
+            Kind::Device => &self.device,
+            Kind::Service => &self.service,
+        }
+    }
+
+    fn patterns<'a>(
+        &'a self,
+        who: &'a Identity,
+        op: Action,
+        effect: Effect,
+    ) -> impl Iterator<Item = String> + 'a {
+        self.rules(who)
+            .iter()
+            .filter(move |r| r.effect == effect && r.applies_to(op))
+            .filter_map(|r| expand(&r.pattern, &who.tenant, &who.id))
+    }
+
+    /// May `who` publish to `topic`?
+    pub fn may_publish(&self, who: &Identity, topic: &str) -> bool {
+        !self
+            .patterns(who, Action::Publish, Effect::Deny)
+            .any(|p| filter_matches(&p, topic))
+            && self
+                .patterns(who, Action::Publish, Effect::Allow)
+                .any(|p| filter_matches(&p, topic))
+    }
+
+    /// May `who` subscribe to `filter`? Only if every topic it could match is allowed.
+    pub fn may_subscribe(&self, who: &Identity, filter: &str) -> bool {
+        !self
+            .patterns(who, Action::Subscribe, Effect::Deny)
+            .any(|p| overlaps(&p, filter))
+            && self
+                .patterns(who, Action::Subscribe, Effect::Allow)
+                .any(|p| contains(&p, filter))
+    }
+}
+
+fn expand(pattern: &str, tenant: &str, device: &str) -> Option<String> {
+    let out = pattern
+        .replace("{tenant}", tenant)
+        .replace("{device}", device);
+    (!out.contains('{') && !out.contains('}')).then_some(out)
+}
+
+fn valid_filter(f: &str) -> bool {
+    let levels: Vec<&str> = f.split('/').collect();
+    !f.is_empty()
+        && levels.iter().enumerate().all(|(i, l)| match *l {
+            "#" => i == levels.len() - 1,
+            "+" => true,
+            l => !l.contains(['#', '+']),
+        })
+}
+
+/// MQTT topic matching (§4.7): does `filter` match the concrete `topic`?
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Is every topic matched by `filter` also matched by `pattern`?
+pub fn contains(pattern: &str, filter: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let f: Vec<&str> = filter.split('/').collect();
+    for i in 0.. {
+        match (p.get(i).copied(), f.get(i).copied()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            // The filter ends where the pattern goes on: only a `#` could cover that.
+            (Some(_), None) | (None, Some(_)) => return false,
+            // `f/#` also matches `f` itself and deeper levels: only `#` covers it.
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b && b != "+" => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Is there any topic that both filters match?
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('/').collect();
+    let b: Vec<&str> = b.split('/').collect();
+    for i in 0.. {
+        match (a.get(i).copied(), b.get(i).copied()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(kind: Kind, tenant: &str, id: &str) -> Identity {
+        Identity {
+            id: id.into(),
+            tenant: tenant.into(),
+            kind,
+            serial: vec![1],
+            fingerprint: [0; 32],
+            not_after: 0,
+        }
+    }
+
+    #[test]
+    fn matching_follows_the_spec_examples() {
+        for (f, t, m) in [
+            ("sport/tennis/player1/#", "sport/tennis/player1", true),
+            ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
+            ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", true),
+            ("sport/#", "sport", true),
+            ("sport/tennis/+", "sport/tennis/player1", true),
+            ("sport/tennis/+", "sport/tennis/player1/ranking", false),
+            ("sport/+", "sport", false),
+            ("sport/+", "sport/", true),
+            ("+/+", "/finance", true),
+            ("/+", "/finance", true),
+            ("+", "/finance", false),
+            ("#", "$SYS/x", false),
+            ("+/monitor/Clients", "$SYS/monitor/Clients", false),
+            ("$SYS/#", "$SYS/x", true),
+        ] {
+            assert_eq!(filter_matches(f, t), m, "{f} vs {t}");
+        }
+    }
+
+    #[test]
+    fn containment() {
+        for (p, f, c) in [
+            ("a/#", "a/#", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b/+/c", true),
+            ("a/+", "a/b", true),
+            ("a/+", "a/+", true),
+            ("a/+", "a/#", false),
+            ("a/+", "a", false),
+            ("a/b", "a/+", false),
+            ("a/+/c", "a/b/c", true),
+            ("a/+/c", "a/b/#", false),
+            ("a/#", "#", false),
+            ("a/#", "+/b", false),
+            ("a/b/#", "a/#", false),
+            ("#", "anything/#", true),
+        ] {
+            assert_eq!(contains(p, f), c, "is {f} inside {p}?");
+        }
+    }
+
+    #[test]
+    fn overlap() {
+        for (a, b, o) in [
+            ("a/b", "a/+", true),
+            ("a/#", "a", true),
+            ("a/b", "a/c", false),
+            ("#", "x/y", true),
+            ("a/+/c", "a/b/d", false),
+            ("a/+", "a/b/c", false),
+            ("+/b", "a/+", true),
+        ] {
+            assert_eq!(overlaps(a, b), o, "{a} ~ {b}");
+            assert_eq!(overlaps(b, a), o, "{b} ~ {a}");
+        }
+    }
+
+    #[test]
+    fn default_device_policy() {
+        let p = Policy::default();
+        let d = who(Kind::Device, "acme", "acme-000001");
+        assert!(p.may_publish(&d, "tenants/acme/devices/acme-000001/telemetry"));
+        assert!(p.may_publish(&d, "tenants/acme/devices/acme-000001/telemetry/temp"));
+        assert!(!p.may_publish(&d, "tenants/acme/devices/acme-000002/telemetry"));
+        assert!(!p.may_publish(&d, "tenants/globex/devices/acme-000001/telemetry"));
+        assert!(p.may_subscribe(&d, "tenants/acme/devices/acme-000001/cmd/#"));
+        assert!(p.may_subscribe(&d, "tenants/acme/devices/acme-000001/cmd/+"));
+        assert!(p.may_subscribe(&d, "tenants/acme/devices/acme-000001/cert/new"));
+        assert!(!p.may_subscribe(&d, "tenants/acme/devices/acme-000001/#"));
+        assert!(!p.may_subscribe(&d, "tenants/acme/devices/+/cmd/#"));
+        assert!(!p.may_subscribe(&d, "#"));
+        assert!(!p.may_subscribe(&d, "+/acme/devices/acme-000001/cmd/x"));
+    }
+
+    #[test]
+    fn tenants_cannot_reach_each_other() {
+        let p = Policy::default();
+        let svc = who(Kind::Service, "acme", "backend");
+        assert!(p.may_subscribe(&svc, "tenants/acme/#"));
+        assert!(p.may_subscribe(&svc, "tenants/acme/devices/+/telemetry"));
+        assert!(p.may_publish(&svc, "tenants/acme/devices/acme-000001/cmd/reboot"));
+        for f in ["#", "tenants/#", "tenants/+/devices/#", "tenants/globex/#", "+/+/#"] {
+            assert!(!p.may_subscribe(&svc, f), "service may subscribe {f}");
+        }
+        assert!(!p.may_publish(&svc, "tenants/globex/devices/g1/cmd/x"));
+    }
+
+    #[test]
+    fn deny_rules_carve_out() {
+        let mut p = Policy::default();
+        p.service.push(Rule {
+            effect: Effect::Deny,
+            action: Action::Subscribe,
+            pattern: "tenants/{tenant}/devices/+/cert/#".into(),
+        });
+        p.validate().unwrap();
+        let svc = who(Kind::Service, "acme", "backend");
+        assert!(!p.may_subscribe(&svc, "tenants/acme/#"));
+        assert!(!p.may_subscribe(&svc, "tenants/acme/devices/d1/cert/csr"));
+        assert!(p.may_subscribe(&svc, "tenants/acme/devices/+/telemetry"));
+        assert!(p.may_publish(&svc, "tenants/acme/devices/d1/cert/new"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_at_load() {
+        for pattern in ["a/#/b", "a/b+", "{tenantx}/#", "tenants/{tenant"] {
+            let mut p = Policy::default();
+            p.device.push(Rule::allow(Action::All, pattern));
+            assert!(p.validate().is_err(), "{pattern} accepted");
+        }
+        Policy::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,251 @@
+//! Gateway configuration: a TOML file, validated once at load into typed values.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8883"
+//!
+//! [tls]
+//! server_cert = "gateway/server.pem"      # leaf first, then intermediates
+//! server_key = "gateway/server.key"
+//! client_ca = ["gateway/clients-ca.pem"]  # every CA in every file is a trust anchor
+//!
+//! [limits]
+//! handshake_timeout_secs = 10
+//! connect_timeout_secs = 10
+//! max_packet_size = 262144
+//!
+//! [identity]
+//! service_ou = "service"
+//!
+//! [[acl.device]]                           # appended to the default device rules
+//! effect = "deny"
+//! action = "publish"
+//! pattern = "tenants/{tenant}/devices/{device}/cmd/#"
+//! ```
+//!
+//! Relative paths are resolved against the directory of the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::acl::{Policy, Rule};
+use crate::Error;
+
+/// Where the TLS material lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM chain: server certificate first, then intermediates.
+    pub server_cert: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub server_key: PathBuf,
+    /// PEM files of CAs that issue client certificates. Every certificate in each file counts.
+    pub client_ca: Vec<PathBuf>,
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A client that has not finished the TLS handshake by then is dropped.
+    pub handshake_timeout: Duration,
+    /// A client that has not sent CONNECT by then after the handshake is dropped.
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted from a client, in bytes.
+    pub max_packet_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 256 * 1024,
+        }
+    }
+}
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    pub limits: Limits,
+    /// Subject OU that marks a certificate as a backend service.
+    pub service_ou: String,
+    pub policy: Policy,
+}
+
+impl Config {
+    /// A configuration with default limits and the default ACL policy.
+    pub fn new(listen: SocketAddr, tls: TlsFiles) -> Config {
+        Config {
+            listen,
+            tls,
+            limits: Limits::default(),
+            service_ou: "service".to_owned(),
+            policy: Policy::default(),
+        }
+    }
+
+    /// Loads and validates a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base).map_err(|message| Error::Config {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let listen = file
+            .listen
+            .parse()
+            .map_err(|e| format!("key `listen`: {:?} is not an address:port ({e})", file.listen))?;
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if file.tls.client_ca.is_empty() {
+            return Err("key `tls.client_ca`: at least one CA file is required (mutual TLS is mandatory)".into());
+        }
+        let tls = TlsFiles {
+            server_cert: resolve(file.tls.server_cert),
+            server_key: resolve(file.tls.server_key),
+            client_ca: file.tls.client_ca.into_iter().map(resolve).collect(),
+        };
+        let defaults = Limits::default();
+        let secs = |key: &str, v: Option<u64>, d: Duration| match v {
+            Some(0) => Err(format!("key `limits.{key}`: must be at least 1")),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(d),
+        };
+        let limits = Limits {
+            handshake_timeout: secs(
+                "handshake_timeout_secs",
+                file.limits.handshake_timeout_secs,
+                defaults.handshake_timeout,
+            )?,
+            connect_timeout: secs(
+                "connect_timeout_secs",
+                file.limits.connect_timeout_secs,
+                defaults.connect_timeout,
+            )?,
+            max_packet_size: match file.limits.max_packet_size {
+                Some(n) if !(64..=268_435_460).contains(&n) => {
+                    return Err(format!(
+                        "key `limits.max_packet_size`: {n} is outside 64..=268435460"
+                    ))
+                }
+                Some(n) => n,
+                None => defaults.max_packet_size,
+            },
+        };
+        let mut policy = Policy::default();
+        policy.device.extend(file.acl.device);
+        policy.service.extend(file.acl.service);
+        policy.validate().map_err(|e| format!("table `acl`: {e}"))?;
+        Ok(Config {
+            listen,
+            tls,
+            limits,
+            service_ou: file.identity.service_ou.unwrap_or_else(|| "service".into()),
+            policy,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: String,
+    tls: FileTls,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    identity: FileIdentity,
+    #[serde(default)]
+    acl: FileAcl,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    #[serde(default)]
+    client_ca: Vec<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    handshake_timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    max_packet_size: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    service_ou: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAcl {
+    #[serde(default)]
+    device: Vec<Rule>,
+    #[serde(default)]
+    service: Vec<Rule>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:8883"
+[tls]
+server_cert = "gw/server.pem"
+server_key = "/abs/server.key"
+client_ca = ["ca1.pem", "ca2.pem"]
+[limits]
+handshake_timeout_secs = 3
+[[acl.device]]
+effect = "deny"
+action = "publish"
+pattern = "tenants/{tenant}/devices/{device}/cmd/#"
+"#;
+
+    #[test]
+    fn loads_and_resolves_paths() {
+        let c = Config::from_toml(GOOD, Path::new("/etc/fleet")).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8883".parse().unwrap());
+        assert_eq!(c.tls.server_cert, PathBuf::from("/etc/fleet/gw/server.pem"));
+        assert_eq!(c.tls.server_key, PathBuf::from("/abs/server.key"));
+        assert_eq!(c.tls.client_ca.len(), 2);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.max_packet_size, 256 * 1024);
+        assert_eq!(c.policy.device.len(), Policy::default().device.len() + 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("127.0.0.1:8883", "nowhere"), "key `listen`"),
+            (GOOD.replace("handshake_timeout_secs = 3", "handshake_timeout_secs = 0"), "limits.handshake_timeout_secs"),
+            (GOOD.replace("client_ca = [\"ca1.pem\", \"ca2.pem\"]", ""), "tls.client_ca"),
+            (GOOD.replace("{device}/cmd/#", "{device}/#/cmd"), "table `acl`"),
+            (GOOD.replace("[limits]", "[limits]\nbogus = 1"), "bogus"),
+            (format!("{GOOD}\n[limits2]\n"), "limits2"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+            assert!(err.contains(needle), "{err:?} does not mention {needle}");
+        }
+    }
+}

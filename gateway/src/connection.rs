@@ -1,0 +1,293 @@
+//! One client connection: TLS handshake → identity → CONNECT → router link → two-way pump.
+//!
+//! This is the I/O shell around [`crate::session`]; every decision is made there.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fleet_firmware::mqtt::{ConnectReturnCode, MqttError, Packet};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol as r;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use crate::identity::Identity;
+use crate::registry::{Kick, SessionInfo};
+use crate::server::Shared;
+use crate::session::{self, Accepted, Close, Inbound, Outbound, Refusal, Session};
+use crate::tls;
+
+/// How a session that got past CONNECT ended.
+#[derive(Debug)]
+pub enum Ended {
+    Client(Close),
+    Kicked(Kick),
+    KeepAliveTimeout,
+    /// The client closed the socket (or it broke) without DISCONNECT.
+    ConnectionLost,
+    /// The client sent bytes that are not MQTT.
+    Malformed(MqttError),
+    /// The router dropped the session (e.g. taken over inside the router).
+    RouterClosed,
+}
+
+impl Ended {
+    fn label(&self) -> &'static str {
+        match self {
+            Ended::Client(Close::ClientDisconnect) => "client_disconnect",
+            Ended::Client(Close::ProtocolViolation(_)) => "protocol_violation",
+            Ended::Kicked(k) => k.label(),
+            Ended::KeepAliveTimeout => "keepalive_timeout",
+            Ended::ConnectionLost => "connection_lost",
+            Ended::Malformed(_) => "malformed_packet",
+            Ended::RouterClosed => "router_closed",
+        }
+    }
+
+    /// Whether the client's will message must be published (MQTT 3.1.1 §3.1.2.5).
+    fn fires_will(&self) -> bool {
+        !matches!(self, Ended::Client(Close::ClientDisconnect) | Ended::RouterClosed)
+    }
+}
+
+/// Serves one accepted TCP connection to its end, logging the outcome.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u64) {
+    let _ = tcp.set_nodelay(true);
+    match run(&shared, tcp, peer, conn).await {
+        Ok((identity, ended)) => tracing::info!(
+            peer = %peer,
+            device = %identity.id,
+            tenant = %identity.tenant,
+            reason = ended.label(),
+            detail = ?ended,
+            "session ended"
+        ),
+        Err((refusal, identity)) => tracing::warn!(
+            target: "audit",
+            peer = %peer,
+            reason = refusal.label(),
+            device = identity.as_ref().map(|i| i.id.as_str()),
+            serial = identity.as_ref().map(|i| i.serial_hex()),
+            fingerprint = identity.as_ref().map(|i| i.fingerprint_hex()),
+            "refused: {refusal}"
+        ),
+    }
+}
+
+type Refused = (Refusal, Option<Arc<Identity>>);
+
+async fn run(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn: u64,
+) -> Result<(Arc<Identity>, Ended), Refused> {
+    let limits = shared.config.limits;
+    let acceptor = shared.acceptor();
+    let tls = match timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Err(_) => return Err((Refusal::HandshakeTimeout, None)),
+        Ok(Err(e)) => return Err((Refusal::Handshake(tls::failure_reason(&e)), None)),
+        Ok(Ok(s)) => s,
+    };
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or((Refusal::Handshake("no_client_certificate"), None))?;
+    let identity = Arc::new(
+        Identity::from_cert_der(cert, &shared.config.service_ou)
+            .map_err(|e| (Refusal::BadIdentity(e.to_string()), None))?,
+    );
+    let refused = |r: Refusal| (r, Some(identity.clone()));
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let mut buf = Vec::with_capacity(1024);
+
+    let connect = timeout(
+        limits.connect_timeout,
+        read_connect(&mut rd, &mut buf, limits.max_packet_size, &identity, shared),
+    )
+    .await
+    .unwrap_or(Err(Refusal::ConnectTimeout));
+    let accepted = match connect {
+        Ok(a) => a,
+        Err(refusal) => {
+            if let Some(code) = refusal.connack_code() {
+                let _ = wr.write_all(&session::connack(code, false)).await;
+                let _ = wr.shutdown().await;
+            }
+            return Err(refused(refusal));
+        }
+    };
+
+    let info = SessionInfo {
+        identity: identity.clone(),
+        peer,
+        connected_at: SystemTime::now(),
+    };
+    let (_registration, mut kick) = shared.sessions.register(info, conn).await;
+    let (mut link_tx, mut link_rx, session_present) =
+        match shared.router.open(&identity, accepted.clean_session).await {
+            Some(link) => link,
+            None => {
+                let _ = wr
+                    .write_all(&session::connack(ConnectReturnCode::ServerUnavailable, false))
+                    .await;
+                return Err(refused(Refusal::RouterUnavailable));
+            }
+        };
+    if wr
+        .write_all(&session::connack(ConnectReturnCode::Accepted, session_present))
+        .await
+        .is_err()
+    {
+        close_link(&mut link_tx, None).await;
+        return Ok((identity, Ended::ConnectionLost));
+    }
+    tracing::info!(peer = %peer, device = %identity.id, tenant = %identity.tenant, "session started");
+
+    let mut session = Session::new(identity.clone(), shared.policy.clone());
+    let keep_alive = (accepted.keep_alive > 0)
+        .then(|| Duration::from_millis(u64::from(accepted.keep_alive) * 1500));
+    let ended = pump(
+        &mut session,
+        &mut rd,
+        &mut wr,
+        &mut buf,
+        &mut link_tx,
+        &mut link_rx,
+        &mut kick,
+        keep_alive,
+        limits.max_packet_size,
+    )
+    .await;
+    if !matches!(ended, Ended::RouterClosed) {
+        let will = ended.fires_will().then_some(accepted.will).flatten();
+        close_link(&mut link_tx, will).await;
+    }
+    let _ = wr.shutdown().await;
+    Ok((identity, ended))
+}
+
+/// Reads the first packet, which must be a CONNECT, and checks it.
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+    identity: &Identity,
+    shared: &Shared,
+) -> Result<Accepted, Refusal> {
+    loop {
+        match Packet::parse(buf, max) {
+            Ok(Some((Packet::Connect(c), n))) => {
+                let accepted = session::on_connect(identity, &shared.policy, &c);
+                buf.drain(..n);
+                return accepted;
+            }
+            Ok(Some(_)) => return Err(Refusal::BadConnect("not a CONNECT".into())),
+            Err(MqttError::UnsupportedProtocolLevel(level)) => {
+                return Err(Refusal::UnsupportedProtocol(level))
+            }
+            Err(e) => return Err(Refusal::BadConnect(e.to_string())),
+            Ok(None) => {}
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(Refusal::BadConnect("connection closed".into())),
+            Ok(_) => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump<R, W>(
+    session: &mut Session,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut Vec<u8>,
+    link_tx: &mut LinkTx,
+    link_rx: &mut LinkRx,
+    kick: &mut tokio::sync::oneshot::Receiver<Kick>,
+    keep_alive: Option<Duration>,
+    max: usize,
+) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let far = Duration::from_secs(86400 * 365);
+    let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        // Act on every whole packet already buffered.
+        let mut used = 0;
+        loop {
+            match Packet::parse(&buf[used..], max) {
+                Ok(Some((packet, n))) => {
+                    used += n;
+                    match session.inbound(packet) {
+                        Inbound::Router(p) => {
+                            if link_tx.send(p).await.is_err() {
+                                return Ended::RouterClosed;
+                            }
+                        }
+                        Inbound::Reply(bytes) => out.extend_from_slice(&bytes),
+                        Inbound::Nothing => {}
+                        Inbound::Close(c) => return Ended::Client(c),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Ended::Malformed(e),
+            }
+        }
+        buf.drain(..used);
+        if !out.is_empty() {
+            if wr.write_all(&out).await.is_err() {
+                return Ended::ConnectionLost;
+            }
+            out.clear();
+        }
+
+        tokio::select! {
+            read = rd.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return Ended::ConnectionLost,
+                Ok(_) => deadline = Instant::now() + keep_alive.unwrap_or(far),
+            },
+            note = link_rx.next() => match note {
+                Ok(Some(n)) => match session.outbound(n, &mut out) {
+                    Outbound::Continue => {}
+                    Outbound::Wake => {
+                        if link_rx.wake().await.is_err() {
+                            return Ended::RouterClosed;
+                        }
+                    }
+                    Outbound::Disconnect => return Ended::RouterClosed,
+                },
+                Ok(None) => {}
+                Err(_) => return Ended::RouterClosed,
+            },
+            k = &mut *kick => return match k {
+                Ok(reason) => Ended::Kicked(reason),
+                Err(_) => Ended::Kicked(Kick::Shutdown),
+            },
+            _ = tokio::time::sleep_until(deadline) => return Ended::KeepAliveTimeout,
+        }
+    }
+}
+
+/// Ends the router session: publishes the will first when it must fire.
+async fn close_link(link_tx: &mut LinkTx, will: Option<r::LastWill>) {
+    if let Some(w) = will {
+        let publish = r::Publish::new(w.topic, w.message, w.retain);
+        let _ = link_tx.send(r::Packet::Publish(publish, None)).await;
+    }
+    let _ = link_tx
+        .send(r::Packet::Disconnect(
+            r::Disconnect {
+                reason_code: r::DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ))
+        .await;
+}

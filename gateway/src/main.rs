@@ -1,0 +1,99 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_gateway::{Config, Gateway};
+
+/// The fleet MQTT gateway: mutual TLS from every device, identity from its certificate.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MQTT over mutual TLS until SIGTERM or Ctrl-C.
+    Serve {
+        /// TOML config file.
+        #[arg(long, env = "FLEET_GATEWAY_CONFIG")]
+        config: PathBuf,
+        /// Override the config's listen address (e.g. 127.0.0.1:0).
+        #[arg(long, env = "FLEET_GATEWAY_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Validate a config file and the TLS material it names, without serving.
+    CheckConfig {
+        #[arg(long, env = "FLEET_GATEWAY_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-gateway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
+    match command {
+        Command::CheckConfig { config } => {
+            let cfg = Config::from_file(&config)?;
+            fleet_gateway::tls::server_config(&cfg.tls)?;
+            println!("{}: OK (listen {})", config.display(), cfg.listen);
+            Ok(())
+        }
+        Command::Serve { config, listen } => {
+            let mut cfg = Config::from_file(&config)?;
+            if let Some(addr) = listen {
+                cfg.listen = addr;
+            }
+            let gateway = Gateway::bind(cfg).await?;
+            // Scripts and tests read this line to learn the bound port.
+            println!("fleet-gateway listening on {}", gateway.local_addr());
+            gateway.run(shutdown_signal()).await;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,205 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use fleet_firmware::device::Options;
+use fleet_hil::backend::{Backend, ServiceIdentity};
+use fleet_hil::fleet::{DeviceBundle, Fleet};
+use fleet_hil::refusals;
+
+/// Runs fleet devices against a gateway and prints one verdict line.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulated devices from identity bundles publish telemetry; a backend service receives
+    /// it and sends each device one command. Prints a live summary, then a verdict.
+    Fleet {
+        /// Directory of `*.bin` identity bundles.
+        #[arg(long)]
+        bundles: PathBuf,
+        /// Use the first N bundles (sorted by name); all when absent.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Gateway address; the bundles' host name is still used for TLS verification.
+        #[arg(long)]
+        gateway: SocketAddr,
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Tenant of the backend service.
+        #[arg(long)]
+        tenant: String,
+        /// Backend client id = its certificate CN.
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        service_cert: PathBuf,
+        #[arg(long)]
+        service_key: PathBuf,
+        /// CA the gateway's server certificate chains to.
+        #[arg(long)]
+        server_ca: PathBuf,
+    },
+    /// A device with a certificate from a foreign CA and a client without a certificate:
+    /// both must be refused before CONNACK.
+    Refusals {
+        #[arg(long)]
+        gateway: SocketAddr,
+        /// Gateway host name as the devices know it.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// CA the gateway's server certificate chains to.
+        #[arg(long)]
+        server_ca: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-hil: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Fleet {
+                bundles,
+                count,
+                gateway,
+                seconds,
+                tenant,
+                service,
+                service_cert,
+                service_key,
+                server_ca,
+            } => {
+                let id = ServiceIdentity {
+                    cert_pem: &service_cert,
+                    key_pem: &service_key,
+                    server_ca_pem: &server_ca,
+                };
+                fleet(&bundles, count, gateway, seconds, &tenant, &service, &id).await
+            }
+            Command::Refusals {
+                gateway,
+                host,
+                server_ca,
+            } => refusals_cmd(gateway, &host, &server_ca).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("fleet-hil: {e:#}");
+            println!("VERDICT: ERROR {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn fleet(
+    dir: &std::path::Path,
+    count: Option<usize>,
+    gateway: SocketAddr,
+    seconds: u64,
+    tenant: &str,
+    service: &str,
+    id: &ServiceIdentity<'_>,
+) -> anyhow::Result<bool> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .collect();
+    paths.sort();
+    paths.truncate(count.unwrap_or(usize::MAX));
+    let bundles = paths
+        .iter()
+        .map(|p| DeviceBundle::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if bundles.is_empty() {
+        anyhow::bail!("no *.bin identity bundles in {}", dir.display());
+    }
+    let host = gateway.ip().to_string();
+    let backend = Backend::connect(&host, gateway.port(), service, tenant, id).await?;
+    println!("backend {service:?} connected over mTLS and subscribed to tenants/{tenant}/devices/+/telemetry");
+    let fleet = Fleet::start(&bundles, Some(gateway), Options::default());
+    let started = Instant::now();
+    let mut commanded = std::collections::HashSet::new();
+    let mut last_total = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let seen = backend.observed();
+        for device in seen.telemetry.keys() {
+            if commanded.insert(device.clone()) {
+                backend.command(device, format!("ping {device}").as_bytes()).await?;
+            }
+        }
+        let snap = fleet.snapshot();
+        let total: u64 = seen.telemetry.values().sum();
+        let mut rtts: Vec<Duration> = seen.acked.values().copied().collect();
+        rtts.sort();
+        let p50 = rtts.get(rtts.len() / 2).map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3));
+        println!(
+            "t={:>3}s  devices connected {:>3}/{}  telemetry {:>6.1} msg/s (total {})  commands acked {:>3}/{}  round trip p50 {}",
+            started.elapsed().as_secs(),
+            snap.connected,
+            snap.devices,
+            (total - last_total) as f64,
+            total,
+            seen.acked.len(),
+            snap.devices,
+            p50
+        );
+        last_total = total;
+    }
+    let seen = backend.observed();
+    let snap = fleet.snapshot();
+    fleet.stop().await;
+    backend.close().await;
+    let heard = bundles.iter().filter(|b| seen.telemetry.contains_key(&b.device_id)).count();
+    let acked = bundles.iter().filter(|b| seen.acked.contains_key(&b.device_id)).count();
+    let pass = heard == bundles.len() && acked == bundles.len();
+    println!(
+        "VERDICT: {} devices={} telemetry_from={} commands_acked={} published={} received={}",
+        if pass { "PASS" } else { "FAIL" },
+        bundles.len(),
+        heard,
+        acked,
+        snap.published,
+        seen.telemetry.values().sum::<u64>()
+    );
+    Ok(pass)
+}
+
+async fn refusals_cmd(
+    gateway: SocketAddr,
+    host: &str,
+    server_ca: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let anchor = refusals::load_anchor(server_ca)?;
+    let foreign = refusals::foreign_ca_device(gateway, host, &anchor).await?;
+    println!("foreign-CA device:      {foreign}");
+    let bare = refusals::no_certificate(gateway, host, &anchor).await?;
+    println!("client without a cert:  {bare}");
+    let pass = !foreign.got_connack && !bare.got_connack;
+    println!(
+        "VERDICT: {} foreign_ca_refused={} no_cert_refused={}",
+        if pass { "PASS" } else { "FAIL" },
+        !foreign.got_connack,
+        !bare.got_connack
+    );
+    Ok(pass)
+}
