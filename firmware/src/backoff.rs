@@ -60,7 +60,10 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_then_caps() {
-        let b = Backoff { base_ms: 500, cap_ms: 60_000 };
+        let b = Backoff {
+            base_ms: 500,
+            cap_ms: 60_000,
+        };
         let c: [u32; 9] = core::array::from_fn(|i| b.ceiling_ms(i as u32));
         assert_eq!(c, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
         assert_eq!(b.ceiling_ms(u32::MAX), 60_000);

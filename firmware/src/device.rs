@@ -18,7 +18,7 @@ use heapless::{String, Vec};
 
 use crate::bundle::Bundle;
 use crate::mqtt::{
-    ConnectReturnCode, Connect, Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters,
+    Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters,
 };
 use crate::socket::SplitSocket;
 use crate::tls::{DeviceCrypto, Suite};
@@ -224,10 +224,7 @@ where
             if rx_len == rx.len() {
                 return Err::<Never, _>(Error::Protocol("packet larger than the receive buffer"));
             }
-            let n = reader
-                .read(&mut rx[rx_len..])
-                .await
-                .map_err(Error::Tls)?;
+            let n = reader.read(&mut rx[rx_len..]).await.map_err(Error::Tls)?;
             if n == 0 {
                 return Err(Error::Closed);
             }
@@ -254,18 +251,31 @@ where
         loop {
             let (acks, replies) = {
                 let mut p = pending.borrow_mut();
-                (core::mem::take(&mut p.pubacks), core::mem::take(&mut p.replies))
+                (
+                    core::mem::take(&mut p.pubacks),
+                    core::mem::take(&mut p.replies),
+                )
             };
             for id in acks {
                 send(&mut writer, &mut tx, &Packet::PubAck(id)).await?;
             }
             for reply in replies {
-                publish(&mut writer, &mut tx, topics.ack.as_str(), &reply, QoS::AtMostOnce, None)
-                    .await?;
+                publish(
+                    &mut writer,
+                    &mut tx,
+                    topics.ack.as_str(),
+                    &reply,
+                    QoS::AtMostOnce,
+                    None,
+                )
+                .await?;
             }
             let now = clock.now_ms();
             if now >= next_telemetry {
-                let len = app.borrow_mut().telemetry(seq, &mut payload).min(MAX_PAYLOAD);
+                let len = app
+                    .borrow_mut()
+                    .telemetry(seq, &mut payload)
+                    .min(MAX_PAYLOAD);
                 seq = seq.wrapping_add(1);
                 let id = (options.telemetry_qos != QoS::AtMostOnce).then(|| {
                     packet_id = packet_id.checked_add(1).unwrap_or(2);
@@ -426,7 +436,9 @@ where
             Either::First(Ok(0)) => return Err(Error::Closed),
             Either::First(Ok(n)) => *rx_len += n,
             Either::First(Err(e)) => return Err(e.into()),
-            Either::Second(()) => return Err(Error::Timeout("no acknowledgement from the gateway")),
+            Either::Second(()) => {
+                return Err(Error::Timeout("no acknowledgement from the gateway"))
+            }
         }
     }
     match Packet::parse(&rx[..*rx_len], MAX_PACKET) {

@@ -40,7 +40,10 @@ impl Clock for TokioClock {
 
 /// Where to connect: the bundle's host and port, or an override (tests run the gateway on a
 /// random port). The TLS server name is always the bundle's host.
-pub async fn connect_tcp(bundle: &Bundle<'_>, to: Option<SocketAddr>) -> std::io::Result<TcpStream> {
+pub async fn connect_tcp(
+    bundle: &Bundle<'_>,
+    to: Option<SocketAddr>,
+) -> std::io::Result<TcpStream> {
     match to {
         Some(addr) => TcpStream::connect(addr).await,
         None => TcpStream::connect((bundle.gateway_host, bundle.gateway_port)).await,
@@ -97,7 +100,11 @@ pub async fn run<A: App>(
             _ = stop.changed() => return,
         };
         on_end(&ended);
-        attempt = if stats.connects > connects_before { 0 } else { attempt + 1 };
+        attempt = if stats.connects > connects_before {
+            0
+        } else {
+            attempt + 1
+        };
         let delay = backoff.delay_ms(attempt, &mut OsRng);
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(u64::from(delay))) => {}

@@ -40,6 +40,8 @@ impl core::fmt::Display for SocketError {
     }
 }
 
+impl core::error::Error for SocketError {}
+
 impl<R, W> ErrorType for &SplitSocket<R, W> {
     type Error = SocketError;
 }

@@ -73,7 +73,8 @@ impl<R: CryptoRngCore> CryptoProvider for DeviceCrypto<'_, R> {
         ),
         TlsError,
     > {
-        let secret = SecretKey::from_sec1_der(self.key_der).map_err(|_| TlsError::InvalidPrivateKey)?;
+        let secret =
+            SecretKey::from_sec1_der(self.key_der).map_err(|_| TlsError::InvalidPrivateKey)?;
         Ok((
             SigningKey::from(&secret),
             SignatureScheme::EcdsaSecp256r1Sha256,

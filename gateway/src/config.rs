@@ -104,13 +104,18 @@ impl Config {
     /// Parses TOML text; relative paths are resolved against `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, String> {
         let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        let listen = file
-            .listen
-            .parse()
-            .map_err(|e| format!("key `listen`: {:?} is not an address:port ({e})", file.listen))?;
+        let listen = file.listen.parse().map_err(|e| {
+            format!(
+                "key `listen`: {:?} is not an address:port ({e})",
+                file.listen
+            )
+        })?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         if file.tls.client_ca.is_empty() {
-            return Err("key `tls.client_ca`: at least one CA file is required (mutual TLS is mandatory)".into());
+            return Err(
+                "key `tls.client_ca`: at least one CA file is required (mutual TLS is mandatory)"
+                    .into(),
+            );
         }
         let tls = TlsFiles {
             server_cert: resolve(file.tls.server_cert),
@@ -237,9 +242,18 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
     fn errors_name_the_key() {
         let cases = [
             (GOOD.replace("127.0.0.1:8883", "nowhere"), "key `listen`"),
-            (GOOD.replace("handshake_timeout_secs = 3", "handshake_timeout_secs = 0"), "limits.handshake_timeout_secs"),
-            (GOOD.replace("client_ca = [\"ca1.pem\", \"ca2.pem\"]", ""), "tls.client_ca"),
-            (GOOD.replace("{device}/cmd/#", "{device}/#/cmd"), "table `acl`"),
+            (
+                GOOD.replace("handshake_timeout_secs = 3", "handshake_timeout_secs = 0"),
+                "limits.handshake_timeout_secs",
+            ),
+            (
+                GOOD.replace("client_ca = [\"ca1.pem\", \"ca2.pem\"]", ""),
+                "tls.client_ca",
+            ),
+            (
+                GOOD.replace("{device}/cmd/#", "{device}/#/cmd"),
+                "table `acl`",
+            ),
             (GOOD.replace("[limits]", "[limits]\nbogus = 1"), "bogus"),
             (format!("{GOOD}\n[limits2]\n"), "limits2"),
         ];

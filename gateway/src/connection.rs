@@ -48,7 +48,10 @@ impl Ended {
 
     /// Whether the client's will message must be published (MQTT 3.1.1 §3.1.2.5).
     fn fires_will(&self) -> bool {
-        !matches!(self, Ended::Client(Close::ClientDisconnect) | Ended::RouterClosed)
+        !matches!(
+            self,
+            Ended::Client(Close::ClientDisconnect) | Ended::RouterClosed
+        )
     }
 }
 
@@ -133,13 +136,19 @@ async fn run(
             Some(link) => link,
             None => {
                 let _ = wr
-                    .write_all(&session::connack(ConnectReturnCode::ServerUnavailable, false))
+                    .write_all(&session::connack(
+                        ConnectReturnCode::ServerUnavailable,
+                        false,
+                    ))
                     .await;
                 return Err(refused(Refusal::RouterUnavailable));
             }
         };
     if wr
-        .write_all(&session::connack(ConnectReturnCode::Accepted, session_present))
+        .write_all(&session::connack(
+            ConnectReturnCode::Accepted,
+            session_present,
+        ))
         .await
         .is_err()
     {

@@ -111,22 +111,26 @@ impl Identity {
 /// The same rule the identity bundle applies to device ids and tenants.
 pub fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len().saturating_sub(1));
+    let start = b
+        .iter()
+        .position(|&x| x != 0)
+        .unwrap_or(b.len().saturating_sub(1));
     &b[start..]
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -153,7 +157,10 @@ mod tests {
             (DnType::OrganizationName, "acme"),
         ]);
         let id = Identity::from_cert_der(&der, "service").unwrap();
-        assert_eq!((id.id.as_str(), id.tenant.as_str()), ("acme-000001", "acme"));
+        assert_eq!(
+            (id.id.as_str(), id.tenant.as_str()),
+            ("acme-000001", "acme")
+        );
         assert_eq!(id.kind, Kind::Device);
         assert_eq!(id.serial_hex(), "12ab");
         assert_eq!(id.fingerprint_hex().len(), 64);
@@ -163,8 +170,14 @@ mod tests {
             (DnType::OrganizationName, "acme"),
             (DnType::OrganizationalUnitName, "service"),
         ]);
-        assert_eq!(Identity::from_cert_der(&der, "service").unwrap().kind, Kind::Service);
-        assert_eq!(Identity::from_cert_der(&der, "ops").unwrap().kind, Kind::Device);
+        assert_eq!(
+            Identity::from_cert_der(&der, "service").unwrap().kind,
+            Kind::Service
+        );
+        assert_eq!(
+            Identity::from_cert_der(&der, "ops").unwrap().kind,
+            Kind::Device
+        );
     }
 
     #[test]

@@ -67,7 +67,8 @@ impl RouterHandle {
             }
         };
         let ack: Option<rumqttd::protocol::Packet> = ack.into();
-        let present = matches!(ack, Some(rumqttd::protocol::Packet::ConnAck(a, _)) if a.session_present);
+        let present =
+            matches!(ack, Some(rumqttd::protocol::Packet::ConnAck(a, _)) if a.session_present);
         Some((tx, rx, present))
     }
 }
@@ -158,7 +159,10 @@ impl Gateway {
         let kicked = self.shared.sessions.kick_where(Kick::Shutdown, |_| true);
         tracing::info!(sessions = kicked, "shutting down");
         let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
             tasks.abort_all();
         }
     }

@@ -34,7 +34,10 @@ pub enum Refusal {
     BadConnect(String),
     UnsupportedProtocol(u8),
     /// The CONNECT client id is neither empty nor the certificate's device id.
-    ClientIdMismatch { sent: String, cert: String },
+    ClientIdMismatch {
+        sent: String,
+        cert: String,
+    },
     /// The CONNECT will topic is outside the client's ACL.
     WillDenied(String),
     /// The router refused to open a session.
@@ -246,11 +249,10 @@ impl Session {
             Packet::PingReq => reply(&Packet::PingResp),
             Packet::Disconnect => Inbound::Close(Close::ClientDisconnect),
             Packet::Connect(_) => Inbound::Close(Close::ProtocolViolation("second CONNECT")),
-            Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp => {
-                Inbound::Close(Close::ProtocolViolation("server-only packet sent by client"))
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Inbound::Close(Close::ProtocolViolation(
+                    "server-only packet sent by client",
+                ))
             }
         }
     }
@@ -347,7 +349,10 @@ impl Session {
                 let merged: Vec<SubAckCode> = match self.pending_subacks.remove(&a.pkid) {
                     Some(slots) => slots
                         .into_iter()
-                        .map(|s| s.or_else(|| router_codes.next()).unwrap_or(SubAckCode::Failure))
+                        .map(|s| {
+                            s.or_else(|| router_codes.next())
+                                .unwrap_or(SubAckCode::Failure)
+                        })
                         .collect(),
                     None => router_codes.collect(),
                 };
@@ -499,10 +504,23 @@ mod tests {
     fn client_id_is_the_certificate_cn() {
         let id = device("d1");
         let policy = Policy::default();
-        assert_eq!(on_connect(&id, &policy, &connect("d1", None)).unwrap().client_id, "d1");
-        assert_eq!(on_connect(&id, &policy, &connect("", None)).unwrap().client_id, "d1");
+        assert_eq!(
+            on_connect(&id, &policy, &connect("d1", None))
+                .unwrap()
+                .client_id,
+            "d1"
+        );
+        assert_eq!(
+            on_connect(&id, &policy, &connect("", None))
+                .unwrap()
+                .client_id,
+            "d1"
+        );
         let refusal = on_connect(&id, &policy, &connect("d2", None)).unwrap_err();
-        assert_eq!(refusal.connack_code(), Some(ConnectReturnCode::NotAuthorized));
+        assert_eq!(
+            refusal.connack_code(),
+            Some(ConnectReturnCode::NotAuthorized)
+        );
         assert_eq!(refusal.label(), "client_id_mismatch");
     }
 
@@ -516,14 +534,30 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
         };
-        let ok = on_connect(&id, &policy, &connect("d1", Some(will("tenants/acme/devices/d1/status"))))
-            .unwrap();
-        assert_eq!(ok.will.unwrap().topic.as_ref(), b"tenants/acme/devices/d1/status");
-        let refusal =
-            on_connect(&id, &policy, &connect("d1", Some(will("tenants/acme/devices/d2/status"))))
-                .unwrap_err();
-        assert_eq!(refusal, Refusal::WillDenied("tenants/acme/devices/d2/status".into()));
-        assert_eq!(refusal.connack_code(), Some(ConnectReturnCode::NotAuthorized));
+        let ok = on_connect(
+            &id,
+            &policy,
+            &connect("d1", Some(will("tenants/acme/devices/d1/status"))),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.will.unwrap().topic.as_ref(),
+            b"tenants/acme/devices/d1/status"
+        );
+        let refusal = on_connect(
+            &id,
+            &policy,
+            &connect("d1", Some(will("tenants/acme/devices/d2/status"))),
+        )
+        .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::WillDenied("tenants/acme/devices/d2/status".into())
+        );
+        assert_eq!(
+            refusal.connack_code(),
+            Some(ConnectReturnCode::NotAuthorized)
+        );
     }
 
     fn session() -> Session {
@@ -544,7 +578,11 @@ mod tests {
     #[test]
     fn allowed_publish_goes_to_the_router_with_qos_and_id() {
         let mut s = session();
-        match s.inbound(publish("tenants/acme/devices/d1/telemetry", QoS::AtLeastOnce, Some(9))) {
+        match s.inbound(publish(
+            "tenants/acme/devices/d1/telemetry",
+            QoS::AtLeastOnce,
+            Some(9),
+        )) {
             Inbound::Router(r::Packet::Publish(p, None)) => {
                 let record = p.serialize();
                 assert_eq!(record[0] & 0b0110, 0b0010, "QoS 1 kept");
@@ -560,7 +598,10 @@ mod tests {
     fn denied_publishes_are_acknowledged_and_dropped() {
         let mut s = session();
         let other = "tenants/acme/devices/d2/telemetry";
-        assert!(matches!(s.inbound(publish(other, QoS::AtMostOnce, None)), Inbound::Nothing));
+        assert!(matches!(
+            s.inbound(publish(other, QoS::AtMostOnce, None)),
+            Inbound::Nothing
+        ));
         match s.inbound(publish(other, QoS::AtLeastOnce, Some(3))) {
             Inbound::Reply(b) => assert_eq!(decode(&b), Packet::PubAck(3)),
             o => panic!("{o:?}"),
@@ -574,7 +615,10 @@ mod tests {
             Inbound::Reply(b) => assert_eq!(decode(&b), Packet::PubComp(4)),
             o => panic!("{o:?}"),
         }
-        assert!(matches!(s.inbound(Packet::PubRel(5)), Inbound::Router(r::Packet::PubRel(..))));
+        assert!(matches!(
+            s.inbound(Packet::PubRel(5)),
+            Inbound::Router(r::Packet::PubRel(..))
+        ));
         assert_eq!(s.stats.acl_denials, 3);
         assert_eq!(s.stats.publishes_in, 0);
     }
@@ -582,7 +626,10 @@ mod tests {
     #[test]
     fn subscribe_forwards_only_allowed_filters() {
         let mut s = session();
-        let all_denied = [("#", QoS::AtMostOnce), ("tenants/acme/devices/+/cmd/#", QoS::AtLeastOnce)];
+        let all_denied = [
+            ("#", QoS::AtMostOnce),
+            ("tenants/acme/devices/+/cmd/#", QoS::AtLeastOnce),
+        ];
         match s.inbound(Packet::Subscribe(mqtt::Subscribe {
             packet_id: 1,
             filters: SubscribeFilters::from_slice(&all_denied),
@@ -597,7 +644,10 @@ mod tests {
             },
             o => panic!("{o:?}"),
         }
-        let mixed = [("#", QoS::AtMostOnce), ("tenants/acme/devices/d1/cmd/#", QoS::AtLeastOnce)];
+        let mixed = [
+            ("#", QoS::AtMostOnce),
+            ("tenants/acme/devices/d1/cmd/#", QoS::AtLeastOnce),
+        ];
         match s.inbound(Packet::Subscribe(mqtt::Subscribe {
             packet_id: 2,
             filters: SubscribeFilters::from_slice(&mixed),
@@ -633,22 +683,34 @@ mod tests {
         match decode(&out) {
             Packet::Publish(p) => {
                 assert_eq!(p.topic, "tenants/acme/devices/d1/cmd/reboot");
-                assert_eq!((p.qos, p.packet_id, p.payload), (QoS::AtLeastOnce, Some(77), &b"now"[..]));
+                assert_eq!(
+                    (p.qos, p.packet_id, p.payload),
+                    (QoS::AtLeastOnce, Some(77), &b"now"[..])
+                );
             }
             o => panic!("{o:?}"),
         }
-        assert_eq!(s.outbound(Notification::Unschedule, &mut out), Outbound::Wake);
+        assert_eq!(
+            s.outbound(Notification::Unschedule, &mut out),
+            Outbound::Wake
+        );
     }
 
     #[test]
     fn protocol_violations_close() {
         let mut s = session();
-        assert!(matches!(s.inbound(Packet::PingResp), Inbound::Close(Close::ProtocolViolation(_))));
+        assert!(matches!(
+            s.inbound(Packet::PingResp),
+            Inbound::Close(Close::ProtocolViolation(_))
+        ));
         assert!(matches!(
             s.inbound(Packet::Connect(connect("d1", None))),
             Inbound::Close(Close::ProtocolViolation(_))
         ));
-        assert!(matches!(s.inbound(Packet::Disconnect), Inbound::Close(Close::ClientDisconnect)));
+        assert!(matches!(
+            s.inbound(Packet::Disconnect),
+            Inbound::Close(Close::ClientDisconnect)
+        ));
         match s.inbound(Packet::PingReq) {
             Inbound::Reply(b) => assert_eq!(b, [0xD0, 0x00]),
             o => panic!("{o:?}"),

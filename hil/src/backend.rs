@@ -60,13 +60,14 @@ pub fn client_config(id: &ServiceIdentity<'_>) -> Result<Arc<rustls::ClientConfi
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| tls(&e))?;
     let key = PrivateKeyDer::from_pem_slice(&read(id.key_pem)?).map_err(|e| tls(&e))?;
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls(&e))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| tls(&e))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls(&e))?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| tls(&e))?;
     Ok(Arc::new(config))
 }
 
@@ -89,7 +90,10 @@ impl Backend {
         let (client, mut events) = AsyncClient::new(options, 1024);
         for suffix in ["telemetry", "ack"] {
             client
-                .subscribe(format!("tenants/{tenant}/devices/+/{suffix}"), QoS::AtLeastOnce)
+                .subscribe(
+                    format!("tenants/{tenant}/devices/+/{suffix}"),
+                    QoS::AtLeastOnce,
+                )
                 .await
                 .map_err(|e| Error::Backend(e.to_string()))?;
         }
@@ -99,8 +103,14 @@ impl Backend {
             while subacks < 2 {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                            return Err(Error::Backend("gateway refused a backend subscription".into()));
+                        if ack
+                            .return_codes
+                            .iter()
+                            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                        {
+                            return Err(Error::Backend(
+                                "gateway refused a backend subscription".into(),
+                            ));
                         }
                         subacks += 1;
                     }
@@ -124,8 +134,12 @@ impl Backend {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let Some(rest) = p.topic.strip_prefix(&prefix) else { continue };
-                        let Some((device, kind)) = rest.split_once('/') else { continue };
+                        let Some(rest) = p.topic.strip_prefix(&prefix) else {
+                            continue;
+                        };
+                        let Some((device, kind)) = rest.split_once('/') else {
+                            continue;
+                        };
                         let mut o = seen.lock().unwrap_or_else(|e| e.into_inner());
                         match kind {
                             "telemetry" => {
@@ -176,7 +190,10 @@ impl Backend {
 
     /// A copy of what has been observed so far.
     pub fn observed(&self) -> Observed {
-        self.observed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Disconnects cleanly.

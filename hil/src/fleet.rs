@@ -10,7 +10,7 @@ use fleet_firmware::bundle::Bundle;
 use fleet_firmware::device::{App, Options, Stats};
 use fleet_firmware::sim;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::LocalSet;
 
 use crate::Error;
 
@@ -95,57 +95,48 @@ pub struct Snapshot {
 }
 
 /// Running simulated devices.
+///
+/// The device loop is `!Send` (it is single-core firmware), so devices run on `LocalSet`s in
+/// a few worker threads, each with its own current-thread runtime.
 pub struct Fleet {
     pub devices: Vec<Arc<DeviceState>>,
     stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// Worker threads for a fleet (the machines this runs on have two cores).
+const WORKERS: usize = 2;
+
 impl Fleet {
-    /// Starts one task per bundle. `to` overrides the bundles' gateway address (the TLS server
-    /// name stays the bundle's host).
+    /// Starts every device. `to` overrides the bundles' gateway address (the TLS server name
+    /// stays the bundle's host).
     pub fn start(bundles: &[DeviceBundle], to: Option<SocketAddr>, options: Options) -> Fleet {
         let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut devices = Vec::with_capacity(bundles.len());
-        for b in bundles {
-            let state = Arc::new(DeviceState {
-                device_id: b.device_id.clone(),
-                ..DeviceState::default()
-            });
-            devices.push(state.clone());
-            let bytes = b.bytes.clone();
-            let stop_rx = stop_rx.clone();
-            tasks.spawn(async move {
-                let Ok(bundle) = Bundle::parse(&bytes) else {
-                    return;
-                };
-                let mut app = SimApp {
-                    state: state.clone(),
-                };
-                let mut stats = Stats::default();
-                sim::run(
-                    &bundle,
-                    to,
-                    &mut app,
-                    &options,
-                    Backoff::default(),
-                    &mut stats,
-                    stop_rx,
-                    |e| {
-                        state.connected.store(false, Ordering::Relaxed);
-                        *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(e.to_string());
-                    },
-                )
-                .await;
-                state.connected.store(false, Ordering::Relaxed);
-            });
+        let devices: Vec<Arc<DeviceState>> = bundles
+            .iter()
+            .map(|b| {
+                Arc::new(DeviceState {
+                    device_id: b.device_id.clone(),
+                    ..DeviceState::default()
+                })
+            })
+            .collect();
+        let mut shares: Vec<Vec<(Vec<u8>, Arc<DeviceState>)>> = vec![Vec::new(); WORKERS];
+        for (i, (b, state)) in bundles.iter().zip(&devices).enumerate() {
+            shares[i % WORKERS].push((b.bytes.clone(), state.clone()));
         }
+        let workers = shares
+            .into_iter()
+            .filter(|share| !share.is_empty())
+            .map(|share| {
+                let stop_rx = stop_rx.clone();
+                std::thread::spawn(move || run_worker(share, to, options, stop_rx))
+            })
+            .collect();
         Fleet {
             devices,
             stop,
-            tasks,
+            workers,
         }
     }
 
@@ -164,9 +155,72 @@ impl Fleet {
         )
     }
 
-    /// Stops every device and waits for their tasks.
-    pub async fn stop(mut self) {
+    /// Stops every device and waits for the workers.
+    pub async fn stop(self) {
         let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
     }
+}
+
+fn run_worker(
+    share: Vec<(Vec<u8>, Arc<DeviceState>)>,
+    to: Option<SocketAddr>,
+    options: Options,
+    stop: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            for (_, state) in &share {
+                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("cannot start a runtime: {e}"));
+            }
+            return;
+        }
+    };
+    let local = LocalSet::new();
+    for (bytes, state) in share {
+        local.spawn_local(run_device(bytes, state, to, options, stop.clone()));
+    }
+    runtime.block_on(local);
+}
+
+async fn run_device(
+    bytes: Vec<u8>,
+    state: Arc<DeviceState>,
+    to: Option<SocketAddr>,
+    options: Options,
+    stop: watch::Receiver<bool>,
+) {
+    let Ok(bundle) = Bundle::parse(&bytes) else {
+        return;
+    };
+    let mut app = SimApp {
+        state: state.clone(),
+    };
+    let mut stats = Stats::default();
+    sim::run(
+        &bundle,
+        to,
+        &mut app,
+        &options,
+        Backoff::default(),
+        &mut stats,
+        stop,
+        |e| {
+            state.connected.store(false, Ordering::Relaxed);
+            *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        },
+    )
+    .await;
+    state.connected.store(false, Ordering::Relaxed);
 }

@@ -144,14 +144,18 @@ async fn fleet(
         let seen = backend.observed();
         for device in seen.telemetry.keys() {
             if commanded.insert(device.clone()) {
-                backend.command(device, format!("ping {device}").as_bytes()).await?;
+                backend
+                    .command(device, format!("ping {device}").as_bytes())
+                    .await?;
             }
         }
         let snap = fleet.snapshot();
         let total: u64 = seen.telemetry.values().sum();
         let mut rtts: Vec<Duration> = seen.acked.values().copied().collect();
         rtts.sort();
-        let p50 = rtts.get(rtts.len() / 2).map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3));
+        let p50 = rtts
+            .get(rtts.len() / 2)
+            .map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3));
         println!(
             "t={:>3}s  devices connected {:>3}/{}  telemetry {:>6.1} msg/s (total {})  commands acked {:>3}/{}  round trip p50 {}",
             started.elapsed().as_secs(),
@@ -169,8 +173,14 @@ async fn fleet(
     let snap = fleet.snapshot();
     fleet.stop().await;
     backend.close().await;
-    let heard = bundles.iter().filter(|b| seen.telemetry.contains_key(&b.device_id)).count();
-    let acked = bundles.iter().filter(|b| seen.acked.contains_key(&b.device_id)).count();
+    let heard = bundles
+        .iter()
+        .filter(|b| seen.telemetry.contains_key(&b.device_id))
+        .count();
+    let acked = bundles
+        .iter()
+        .filter(|b| seen.acked.contains_key(&b.device_id))
+        .count();
     let pass = heard == bundles.len() && acked == bundles.len();
     println!(
         "VERDICT: {} devices={} telemetry_from={} commands_acked={} published={} received={}",

@@ -86,7 +86,8 @@ pub async fn foreign_ca_device(
         .map_err(|e| Error::Tls(format!("foreign bundle: {e}")))?;
     let bundle = Bundle::parse(&buf[..n]).map_err(|e| Error::Tls(e.to_string()))?;
     let mut stats = Stats::default();
-    let attempt = sim::connect_once(&bundle, Some(gateway), &mut Silent, &Options::default(), &mut stats);
+    let (mut app, options) = (Silent, Options::default());
+    let attempt = sim::connect_once(&bundle, Some(gateway), &mut app, &options, &mut stats);
     let seen = match tokio::time::timeout(Duration::from_secs(15), attempt).await {
         Ok(e) => e.to_string(),
         Err(_) => "no answer within 15 s".into(),
@@ -136,24 +137,26 @@ pub async fn no_certificate(
         let read = tls.read(&mut answer).await?;
         Ok::<_, std::io::Error>(read >= 2 && answer[0] == 0x20)
     };
-    Ok(match tokio::time::timeout(Duration::from_secs(15), attempt).await {
-        Ok(Ok(true)) => Outcome {
-            got_connack: true,
-            seen: "CONNACK received".into(),
+    Ok(
+        match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+            Ok(Ok(true)) => Outcome {
+                got_connack: true,
+                seen: "CONNACK received".into(),
+            },
+            Ok(Ok(false)) => Outcome {
+                got_connack: false,
+                seen: "connection closed without CONNACK".into(),
+            },
+            Ok(Err(e)) => Outcome {
+                got_connack: false,
+                seen: e.to_string(),
+            },
+            Err(_) => Outcome {
+                got_connack: false,
+                seen: "no answer within 15 s".into(),
+            },
         },
-        Ok(Ok(false)) => Outcome {
-            got_connack: false,
-            seen: "connection closed without CONNACK".into(),
-        },
-        Ok(Err(e)) => Outcome {
-            got_connack: false,
-            seen: e.to_string(),
-        },
-        Err(_) => Outcome {
-            got_connack: false,
-            seen: "no answer within 15 s".into(),
-        },
-    })
+    )
 }
 
 /// A throwaway CA and a device certificate it signed: (certificate DER, SEC1 key DER).
@@ -161,7 +164,8 @@ fn foreign_identity(device_id: &str, tenant: &str) -> Result<(Vec<u8>, Vec<u8>),
     let e = |e: &dyn fmt::Display| Error::Tls(format!("foreign PKI: {e}"));
     let ca_key = KeyPair::generate().map_err(|x| e(&x))?;
     let mut ca = CertificateParams::new(Vec::new()).map_err(|x| e(&x))?;
-    ca.distinguished_name.push(DnType::CommonName, "Foreign Root CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "Foreign Root CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca.self_signed(&ca_key).map_err(|x| e(&x))?;
     let issuer = rcgen::Issuer::new(ca, ca_key);
@@ -169,7 +173,8 @@ fn foreign_identity(device_id: &str, tenant: &str) -> Result<(Vec<u8>, Vec<u8>),
     let key = KeyPair::generate().map_err(|x| e(&x))?;
     let mut dev = CertificateParams::new(Vec::new()).map_err(|x| e(&x))?;
     dev.distinguished_name.push(DnType::CommonName, device_id);
-    dev.distinguished_name.push(DnType::OrganizationName, tenant);
+    dev.distinguished_name
+        .push(DnType::OrganizationName, tenant);
     dev.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let cert = dev.signed_by(&key, &issuer).map_err(|x| e(&x))?;
     let _ = ca_cert;

@@ -1,1 +1,318 @@
+//! `fleet-provision`: the factory station.
+//!
+//! A station directory holds the CA hierarchy, the device registry and everything issued:
+//!
+//! ```text
+//! DIR/ca/root.pem, root.key              root CA (keep offline in production)
+//! DIR/ca/issuing.pem, issuing.key        issuing CA, signs everything below
+//! DIR/gateway/server.pem, server.key     gateway server chain (leaf, issuing CA) and key
+//! DIR/gateway/clients-ca.pem             the CA the gateway trusts for client certificates
+//! DIR/devices/{id}.bin, {id}.pem         identity bundle to flash, certificate for humans
+//! DIR/services/{name}.pem, {name}.key    backend service identities
+//! DIR/registry.sqlite3                   device registry
+//! ```
 
+mod error;
+pub mod pki;
+pub mod registry;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use fleet_firmware::bundle::{Bundle, SEED_LEN};
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+
+use error::io;
+pub use error::Error;
+use pki::Ca;
+use registry::{Registry, SqliteRegistry};
+
+/// How the CA private keys are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProtection {
+    /// PKCS#8 PEM without encryption: development only, and only when asked for explicitly.
+    InsecurePlaintext,
+}
+
+/// A batch of devices to issue (key-injection flow: the station generates each key and
+/// writes it only into that device's bundle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRequest {
+    pub tenant: String,
+    pub count: u32,
+    pub gateway_host: String,
+    pub gateway_port: u16,
+    pub validity_days: u32,
+}
+
+/// One issued device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIssued {
+    pub device_id: String,
+    pub serial_hex: String,
+    pub bundle_path: PathBuf,
+    pub cert_pem_path: PathBuf,
+}
+
+/// Files written for a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedFiles {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// An open station directory.
+pub struct Station {
+    dir: PathBuf,
+    root: Ca,
+    issuing: Ca,
+    registry: SqliteRegistry,
+}
+
+/// Validity of gateway server and service certificates.
+const SERVER_DAYS: i64 = 825;
+
+impl Station {
+    /// Creates the CA hierarchy in `dir` (which must not already hold one).
+    pub fn init(dir: &Path, org: &str, keys: KeyProtection) -> Result<Station, Error> {
+        let KeyProtection::InsecurePlaintext = keys;
+        check_name("org", org, false)?;
+        let root_pem = dir.join("ca/root.pem");
+        if root_pem.exists() {
+            return Err(Error::CaExists {
+                dir: dir.to_owned(),
+                what: root_pem,
+            });
+        }
+        let root = pki::new_root_ca(org)?;
+        let issuing = pki::new_issuing_ca(&root, org)?;
+        write_file(
+            &dir.join("ca/root.key"),
+            root.key.serialize_pem().as_bytes(),
+            true,
+        )?;
+        write_file(
+            &dir.join("ca/issuing.key"),
+            issuing.key.serialize_pem().as_bytes(),
+            true,
+        )?;
+        write_file(
+            &dir.join("ca/issuing.pem"),
+            issuing.cert_pem.as_bytes(),
+            false,
+        )?;
+        write_file(
+            &dir.join("gateway/clients-ca.pem"),
+            issuing.cert_pem.as_bytes(),
+            false,
+        )?;
+        // Written last: its presence marks a complete CA.
+        write_file(&root_pem, root.cert_pem.as_bytes(), false)?;
+        Station::open(dir)
+    }
+
+    /// Opens an existing station directory.
+    pub fn open(dir: &Path) -> Result<Station, Error> {
+        let read = |rel: &str| -> Result<String, Error> {
+            let path = dir.join(rel);
+            if !path.exists() {
+                return Err(Error::NotAStation {
+                    dir: dir.to_owned(),
+                    what: path,
+                });
+            }
+            std::fs::read_to_string(&path).map_err(io(&path))
+        };
+        let ca = |cert: &str, key: &str| -> Result<Ca, Error> {
+            Ca::from_pem(&read(cert)?, &read(key)?).map_err(|e| Error::BadPem {
+                path: dir.join(cert),
+                message: e.to_string(),
+            })
+        };
+        let root = ca("ca/root.pem", "ca/root.key")?;
+        let issuing = ca("ca/issuing.pem", "ca/issuing.key")?;
+        let registry = SqliteRegistry::open(&dir.join("registry.sqlite3"))?;
+        Ok(Station {
+            dir: dir.to_owned(),
+            root,
+            issuing,
+            registry,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The gateway server certificate for these host names / IP addresses.
+    pub fn issue_server_cert(&self, hosts: &[&str]) -> Result<IssuedFiles, Error> {
+        let issued = pki::sign_server(&self.issuing, hosts, SERVER_DAYS)?;
+        let files = IssuedFiles {
+            cert_path: self.dir.join("gateway/server.pem"),
+            key_path: self.dir.join("gateway/server.key"),
+        };
+        let chain = format!("{}{}", issued.cert_pem, self.issuing.cert_pem);
+        write_file(&files.key_path, issued.key.serialize_pem().as_bytes(), true)?;
+        write_file(&files.cert_path, chain.as_bytes(), false)?;
+        Ok(files)
+    }
+
+    /// A backend service identity (it keeps its key: it runs in the cloud, not on a board).
+    pub fn issue_service_cert(&self, name: &str, tenant: &str) -> Result<IssuedFiles, Error> {
+        check_name("service name", name, true)?;
+        check_name("tenant", tenant, true)?;
+        let issued = pki::sign_service(&self.issuing, name, tenant, SERVER_DAYS)?;
+        let files = IssuedFiles {
+            cert_path: self.dir.join(format!("services/{name}.pem")),
+            key_path: self.dir.join(format!("services/{name}.key")),
+        };
+        write_file(&files.key_path, issued.key.serialize_pem().as_bytes(), true)?;
+        write_file(&files.cert_path, issued.cert_pem.as_bytes(), false)?;
+        Ok(files)
+    }
+
+    /// Issues a batch of devices; `progress` is called after each one.
+    pub fn issue_devices_with(
+        &mut self,
+        req: &BatchRequest,
+        mut progress: impl FnMut(&DeviceIssued),
+    ) -> Result<Vec<DeviceIssued>, Error> {
+        check_name("tenant", &req.tenant, true)?;
+        if req.count == 0 {
+            return Err(Error::InvalidInput {
+                field: "count",
+                message: "must be at least 1".into(),
+            });
+        }
+        if req.gateway_port == 0 {
+            return Err(Error::InvalidInput {
+                field: "gateway port",
+                message: "must not be 0".into(),
+            });
+        }
+        if req.validity_days == 0 {
+            return Err(Error::InvalidInput {
+                field: "validity days",
+                message: "must be at least 1".into(),
+            });
+        }
+        let batch = format!(
+            "batch-{}-{:08x}",
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+            OsRng.next_u32()
+        );
+        let mut out = Vec::with_capacity(req.count as usize);
+        for _ in 0..req.count {
+            let issued = self.issue_one(req, &batch)?;
+            progress(&issued);
+            out.push(issued);
+        }
+        Ok(out)
+    }
+
+    /// Issues a batch of devices.
+    pub fn issue_devices(&mut self, req: &BatchRequest) -> Result<Vec<DeviceIssued>, Error> {
+        self.issue_devices_with(req, |_| {})
+    }
+
+    fn issue_one(&mut self, req: &BatchRequest, batch: &str) -> Result<DeviceIssued, Error> {
+        let serial = pki::random_serial();
+        let serial_hex = hex(&serial);
+        // Durable reservation first: a crash after this never reuses the id or serial.
+        let device_id = self.registry.reserve(&req.tenant, batch, &serial_hex)?;
+        let cert = pki::sign_device_with_serial(
+            &self.issuing,
+            &device_id,
+            &req.tenant,
+            i64::from(req.validity_days),
+            &serial,
+        )?;
+        let key = cert.key_sec1_der()?;
+        let mut seed = [0u8; SEED_LEN];
+        OsRng.fill_bytes(&mut seed);
+        let bundle = Bundle {
+            generation: 1,
+            device_id: &device_id,
+            tenant: &req.tenant,
+            cert_der: &cert.cert_der,
+            private_key_der: Some(&key),
+            trust_anchor_der: &self.root.cert_der,
+            gateway_host: &req.gateway_host,
+            gateway_port: req.gateway_port,
+            seed: Some(&seed),
+        };
+        let mut bytes = vec![0u8; bundle.encoded_len()];
+        bundle
+            .emit(&mut bytes)
+            .map_err(|e| Error::Bundle(format!("{device_id}: {e}")))?;
+        let bundle_path = self.dir.join(format!("devices/{device_id}.bin"));
+        let cert_pem_path = self.dir.join(format!("devices/{device_id}.pem"));
+        write_file(&cert_pem_path, cert.cert_pem.as_bytes(), false)?;
+        write_file(&bundle_path, &bytes, true)?;
+        self.registry
+            .activate(&device_id, &hex(&Sha256::digest(&cert.cert_der)))?;
+        Ok(DeviceIssued {
+            device_id,
+            serial_hex,
+            bundle_path,
+            cert_pem_path,
+        })
+    }
+
+    /// The registry's view of every device.
+    pub fn devices(&self) -> Result<Vec<registry::DeviceRecord>, Error> {
+        self.registry.list()
+    }
+}
+
+fn check_name(field: &'static str, value: &str, strict: bool) -> Result<(), Error> {
+    let ok = if strict {
+        (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    } else {
+        !value.trim().is_empty() && value.len() <= 64 && !value.contains(['\0', '\n'])
+    };
+    if ok {
+        Ok(())
+    } else if strict {
+        Err(Error::InvalidInput {
+            field,
+            message: format!("{value:?} must be 1-64 of A-Z a-z 0-9 . _ -"),
+        })
+    } else {
+        Err(Error::InvalidInput {
+            field,
+            message: format!("{value:?} must be 1-64 printable characters"),
+        })
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Writes a file atomically (temp file, fsync, rename); `secret` files get mode 0600.
+pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}

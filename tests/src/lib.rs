@@ -158,8 +158,11 @@ pub fn export_pem(bundle: &DeviceBundle, dir: &Path) -> (PathBuf, PathBuf) {
     let b = fleet_firmware::bundle::Bundle::parse(&bundle.bytes).expect("bundle");
     let cert = dir.join(format!("{}.pem", bundle.device_id));
     let key = dir.join(format!("{}.key", bundle.device_id));
-    std::fs::write(&cert, pem::encode(&pem::Pem::new("CERTIFICATE", b.cert_der.to_vec())))
-        .expect("write cert");
+    std::fs::write(
+        &cert,
+        pem::encode(&pem::Pem::new("CERTIFICATE", b.cert_der.to_vec())),
+    )
+    .expect("write cert");
     std::fs::write(
         &key,
         pem::encode(&pem::Pem::new(

@@ -8,7 +8,9 @@ use fleet_firmware::mqtt::QoS;
 use fleet_hil::fleet::{telemetry_payload, Fleet};
 use fleet_hil::refusals;
 use fleet_tests::{device_client_config, export_pem, Pki, RunningGateway, TENANT};
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, TlsConfiguration, Transport,
+};
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -31,15 +33,31 @@ async fn devices_publish_and_the_backend_receives_exactly_that() {
         ..Options::default()
     };
     let fleet = Fleet::start(&bundles, Some(gw.addr), options);
-    wait_for("3 sessions", Duration::from_secs(20), || gw.sessions.len() == 3).await;
+    let device_sessions = || {
+        gw.sessions
+            .list()
+            .iter()
+            .filter(|s| s.identity.kind == fleet_gateway::identity::Kind::Device)
+            .count()
+    };
+    wait_for("3 device sessions", Duration::from_secs(20), || {
+        device_sessions() == 3
+    })
+    .await;
     wait_for("5 messages per device", Duration::from_secs(20), || {
-        fleet.devices.iter().all(|d| d.published.load(std::sync::atomic::Ordering::Relaxed) >= 5)
+        fleet
+            .devices
+            .iter()
+            .all(|d| d.published.load(std::sync::atomic::Ordering::Relaxed) >= 5)
     })
     .await;
 
     // Every device gets one command and acknowledges it.
     for b in &bundles {
-        backend.command(&b.device_id, b"hello").await.expect("command");
+        backend
+            .command(&b.device_id, b"hello")
+            .await
+            .expect("command");
     }
     wait_for("3 command acks", Duration::from_secs(10), || {
         backend.observed().acked.len() == 3
@@ -60,12 +78,18 @@ async fn devices_publish_and_the_backend_receives_exactly_that() {
     };
     wait_for("all published telemetry", Duration::from_secs(10), || {
         let seen = backend.observed();
-        (0..3).all(|i| seen.payloads.get(&bundles[i].device_id).map_or(0, Vec::len) >= want(i).len())
+        (0..3)
+            .all(|i| seen.payloads.get(&bundles[i].device_id).map_or(0, Vec::len) >= want(i).len())
     })
     .await;
     let seen = backend.observed();
     for (i, b) in bundles.iter().enumerate() {
-        assert_eq!(seen.payloads[&b.device_id], want(i), "telemetry of {}", b.device_id);
+        assert_eq!(
+            seen.payloads[&b.device_id],
+            want(i),
+            "telemetry of {}",
+            b.device_id
+        );
         assert!(seen.acked.contains_key(&b.device_id));
     }
     backend.close().await;
@@ -81,11 +105,17 @@ async fn foreign_ca_device_and_certificateless_client_never_get_connack() {
     let foreign = refusals::foreign_ca_device(gw.addr, "localhost", &anchor)
         .await
         .expect("attempt runs");
-    assert!(!foreign.got_connack, "foreign-CA device got a CONNACK: {foreign}");
+    assert!(
+        !foreign.got_connack,
+        "foreign-CA device got a CONNACK: {foreign}"
+    );
     let bare = refusals::no_certificate(gw.addr, "localhost", &anchor)
         .await
         .expect("attempt runs");
-    assert!(!bare.got_connack, "certificate-less client got a CONNACK: {bare}");
+    assert!(
+        !bare.got_connack,
+        "certificate-less client got a CONNACK: {bare}"
+    );
     assert!(gw.sessions.is_empty());
     gw.stop().await;
 }
@@ -159,7 +189,11 @@ async fn empty_client_id_becomes_the_certificate_cn() {
     assert_eq!(sessions.len(), 2, "device and backend");
     assert!(sessions.iter().any(|s| s.identity.id == id));
     wait_for("telemetry at the backend", Duration::from_secs(5), || {
-        backend.observed().payloads.get(&id).is_some_and(|p| p == &[b"from-empty-id".to_vec()])
+        backend
+            .observed()
+            .payloads
+            .get(&id)
+            .is_some_and(|p| p == &[b"from-empty-id".to_vec()])
     })
     .await;
     backend.close().await;
@@ -177,7 +211,10 @@ async fn mosquitto_pub_with_a_provisioned_device_identity() {
         .output()
         .is_ok();
     if !found {
-        assert!(!required, "mosquitto_pub is not installed (cargo xtask test installs it)");
+        assert!(
+            !required,
+            "mosquitto_pub is not installed (cargo xtask test installs it)"
+        );
         eprintln!("skipping: mosquitto_pub not installed; run `cargo xtask test`");
         return;
     }
@@ -205,13 +242,17 @@ async fn mosquitto_pub_with_a_provisioned_device_identity() {
         "mosquitto_pub failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for("mosquitto's message at the backend", Duration::from_secs(5), || {
-        backend
-            .observed()
-            .payloads
-            .get(id)
-            .is_some_and(|p| p == &[b"from-mosquitto".to_vec()])
-    })
+    wait_for(
+        "mosquitto's message at the backend",
+        Duration::from_secs(5),
+        || {
+            backend
+                .observed()
+                .payloads
+                .get(id)
+                .is_some_and(|p| p == &[b"from-mosquitto".to_vec()])
+        },
+    )
     .await;
     backend.close().await;
     gw.stop().await;

@@ -68,10 +68,19 @@ pub fn run(devices: usize, seconds: u64, dir: &Path, port: u16) -> anyhow::Resul
 
     step(&format!("station directory {}", dir.display()));
     if dir.join("ca/root.pem").exists() {
-        println!("dev PKI already present: reusing {}", dir.join("ca").display());
+        println!(
+            "dev PKI already present: reusing {}",
+            dir.join("ca").display()
+        );
     } else {
         println!("creating a dev PKI (root CA → issuing CA); keys unencrypted: dev only");
-        provision(&["ca", "init", "--org", "Fleet Demo", "--insecure-plaintext-keys"])?;
+        provision(&[
+            "ca",
+            "init",
+            "--org",
+            "Fleet Demo",
+            "--insecure-plaintext-keys",
+        ])?;
     }
     if !dir.join("gateway/server.pem").exists() {
         provision(&["server-cert", "--host", "localhost", "--host", "127.0.0.1"])?;
@@ -97,7 +106,9 @@ pub fn run(devices: usize, seconds: u64, dir: &Path, port: u16) -> anyhow::Resul
         println!("{have} devices already provisioned: using {devices} of them");
     }
 
-    step(&format!("starting fleet-gateway on 127.0.0.1:{port} (mutual TLS required)"));
+    step(&format!(
+        "starting fleet-gateway on 127.0.0.1:{port} (mutual TLS required)"
+    ));
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
@@ -141,17 +152,41 @@ pub fn run(devices: usize, seconds: u64, dir: &Path, port: u16) -> anyhow::Resul
         Command::new(bin("fleet-hil"))
             .args(["fleet", "--bundles"])
             .arg(dir.join("devices"))
-            .args(["--count", &devices.to_string(), "--seconds", &seconds.to_string()])
-            .args(["--gateway", &gateway_addr, "--tenant", TENANT, "--service", SERVICE])
-            .args(["--service-cert", &s(dir.join(format!("services/{SERVICE}.pem")))])
-            .args(["--service-key", &s(dir.join(format!("services/{SERVICE}.key")))])
+            .args([
+                "--count",
+                &devices.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+            ])
+            .args([
+                "--gateway",
+                &gateway_addr,
+                "--tenant",
+                TENANT,
+                "--service",
+                SERVICE,
+            ])
+            .args([
+                "--service-cert",
+                &s(dir.join(format!("services/{SERVICE}.pem"))),
+            ])
+            .args([
+                "--service-key",
+                &s(dir.join(format!("services/{SERVICE}.key"))),
+            ])
             .args(["--server-ca", &s(dir.join("ca/root.pem"))]),
     );
 
     step("devices the gateway must refuse");
     let refusals = sh::run(
         Command::new(bin("fleet-hil"))
-            .args(["refusals", "--gateway", &gateway_addr, "--host", "localhost"])
+            .args([
+                "refusals",
+                "--gateway",
+                &gateway_addr,
+                "--host",
+                "localhost",
+            ])
             .args(["--server-ca", &s(dir.join("ca/root.pem"))]),
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -166,7 +201,11 @@ pub fn run(devices: usize, seconds: u64, dir: &Path, port: u16) -> anyhow::Resul
     println!("fleet-gateway exited: {status}");
     fleet?;
     refusals?;
-    println!("\ndemo finished: data in {}, gateway log in {}", dir.display(), log_path.display());
+    println!(
+        "\ndemo finished: data in {}, gateway log in {}",
+        dir.display(),
+        log_path.display()
+    );
     Ok(())
 }
 

@@ -57,7 +57,14 @@ fn test() -> anyhow::Result<()> {
     sh::step("cargo fmt --check");
     sh::cargo(&["fmt", "--all", "--", "--check"])?;
     sh::step("cargo clippy --workspace --all-targets -- -D warnings");
-    sh::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    sh::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     sh::step("cargo test --workspace");
     // The interop test must not skip itself here: mosquitto_pub was installed above.
     std::env::set_var("FLEET_REQUIRE_MOSQUITTO", "1");

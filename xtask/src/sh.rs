@@ -37,9 +37,8 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// Makes sure each `(program, package)` is available, installing the Debian package with
@@ -53,7 +52,10 @@ pub fn ensure_debian_packages(needs: &[(&str, &str)]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     if !on_path("apt-get") {
         bail!(
             "missing {}: install them with your package manager (apt-get is not available)",

@@ -1,0 +1,176 @@
+//! Bounds-checked reading and writing of MQTT's primitive fields.
+
+use super::MqttError;
+
+/// Reads fields from one packet's body; every read is bounds-checked.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    packet: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], packet: &'static str) -> Self {
+        Reader {
+            buf,
+            pos: 0,
+            packet,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub fn rest(&mut self) -> &'a [u8] {
+        let rest = self.buf.get(self.pos..).unwrap_or(&[]);
+        self.pos = self.buf.len();
+        rest
+    }
+
+    pub fn bytes(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], MqttError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or(MqttError::Truncated {
+            packet: self.packet,
+            field,
+        })?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    pub fn u8(&mut self, field: &'static str) -> Result<u8, MqttError> {
+        Ok(self.bytes(1, field)?[0])
+    }
+
+    pub fn u16(&mut self, field: &'static str) -> Result<u16, MqttError> {
+        let b = self.bytes(2, field)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// A non-zero packet identifier.
+    pub fn packet_id(&mut self) -> Result<u16, MqttError> {
+        match self.u16("packet identifier")? {
+            0 => Err(MqttError::ZeroPacketId {
+                packet: self.packet,
+            }),
+            id => Ok(id),
+        }
+    }
+
+    /// Length-prefixed binary data.
+    pub fn binary(&mut self, field: &'static str) -> Result<&'a [u8], MqttError> {
+        let n = self.u16(field)?;
+        self.bytes(usize::from(n), field)
+    }
+
+    /// Length-prefixed UTF-8 string without U+0000.
+    pub fn string(&mut self, field: &'static str) -> Result<&'a str, MqttError> {
+        let raw = self.binary(field)?;
+        let bad = MqttError::BadString {
+            packet: self.packet,
+            field,
+        };
+        let s = core::str::from_utf8(raw).map_err(|_| bad)?;
+        if s.contains('\0') {
+            return Err(bad);
+        }
+        Ok(s)
+    }
+
+    /// Fails if any byte is left.
+    pub fn finish(&self) -> Result<(), MqttError> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(MqttError::TrailingBytes {
+                packet: self.packet,
+            })
+        }
+    }
+}
+
+/// Writes fields into a caller buffer; every write is bounds-checked.
+pub(crate) struct Writer<'a> {
+    buf: &'a mut [u8],
+    pub pos: usize,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        Writer { buf, pos: 0 }
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) -> Result<(), MqttError> {
+        let end = self.pos + b.len();
+        let available = self.buf.len();
+        let dst = self
+            .buf
+            .get_mut(self.pos..end)
+            .ok_or(MqttError::BufferTooSmall {
+                needed: end,
+                available,
+            })?;
+        dst.copy_from_slice(b);
+        self.pos = end;
+        Ok(())
+    }
+
+    pub fn u8(&mut self, v: u8) -> Result<(), MqttError> {
+        self.bytes(&[v])
+    }
+
+    pub fn u16(&mut self, v: u16) -> Result<(), MqttError> {
+        self.bytes(&v.to_be_bytes())
+    }
+
+    pub fn binary(&mut self, b: &[u8], field: &'static str) -> Result<(), MqttError> {
+        let n = u16::try_from(b.len()).map_err(|_| MqttError::TooLong { field })?;
+        self.u16(n)?;
+        self.bytes(b)
+    }
+
+    pub fn string(&mut self, s: &str, field: &'static str) -> Result<(), MqttError> {
+        self.binary(s.as_bytes(), field)
+    }
+
+    pub fn varint(&mut self, mut v: usize) -> Result<(), MqttError> {
+        loop {
+            let mut byte = (v % 128) as u8;
+            v /= 128;
+            if v > 0 {
+                byte |= 0x80;
+            }
+            self.u8(byte)?;
+            if v == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Bytes a remaining length takes on the wire.
+pub(crate) fn varint_len(v: usize) -> usize {
+    match v {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Decodes a remaining length from the bytes after the first header byte:
+/// `Ok(None)` if more bytes are needed, else `(value, bytes used)`.
+pub(crate) fn read_varint(buf: &[u8]) -> Result<Option<(usize, usize)>, MqttError> {
+    let mut value = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        value |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    Err(MqttError::MalformedRemainingLength)
+}

@@ -1,0 +1,45 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything the station can refuse or fail at. Messages say what and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{dir} already holds a CA ({what} exists); refusing to overwrite it")]
+    CaExists { dir: PathBuf, what: PathBuf },
+    #[error(
+        "{dir} is not a station directory: {what} is missing (run `fleet-provision ca init` first)"
+    )]
+    NotAStation { dir: PathBuf, what: PathBuf },
+    #[error("refusing to write CA private keys unencrypted: pass --insecure-plaintext-keys (development only)")]
+    PlaintextKeysNotAllowed,
+    #[error("{path}: {message}")]
+    BadPem { path: PathBuf, message: String },
+    #[error("invalid {field}: {message}")]
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
+    #[error("certificate generation: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("registry {path}: {source}")]
+    Registry {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("identity bundle: {0}")]
+    Bundle(String),
+}
+
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

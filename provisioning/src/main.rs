@@ -1,0 +1,245 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_firmware::bundle::Bundle;
+use fleet_provision::{hex, write_file, BatchRequest, Error, KeyProtection, Station};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The factory station: CA, per-device identities, identity bundles, registry.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Station directory.
+    #[arg(
+        long,
+        global = true,
+        default_value = "fleet-data",
+        env = "FLEET_STATION_DIR"
+    )]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Issue the gateway's server certificate.
+    ServerCert {
+        /// DNS name or IP address (repeat for several); the first is also the CN.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+    /// Issue a batch of devices (key injection: keys exist only in their bundles).
+    Batch {
+        #[arg(long)]
+        count: u32,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        gateway_host: String,
+        #[arg(long, default_value_t = 8883)]
+        gateway_port: u16,
+        #[arg(long, default_value_t = 365)]
+        validity_days: u32,
+    },
+    /// Issue a backend service certificate (subject OU=service).
+    ServiceCert {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Inspect or export an identity bundle.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// List the device registry.
+    Devices,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a root CA and an issuing CA.
+    Init {
+        #[arg(long)]
+        org: String,
+        /// Store CA keys unencrypted (development only).
+        #[arg(long)]
+        insecure_plaintext_keys: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Print a bundle's fields (never the key).
+    Show { file: PathBuf },
+    /// Write the device certificate and key as PEM, for standard MQTT clients.
+    Export {
+        file: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-provision: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    let dir = &cli.dir;
+    match cli.command {
+        Command::Ca {
+            command:
+                CaCommand::Init {
+                    org,
+                    insecure_plaintext_keys,
+                },
+        } => {
+            if !insecure_plaintext_keys {
+                return Err(Error::PlaintextKeysNotAllowed);
+            }
+            Station::init(dir, &org, KeyProtection::InsecurePlaintext)?;
+            println!("root CA     {}", dir.join("ca/root.pem").display());
+            println!("issuing CA  {}", dir.join("ca/issuing.pem").display());
+            println!(
+                "gateway client trust anchor {}",
+                dir.join("gateway/clients-ca.pem").display()
+            );
+        }
+        Command::ServerCert { hosts } => {
+            let station = Station::open(dir)?;
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            let files = station.issue_server_cert(&hosts)?;
+            println!(
+                "gateway server chain {} (for {})",
+                files.cert_path.display(),
+                hosts.join(", ")
+            );
+            println!("gateway server key   {}", files.key_path.display());
+        }
+        Command::Batch {
+            count,
+            tenant,
+            gateway_host,
+            gateway_port,
+            validity_days,
+        } => {
+            let mut station = Station::open(dir)?;
+            let req = BatchRequest {
+                tenant,
+                count,
+                gateway_host,
+                gateway_port,
+                validity_days,
+            };
+            let issued = station.issue_devices_with(&req, |d| {
+                println!(
+                    "issued {}  serial {}  {}",
+                    d.device_id,
+                    d.serial_hex,
+                    d.bundle_path.display()
+                );
+            })?;
+            println!("{} devices issued for tenant {}", issued.len(), req.tenant);
+        }
+        Command::ServiceCert { name, tenant } => {
+            let station = Station::open(dir)?;
+            let files = station.issue_service_cert(&name, &tenant)?;
+            println!(
+                "service {name} ({tenant}) {} {}",
+                files.cert_path.display(),
+                files.key_path.display()
+            );
+        }
+        Command::Bundle { command } => bundle(command)?,
+        Command::Devices => {
+            let station = Station::open(dir)?;
+            for d in station.devices()? {
+                println!(
+                    "{:<24} {:<10} {:<10} serial {} {}",
+                    d.device_id,
+                    d.tenant,
+                    d.status.name(),
+                    d.serial_hex,
+                    d.batch
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_bundle(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn bundle(command: BundleCommand) -> Result<(), Error> {
+    let path = match &command {
+        BundleCommand::Show { file } | BundleCommand::Export { file, .. } => file.clone(),
+    };
+    let bytes = read_bundle(&path)?;
+    let b = Bundle::parse(&bytes).map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
+    match command {
+        BundleCommand::Show { .. } => {
+            println!("device id      {}", b.device_id);
+            println!("tenant         {}", b.tenant);
+            println!("generation     {}", b.generation);
+            println!("gateway        {}:{}", b.gateway_host, b.gateway_port);
+            println!(
+                "private key    {}",
+                if b.private_key_der.is_some() {
+                    "present (not shown)"
+                } else {
+                    "absent (secure element)"
+                }
+            );
+            match X509Certificate::from_der(b.cert_der) {
+                Ok((_, cert)) => {
+                    println!("subject        {}", cert.subject());
+                    println!("issuer         {}", cert.issuer());
+                    println!("serial         {}", hex(cert.raw_serial()));
+                    println!(
+                        "valid          {} .. {}",
+                        cert.validity().not_before,
+                        cert.validity().not_after
+                    );
+                }
+                Err(e) => println!("certificate    unparsable: {e}"),
+            }
+        }
+        BundleCommand::Export { cert, key, .. } => {
+            let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", b.cert_der.to_vec()));
+            let key_der = b.private_key_der.ok_or_else(|| {
+                Error::Bundle(format!(
+                    "{}: no private key (secure element)",
+                    path.display()
+                ))
+            })?;
+            let key_pem = pem::encode(&pem::Pem::new("EC PRIVATE KEY", key_der.to_vec()));
+            write_file(&cert, cert_pem.as_bytes(), false)?;
+            write_file(&key, key_pem.as_bytes(), true)?;
+            println!("certificate {}", cert.display());
+            println!("private key {} (mode 0600)", key.display());
+        }
+    }
+    Ok(())
+}
