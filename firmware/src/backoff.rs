@@ -32,7 +32,7 @@ impl Backoff {
     /// A random delay in `[0, ceiling_ms(attempt)]`.
     pub fn delay_ms(&self, attempt: u32, rng: &mut impl RngCore) -> u32 {
         let ceiling = self.ceiling_ms(attempt);
-        (u64::from(rng.next_u32()) * (u64::from(ceiling) + 1) >> 32) as u32
+        ((u64::from(rng.next_u32()) * (u64::from(ceiling) + 1)) >> 32) as u32
     }
 }
 

@@ -80,14 +80,21 @@ pub async fn connect_once<A: App>(
     .await
 }
 
+/// How a simulated device reaches the gateway and reconnects.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimConfig {
+    /// Overrides the bundle's gateway address (the TLS server name stays the bundle's host).
+    pub to: Option<SocketAddr>,
+    pub options: Options,
+    pub backoff: Backoff,
+}
+
 /// Keeps a device connected until `stop` turns true, reconnecting with backoff and jitter.
 /// Calls `on_end` with each connection's end reason.
 pub async fn run<A: App>(
     bundle: &Bundle<'_>,
-    to: Option<SocketAddr>,
+    config: &SimConfig,
     app: &mut A,
-    options: &Options,
-    backoff: Backoff,
     stats: &mut Stats,
     mut stop: watch::Receiver<bool>,
     mut on_end: impl FnMut(&Error),
@@ -96,7 +103,7 @@ pub async fn run<A: App>(
     while !*stop.borrow() {
         let connects_before = stats.connects;
         let ended = tokio::select! {
-            e = connect_once(bundle, to, app, options, stats) => e,
+            e = connect_once(bundle, config.to, app, &config.options, stats) => e,
             _ = stop.changed() => return,
         };
         on_end(&ended);
@@ -105,7 +112,7 @@ pub async fn run<A: App>(
         } else {
             attempt + 1
         };
-        let delay = backoff.delay_ms(attempt, &mut OsRng);
+        let delay = config.backoff.delay_ms(attempt, &mut OsRng);
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(u64::from(delay))) => {}
             _ = stop.changed() => return,

@@ -10,6 +10,10 @@ use embedded_io::{ErrorKind, ErrorType};
 use embedded_io_async::{Read, Write};
 
 /// Read and write halves of one transport connection.
+///
+/// Each half's cell is borrowed across the await of one read or write: that is the point (the
+/// reader loop owns the read half, the writer loop the write half), and a second concurrent
+/// user of the same half gets an error from `try_borrow_mut` instead of a panic.
 pub struct SplitSocket<R, W> {
     rd: RefCell<R>,
     wr: RefCell<W>,
@@ -49,6 +53,7 @@ impl<R, W> ErrorType for &SplitSocket<R, W> {
 /// Returned when one half is used from two places at once (a bug, reported not panicked).
 const BUSY: SocketError = SocketError(ErrorKind::Other);
 
+#[allow(clippy::await_holding_refcell_ref)]
 impl<R: Read, W> Read for &SplitSocket<R, W> {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, SocketError> {
         let mut rd = self.rd.try_borrow_mut().map_err(|_| BUSY)?;
@@ -58,6 +63,7 @@ impl<R: Read, W> Read for &SplitSocket<R, W> {
     }
 }
 
+#[allow(clippy::await_holding_refcell_ref)]
 impl<R, W: Write> Write for &SplitSocket<R, W> {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, SocketError> {
         let mut wr = self.wr.try_borrow_mut().map_err(|_| BUSY)?;

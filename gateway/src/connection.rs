@@ -237,7 +237,7 @@ where
                     used += n;
                     match session.inbound(packet) {
                         Inbound::Router(p) => {
-                            if link_tx.send(p).await.is_err() {
+                            if link_tx.send(*p).await.is_err() {
                                 return Ended::RouterClosed;
                             }
                         }

@@ -18,8 +18,9 @@ use crate::identity::Identity;
 use crate::registry::{Kick, Registry};
 use crate::{connection, tls, Error};
 
+/// Opens a router link; rumqttd's `LinkError` is large, so its message is carried instead.
 type OpenLink =
-    dyn Fn(&str, &str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+    dyn Fn(&str, &str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
 
 /// The embedded rumqttd router, reached through local links.
 #[derive(Clone)]
@@ -44,6 +45,7 @@ impl RouterHandle {
                     .tenant_id(Some(tenant.to_owned()))
                     .clean_session(clean)
                     .build()
+                    .map_err(|e: LinkError| e.to_string())
             }),
         }
     }

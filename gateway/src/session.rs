@@ -149,7 +149,7 @@ pub enum Close {
 #[derive(Debug)]
 pub enum Inbound {
     /// Hand this packet to the router.
-    Router(r::Packet),
+    Router(Box<r::Packet>),
     /// Answer the client directly with these encoded bytes.
     Reply(Vec<u8>),
     /// Nothing to do (e.g. a QoS 0 publish the ACL dropped).
@@ -207,14 +207,14 @@ impl Session {
     pub fn inbound(&mut self, packet: Packet<'_>) -> Inbound {
         match packet {
             Packet::Publish(p) => self.publish(p),
-            Packet::PubAck(pkid) => Inbound::Router(r::Packet::PubAck(
+            Packet::PubAck(pkid) => to_router(r::Packet::PubAck(
                 r::PubAck {
                     pkid,
                     reason: r::PubAckReason::Success,
                 },
                 None,
             )),
-            Packet::PubRec(pkid) => Inbound::Router(r::Packet::PubRec(
+            Packet::PubRec(pkid) => to_router(r::Packet::PubRec(
                 r::PubRec {
                     pkid,
                     reason: r::PubRecReason::Success,
@@ -224,14 +224,14 @@ impl Session {
             Packet::PubRel(pkid) if self.dropped_qos2.remove(&pkid) => {
                 reply(&Packet::PubComp(pkid))
             }
-            Packet::PubRel(pkid) => Inbound::Router(r::Packet::PubRel(
+            Packet::PubRel(pkid) => to_router(r::Packet::PubRel(
                 r::PubRel {
                     pkid,
                     reason: r::PubRelReason::Success,
                 },
                 None,
             )),
-            Packet::PubComp(pkid) => Inbound::Router(r::Packet::PubComp(
+            Packet::PubComp(pkid) => to_router(r::Packet::PubComp(
                 r::PubComp {
                     pkid,
                     reason: r::PubCompReason::Success,
@@ -239,7 +239,7 @@ impl Session {
                 None,
             )),
             Packet::Subscribe(s) => self.subscribe(s),
-            Packet::Unsubscribe(u) => Inbound::Router(r::Packet::Unsubscribe(
+            Packet::Unsubscribe(u) => to_router(r::Packet::Unsubscribe(
                 r::Unsubscribe {
                     pkid: u.packet_id,
                     filters: u.filters.iter().map(str::to_owned).collect(),
@@ -280,7 +280,7 @@ impl Session {
             };
         }
         self.stats.publishes_in += 1;
-        Inbound::Router(r::Packet::Publish(router_publish(&p), None))
+        to_router(r::Packet::Publish(router_publish(&p), None))
     }
 
     fn subscribe(&mut self, s: mqtt::Subscribe<'_>) -> Inbound {
@@ -317,7 +317,7 @@ impl Session {
             }));
         }
         self.pending_subacks.insert(s.packet_id, codes);
-        Inbound::Router(r::Packet::Subscribe(
+        to_router(r::Packet::Subscribe(
             r::Subscribe {
                 pkid: s.packet_id,
                 filters: allowed,
@@ -384,6 +384,10 @@ pub fn connack(code: ConnectReturnCode, session_present: bool) -> Vec<u8> {
         }),
     );
     out
+}
+
+fn to_router(packet: r::Packet) -> Inbound {
+    Inbound::Router(Box::new(packet))
 }
 
 fn reply(packet: &Packet<'_>) -> Inbound {
@@ -578,19 +582,20 @@ mod tests {
     #[test]
     fn allowed_publish_goes_to_the_router_with_qos_and_id() {
         let mut s = session();
-        match s.inbound(publish(
+        let Inbound::Router(packet) = s.inbound(publish(
             "tenants/acme/devices/d1/telemetry",
             QoS::AtLeastOnce,
             Some(9),
-        )) {
-            Inbound::Router(r::Packet::Publish(p, None)) => {
-                let record = p.serialize();
-                assert_eq!(record[0] & 0b0110, 0b0010, "QoS 1 kept");
-                assert_eq!(&record[1..3], &[0, 9], "packet id kept");
-                assert_eq!(p.topic.as_ref(), b"tenants/acme/devices/d1/telemetry");
-            }
-            other => panic!("{other:?}"),
-        }
+        )) else {
+            panic!("not forwarded")
+        };
+        let r::Packet::Publish(p, None) = *packet else {
+            panic!("not a PUBLISH")
+        };
+        let record = p.serialize();
+        assert_eq!(record[0] & 0b0110, 0b0010, "QoS 1 kept");
+        assert_eq!(&record[1..3], &[0, 9], "packet id kept");
+        assert_eq!(p.topic.as_ref(), b"tenants/acme/devices/d1/telemetry");
         assert_eq!(s.stats.publishes_in, 1);
     }
 
@@ -617,7 +622,7 @@ mod tests {
         }
         assert!(matches!(
             s.inbound(Packet::PubRel(5)),
-            Inbound::Router(r::Packet::PubRel(..))
+            Inbound::Router(p) if matches!(*p, r::Packet::PubRel(..))
         ));
         assert_eq!(s.stats.acl_denials, 3);
         assert_eq!(s.stats.publishes_in, 0);
@@ -652,7 +657,10 @@ mod tests {
             packet_id: 2,
             filters: SubscribeFilters::from_slice(&mixed),
         })) {
-            Inbound::Router(r::Packet::Subscribe(sub, None)) => {
+            Inbound::Router(p) => {
+                let r::Packet::Subscribe(sub, None) = *p else {
+                    panic!("not a SUBSCRIBE")
+                };
                 assert_eq!(sub.pkid, 2);
                 assert_eq!(sub.filters.len(), 1);
                 assert_eq!(sub.filters[0].path, "tenants/acme/devices/d1/cmd/#");

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use fleet_firmware::backoff::Backoff;
 use fleet_firmware::bundle::Bundle;
 use fleet_firmware::device::{App, Options, Stats};
-use fleet_firmware::sim;
+use fleet_firmware::sim::{self, SimConfig};
 use tokio::sync::watch;
 use tokio::task::LocalSet;
 
@@ -208,19 +208,15 @@ async fn run_device(
         state: state.clone(),
     };
     let mut stats = Stats::default();
-    sim::run(
-        &bundle,
+    let config = SimConfig {
         to,
-        &mut app,
-        &options,
-        Backoff::default(),
-        &mut stats,
-        stop,
-        |e| {
-            state.connected.store(false, Ordering::Relaxed);
-            *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-        },
-    )
+        options,
+        backoff: Backoff::default(),
+    };
+    sim::run(&bundle, &config, &mut app, &mut stats, stop, |e| {
+        state.connected.store(false, Ordering::Relaxed);
+        *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    })
     .await;
     state.connected.store(false, Ordering::Relaxed);
 }

@@ -290,6 +290,19 @@ fn check_name(field: &'static str, value: &str, strict: bool) -> Result<(), Erro
     }
 }
 
+/// A device identity from its bundle as PEM text: (certificate, PKCS#8 private key), for
+/// standard tools such as mosquitto_pub or openssl.
+pub fn bundle_to_pem(bundle: &Bundle<'_>) -> Result<(String, String), Error> {
+    let cert = pem::encode(&pem::Pem::new("CERTIFICATE", bundle.cert_der.to_vec()));
+    let key_der = bundle.private_key_der.ok_or_else(|| {
+        Error::Bundle(format!(
+            "{}: no private key in the bundle (held by a secure element)",
+            bundle.device_id
+        ))
+    })?;
+    Ok((cert, pki::pkcs8_pem_from_sec1(key_der)?))
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -3,7 +3,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fleet_firmware::bundle::Bundle;
-use fleet_provision::{hex, write_file, BatchRequest, Error, KeyProtection, Station};
+use fleet_provision::{
+    bundle_to_pem, hex, write_file, BatchRequest, Error, KeyProtection, Station,
+};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The factory station: CA, per-device identities, identity bundles, registry.
@@ -227,14 +229,7 @@ fn bundle(command: BundleCommand) -> Result<(), Error> {
             }
         }
         BundleCommand::Export { cert, key, .. } => {
-            let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", b.cert_der.to_vec()));
-            let key_der = b.private_key_der.ok_or_else(|| {
-                Error::Bundle(format!(
-                    "{}: no private key (secure element)",
-                    path.display()
-                ))
-            })?;
-            let key_pem = pem::encode(&pem::Pem::new("EC PRIVATE KEY", key_der.to_vec()));
+            let (cert_pem, key_pem) = bundle_to_pem(&b)?;
             write_file(&cert, cert_pem.as_bytes(), false)?;
             write_file(&key, key_pem.as_bytes(), true)?;
             println!("certificate {}", cert.display());

@@ -67,6 +67,18 @@ pub fn sec1_from_pkcs8(pkcs8: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(der.to_vec())
 }
 
+/// Converts a bundle's SEC1 DER key (curve parameters may be absent, as RFC 5915 allows)
+/// to PKCS#8 PEM, which every TLS tool reads.
+pub fn pkcs8_pem_from_sec1(sec1: &[u8]) -> Result<String, Error> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let secret = p256::SecretKey::from_sec1_der(sec1)
+        .map_err(|e| Error::Bundle(format!("not a P-256 SEC1 key: {e}")))?;
+    let pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| Error::Bundle(format!("PKCS#8 encoding: {e}")))?;
+    Ok(pem.to_string())
+}
+
 /// A random positive 127-bit serial number.
 pub fn random_serial() -> Vec<u8> {
     let mut s = [0u8; 16];

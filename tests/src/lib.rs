@@ -153,23 +153,14 @@ pub fn device_client_config(bundle: &DeviceBundle, root_pem: &Path) -> Arc<rustl
     )
 }
 
-/// Writes a device's certificate and key from its bundle as PEM files (for external clients).
+/// Writes a device's certificate and key from its bundle as PEM files (for external clients),
+/// the way `fleet-provision bundle export` does.
 pub fn export_pem(bundle: &DeviceBundle, dir: &Path) -> (PathBuf, PathBuf) {
     let b = fleet_firmware::bundle::Bundle::parse(&bundle.bytes).expect("bundle");
+    let (cert_pem, key_pem) = fleet_provision::bundle_to_pem(&b).expect("PEM export");
     let cert = dir.join(format!("{}.pem", bundle.device_id));
     let key = dir.join(format!("{}.key", bundle.device_id));
-    std::fs::write(
-        &cert,
-        pem::encode(&pem::Pem::new("CERTIFICATE", b.cert_der.to_vec())),
-    )
-    .expect("write cert");
-    std::fs::write(
-        &key,
-        pem::encode(&pem::Pem::new(
-            "EC PRIVATE KEY",
-            b.private_key_der.expect("key").to_vec(),
-        )),
-    )
-    .expect("write key");
+    std::fs::write(&cert, cert_pem).expect("write cert");
+    std::fs::write(&key, key_pem).expect("write key");
     (cert, key)
 }
