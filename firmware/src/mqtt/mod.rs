@@ -22,3 +22,6 @@ pub use topic::{matches, valid_topic_filter, valid_topic_name};
 
 /// Largest remaining length MQTT can express (four varint bytes).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+#[cfg(test)]
+mod tests;
