@@ -373,6 +373,17 @@ pub fn newest<'a>(slot_a: &'a [u8], slot_b: &'a [u8]) -> Result<(usize, Bundle<'
     }
 }
 
+/// Whether `s` is acceptable as a device id or tenant (1-64 of `[A-Za-z0-9._-]`). Every part
+/// of fleet that names devices applies this one rule.
+pub fn valid_name(s: &str) -> bool {
+    name(Field::DeviceId, s.as_bytes()).is_ok()
+}
+
+/// Whether `s` is acceptable as a gateway host (DNS name or IP literal, 1-253 characters).
+pub fn valid_host(s: &str) -> bool {
+    host(s.as_bytes()).is_ok()
+}
+
 fn checksum(header: &[u8], body: &[u8]) -> u32 {
     let mut digest = CRC32.digest();
     digest.update(header);

@@ -185,6 +185,12 @@ impl Station {
                 message: "must be at least 1".into(),
             });
         }
+        if !fleet_firmware::bundle::valid_host(&req.gateway_host) {
+            return Err(Error::InvalidInput {
+                field: "gateway host",
+                message: format!("{:?} is not a DNS name or IP address", req.gateway_host),
+            });
+        }
         if req.gateway_port == 0 {
             return Err(Error::InvalidInput {
                 field: "gateway port",
@@ -268,10 +274,7 @@ impl Station {
 
 fn check_name(field: &'static str, value: &str, strict: bool) -> Result<(), Error> {
     let ok = if strict {
-        (1..=64).contains(&value.len())
-            && value
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        fleet_firmware::bundle::valid_name(value)
     } else {
         !value.trim().is_empty() && value.len() <= 64 && !value.contains(['\0', '\n'])
     };
