@@ -193,7 +193,7 @@ fn bad_requests_get_clear_errors() {
             "gateway host",
         ),
     ] {
-        let e = st.issue_devices(&req).err().expect("refused");
+        let e = st.issue_devices(&req).expect_err("refused");
         assert!(e.to_string().contains(field), "{e} should mention {field}");
     }
     assert!(
