@@ -139,8 +139,16 @@ async fn fleet(
     let mut last_total = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     while started.elapsed() < Duration::from_secs(seconds) {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut ctrl_c => {
+                println!("interrupted: stopping the fleet");
+                break;
+            }
+        }
         let seen = backend.observed();
         for device in seen.telemetry.keys() {
             if commanded.insert(device.clone()) {

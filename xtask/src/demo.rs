@@ -45,6 +45,9 @@ pub fn run(devices: usize, seconds: u64, dir: &Path, port: u16) -> anyhow::Resul
     if devices == 0 {
         bail!("--devices must be at least 1");
     }
+    // Ctrl-C reaches the gateway and the fleet directly (same process group): they stop
+    // cleanly, and this process carries on to report and to reap the gateway.
+    let _ = ctrlc::set_handler(|| eprintln!("\ninterrupted: finishing up"));
     step("building fleet-provision, fleet-gateway and fleet-hil");
     sh::cargo(&[
         "build",

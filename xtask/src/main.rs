@@ -54,6 +54,8 @@ fn main() -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     sh::ensure_debian_packages(&[("mosquitto_pub", "mosquitto-clients")])?;
+    sh::step("cargo build -p fleet-firmware (the no_std library alone, without std)");
+    sh::cargo(&["build", "-p", "fleet-firmware"])?;
     sh::step("cargo fmt --check");
     sh::cargo(&["fmt", "--all", "--", "--check"])?;
     sh::step("cargo clippy --workspace --all-targets -- -D warnings");
