@@ -220,6 +220,7 @@ mod tests {
             tenant: tenant.into(),
             kind,
             serial: vec![1],
+            issuer: vec![],
             fingerprint: [0; 32],
             not_after: 0,
         }

@@ -7,6 +7,7 @@
 //! server_cert = "gateway/server.pem"      # leaf first, then intermediates
 //! server_key = "gateway/server.key"
 //! client_ca = ["gateway/clients-ca.pem"]  # every CA in every file is a trust anchor
+//! crl = ["crl/issuing.crl.pem"]           # watched: a change takes effect within a second
 //!
 //! [limits]
 //! handshake_timeout_secs = 10
@@ -42,6 +43,18 @@ pub struct TlsFiles {
     pub server_key: PathBuf,
     /// PEM files of CAs that issue client certificates. Every certificate in each file counts.
     pub client_ca: Vec<PathBuf>,
+    /// PEM files of CRLs (each must be signed by a client CA). Watched and reloaded.
+    pub crl: Vec<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Every file the TLS state is built from (what the watcher watches).
+    pub fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.server_cert, &self.server_key]
+            .into_iter()
+            .chain(&self.client_ca)
+            .chain(&self.crl)
+    }
 }
 
 /// Per-connection limits.
@@ -121,6 +134,7 @@ impl Config {
             server_cert: resolve(file.tls.server_cert),
             server_key: resolve(file.tls.server_key),
             client_ca: file.tls.client_ca.into_iter().map(resolve).collect(),
+            crl: file.tls.crl.into_iter().map(resolve).collect(),
         };
         let defaults = Limits::default();
         let secs = |key: &str, v: Option<u64>, d: Duration| match v {
@@ -183,6 +197,8 @@ struct FileTls {
     server_key: PathBuf,
     #[serde(default)]
     client_ca: Vec<PathBuf>,
+    #[serde(default)]
+    crl: Vec<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]

@@ -131,6 +131,10 @@ async fn run(
         connected_at: SystemTime::now(),
     };
     let (_registration, mut kick) = shared.sessions.register(info, conn).await;
+    // A CRL may have arrived while this handshake used the previous TLS state.
+    if shared.is_revoked(&identity) {
+        return Err(refused(Refusal::Handshake("revoked")));
+    }
     let (mut link_tx, mut link_rx, session_present) =
         match shared.router.open(&identity, accepted.clean_session).await {
             Some(link) => link,

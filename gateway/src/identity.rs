@@ -26,8 +26,10 @@ pub struct Identity {
     /// Subject O: the tenant.
     pub tenant: String,
     pub kind: Kind,
-    /// Certificate serial number, big-endian bytes without leading zeros.
+    /// Certificate serial number, big-endian bytes as encoded.
     pub serial: Vec<u8>,
+    /// The issuer name, DER: with the serial, what a CRL entry names.
+    pub issuer: Vec<u8>,
     /// SHA-256 of the certificate DER.
     pub fingerprint: [u8; 32],
     /// notAfter, seconds since the Unix epoch.
@@ -92,6 +94,7 @@ impl Identity {
             tenant,
             kind,
             serial: cert.tbs_certificate.raw_serial().to_vec(),
+            issuer: cert.issuer().as_raw().to_vec(),
             fingerprint: Sha256::digest(der).into(),
             not_after: cert.validity().not_after.timestamp(),
         })

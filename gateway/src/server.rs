@@ -12,10 +12,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use std::collections::HashSet;
+use std::path::PathBuf;
+
 use crate::acl::Policy;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::registry::{Kick, Registry};
+use crate::tls::Revoked;
 use crate::{connection, tls, Error};
 
 /// Opens a router link; rumqttd's `LinkError` is large, so its message is carried instead.
@@ -75,11 +79,17 @@ impl RouterHandle {
     }
 }
 
+/// The TLS state in force: swapped whole on reload.
+struct Live {
+    acceptor: TlsAcceptor,
+    revoked: Revoked,
+}
+
 /// State every connection task shares.
 pub struct Shared {
     pub config: Config,
     pub policy: Arc<Policy>,
-    acceptor: RwLock<TlsAcceptor>,
+    live: RwLock<Live>,
     pub sessions: Registry,
     pub router: RouterHandle,
 }
@@ -87,11 +97,88 @@ pub struct Shared {
 impl Shared {
     /// The TLS acceptor in force now (reloads replace it; handshakes in flight keep theirs).
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor
+        self.live
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .acceptor
             .clone()
     }
+
+    /// Whether the CRLs in force revoke this identity's certificate.
+    pub fn is_revoked(&self, who: &Identity) -> bool {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .revoked
+            .contains(&who.issuer, &who.serial)
+    }
+
+    /// Reloads every TLS file. On success the new state is in force for new handshakes and
+    /// every live session whose certificate is now revoked is closed; returns how many. On
+    /// failure nothing changes: the previous good state stays in force.
+    pub fn reload(&self) -> Result<usize, Error> {
+        let state = tls::load(&self.config.tls)?;
+        let revoked = state.revoked.clone();
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Live {
+            acceptor: TlsAcceptor::from(state.server_config),
+            revoked: state.revoked,
+        };
+        let kicked = self.sessions.kick_where(Kick::Revoked, |s| {
+            revoked.contains(&s.identity.issuer, &s.identity.serial)
+        });
+        Ok(kicked)
+    }
+
+    /// Reloads and logs the outcome (for the watcher and SIGHUP).
+    pub fn reload_logged(&self, why: &str) {
+        match self.reload() {
+            Ok(kicked) => tracing::info!(trigger = why, kicked, "TLS files reloaded"),
+            Err(e) => tracing::error!(
+                trigger = why,
+                error = %e,
+                "reload refused; the previous TLS state stays in force"
+            ),
+        }
+    }
+}
+
+/// Watches the directories of every TLS file and reloads when one of the files changes.
+/// The returned watcher must be kept alive.
+fn watch_tls_files(shared: Arc<Shared>) -> Result<notify::RecommendedWatcher, Error> {
+    use notify::Watcher;
+    let files: HashSet<PathBuf> = shared
+        .config
+        .tls
+        .all()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let dirs: HashSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(PathBuf::from))
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.paths.iter().any(|p| files.contains(p)) {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| Error::Tls(format!("cannot watch TLS files: {e}")))?;
+    for dir in &dirs {
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| Error::Tls(format!("cannot watch {}: {e}", dir.display())))?;
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // A writer may touch a file several times in a row: settle, then reload once.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            while rx.try_recv().is_ok() {}
+            shared.reload_logged("file change");
+        }
+    });
+    Ok(watcher)
 }
 
 /// A bound gateway, ready to [`run`](Gateway::run).
@@ -107,7 +194,7 @@ impl Gateway {
     /// Loads the TLS material, starts the router and binds the listener (port 0 picks a free
     /// port: see [`Gateway::local_addr`]).
     pub async fn bind(config: Config) -> Result<Gateway, Error> {
-        let tls = tls::server_config(&config.tls)?;
+        let tls = tls::load(&config.tls)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -117,7 +204,10 @@ impl Gateway {
         let shared = Arc::new(Shared {
             policy: Arc::new(config.policy.clone()),
             config,
-            acceptor: RwLock::new(TlsAcceptor::from(tls)),
+            live: RwLock::new(Live {
+                acceptor: TlsAcceptor::from(tls.server_config),
+                revoked: tls.revoked,
+            }),
             sessions: Registry::default(),
             router: RouterHandle::spawn(MAX_SESSIONS),
         });
@@ -135,13 +225,26 @@ impl Gateway {
         self.shared.sessions.clone()
     }
 
-    /// Serves until `shutdown` resolves, then closes every session and returns.
+    /// A handle to reload TLS files and inspect sessions while the gateway runs.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then closes every session and returns. TLS files
+    /// are watched for changes, and SIGHUP reloads them too.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let next_conn = AtomicU64::new(1);
         let mut tasks = JoinSet::new();
+        let _watcher = watch_tls_files(self.shared.clone())
+            .inspect_err(
+                |e| tracing::error!(error = %e, "TLS files are not watched; use SIGHUP to reload"),
+            )
+            .ok();
+        let mut hangup = hangup_signal();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                Some(()) = hangup.recv() => self.shared.reload_logged("SIGHUP"),
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
@@ -168,4 +271,22 @@ impl Gateway {
             tasks.abort_all();
         }
     }
+}
+
+/// SIGHUP as a stream of `()` (never yields where signals are unavailable).
+fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }

@@ -484,6 +484,7 @@ mod tests {
             tenant: "acme".into(),
             kind: Kind::Device,
             serial: vec![7],
+            issuer: vec![],
             fingerprint: [0; 32],
             not_after: 0,
         }

@@ -4,13 +4,16 @@
 //! defaults). Client certificates are verified with rustls' `WebPkiClientVerifier` against the
 //! configured CA files.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::config::TlsFiles;
 use crate::Error;
@@ -51,19 +54,109 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     })
 }
 
-/// Builds the server config: mutual TLS required, trust anchors from every client CA file.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
+/// Certificates revoked by the loaded CRLs, as (issuer name DER, serial without leading
+/// zeros): the index that finds live sessions to close when a CRL changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked(HashSet<(Vec<u8>, Vec<u8>)>);
+
+impl Revoked {
+    pub fn contains(&self, issuer: &[u8], serial: &[u8]) -> bool {
+        self.0
+            .contains(&(issuer.to_vec(), strip_zeros(serial).to_vec()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[start..]
+}
+
+/// Everything TLS needs, loaded and checked together so a reload swaps all of it or none.
+pub struct TlsState {
+    pub server_config: Arc<ServerConfig>,
+    pub revoked: Revoked,
+}
+
+/// Reads every CRL in a PEM file and checks each is signed by one of `cas`.
+fn load_crls(
+    path: &Path,
+    cas: &[CertificateDer<'static>],
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, Revoked), Error> {
+    let pem_err = |message: String| Error::Pem {
+        path: path.to_owned(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(format!("bad PEM CRL: {e}")))?;
+    if crls.is_empty() {
+        return Err(pem_err("no X509 CRL block found".into()));
+    }
+    let mut revoked = Revoked::default();
+    for (i, der) in crls.iter().enumerate() {
+        let (_, crl) = CertificateRevocationList::from_der(der)
+            .map_err(|e| pem_err(format!("CRL {} cannot be parsed: {e}", i + 1)))?;
+        let issuer = crl.issuer().as_raw();
+        let signed_by_known_ca = cas.iter().any(|ca| {
+            X509Certificate::from_der(ca).is_ok_and(|(_, ca)| {
+                ca.subject().as_raw() == issuer && crl.verify_signature(ca.public_key()).is_ok()
+            })
+        });
+        if !signed_by_known_ca {
+            return Err(pem_err(format!(
+                "CRL {} ({}) is not signed by any configured client CA",
+                i + 1,
+                crl.issuer()
+            )));
+        }
+        for entry in crl.iter_revoked_certificates() {
+            revoked
+                .0
+                .insert((issuer.to_vec(), strip_zeros(entry.raw_serial()).to_vec()));
+        }
+    }
+    Ok((crls, revoked))
+}
+
+/// Loads the TLS material: mutual TLS required, trust anchors from every client CA file,
+/// revocation from every CRL file. Any bad file fails the whole load.
+pub fn load(files: &TlsFiles) -> Result<TlsState, Error> {
     let mut roots = RootCertStore::empty();
+    let mut cas = Vec::new();
     for path in &files.client_ca {
         for cert in load_certs(path)? {
-            roots.add(cert).map_err(|e| Error::Pem {
+            roots.add(cert.clone()).map_err(|e| Error::Pem {
                 path: path.clone(),
                 message: format!("not a usable CA certificate: {e}"),
             })?;
+            cas.push(cert);
         }
+    }
+    let mut crls = Vec::new();
+    let mut revoked = Revoked::default();
+    for path in &files.crl {
+        let (mut c, r) = load_crls(path, &cas)?;
+        crls.append(&mut c);
+        revoked.0.extend(r.0);
     }
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        // CRLs list device certificates; a CA without a CRL file is not a reason to refuse.
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .build()
         .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
     let chain = load_certs(&files.server_cert)?;
@@ -74,7 +167,15 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(format!("server certificate and key: {e}")))?;
-    Ok(Arc::new(config))
+    Ok(TlsState {
+        server_config: Arc::new(config),
+        revoked,
+    })
+}
+
+/// Builds just the server config (see [`load`]).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
+    Ok(load(files)?.server_config)
 }
 
 /// Short machine-readable reason for a failed handshake, for logs and metrics.

@@ -28,6 +28,70 @@ pub use error::Error;
 use pki::Ca;
 use registry::{Registry, SqliteRegistry};
 
+/// Why a certificate is revoked (the CRL reason codes a fleet operator uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Unspecified,
+    KeyCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    PrivilegeWithdrawn,
+}
+
+impl Reason {
+    /// All reasons with their CRL names.
+    pub const ALL: [(Reason, &'static str); 6] = [
+        (Reason::Unspecified, "unspecified"),
+        (Reason::KeyCompromise, "keyCompromise"),
+        (Reason::AffiliationChanged, "affiliationChanged"),
+        (Reason::Superseded, "superseded"),
+        (Reason::CessationOfOperation, "cessationOfOperation"),
+        (Reason::PrivilegeWithdrawn, "privilegeWithdrawn"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Reason::ALL
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map_or("unspecified", |(_, n)| n)
+    }
+
+    /// Parses a CRL reason name such as `keyCompromise`.
+    pub fn parse(s: &str) -> Result<Reason, Error> {
+        Reason::ALL
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(s))
+            .map(|(r, _)| *r)
+            .ok_or_else(|| Error::InvalidInput {
+                field: "reason",
+                message: format!(
+                    "{s:?} is not one of {}",
+                    Reason::ALL.map(|(_, n)| n).join(", ")
+                ),
+            })
+    }
+
+    fn rcgen(self) -> rcgen::RevocationReason {
+        use rcgen::RevocationReason as R;
+        match self {
+            Reason::Unspecified => R::Unspecified,
+            Reason::KeyCompromise => R::KeyCompromise,
+            Reason::AffiliationChanged => R::AffiliationChanged,
+            Reason::Superseded => R::Superseded,
+            Reason::CessationOfOperation => R::CessationOfOperation,
+            Reason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+        }
+    }
+}
+
+/// The outcome of a revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub record: registry::DeviceRecord,
+    pub crl_path: PathBuf,
+}
+
 /// How the CA private keys are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyProtection {
@@ -109,7 +173,10 @@ impl Station {
         )?;
         // Written last: its presence marks a complete CA.
         write_file(&root_pem, root.cert_pem.as_bytes(), false)?;
-        Station::open(dir)
+        let mut station = Station::open(dir)?;
+        // An empty CRL from day one, so the gateway can be pointed at it before any revocation.
+        station.write_crl()?;
+        Ok(station)
     }
 
     /// Opens an existing station directory.
@@ -266,6 +333,53 @@ impl Station {
         })
     }
 
+    /// Where the station writes its CRL (PEM); point the gateway's `tls.crl` at it.
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl/issuing.crl.pem")
+    }
+
+    /// Revokes a device: the registry first, then a new CRL with every revoked serial.
+    pub fn revoke(&mut self, device_id: &str, reason: Reason) -> Result<Revoked, Error> {
+        let record = self.registry.revoke(device_id, reason.name())?;
+        let crl_path = self.write_crl()?;
+        Ok(Revoked { record, crl_path })
+    }
+
+    /// Writes a fresh CRL (signed by the issuing CA, nextUpdate in 7 days) listing every
+    /// revoked certificate, atomically, and returns its path.
+    pub fn write_crl(&mut self) -> Result<PathBuf, Error> {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::new();
+        for (serial_hex, at, reason) in self.registry.revoked()? {
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&unhex(&serial_hex)?),
+                revocation_time: time::OffsetDateTime::from_unix_timestamp(at).unwrap_or(now),
+                reason_code: Some(
+                    Reason::parse(&reason)
+                        .unwrap_or(Reason::Unspecified)
+                        .rcgen(),
+                ),
+                invalidity_date: None,
+            });
+        }
+        let number = self.registry.next_crl_number()?;
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(7),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(self.issuing.issuer())?;
+        let path = self.crl_path();
+        write_file(&path, crl.pem()?.as_bytes(), false)?;
+        Ok(path)
+    }
+
     /// The registry's view of every device.
     pub fn devices(&self) -> Result<Vec<registry::DeviceRecord>, Error> {
         self.registry.list()
@@ -304,6 +418,20 @@ pub fn bundle_to_pem(bundle: &Bundle<'_>) -> Result<(String, String), Error> {
         ))
     })?;
     Ok((cert, pki::pkcs8_pem_from_sec1(key_der)?))
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, Error> {
+    let bad = || Error::InvalidInput {
+        field: "serial",
+        message: format!("{s:?} is not hex"),
+    };
+    if s.len() % 2 != 0 {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect()
 }
 
 /// Lowercase hex.

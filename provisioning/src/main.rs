@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleet_firmware::bundle::Bundle;
 use fleet_provision::{
-    bundle_to_pem, hex, write_file, BatchRequest, Error, KeyProtection, Station,
+    bundle_to_pem, hex, write_file, BatchRequest, Error, KeyProtection, Reason, Station,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -64,6 +64,16 @@ enum Command {
     },
     /// List the device registry.
     Devices,
+    /// Revoke a device and write a new CRL (the gateway picks it up within a second).
+    Revoke {
+        device: String,
+        /// keyCompromise, cessationOfOperation, superseded, affiliationChanged,
+        /// privilegeWithdrawn or unspecified.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Write a fresh CRL (e.g. before the current one's nextUpdate).
+    Crl,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +180,22 @@ fn run(cli: Cli) -> Result<(), Error> {
             );
         }
         Command::Bundle { command } => bundle(command)?,
+        Command::Revoke { device, reason } => {
+            let reason = Reason::parse(&reason)?;
+            let mut station = Station::open(dir)?;
+            let revoked = station.revoke(&device, reason)?;
+            println!(
+                "revoked {} (serial {}, reason {}); CRL written to {}",
+                revoked.record.device_id,
+                revoked.record.serial_hex,
+                reason.name(),
+                revoked.crl_path.display()
+            );
+        }
+        Command::Crl => {
+            let mut station = Station::open(dir)?;
+            println!("CRL written to {}", station.write_crl()?.display());
+        }
         Command::Devices => {
             let station = Station::open(dir)?;
             for d in station.devices()? {

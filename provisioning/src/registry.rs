@@ -60,6 +60,12 @@ pub trait Registry {
     fn activate(&mut self, device_id: &str, fingerprint_hex: &str) -> Result<(), Error>;
     /// Every device, in id order.
     fn list(&self) -> Result<Vec<DeviceRecord>, Error>;
+    /// Marks an active (or superseded) device revoked; returns its record as it now is.
+    fn revoke(&mut self, device_id: &str, reason: &str) -> Result<DeviceRecord, Error>;
+    /// Every revoked certificate: (serial hex, revoked at, reason).
+    fn revoked(&self) -> Result<Vec<(String, i64, String)>, Error>;
+    /// The next CRL number (strictly increasing, durable).
+    fn next_crl_number(&mut self) -> Result<u64, Error>;
 }
 
 /// The SQLite registry in the station directory.
@@ -89,7 +95,13 @@ impl SqliteRegistry {
                  fingerprint TEXT UNIQUE,
                  status TEXT NOT NULL,
                  batch TEXT NOT NULL,
-                 created_at INTEGER NOT NULL
+                 created_at INTEGER NOT NULL,
+                 revoked_at INTEGER,
+                 revocation_reason TEXT
+             );
+             CREATE TABLE IF NOT EXISTS crl_numbers (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 last INTEGER NOT NULL
              );",
         )
         .map_err(err)?;
@@ -171,21 +183,106 @@ impl Registry for SqliteRegistry {
                  FROM devices ORDER BY device_id",
             )
             .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(DeviceRecord {
-                    device_id: r.get(0)?,
-                    tenant: r.get(1)?,
-                    serial_hex: r.get(2)?,
-                    fingerprint_hex: r.get(3)?,
-                    status: Status::parse(&r.get::<_, String>(4)?),
-                    batch: r.get(5)?,
-                    created_at: r.get(6)?,
+        let rows = stmt.query_map([], row_to_record).map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    fn revoke(&mut self, device_id: &str, reason: &str) -> Result<DeviceRecord, Error> {
+        let record = self.get(device_id)?.ok_or_else(|| Error::InvalidInput {
+            field: "device id",
+            message: format!("{device_id} is not in the registry"),
+        })?;
+        match record.status {
+            Status::Active | Status::Superseded => {}
+            Status::Revoked => {
+                return Err(Error::InvalidInput {
+                    field: "device id",
+                    message: format!("{device_id} is already revoked"),
                 })
-            })
+            }
+            Status::Reserved => {
+                return Err(Error::InvalidInput {
+                    field: "device id",
+                    message: format!("{device_id} was reserved but never issued"),
+                })
+            }
+        }
+        self.conn
+            .execute(
+                "UPDATE devices SET status = 'revoked', revoked_at = ?2, revocation_reason = ?3
+                 WHERE device_id = ?1",
+                params![device_id, now(), reason],
+            )
+            .map_err(self.err())?;
+        Ok(DeviceRecord {
+            status: Status::Revoked,
+            ..record
+        })
+    }
+
+    fn revoked(&self) -> Result<Vec<(String, i64, String)>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT serial, revoked_at, revocation_reason FROM devices
+                 WHERE status = 'revoked' ORDER BY revoked_at, serial",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
+
+    fn next_crl_number(&mut self) -> Result<u64, Error> {
+        let path = self.path.clone();
+        let err = |source| Error::Registry {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let last: i64 = tx
+            .query_row("SELECT last FROM crl_numbers WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?
+            .unwrap_or(0);
+        tx.execute(
+            "INSERT INTO crl_numbers (id, last) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET last = excluded.last",
+            [last + 1],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(last as u64 + 1)
+    }
+}
+
+impl SqliteRegistry {
+    fn get(&self, device_id: &str) -> Result<Option<DeviceRecord>, Error> {
+        self.conn
+            .query_row(
+                "SELECT device_id, tenant, serial, fingerprint, status, batch, created_at
+                 FROM devices WHERE device_id = ?1",
+                [device_id],
+                row_to_record,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        device_id: r.get(0)?,
+        tenant: r.get(1)?,
+        serial_hex: r.get(2)?,
+        fingerprint_hex: r.get(3)?,
+        status: Status::parse(&r.get::<_, String>(4)?),
+        batch: r.get(5)?,
+        created_at: r.get(6)?,
+    })
 }
 
 impl Status {

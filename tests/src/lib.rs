@@ -63,6 +63,7 @@ impl Pki {
                 server_cert: self.path("gateway/server.pem"),
                 server_key: self.path("gateway/server.key"),
                 client_ca: vec![self.path("gateway/clients-ca.pem")],
+                crl: vec![self.path("crl/issuing.crl.pem")],
             },
         )
     }
@@ -99,6 +100,7 @@ impl Default for Pki {
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub sessions: fleet_gateway::registry::Registry,
+    pub shared: Arc<fleet_gateway::server::Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -108,6 +110,7 @@ impl RunningGateway {
         let gateway = Gateway::bind(config).await.expect("gateway binds");
         let addr = gateway.local_addr();
         let sessions = gateway.sessions();
+        let shared = gateway.shared();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -115,9 +118,26 @@ impl RunningGateway {
         RunningGateway {
             addr,
             sessions,
+            shared,
             stop: Some(stop),
             task,
         }
+    }
+
+    /// Whether a device (not service) session with this id is live.
+    pub fn has_device(&self, id: &str) -> bool {
+        self.sessions.list().iter().any(|s| {
+            s.identity.id == id && s.identity.kind == fleet_gateway::identity::Kind::Device
+        })
+    }
+
+    /// Number of live device sessions.
+    pub fn device_sessions(&self) -> usize {
+        self.sessions
+            .list()
+            .iter()
+            .filter(|s| s.identity.kind == fleet_gateway::identity::Kind::Device)
+            .count()
     }
 
     /// Shuts the gateway down and waits for it.
@@ -126,6 +146,15 @@ impl RunningGateway {
             let _ = s.send(());
         }
         let _ = (&mut self.task).await;
+    }
+}
+
+/// Polls `done` every 10 ms until it holds; panics after `timeout` naming `what`.
+pub async fn wait_for(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

@@ -1,24 +1,16 @@
 //! Factory → identity → mTLS → gateway → backend, with real TLS, the real gateway on port 0
 //! and the real firmware core running as simulated devices.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_firmware::device::Options;
 use fleet_firmware::mqtt::QoS;
 use fleet_hil::fleet::{telemetry_payload, Fleet};
 use fleet_hil::refusals;
-use fleet_tests::{device_client_config, export_pem, Pki, RunningGateway, TENANT};
+use fleet_tests::{device_client_config, export_pem, wait_for, Pki, RunningGateway, TENANT};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, TlsConfiguration, Transport,
 };
-
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_publish_and_the_backend_receives_exactly_that() {

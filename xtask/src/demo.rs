@@ -117,7 +117,8 @@ pub fn run(devices: usize, seconds: u64, dir: &Path, port: u16) -> anyhow::Resul
         &config,
         format!(
             "listen = \"127.0.0.1:{port}\"\n\n[tls]\nserver_cert = \"gateway/server.pem\"\n\
-             server_key = \"gateway/server.key\"\nclient_ca = [\"gateway/clients-ca.pem\"]\n"
+             server_key = \"gateway/server.key\"\nclient_ca = [\"gateway/clients-ca.pem\"]\n\
+             crl = [\"crl/issuing.crl.pem\"]\n"
         ),
     )
     .with_context(|| format!("cannot write {}", config.display()))?;

@@ -1,0 +1,121 @@
+//! Live revocation: `fleet-provision revoke` writes a CRL, the gateway notices the file change,
+//! closes the revoked device's session within a second and refuses it from then on.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use fleet_firmware::device::Options;
+use fleet_hil::fleet::Fleet;
+use fleet_provision::Reason;
+use fleet_tests::{device_client_config, wait_for, Pki, RunningGateway, TENANT};
+use rumqttc::{AsyncClient, MqttOptions, TlsConfiguration, Transport};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_device_is_kicked_within_a_second_and_refused_after() {
+    let mut pki = Pki::new();
+    let bundles = pki.devices(TENANT, 2);
+    let gw = RunningGateway::start(pki.gateway_config()).await;
+    let fleet = Fleet::start(&bundles, Some(gw.addr), Options::default());
+    wait_for("2 device sessions", Duration::from_secs(20), || {
+        gw.device_sessions() == 2
+    })
+    .await;
+
+    let (victim, bystander) = (&bundles[0].device_id, &bundles[1].device_id);
+    let started = Instant::now();
+    pki.station
+        .revoke(victim, Reason::KeyCompromise)
+        .expect("revoke");
+    wait_for(
+        "the revoked session to close",
+        Duration::from_secs(5),
+        || !gw.has_device(victim),
+    )
+    .await;
+    let took = started.elapsed();
+    eprintln!("revocation → session closed in {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(gw.has_device(bystander), "other devices are untouched");
+
+    // The device keeps retrying (with backoff) and is refused every time.
+    let connects = fleet.devices[0].connects.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!gw.has_device(victim));
+    assert_eq!(
+        fleet.devices[0].connects.load(Ordering::Relaxed),
+        connects,
+        "no new session"
+    );
+    let error = fleet.devices[0]
+        .last_error
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        error.contains("TLS"),
+        "device sees a TLS refusal, got {error:?}"
+    );
+
+    // Any other client with that certificate is refused too.
+    let mut options = MqttOptions::new(victim.as_str(), "localhost", gw.addr.port());
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        device_client_config(&bundles[0], &pki.path("ca/root.pem")),
+    )));
+    let (_client, mut events) = AsyncClient::new(options, 10);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), events.poll())
+        .await
+        .expect("answer");
+    assert!(outcome.is_err(), "revoked certificate got {outcome:?}");
+    fleet.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_crl_is_refused_and_the_previous_state_stays_in_force() {
+    let mut pki = Pki::new();
+    let bundles = pki.devices(TENANT, 2);
+    pki.station
+        .revoke(&bundles[0].device_id, Reason::KeyCompromise)
+        .unwrap();
+    let gw = RunningGateway::start(pki.gateway_config()).await;
+    let fleet = Fleet::start(&bundles[1..], Some(gw.addr), Options::default());
+    wait_for("the good device", Duration::from_secs(20), || {
+        gw.device_sessions() == 1
+    })
+    .await;
+
+    let crl = pki.station.crl_path();
+    let good = std::fs::read(&crl).unwrap();
+    // Garbage, and a CRL signed by a CA the gateway does not trust: both refused on reload.
+    let foreign = tempfile::tempdir().unwrap();
+    let mut other = fleet_provision::Station::init(
+        foreign.path(),
+        "Other",
+        fleet_provision::KeyProtection::InsecurePlaintext,
+    )
+    .unwrap();
+    let foreign_crl = std::fs::read(other.write_crl().unwrap()).unwrap();
+    for bad in [b"garbage".to_vec(), foreign_crl] {
+        std::fs::write(&crl, &bad).unwrap();
+        let err = gw.shared.reload().expect_err("bad CRL refused");
+        assert!(err.to_string().contains("issuing.crl.pem"), "{err}");
+        // Still refusing the revoked device, still serving the good one.
+        assert!(gw.has_device(&bundles[1].device_id));
+    }
+    let revoked = fleet_gateway::identity::Identity::from_cert_der(
+        fleet_firmware::bundle::Bundle::parse(&bundles[0].bytes)
+            .unwrap()
+            .cert_der,
+        "service",
+    )
+    .unwrap();
+    assert!(
+        gw.shared.is_revoked(&revoked),
+        "previous CRL still in force"
+    );
+    std::fs::write(&crl, good).unwrap();
+    assert_eq!(gw.shared.reload().expect("good CRL loads"), 0);
+    fleet.stop().await;
+    gw.stop().await;
+}
