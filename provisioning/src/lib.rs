@@ -425,7 +425,7 @@ fn unhex(s: &str) -> Result<Vec<u8>, Error> {
         field: "serial",
         message: format!("{s:?} is not hex"),
     };
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..s.len())
