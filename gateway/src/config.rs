@@ -17,6 +17,10 @@
 //! [identity]
 //! service_ou = "service"
 //!
+//! [admin]                                  # default: on, 127.0.0.1:9100, no token
+//! listen = "127.0.0.1:9100"                # off-loopback requires token or token_file
+//! token_file = "admin.token"
+//!
 //! [[acl.device]]                           # appended to the default device rules
 //! effect = "deny"
 //! action = "publish"
@@ -78,6 +82,23 @@ impl Default for Limits {
     }
 }
 
+/// The admin HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Bearer token required on every request; mandatory when `listen` is not loopback.
+    pub token: Option<String>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            token: None,
+        }
+    }
+}
+
 /// A validated gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -87,6 +108,10 @@ pub struct Config {
     /// Subject OU that marks a certificate as a backend service.
     pub service_ou: String,
     pub policy: Policy,
+    /// `None`: no admin listener.
+    pub admin: Option<Admin>,
+    /// JSON-lines audit file (records also go to the `audit` log target).
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Config {
@@ -98,6 +123,8 @@ impl Config {
             limits: Limits::default(),
             service_ou: "service".to_owned(),
             policy: Policy::default(),
+            admin: None,
+            audit_log: None,
         }
     }
 
@@ -163,6 +190,40 @@ impl Config {
                 None => defaults.max_packet_size,
             },
         };
+        let admin = match file.admin {
+            Some(a) if a.enabled == Some(false) => None,
+            Some(a) => {
+                let listen = match a.listen {
+                    Some(l) => l.parse().map_err(|e| {
+                        format!("key `admin.listen`: {l:?} is not an address:port ({e})")
+                    })?,
+                    None => Admin::default().listen,
+                };
+                let token = match (a.token, a.token_file) {
+                    (Some(_), Some(_)) => {
+                        return Err("table `admin`: set `token` or `token_file`, not both".into())
+                    }
+                    (Some(t), None) => Some(t),
+                    (None, Some(f)) => Some(
+                        std::fs::read_to_string(resolve(f.clone()))
+                            .map_err(|e| format!("key `admin.token_file`: {}: {e}", f.display()))?
+                            .trim()
+                            .to_owned(),
+                    ),
+                    (None, None) => None,
+                };
+                if token.as_deref().is_some_and(str::is_empty) {
+                    return Err("key `admin.token`: must not be empty".into());
+                }
+                if !listen.ip().is_loopback() && token.is_none() {
+                    return Err(format!(
+                        "table `admin`: listening on {listen} (not loopback) requires `token` or `token_file`"
+                    ));
+                }
+                Some(Admin { listen, token })
+            }
+            None => Some(Admin::default()),
+        };
         let mut policy = Policy::default();
         policy.device.extend(file.acl.device);
         policy.service.extend(file.acl.service);
@@ -173,6 +234,8 @@ impl Config {
             limits,
             service_ou: file.identity.service_ou.unwrap_or_else(|| "service".into()),
             policy,
+            admin,
+            audit_log: file.audit_log.map(resolve),
         })
     }
 }
@@ -188,6 +251,17 @@ struct FileConfig {
     identity: FileIdentity,
     #[serde(default)]
     acl: FileAcl,
+    admin: Option<FileAdmin>,
+    audit_log: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    enabled: Option<bool>,
+    listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +326,15 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.limits.max_packet_size, 256 * 1024);
         assert_eq!(c.policy.device.len(), Policy::default().device.len() + 1);
+        assert_eq!(c.admin, Some(Admin::default()));
+        let off = format!("{GOOD}\n[admin]\nenabled = false\n");
+        assert_eq!(Config::from_toml(&off, Path::new(".")).unwrap().admin, None);
+        let public = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9100\"\ntoken = \"s3cret\"\n");
+        let admin = Config::from_toml(&public, Path::new("."))
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(admin.token.as_deref(), Some("s3cret"));
     }
 
     #[test]
@@ -272,6 +355,11 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
             ),
             (GOOD.replace("[limits]", "[limits]\nbogus = 1"), "bogus"),
             (format!("{GOOD}\n[limits2]\n"), "limits2"),
+            (
+                format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9100\"\n"),
+                "requires `token`",
+            ),
+            (format!("{GOOD}\n[admin]\ntoken = \"\"\n"), "admin.token"),
         ];
         for (text, needle) in cases {
             let err = Config::from_toml(&text, Path::new(".")).unwrap_err();

@@ -13,10 +13,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
+use crate::audit::AuditEvent;
 use crate::identity::Identity;
+use crate::metrics::{DirectionLabels, ReasonLabels, TenantLabels};
 use crate::registry::{Kick, SessionInfo};
 use crate::server::Shared;
-use crate::session::{self, Accepted, Close, Inbound, Outbound, Refusal, Session};
+use crate::session::{self, Accepted, Close, Inbound, Outbound, Refusal, Session, SessionStats};
 use crate::tls;
 
 /// How a session that got past CONNECT ended.
@@ -55,27 +57,49 @@ impl Ended {
     }
 }
 
-/// Serves one accepted TCP connection to its end, logging the outcome.
+/// Serves one accepted TCP connection to its end, recording the outcome.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u64) {
     let _ = tcp.set_nodelay(true);
     match run(&shared, tcp, peer, conn).await {
-        Ok((identity, ended)) => tracing::info!(
-            peer = %peer,
-            device = %identity.id,
-            tenant = %identity.tenant,
-            reason = ended.label(),
-            detail = ?ended,
-            "session ended"
-        ),
-        Err((refusal, identity)) => tracing::warn!(
-            target: "audit",
-            peer = %peer,
-            reason = refusal.label(),
-            device = identity.as_ref().map(|i| i.id.as_str()),
-            serial = identity.as_ref().map(|i| i.serial_hex()),
-            fingerprint = identity.as_ref().map(|i| i.fingerprint_hex()),
-            "refused: {refusal}"
-        ),
+        Ok((identity, ended)) => {
+            shared
+                .metrics
+                .session_ends
+                .get_or_create(&ReasonLabels {
+                    reason: ended.label(),
+                })
+                .inc();
+            if matches!(ended, Ended::Malformed(_)) {
+                shared.metrics.malformed_packets.inc();
+            }
+            if let Ended::Kicked(kick) = &ended {
+                shared.audit.record(&AuditEvent::new(
+                    "ended",
+                    kick.label(),
+                    format!("session closed by the gateway: {}", kick.label()),
+                    peer,
+                    Some(&identity),
+                ));
+            }
+            tracing::info!(
+                peer = %peer,
+                device = %identity.id,
+                tenant = %identity.tenant,
+                reason = ended.label(),
+                detail = ?ended,
+                "session ended"
+            );
+        }
+        Err((refusal, identity)) => {
+            shared.metrics.connect(Some(refusal.label()));
+            shared.audit.record(&AuditEvent::new(
+                "refused",
+                refusal.label(),
+                refusal.to_string(),
+                peer,
+                identity.as_deref(),
+            ));
+        }
     }
 }
 
@@ -160,11 +184,22 @@ async fn run(
         return Ok((identity, Ended::ConnectionLost));
     }
     tracing::info!(peer = %peer, device = %identity.id, tenant = %identity.tenant, "session started");
+    shared.metrics.connect(None);
+    // A clone of the gauge, not the family's lock guard, is held across the session.
+    let tenant_gauge = shared
+        .metrics
+        .sessions
+        .get_or_create(&TenantLabels {
+            tenant: identity.tenant.clone(),
+        })
+        .clone();
+    tenant_gauge.inc();
 
     let mut session = Session::new(identity.clone(), shared.policy.clone());
     let keep_alive = (accepted.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(accepted.keep_alive) * 1500));
     let ended = pump(
+        shared,
         &mut session,
         &mut rd,
         &mut wr,
@@ -176,6 +211,7 @@ async fn run(
         limits.max_packet_size,
     )
     .await;
+    tenant_gauge.dec();
     if !matches!(ended, Ended::RouterClosed) {
         let will = ended.fires_will().then_some(accepted.will).flatten();
         close_link(&mut link_tx, will).await;
@@ -215,6 +251,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
 
 #[allow(clippy::too_many_arguments)]
 async fn pump<R, W>(
+    shared: &Shared,
     session: &mut Session,
     rd: &mut R,
     wr: &mut W,
@@ -230,6 +267,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let far = Duration::from_secs(86400 * 365);
+    let mut seen = SessionStats::default();
     let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
     let mut out = Vec::with_capacity(1024);
     loop {
@@ -255,17 +293,26 @@ where
             }
         }
         buf.drain(..used);
+        account(shared, session, &mut seen);
         if !out.is_empty() {
             if wr.write_all(&out).await.is_err() {
                 return Ended::ConnectionLost;
             }
+            shared
+                .metrics
+                .bytes
+                .get_or_create(&OUT)
+                .inc_by(out.len() as u64);
             out.clear();
         }
 
         tokio::select! {
             read = rd.read_buf(buf) => match read {
                 Ok(0) | Err(_) => return Ended::ConnectionLost,
-                Ok(_) => deadline = Instant::now() + keep_alive.unwrap_or(far),
+                Ok(n) => {
+                    shared.metrics.bytes.get_or_create(&IN).inc_by(n as u64);
+                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                }
             },
             note = link_rx.next() => match note {
                 Ok(Some(n)) => match session.outbound(n, &mut out) {
@@ -287,6 +334,23 @@ where
             _ = tokio::time::sleep_until(deadline) => return Ended::KeepAliveTimeout,
         }
     }
+}
+
+const IN: DirectionLabels = DirectionLabels { direction: "in" };
+const OUT: DirectionLabels = DirectionLabels { direction: "out" };
+
+/// Adds what the session counted since the last call to the gateway's metrics.
+fn account(shared: &Shared, session: &Session, seen: &mut SessionStats) {
+    let now = session.stats;
+    let m = &shared.metrics;
+    m.messages
+        .get_or_create(&IN)
+        .inc_by(now.publishes_in - seen.publishes_in);
+    m.messages
+        .get_or_create(&OUT)
+        .inc_by(now.publishes_out - seen.publishes_out);
+    m.acl_denials.inc_by(now.acl_denials - seen.acl_denials);
+    *seen = now;
 }
 
 /// Ends the router session: publishes the will first when it must fire.

@@ -10,10 +10,13 @@
 //! ```
 
 pub mod acl;
+pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod connection;
 mod error;
 pub mod identity;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod session;

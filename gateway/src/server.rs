@@ -16,11 +16,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use crate::acl::Policy;
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::registry::{Kick, Registry};
 use crate::tls::Revoked;
-use crate::{connection, tls, Error};
+use crate::{admin, connection, tls, Error};
 
 /// Opens a router link; rumqttd's `LinkError` is large, so its message is carried instead.
 type OpenLink =
@@ -92,6 +94,8 @@ pub struct Shared {
     live: RwLock<Live>,
     pub sessions: Registry,
     pub router: RouterHandle,
+    pub metrics: Metrics,
+    pub audit: AuditLog,
 }
 
 impl Shared {
@@ -126,6 +130,7 @@ impl Shared {
         let kicked = self.sessions.kick_where(Kick::Revoked, |s| {
             revoked.contains(&s.identity.issuer, &s.identity.serial)
         });
+        self.metrics.revocation_kicks.inc_by(kicked as u64);
         Ok(kicked)
     }
 
@@ -184,6 +189,7 @@ fn watch_tls_files(shared: Arc<Shared>) -> Result<notify::RecommendedWatcher, Er
 /// A bound gateway, ready to [`run`](Gateway::run).
 pub struct Gateway {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -201,7 +207,24 @@ impl Gateway {
                 addr: config.listen,
                 source,
             })?;
+        let admin = match &config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a.listen)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr: a.listen,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let audit = match &config.audit_log {
+            Some(path) => AuditLog::open(path)?,
+            None => AuditLog::default(),
+        };
         let shared = Arc::new(Shared {
+            metrics: Metrics::default(),
+            audit,
             policy: Arc::new(config.policy.clone()),
             config,
             live: RwLock::new(Live {
@@ -211,13 +234,22 @@ impl Gateway {
             sessions: Registry::default(),
             router: RouterHandle::spawn(MAX_SESSIONS),
         });
-        Ok(Gateway { listener, shared })
+        Ok(Gateway {
+            listener,
+            admin,
+            shared,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| self.shared.config.listen)
+    }
+
+    /// Where the admin API listens, if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The live sessions (for admin views and tests).
@@ -241,6 +273,26 @@ impl Gateway {
             )
             .ok();
         let mut hangup = hangup_signal();
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = self.admin.map(|listener| {
+            let token = self
+                .shared
+                .config
+                .admin
+                .as_ref()
+                .and_then(|a| a.token.clone());
+            let app = admin::router(self.shared.clone(), token);
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = admin_stopped.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            })
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -269,6 +321,10 @@ impl Gateway {
             .is_err()
         {
             tasks.abort_all();
+        }
+        let _ = admin_stop.send(());
+        if let Some(task) = admin_task {
+            let _ = task.await;
         }
     }
 }

@@ -99,6 +99,7 @@ impl Default for Pki {
 /// A gateway serving on 127.0.0.1 at a free port; dropping it does not stop it, `stop` does.
 pub struct RunningGateway {
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub sessions: fleet_gateway::registry::Registry,
     pub shared: Arc<fleet_gateway::server::Shared>,
     stop: Option<oneshot::Sender<()>>,
@@ -109,6 +110,7 @@ impl RunningGateway {
     pub async fn start(config: Config) -> RunningGateway {
         let gateway = Gateway::bind(config).await.expect("gateway binds");
         let addr = gateway.local_addr();
+        let admin = gateway.admin_addr();
         let sessions = gateway.sessions();
         let shared = gateway.shared();
         let (stop, stopped) = oneshot::channel();
@@ -117,6 +119,7 @@ impl RunningGateway {
         }));
         RunningGateway {
             addr,
+            admin,
             sessions,
             shared,
             stop: Some(stop),
@@ -147,6 +150,36 @@ impl RunningGateway {
         }
         let _ = (&mut self.task).await;
     }
+}
+
+/// One HTTP/1.1 request to the admin API: (status code, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin reachable");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Polls `done` every 10 ms until it holds; panics after `timeout` naming `what`.
