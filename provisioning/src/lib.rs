@@ -212,6 +212,11 @@ impl Station {
         &self.dir
     }
 
+    /// The issuing CA (to sign certificates outside the usual flows, e.g. in tests).
+    pub fn issuing_ca(&self) -> &Ca {
+        &self.issuing
+    }
+
     /// The gateway server certificate for these host names / IP addresses.
     pub fn issue_server_cert(&self, hosts: &[&str]) -> Result<IssuedFiles, Error> {
         let issued = pki::sign_server(&self.issuing, hosts, SERVER_DAYS)?;
