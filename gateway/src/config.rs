@@ -13,6 +13,12 @@
 //! handshake_timeout_secs = 10
 //! connect_timeout_secs = 10
 //! max_packet_size = 262144
+//! max_connections = 20000
+//! max_handshakes = 1024                   # in progress at once
+//! ip_connect_rate = 200                   # new connections/s per source IP
+//! ip_connect_burst = 1000
+//! publish_rate = 100                      # PUBLISH/s per session; above: disconnected
+//! publish_burst = 200
 //!
 //! [identity]
 //! service_ou = "service"
@@ -61,8 +67,8 @@ impl TlsFiles {
     }
 }
 
-/// Per-connection limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits that keep one client, or one source address, from hurting the others.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// A client that has not finished the TLS handshake by then is dropped.
     pub handshake_timeout: Duration,
@@ -70,6 +76,17 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Largest MQTT packet accepted from a client, in bytes.
     pub max_packet_size: usize,
+    /// Open connections at most; more are closed at accept.
+    pub max_connections: usize,
+    /// TLS handshakes in progress at most; others wait (within their handshake timeout).
+    pub max_handshakes: usize,
+    /// New connections per second per source IP, and the burst allowed.
+    pub ip_connect_rate: f64,
+    pub ip_connect_burst: f64,
+    /// PUBLISH packets per second per session, and the burst allowed; above it the session
+    /// is closed with reason `rate_limited`.
+    pub publish_rate: f64,
+    pub publish_burst: f64,
 }
 
 impl Default for Limits {
@@ -78,6 +95,12 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 256 * 1024,
+            max_connections: 20_000,
+            max_handshakes: 1024,
+            ip_connect_rate: 200.0,
+            ip_connect_burst: 1000.0,
+            publish_rate: 100.0,
+            publish_burst: 200.0,
         }
     }
 }
@@ -169,6 +192,18 @@ impl Config {
             Some(s) => Ok(Duration::from_secs(s)),
             None => Ok(d),
         };
+        let positive = |key: &str, v: Option<usize>, d: usize| match v {
+            Some(0) => Err(format!("key `limits.{key}`: must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(d),
+        };
+        let rate = |key: &str, v: Option<f64>, d: f64| match v {
+            Some(r) if !(r.is_finite() && r >= 1.0) => Err(format!(
+                "key `limits.{key}`: must be a number of at least 1"
+            )),
+            Some(r) => Ok(r),
+            None => Ok(d),
+        };
         let limits = Limits {
             handshake_timeout: secs(
                 "handshake_timeout_secs",
@@ -189,6 +224,36 @@ impl Config {
                 Some(n) => n,
                 None => defaults.max_packet_size,
             },
+            max_connections: positive(
+                "max_connections",
+                file.limits.max_connections,
+                defaults.max_connections,
+            )?,
+            max_handshakes: positive(
+                "max_handshakes",
+                file.limits.max_handshakes,
+                defaults.max_handshakes,
+            )?,
+            ip_connect_rate: rate(
+                "ip_connect_rate",
+                file.limits.ip_connect_rate,
+                defaults.ip_connect_rate,
+            )?,
+            ip_connect_burst: rate(
+                "ip_connect_burst",
+                file.limits.ip_connect_burst,
+                defaults.ip_connect_burst,
+            )?,
+            publish_rate: rate(
+                "publish_rate",
+                file.limits.publish_rate,
+                defaults.publish_rate,
+            )?,
+            publish_burst: rate(
+                "publish_burst",
+                file.limits.publish_burst,
+                defaults.publish_burst,
+            )?,
         };
         let admin = match file.admin {
             Some(a) if a.enabled == Some(false) => None,
@@ -281,6 +346,12 @@ struct FileLimits {
     handshake_timeout_secs: Option<u64>,
     connect_timeout_secs: Option<u64>,
     max_packet_size: Option<usize>,
+    max_connections: Option<usize>,
+    max_handshakes: Option<usize>,
+    ip_connect_rate: Option<f64>,
+    ip_connect_burst: Option<f64>,
+    publish_rate: Option<f64>,
+    publish_burst: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -360,6 +431,14 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
                 "requires `token`",
             ),
             (format!("{GOOD}\n[admin]\ntoken = \"\"\n"), "admin.token"),
+            (
+                GOOD.replace("[limits]", "[limits]\npublish_rate = 0.5"),
+                "limits.publish_rate",
+            ),
+            (
+                GOOD.replace("[limits]", "[limits]\nmax_connections = 0"),
+                "limits.max_connections",
+            ),
         ];
         for (text, needle) in cases {
             let err = Config::from_toml(&text, Path::new(".")).unwrap_err();

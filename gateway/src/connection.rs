@@ -40,6 +40,7 @@ impl Ended {
         match self {
             Ended::Client(Close::ClientDisconnect) => "client_disconnect",
             Ended::Client(Close::ProtocolViolation(_)) => "protocol_violation",
+            Ended::Client(Close::RateLimited) => "rate_limited",
             Ended::Kicked(k) => k.label(),
             Ended::KeepAliveTimeout => "keepalive_timeout",
             Ended::ConnectionLost => "connection_lost",
@@ -113,7 +114,12 @@ async fn run(
 ) -> Result<(Arc<Identity>, Ended), Refused> {
     let limits = shared.config.limits;
     let acceptor = shared.acceptor();
-    let tls = match timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+    // Handshakes wait for a slot, but only within their own timeout.
+    let handshake = async {
+        let _slot = shared.handshakes.acquire().await;
+        acceptor.accept(tcp).await
+    };
+    let tls = match timeout(limits.handshake_timeout, handshake).await {
         Err(_) => return Err((Refusal::HandshakeTimeout, None)),
         Ok(Err(e)) => return Err((Refusal::Handshake(tls::failure_reason(&e)), None)),
         Ok(Ok(s)) => s,
@@ -195,7 +201,12 @@ async fn run(
         .clone();
     tenant_gauge.inc();
 
-    let mut session = Session::new(identity.clone(), shared.policy.clone());
+    let mut session = Session::new(
+        identity.clone(),
+        shared.policy.clone(),
+        &limits,
+        std::time::Instant::now(),
+    );
     let keep_alive = (accepted.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(accepted.keep_alive) * 1500));
     let ended = pump(
@@ -277,7 +288,7 @@ where
             match Packet::parse(&buf[used..], max) {
                 Ok(Some((packet, n))) => {
                     used += n;
-                    match session.inbound(packet) {
+                    match session.inbound(packet, std::time::Instant::now()) {
                         Inbound::Router(p) => {
                             if link_tx.send(*p).await.is_err() {
                                 return Ended::RouterClosed;

@@ -16,6 +16,7 @@ pub mod config;
 pub mod connection;
 mod error;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod server;

@@ -19,6 +19,7 @@ use crate::acl::Policy;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::limits::PerIp;
 use crate::metrics::Metrics;
 use crate::registry::{Kick, Registry};
 use crate::tls::Revoked;
@@ -96,6 +97,9 @@ pub struct Shared {
     pub router: RouterHandle,
     pub metrics: Metrics,
     pub audit: AuditLog,
+    /// Slots for TLS handshakes in progress.
+    pub handshakes: tokio::sync::Semaphore,
+    per_ip: PerIp,
 }
 
 impl Shared {
@@ -132,6 +136,29 @@ impl Shared {
         });
         self.metrics.revocation_kicks.inc_by(kicked as u64);
         Ok(kicked)
+    }
+
+    /// Whether a new connection from `peer` may proceed, given `open` connections; the
+    /// refusal reason if not.
+    fn admit(&self, peer: SocketAddr, open: usize) -> Option<&'static str> {
+        if open >= self.config.limits.max_connections {
+            Some("too_many_connections")
+        } else if !self.per_ip.allow(peer.ip(), std::time::Instant::now()) {
+            Some("ip_rate_limited")
+        } else {
+            None
+        }
+    }
+
+    fn refuse_at_accept(&self, peer: SocketAddr, reason: &'static str) {
+        self.metrics.connect(Some(reason));
+        self.audit.record(&crate::audit::AuditEvent::new(
+            "refused",
+            reason,
+            "connection closed at accept".into(),
+            peer,
+            None,
+        ));
     }
 
     /// Reloads and logs the outcome (for the watcher and SIGHUP).
@@ -193,9 +220,6 @@ pub struct Gateway {
     shared: Arc<Shared>,
 }
 
-/// Largest number of concurrent router sessions (the router preallocates per-session slots).
-const MAX_SESSIONS: usize = 20_000;
-
 impl Gateway {
     /// Loads the TLS material, starts the router and binds the listener (port 0 picks a free
     /// port: see [`Gateway::local_addr`]).
@@ -222,7 +246,10 @@ impl Gateway {
             Some(path) => AuditLog::open(path)?,
             None => AuditLog::default(),
         };
+        let limits = config.limits;
         let shared = Arc::new(Shared {
+            handshakes: tokio::sync::Semaphore::new(limits.max_handshakes),
+            per_ip: PerIp::new(limits.ip_connect_rate, limits.ip_connect_burst),
             metrics: Metrics::default(),
             audit,
             policy: Arc::new(config.policy.clone()),
@@ -232,7 +259,7 @@ impl Gateway {
                 revoked: tls.revoked,
             }),
             sessions: Registry::default(),
-            router: RouterHandle::spawn(MAX_SESSIONS),
+            router: RouterHandle::spawn(limits.max_connections),
         });
         Ok(Gateway {
             listener,
@@ -299,6 +326,11 @@ impl Gateway {
                 Some(()) = hangup.recv() => self.shared.reload_logged("SIGHUP"),
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        if let Some(reason) = self.shared.admit(peer, tasks.len()) {
+                            drop(tcp);
+                            self.shared.refuse_at_accept(peer, reason);
+                            continue;
+                        }
                         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
                         tasks.spawn(connection::serve(self.shared.clone(), tcp, peer, conn));
                     }

@@ -16,8 +16,12 @@ use fleet_firmware::mqtt::{
 use rumqttd::protocol as r;
 use rumqttd::Notification;
 
+use std::time::Instant;
+
 use crate::acl::Policy;
+use crate::config::Limits;
 use crate::identity::Identity;
+use crate::limits::TokenBucket;
 
 /// Why a client was refused or disconnected: logged as the audit reason and used as a metric
 /// label.
@@ -143,6 +147,8 @@ pub enum Close {
     ClientDisconnect,
     /// The client broke the protocol (the text says how).
     ProtocolViolation(&'static str),
+    /// The client published faster than its rate limit.
+    RateLimited,
 }
 
 /// The decision for one inbound packet.
@@ -185,16 +191,23 @@ pub struct Session {
     pending_subacks: HashMap<u16, Vec<Option<SubAckCode>>>,
     /// QoS 2 publishes the ACL dropped: their PUBREL is answered here, not by the router.
     dropped_qos2: HashSet<u16>,
+    publish_rate: TokenBucket,
     pub stats: SessionStats,
 }
 
 impl Session {
-    pub fn new(identity: Arc<Identity>, policy: Arc<Policy>) -> Session {
+    pub fn new(
+        identity: Arc<Identity>,
+        policy: Arc<Policy>,
+        limits: &Limits,
+        now: Instant,
+    ) -> Session {
         Session {
             identity,
             policy,
             pending_subacks: HashMap::new(),
             dropped_qos2: HashSet::new(),
+            publish_rate: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
             stats: SessionStats::default(),
         }
     }
@@ -203,9 +216,12 @@ impl Session {
         &self.identity
     }
 
-    /// Decides what to do with one packet from the client.
-    pub fn inbound(&mut self, packet: Packet<'_>) -> Inbound {
+    /// Decides what to do with one packet from the client, received at `now`.
+    pub fn inbound(&mut self, packet: Packet<'_>, now: Instant) -> Inbound {
         match packet {
+            Packet::Publish(_) if !self.publish_rate.take(now) => {
+                Inbound::Close(Close::RateLimited)
+            }
             Packet::Publish(p) => self.publish(p),
             Packet::PubAck(pkid) => to_router(r::Packet::PubAck(
                 r::PubAck {
@@ -566,7 +582,57 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::new(Arc::new(device("d1")), Arc::new(Policy::default()))
+        Session::new(
+            Arc::new(device("d1")),
+            Arc::new(Policy::default()),
+            &Limits::default(),
+            Instant::now(),
+        )
+    }
+
+    /// One packet, at the time the session was made (well within its rate limit).
+    trait At {
+        fn inbound_now(&mut self, p: Packet<'_>) -> Inbound;
+    }
+
+    impl At for Session {
+        fn inbound_now(&mut self, p: Packet<'_>) -> Inbound {
+            self.inbound(p, Instant::now())
+        }
+    }
+
+    #[test]
+    fn publishing_above_the_rate_limit_closes_the_session() {
+        let limits = Limits {
+            publish_rate: 10.0,
+            publish_burst: 5.0,
+            ..Limits::default()
+        };
+        let t0 = Instant::now();
+        let mut s = Session::new(
+            Arc::new(device("d1")),
+            Arc::new(Policy::default()),
+            &limits,
+            t0,
+        );
+        let topic = "tenants/acme/devices/d1/telemetry";
+        for _ in 0..5 {
+            assert!(matches!(
+                s.inbound(publish(topic, QoS::AtMostOnce, None), t0),
+                Inbound::Router(_)
+            ));
+        }
+        assert!(matches!(
+            s.inbound(publish(topic, QoS::AtMostOnce, None), t0),
+            Inbound::Close(Close::RateLimited)
+        ));
+        let later = t0 + std::time::Duration::from_millis(100);
+        assert!(matches!(
+            s.inbound(publish(topic, QoS::AtMostOnce, None), later),
+            Inbound::Router(_)
+        ));
+        // Other packets are not rate limited.
+        assert!(matches!(s.inbound(Packet::PingReq, t0), Inbound::Reply(_)));
     }
 
     fn publish(topic: &str, qos: QoS, id: Option<u16>) -> Packet<'_> {
@@ -583,7 +649,7 @@ mod tests {
     #[test]
     fn allowed_publish_goes_to_the_router_with_qos_and_id() {
         let mut s = session();
-        let Inbound::Router(packet) = s.inbound(publish(
+        let Inbound::Router(packet) = s.inbound_now(publish(
             "tenants/acme/devices/d1/telemetry",
             QoS::AtLeastOnce,
             Some(9),
@@ -605,24 +671,24 @@ mod tests {
         let mut s = session();
         let other = "tenants/acme/devices/d2/telemetry";
         assert!(matches!(
-            s.inbound(publish(other, QoS::AtMostOnce, None)),
+            s.inbound_now(publish(other, QoS::AtMostOnce, None)),
             Inbound::Nothing
         ));
-        match s.inbound(publish(other, QoS::AtLeastOnce, Some(3))) {
+        match s.inbound_now(publish(other, QoS::AtLeastOnce, Some(3))) {
             Inbound::Reply(b) => assert_eq!(decode(&b), Packet::PubAck(3)),
             o => panic!("{o:?}"),
         }
-        match s.inbound(publish(other, QoS::ExactlyOnce, Some(4))) {
+        match s.inbound_now(publish(other, QoS::ExactlyOnce, Some(4))) {
             Inbound::Reply(b) => assert_eq!(decode(&b), Packet::PubRec(4)),
             o => panic!("{o:?}"),
         }
         // The PUBREL of the dropped QoS 2 message is completed here, not by the router.
-        match s.inbound(Packet::PubRel(4)) {
+        match s.inbound_now(Packet::PubRel(4)) {
             Inbound::Reply(b) => assert_eq!(decode(&b), Packet::PubComp(4)),
             o => panic!("{o:?}"),
         }
         assert!(matches!(
-            s.inbound(Packet::PubRel(5)),
+            s.inbound_now(Packet::PubRel(5)),
             Inbound::Router(p) if matches!(*p, r::Packet::PubRel(..))
         ));
         assert_eq!(s.stats.acl_denials, 3);
@@ -636,7 +702,7 @@ mod tests {
             ("#", QoS::AtMostOnce),
             ("tenants/acme/devices/+/cmd/#", QoS::AtLeastOnce),
         ];
-        match s.inbound(Packet::Subscribe(mqtt::Subscribe {
+        match s.inbound_now(Packet::Subscribe(mqtt::Subscribe {
             packet_id: 1,
             filters: SubscribeFilters::from_slice(&all_denied),
         })) {
@@ -654,7 +720,7 @@ mod tests {
             ("#", QoS::AtMostOnce),
             ("tenants/acme/devices/d1/cmd/#", QoS::AtLeastOnce),
         ];
-        match s.inbound(Packet::Subscribe(mqtt::Subscribe {
+        match s.inbound_now(Packet::Subscribe(mqtt::Subscribe {
             packet_id: 2,
             filters: SubscribeFilters::from_slice(&mixed),
         })) {
@@ -709,18 +775,18 @@ mod tests {
     fn protocol_violations_close() {
         let mut s = session();
         assert!(matches!(
-            s.inbound(Packet::PingResp),
+            s.inbound_now(Packet::PingResp),
             Inbound::Close(Close::ProtocolViolation(_))
         ));
         assert!(matches!(
-            s.inbound(Packet::Connect(connect("d1", None))),
+            s.inbound_now(Packet::Connect(connect("d1", None))),
             Inbound::Close(Close::ProtocolViolation(_))
         ));
         assert!(matches!(
-            s.inbound(Packet::Disconnect),
+            s.inbound_now(Packet::Disconnect),
             Inbound::Close(Close::ClientDisconnect)
         ));
-        match s.inbound(Packet::PingReq) {
+        match s.inbound_now(Packet::PingReq) {
             Inbound::Reply(b) => assert_eq!(b, [0xD0, 0x00]),
             o => panic!("{o:?}"),
         }
