@@ -14,6 +14,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod connection;
+pub mod doctor;
 mod error;
 pub mod identity;
 pub mod limits;

@@ -28,6 +28,24 @@ enum Command {
         #[arg(long, env = "FLEET_GATEWAY_CONFIG")]
         config: PathBuf,
     },
+    /// Explain whether (and why not) the gateway would accept a client certificate.
+    Doctor {
+        /// Client certificate PEM (leaf first, then any intermediates).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Private key PEM, to check that it belongs to the certificate.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Client CA PEM file(s); taken from --config when absent.
+        #[arg(long = "ca")]
+        ca: Vec<PathBuf>,
+        /// CRL PEM file(s); taken from --config when absent.
+        #[arg(long = "crl")]
+        crl: Vec<PathBuf>,
+        /// Gateway config whose client CAs, CRLs and service OU to use.
+        #[arg(long, env = "FLEET_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +81,44 @@ async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
             fleet_gateway::tls::server_config(&cfg.tls)?;
             println!("{}: OK (listen {})", config.display(), cfg.listen);
             Ok(())
+        }
+        Command::Doctor {
+            cert,
+            key,
+            mut ca,
+            mut crl,
+            config,
+        } => {
+            let mut service_ou = "service".to_owned();
+            if let Some(path) = config {
+                let cfg = Config::from_file(&path)?;
+                ca.extend(cfg.tls.client_ca);
+                crl.extend(cfg.tls.crl);
+                service_ou = cfg.service_ou;
+            }
+            if ca.is_empty() {
+                return Err(fleet_gateway::Error::Tls(
+                    "doctor needs the client CAs: pass --ca FILE or --config gateway.toml".into(),
+                ));
+            }
+            let report = fleet_gateway::doctor::diagnose(&fleet_gateway::doctor::Inputs {
+                cert: &cert,
+                key: key.as_deref(),
+                client_ca: &ca,
+                crl: &crl,
+                service_ou: &service_ou,
+                at: None,
+            })?;
+            for f in &report.findings {
+                println!("{} {}", if f.ok { "ok  " } else { "FAIL" }, f.text);
+            }
+            if report.accepted() {
+                println!("=> the gateway would ACCEPT this certificate");
+                Ok(())
+            } else {
+                println!("=> the gateway would REFUSE this certificate");
+                std::process::exit(1);
+            }
         }
         Command::Serve { config, listen } => {
             let mut cfg = Config::from_file(&config)?;

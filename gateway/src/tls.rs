@@ -74,7 +74,7 @@ impl Revoked {
     }
 }
 
-fn strip_zeros(b: &[u8]) -> &[u8] {
+pub(crate) fn strip_zeros(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     &b[start..]
 }
@@ -130,12 +130,15 @@ fn load_crls(
     Ok((crls, revoked))
 }
 
-/// Loads the TLS material: mutual TLS required, trust anchors from every client CA file,
-/// revocation from every CRL file. Any bad file fails the whole load.
-pub fn load(files: &TlsFiles) -> Result<TlsState, Error> {
+/// The client-certificate verifier the gateway uses, from CA and CRL files, with the index of
+/// revoked certificates.
+pub fn client_verifier(
+    client_ca: &[std::path::PathBuf],
+    crl_files: &[std::path::PathBuf],
+) -> Result<(Arc<dyn rustls::server::danger::ClientCertVerifier>, Revoked), Error> {
     let mut roots = RootCertStore::empty();
     let mut cas = Vec::new();
-    for path in &files.client_ca {
+    for path in client_ca {
         for cert in load_certs(path)? {
             roots.add(cert.clone()).map_err(|e| Error::Pem {
                 path: path.clone(),
@@ -146,22 +149,28 @@ pub fn load(files: &TlsFiles) -> Result<TlsState, Error> {
     }
     let mut crls = Vec::new();
     let mut revoked = Revoked::default();
-    for path in &files.crl {
+    for path in crl_files {
         let (mut c, r) = load_crls(path, &cas)?;
         crls.append(&mut c);
         revoked.0.extend(r.0);
     }
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .with_crls(crls)
         // CRLs list device certificates; a CA without a CRL file is not a reason to refuse.
         .only_check_end_entity_revocation()
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
+    Ok((verifier, revoked))
+}
+
+/// Loads the TLS material: mutual TLS required, trust anchors from every client CA file,
+/// revocation from every CRL file. Any bad file fails the whole load.
+pub fn load(files: &TlsFiles) -> Result<TlsState, Error> {
+    let (verifier, revoked) = client_verifier(&files.client_ca, &files.crl)?;
     let chain = load_certs(&files.server_cert)?;
     let key = load_key(&files.server_key)?;
-    let config = ServerConfig::builder_with_provider(provider)
+    let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)

@@ -1,0 +1,225 @@
+//! `fleet-gateway doctor`: why would this client certificate be refused?
+//!
+//! Runs the checks the gateway runs — the same rustls verifier with the same CAs and CRLs,
+//! the identity rules — and says in plain words what passes and what fails.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::identity::{Identity, Kind};
+use crate::tls::{self, failure_reason};
+use crate::Error;
+
+/// One check and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub ok: bool,
+    pub text: String,
+}
+
+/// The outcome of all checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Whether the gateway would accept this certificate.
+    pub fn accepted(&self) -> bool {
+        self.findings.iter().all(|f| f.ok)
+    }
+
+    fn check(&mut self, ok: bool, text: impl Into<String>) {
+        self.findings.push(Finding {
+            ok,
+            text: text.into(),
+        });
+    }
+}
+
+/// What to examine.
+pub struct Inputs<'a> {
+    /// PEM: the client certificate, optionally followed by intermediates.
+    pub cert: &'a Path,
+    /// PEM private key to check against the certificate.
+    pub key: Option<&'a Path>,
+    pub client_ca: &'a [PathBuf],
+    pub crl: &'a [PathBuf],
+    pub service_ou: &'a str,
+    /// Unix seconds to check validity at (now, unless testing).
+    pub at: Option<i64>,
+}
+
+fn days(secs: i64) -> String {
+    let d = secs.abs() as f64 / 86_400.0;
+    if d >= 2.0 {
+        format!("{d:.0} days")
+    } else {
+        format!("{:.1} hours", secs.abs() as f64 / 3600.0)
+    }
+}
+
+/// Examines a client certificate the way the gateway would.
+pub fn diagnose(input: &Inputs<'_>) -> Result<Report, Error> {
+    let mut r = Report {
+        findings: Vec::new(),
+    };
+    let chain = tls::load_certs(input.cert)?;
+    let leaf = &chain[0];
+    let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
+        r.check(
+            false,
+            "the certificate is not valid X.509 DER inside its PEM",
+        );
+        return Ok(r);
+    };
+    let now = input.at.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    });
+
+    r.check(
+        true,
+        format!("subject: {}; issuer: {}", cert.subject(), cert.issuer()),
+    );
+    let (nb, na) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    if now < nb {
+        r.check(false, format!(
+            "not valid yet: valid from {} ({} from now) — check the issuing station's clock, or this host's",
+            cert.validity().not_before, days(nb - now)
+        ));
+    } else if now > na {
+        r.check(
+            false,
+            format!(
+                "expired on {} ({} ago) — renew the device",
+                cert.validity().not_after,
+                days(now - na)
+            ),
+        );
+    } else {
+        r.check(
+            true,
+            format!(
+                "valid now; expires {} (in {})",
+                cert.validity().not_after,
+                days(na - now)
+            ),
+        );
+    }
+
+    let key_kind = match cert.public_key().parsed() {
+        Ok(x509_parser::public_key::PublicKey::EC(p)) => format!("EC key ({} bits)", p.key_size()),
+        Ok(x509_parser::public_key::PublicKey::RSA(k)) => {
+            format!("RSA key ({} bits)", k.key_size())
+        }
+        Ok(_) => "other key type".into(),
+        Err(_) => "unparsable public key".into(),
+    };
+    let weak_rsa = matches!(cert.public_key().parsed(), Ok(x509_parser::public_key::PublicKey::RSA(k)) if k.key_size() < 2048);
+    r.check(
+        !weak_rsa,
+        if weak_rsa {
+            format!("{key_kind}: too weak, at least 2048-bit RSA or P-256 is required")
+        } else {
+            key_kind
+        },
+    );
+
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) if !eku.value.client_auth && !eku.value.any => r.check(
+            false,
+            "extended key usage lacks clientAuth (e.g. a server certificate): it cannot log in as a client",
+        ),
+        Ok(_) => r.check(true, "extended key usage allows client authentication"),
+        Err(_) => r.check(false, "the extended key usage extension cannot be parsed"),
+    }
+    if cert.is_ca() {
+        r.check(
+            false,
+            "this is a CA certificate, not a device or service certificate",
+        );
+    }
+
+    match Identity::from_cert_der(leaf, input.service_ou) {
+        Ok(id) => r.check(
+            true,
+            format!(
+                "identity: {} {:?} of tenant {:?}; MQTT client id must be {:?} (or empty)",
+                match id.kind {
+                    Kind::Device => "device",
+                    Kind::Service => "service",
+                },
+                id.id,
+                id.tenant,
+                id.id
+            ),
+        ),
+        Err(e) => r.check(false, format!("identity: {e}")),
+    }
+
+    let (verifier, revoked) = tls::client_verifier(input.client_ca, input.crl)?;
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..].to_vec();
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
+    match verifier.verify_client_cert(leaf, &intermediates, at) {
+        Ok(_) => r.check(
+            true,
+            "chain verifies to a configured client CA, and no CRL revokes it",
+        ),
+        Err(e) => {
+            let reason = failure_reason(&std::io::Error::other(e.clone()));
+            let advice = match reason {
+                "unknown_ca" => "its issuer is not among the gateway's client CAs (tls.client_ca) — wrong PKI, or a missing intermediate",
+                "revoked" => "a configured CRL revokes it",
+                "expired" | "not_yet_valid" => "outside its validity period",
+                "bad_eku" => "not allowed for client authentication",
+                "bad_signature" => "its signature does not verify against the trusted CA of that name: it was issued by a different CA that uses the same name (another environment's PKI?), or it was altered",
+                _ => "refused by the verifier",
+            };
+            r.check(
+                false,
+                format!("chain check failed ({reason}): {advice}; rustls says: {e}"),
+            );
+        }
+    }
+    if revoked.contains(cert.issuer().as_raw(), cert.raw_serial()) {
+        r.check(
+            false,
+            format!(
+                "serial {} is on a configured CRL",
+                crate::identity::hex(tls::strip_zeros(cert.raw_serial()))
+            ),
+        );
+    }
+
+    if let Some(key_path) = input.key {
+        let key = tls::load_key(key_path)?;
+        match tls::provider().key_provider.load_private_key(key) {
+            Ok(signer) => {
+                let matches = signer
+                    .public_key()
+                    .is_some_and(|spki| spki.as_ref() == cert.public_key().raw);
+                r.check(
+                    matches,
+                    if matches {
+                        "the private key matches the certificate".to_string()
+                    } else {
+                        format!(
+                            "the private key in {} does not belong to this certificate",
+                            key_path.display()
+                        )
+                    },
+                );
+            }
+            Err(e) => r.check(false, format!("the private key cannot be used: {e}")),
+        }
+    }
+    Ok(r)
+}
