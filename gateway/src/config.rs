@@ -19,6 +19,8 @@
 //! ip_connect_burst = 1000
 //! publish_rate = 100                      # PUBLISH/s per session; above: disconnected
 //! publish_burst = 200
+//! router_segment_bytes = 4194304          # per-filter message log: 4 segments of 4 MiB
+//! router_segments = 4
 //!
 //! [identity]
 //! service_ou = "service"
@@ -87,6 +89,11 @@ pub struct Limits {
     /// is closed with reason `rate_limited`.
     pub publish_rate: f64,
     pub publish_burst: f64,
+    /// The router keeps messages per subscription filter in a log of this many segments of
+    /// this many bytes. A subscriber that falls further behind than the log loses the
+    /// oldest messages, so size it for the backlog of the slowest online subscriber.
+    pub router_segment_bytes: usize,
+    pub router_segments: usize,
 }
 
 impl Default for Limits {
@@ -101,6 +108,8 @@ impl Default for Limits {
             ip_connect_burst: 1000.0,
             publish_rate: 100.0,
             publish_burst: 200.0,
+            router_segment_bytes: 4 * 1024 * 1024,
+            router_segments: 4,
         }
     }
 }
@@ -254,6 +263,16 @@ impl Config {
                 file.limits.publish_burst,
                 defaults.publish_burst,
             )?,
+            router_segment_bytes: positive(
+                "router_segment_bytes",
+                file.limits.router_segment_bytes,
+                defaults.router_segment_bytes,
+            )?,
+            router_segments: positive(
+                "router_segments",
+                file.limits.router_segments,
+                defaults.router_segments,
+            )?,
         };
         let admin = match file.admin {
             Some(a) if a.enabled == Some(false) => None,
@@ -352,6 +371,8 @@ struct FileLimits {
     ip_connect_burst: Option<f64>,
     publish_rate: Option<f64>,
     publish_burst: Option<f64>,
+    router_segment_bytes: Option<usize>,
+    router_segments: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]

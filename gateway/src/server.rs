@@ -36,13 +36,13 @@ pub struct RouterHandle {
 }
 
 impl RouterHandle {
-    /// Starts a router thread.
-    pub fn spawn(max_connections: usize) -> RouterHandle {
+    /// Starts a router thread sized by `limits`.
+    pub fn spawn(limits: &crate::config::Limits) -> RouterHandle {
         let config = RouterConfig {
-            max_connections,
+            max_connections: limits.max_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: 256 * 1024,
-            max_segment_count: 2,
+            max_segment_size: limits.router_segment_bytes,
+            max_segment_count: limits.router_segments,
             ..RouterConfig::default()
         };
         let tx = Router::new(0, config).spawn();
@@ -259,7 +259,7 @@ impl Gateway {
                 revoked: tls.revoked,
             }),
             sessions: Registry::default(),
-            router: RouterHandle::spawn(limits.max_connections),
+            router: RouterHandle::spawn(&limits),
         });
         Ok(Gateway {
             listener,

@@ -23,16 +23,24 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads every certificate in a PEM file; an empty file is an error.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let pem_err = |message: String| Error::Pem {
-        path: path.to_owned(),
-        message,
-    };
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
-    })?;
+    })
+}
+
+fn pem_error(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |message| Error::Pem {
+        path: path.to_owned(),
+        message,
+    }
+}
+
+/// Reads every certificate in a PEM file; an empty file is an error.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem_err = pem_error(path);
+    let bytes = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_err(format!("bad PEM certificate: {e}")))?;
@@ -44,10 +52,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
 
 /// Reads the first private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = read(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| Error::Pem {
         path: path.to_owned(),
         message: format!("no usable private key: {e}"),
@@ -90,14 +95,8 @@ fn load_crls(
     path: &Path,
     cas: &[CertificateDer<'static>],
 ) -> Result<(Vec<CertificateRevocationListDer<'static>>, Revoked), Error> {
-    let pem_err = |message: String| Error::Pem {
-        path: path.to_owned(),
-        message,
-    };
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let pem_err = pem_error(path);
+    let bytes = read(path)?;
     let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_err(format!("bad PEM CRL: {e}")))?;

@@ -5,6 +5,7 @@
 //! exits non-zero when a scenario fails.
 
 pub mod backend;
+pub mod bench;
 pub mod fleet;
 pub mod refusals;
 

@@ -47,6 +47,33 @@ enum Command {
         #[arg(long)]
         server_ca: PathBuf,
     },
+    /// Measure one MQTT broker for `cargo xtask bench gateway`; prints JSON results.
+    Bench {
+        #[arg(long)]
+        target: SocketAddr,
+        /// Label for the results (e.g. fleet-gateway, mosquitto).
+        #[arg(long)]
+        name: String,
+        /// PID of the broker, for its resident memory.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        issuing_cert: PathBuf,
+        #[arg(long)]
+        issuing_key: PathBuf,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, default_value = "acme")]
+        tenant: String,
+        /// CRL file the broker watches (measures revocation latency when given).
+        #[arg(long)]
+        crl: Option<PathBuf>,
+        /// Idle-session counts to measure memory at.
+        #[arg(long = "idle", default_values_t = vec![1000usize])]
+        idle: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        connect_seconds: u64,
+    },
     /// A device with a certificate from a foreign CA and a client without a certificate:
     /// both must be refused before CONNACK.
     Refusals {
@@ -95,6 +122,34 @@ fn main() -> ExitCode {
                 host,
                 server_ca,
             } => refusals_cmd(gateway, &host, &server_ca).await,
+            Command::Bench {
+                target,
+                name,
+                pid,
+                issuing_cert,
+                issuing_key,
+                root,
+                tenant,
+                crl,
+                idle,
+                connect_seconds,
+            } => {
+                let setup = fleet_hil::bench::Setup {
+                    target,
+                    name,
+                    server_pid: pid,
+                    issuing_cert,
+                    issuing_key,
+                    root,
+                    tenant,
+                    crl,
+                    idle_sizes: idle,
+                    connect_seconds,
+                };
+                let results = fleet_hil::bench::run(&setup).await?;
+                println!("{}", serde_json::to_string(&results)?);
+                Ok(true)
+            }
         }
     });
     match result {

@@ -40,21 +40,11 @@ async fn connect(gw: &RunningGateway, pki: &Pki, b: &DeviceBundle, keep_alive: u
     tls
 }
 
-/// Reads until the gateway closes the connection (or 10 s pass); returns how long it took.
+/// Waits until the gateway closes the connection; returns how long it took.
 async fn closed_within(tls: &mut Tls) -> Duration {
-    let start = Instant::now();
-    let mut buf = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the gateway did not close the connection");
-    start.elapsed()
+    fleet_hil::bench::wait_closed(tls, Duration::from_secs(10))
+        .await
+        .expect("the gateway did not close the connection")
 }
 
 fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {

@@ -4,6 +4,7 @@
 //!   a live summary, and the refusals of a foreign-CA device and a certificate-less client.
 //! - `test`: installs what the suites need, then format, lint and every test.
 
+mod bench;
 mod demo;
 mod sh;
 
@@ -35,6 +36,24 @@ enum Command {
     },
     /// Install missing test dependencies, then fmt --check, clippy -D warnings, all tests.
     Test,
+    /// Benchmarks, written to BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// fleet-gateway against Mosquitto 2: connects/s, idle RSS, QoS 1 throughput, revocation.
+    Gateway {
+        /// Idle-session counts to measure memory at.
+        #[arg(long = "idle", default_values_t = vec![1000usize, 10000])]
+        idle: Vec<usize>,
+        /// Seconds of the connect-rate measurement.
+        #[arg(long, default_value_t = 10)]
+        connect_seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +67,13 @@ fn main() -> anyhow::Result<()> {
             port,
         } => demo::run(devices, seconds, &dir, port),
         Command::Test => test(),
+        Command::Bench {
+            what:
+                BenchWhat::Gateway {
+                    idle,
+                    connect_seconds,
+                },
+        } => bench::gateway(&idle, connect_seconds),
     }
 }
 

@@ -1,0 +1,347 @@
+//! `cargo xtask bench gateway`: our gateway against Debian's Mosquitto 2, same PKI, same load
+//! generator, one run. Writes BENCHMARKS.md and bench/gateway.svg.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::sh::{self, step};
+
+#[derive(Debug, Deserialize)]
+struct Results {
+    connects_per_sec: f64,
+    idle_rss: Vec<(usize, f64)>,
+    qos1_msgs_per_sec: f64,
+    revocation_ms: Vec<f64>,
+}
+
+/// A broker to measure: how to start it and where it listens.
+struct Target {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    addr: SocketAddr,
+    /// The CRL file it watches, if it revokes live.
+    crl: Option<String>,
+}
+
+/// A broker process we started; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `program args…` under a raised open-file limit (10k sessions need 10k sockets).
+fn with_fd_limit(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let quoted: Vec<String> = std::iter::once(program.display().to_string())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let log = std::fs::File::create(log)?;
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 65536 2>/dev/null || ulimit -n 4096; exec {}",
+            quoted.join(" ")
+        ))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))
+}
+
+fn wait_listening(addr: SocketAddr, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "nothing listens on {addr} after 15 s; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    )
+}
+
+pub fn gateway(idle: &[usize], connect_seconds: u64) -> anyhow::Result<()> {
+    sh::ensure_debian_packages(&[("mosquitto", "mosquitto")])?;
+    step("building release binaries");
+    sh::cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "fleet-gateway",
+        "-p",
+        "fleet-hil",
+        "-p",
+        "fleet-provision",
+    ])?;
+    let bin = |n: &str| PathBuf::from("target/release").join(n);
+    let dir = std::path::absolute("target/bench")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let pki = dir.join("pki");
+    step("a fresh P-256 PKI for both brokers");
+    let provision = |args: &[&str]| {
+        sh::run(
+            Command::new(bin("fleet-provision"))
+                .arg("--dir")
+                .arg(&pki)
+                .args(args)
+                .stdout(Stdio::null()),
+        )
+    };
+    provision(&["ca", "init", "--org", "Bench", "--insecure-plaintext-keys"])?;
+    provision(&["server-cert", "--host", "localhost", "--host", "127.0.0.1"])?;
+    let p = |rel: &str| pki.join(rel).display().to_string();
+    let chain = dir.join("ca-chain.pem");
+    std::fs::write(
+        &chain,
+        [
+            std::fs::read(pki.join("ca/issuing.pem"))?,
+            std::fs::read(pki.join("ca/root.pem"))?,
+        ]
+        .concat(),
+    )?;
+
+    let ours: SocketAddr = "127.0.0.1:18883".parse()?;
+    let theirs: SocketAddr = "127.0.0.1:18884".parse()?;
+    let gw_config = dir.join("gateway.toml");
+    std::fs::write(
+        &gw_config,
+        format!(
+            "listen = \"{ours}\"\n[tls]\nserver_cert = \"{}\"\nserver_key = \"{}\"\nclient_ca = [\"{}\"]\ncrl = [\"{}\"]\n\
+             [limits]\nmax_connections = 60000\nmax_handshakes = 4096\nip_connect_rate = 1000000\nip_connect_burst = 1000000\n\
+             publish_rate = 1000000\npublish_burst = 1000000\n[admin]\nenabled = false\n",
+            p("gateway/server.pem"), p("gateway/server.key"), p("gateway/clients-ca.pem"), p("crl/issuing.crl.pem"),
+        ),
+    )?;
+    let mq_config = dir.join("mosquitto.conf");
+    std::fs::write(
+        &mq_config,
+        format!(
+            "user root\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_inflight_messages 100\n\
+             max_queued_messages 0\nmax_queued_bytes 0\n\
+             listener {} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+             use_identity_as_username true\ntls_version tlsv1.3\nmax_connections -1\n",
+            theirs.port(), chain.display(), p("gateway/server.pem"), p("gateway/server.key"),
+        ),
+    )?;
+
+    let mut all = Vec::new();
+    let targets = [
+        Target {
+            name: "fleet-gateway",
+            program: std::path::absolute(bin("fleet-gateway"))?,
+            args: vec![
+                "serve".into(),
+                "--config".into(),
+                gw_config.display().to_string(),
+            ],
+            addr: ours,
+            crl: Some(p("crl/issuing.crl.pem")),
+        },
+        Target {
+            name: "mosquitto",
+            program: PathBuf::from("/usr/sbin/mosquitto"),
+            args: vec!["-c".into(), mq_config.display().to_string()],
+            addr: theirs,
+            crl: None,
+        },
+    ];
+    for Target {
+        name,
+        program,
+        args,
+        addr,
+        crl,
+    } in targets
+    {
+        step(&format!("measuring {name} on {addr}"));
+        let log = dir.join(format!("{name}.log"));
+        let broker = Broker(with_fd_limit(&program, &args, &log)?);
+        wait_listening(addr, &log)?;
+        let mut cmd = vec![
+            "bench".to_string(),
+            "--target".into(),
+            addr.to_string(),
+            "--name".into(),
+            name.into(),
+            "--pid".into(),
+            broker.0.id().to_string(),
+            "--issuing-cert".into(),
+            p("ca/issuing.pem"),
+            "--issuing-key".into(),
+            p("ca/issuing.key"),
+            "--root".into(),
+            p("ca/root.pem"),
+            "--connect-seconds".into(),
+            connect_seconds.to_string(),
+        ];
+        for n in idle {
+            cmd.extend(["--idle".into(), n.to_string()]);
+        }
+        if let Some(crl) = crl {
+            cmd.extend(["--crl".into(), crl]);
+        }
+        let out_path = dir.join(format!("{name}.json"));
+        let out = std::fs::File::create(&out_path)?;
+        let hil = std::path::absolute(bin("fleet-hil"))?;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 65536 2>/dev/null || ulimit -n 4096; exec '{}' {}",
+                hil.display(),
+                cmd.iter()
+                    .map(|a| format!("'{a}'"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+            .stdout(out)
+            .status()?;
+        drop(broker);
+        if !status.success() {
+            bail!(
+                "the load generator failed against {name}; broker log: {}",
+                log.display()
+            );
+        }
+        let text = std::fs::read_to_string(&out_path)?;
+        let results: Results = serde_json::from_str(text.trim())
+            .with_context(|| format!("{}: not the load generator's JSON", out_path.display()))?;
+        all.push(results);
+    }
+    let [ours, theirs] =
+        <[Results; 2]>::try_from(all).map_err(|_| anyhow::anyhow!("two targets expected"))?;
+    let report = report(&ours, &theirs);
+    println!("\n{report}");
+    std::fs::create_dir_all("bench")?;
+    chart(&ours, &theirs, Path::new("bench/gateway.svg"))?;
+    std::fs::write("BENCHMARKS.md", report)?;
+    println!("written: BENCHMARKS.md, bench/gateway.svg");
+    Ok(())
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn report(ours: &Results, theirs: &Results) -> String {
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mut s = String::new();
+    s.push_str("# Benchmarks\n\n");
+    s.push_str("Written by `cargo xtask bench gateway`: our gateway and Debian's Mosquitto 2 in one run, same P-256 PKI, ");
+    s.push_str("same load generator (`fleet-hil bench`), TLS 1.3 with client certificates required, all on 127.0.0.1. ");
+    s.push_str(&format!(
+        "Machine: {} cores, {host}. Both brokers share the machine with the load generator.\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
+    s.push_str("| measure | fleet-gateway | mosquitto | ratio (ours / theirs) | target |\n|---|---|---|---|---|\n");
+    s.push_str(&format!(
+        "| full mTLS connects/s (handshake + CONNECT + CONNACK + close, 16 clients) | {:.0} | {:.0} | {:.2}× | ≥ 2× |\n",
+        ours.connects_per_sec, theirs.connects_per_sec, ours.connects_per_sec / theirs.connects_per_sec
+    ));
+    for ((n, a), (_, b)) in ours.idle_rss.iter().zip(&theirs.idle_rss) {
+        s.push_str(&format!(
+            "| server RSS per idle mTLS session at {n} sessions | {:.1} KiB | {:.1} KiB | {:.2}× | ≤ 0.5× and ≤ 16 KiB |\n",
+            a / 1024.0, b / 1024.0, a / b
+        ));
+    }
+    s.push_str(&format!(
+        "| QoS 1 deliveries/s (10 publishers × 2000 msgs → 10 subscribers) | {:.0} | {:.0} | {:.2}× | ≥ 1.5× |\n",
+        ours.qos1_msgs_per_sec, theirs.qos1_msgs_per_sec, ours.qos1_msgs_per_sec / theirs.qos1_msgs_per_sec
+    ));
+    s.push_str(&format!(
+        "| revocation → live session closed, p50 / p99 (20 rounds) | {:.0} ms / {:.0} ms | not supported (CRLs are read at start; no live kick) | — | p99 ≤ 1000 ms |\n",
+        percentile(&ours.revocation_ms, 50.0), percentile(&ours.revocation_ms, 99.0)
+    ));
+    s.push_str("\n![chart](bench/gateway.svg)\n");
+    s
+}
+
+fn chart(ours: &Results, theirs: &Results, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 360)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 3));
+    let idle = |r: &Results| r.idle_rss.first().map_or(0.0, |(_, b)| b / 1024.0);
+    let data = [
+        (
+            "mTLS connects/s (higher is better)",
+            ours.connects_per_sec,
+            theirs.connects_per_sec,
+        ),
+        (
+            "QoS 1 deliveries/s (higher is better)",
+            ours.qos1_msgs_per_sec,
+            theirs.qos1_msgs_per_sec,
+        ),
+        (
+            "KiB RSS per idle session (lower is better)",
+            idle(ours),
+            idle(theirs),
+        ),
+    ];
+    for (panel, (title, a, b)) in panels.iter().zip(data) {
+        let top = a.max(b) * 1.2 + 1e-9;
+        let mut c = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(25)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0..2, 0.0..top)?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(2)
+            .x_label_formatter(&|x| {
+                if *x == 0 {
+                    "fleet".into()
+                } else {
+                    "mosquitto".into()
+                }
+            })
+            .draw()?;
+        c.draw_series(
+            [(0, a, BLUE), (1, b, RED)]
+                .into_iter()
+                .map(|(x, v, color)| {
+                    Rectangle::new([(x, 0.0), (x + 1, v)], color.mix(0.7).filled())
+                }),
+        )?;
+    }
+    root.present()?;
+    Ok(())
+}
