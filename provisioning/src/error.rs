@@ -35,6 +35,8 @@ pub enum Error {
     },
     #[error("identity bundle: {0}")]
     Bundle(String),
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

@@ -12,6 +12,7 @@
 //! DIR/registry.sqlite3                   device registry
 //! ```
 
+pub mod audit;
 mod error;
 pub mod pki;
 pub mod registry;
@@ -23,6 +24,7 @@ use fleet_firmware::bundle::{Bundle, SEED_LEN};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
+use audit::{AuditLog, Event, Manifest};
 use error::io;
 pub use error::Error;
 use pki::Ca;
@@ -132,6 +134,11 @@ pub struct Station {
     root: Ca,
     issuing: Ca,
     registry: SqliteRegistry,
+    audit: AuditLog,
+}
+
+fn fingerprint(der: &[u8]) -> String {
+    hex(&Sha256::digest(der))
 }
 
 /// Validity of gateway server and service certificates.
@@ -174,6 +181,11 @@ impl Station {
         // Written last: its presence marks a complete CA.
         write_file(&root_pem, root.cert_pem.as_bytes(), false)?;
         let mut station = Station::open(dir)?;
+        station.audit.append(Event::CaInit {
+            org: org.to_owned(),
+            root_fingerprint: fingerprint(&station.root.cert_der),
+            issuing_fingerprint: fingerprint(&station.issuing.cert_der),
+        })?;
         // An empty CRL from day one, so the gateway can be pointed at it before any revocation.
         station.write_crl()?;
         Ok(station)
@@ -200,11 +212,13 @@ impl Station {
         let root = ca("ca/root.pem", "ca/root.key")?;
         let issuing = ca("ca/issuing.pem", "ca/issuing.key")?;
         let registry = SqliteRegistry::open(&dir.join("registry.sqlite3"))?;
+        let audit = AuditLog::open(dir)?;
         Ok(Station {
             dir: dir.to_owned(),
             root,
             issuing,
             registry,
+            audit,
         })
     }
 
@@ -227,6 +241,10 @@ impl Station {
         let chain = format!("{}{}", issued.cert_pem, self.issuing.cert_pem);
         write_file(&files.key_path, issued.key.serialize_pem().as_bytes(), true)?;
         write_file(&files.cert_path, chain.as_bytes(), false)?;
+        self.audit.append(Event::ServerCert {
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            fingerprint: fingerprint(&issued.cert_der),
+        })?;
         Ok(files)
     }
 
@@ -241,6 +259,11 @@ impl Station {
         };
         write_file(&files.key_path, issued.key.serialize_pem().as_bytes(), true)?;
         write_file(&files.cert_path, issued.cert_pem.as_bytes(), false)?;
+        self.audit.append(Event::ServiceCert {
+            name: name.to_owned(),
+            tenant: tenant.to_owned(),
+            fingerprint: fingerprint(&issued.cert_der),
+        })?;
         Ok(files)
     }
 
@@ -281,12 +304,36 @@ impl Station {
             OsRng.next_u32()
         );
         let mut out = Vec::with_capacity(req.count as usize);
+        let mut manifest = Manifest {
+            batch: batch.clone(),
+            tenant: req.tenant.clone(),
+            devices: Vec::with_capacity(req.count as usize),
+        };
         for _ in 0..req.count {
-            let issued = self.issue_one(req, &batch)?;
+            let (issued, fp) = self.issue_one(req, &batch)?;
             progress(&issued);
+            manifest
+                .devices
+                .push((issued.device_id.clone(), issued.serial_hex.clone(), fp));
             out.push(issued);
         }
+        self.seal_batch(&manifest)?;
         Ok(out)
+    }
+
+    /// Writes the batch manifest and its signature by the issuing CA key, and logs its hash.
+    fn seal_batch(&self, manifest: &Manifest) -> Result<(), Error> {
+        use rcgen::SigningKey;
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Audit(e.to_string()))?;
+        let signature = self.issuing.key.sign(&bytes)?;
+        let base = self.dir.join(format!("batches/{}", manifest.batch));
+        write_file(&base.with_extension("json"), &bytes, false)?;
+        write_file(&base.with_extension("sig"), &signature, false)?;
+        self.audit.append(Event::Manifest {
+            batch: manifest.batch.clone(),
+            devices: manifest.devices.len(),
+            sha256: fingerprint(&bytes),
+        })
     }
 
     /// Issues a batch of devices.
@@ -294,7 +341,12 @@ impl Station {
         self.issue_devices_with(req, |_| {})
     }
 
-    fn issue_one(&mut self, req: &BatchRequest, batch: &str) -> Result<DeviceIssued, Error> {
+    /// Issues one device; returns it and its certificate fingerprint.
+    fn issue_one(
+        &mut self,
+        req: &BatchRequest,
+        batch: &str,
+    ) -> Result<(DeviceIssued, String), Error> {
         let serial = pki::random_serial();
         let serial_hex = hex(&serial);
         // Durable reservation first: a crash after this never reuses the id or serial.
@@ -328,14 +380,24 @@ impl Station {
         let cert_pem_path = self.dir.join(format!("devices/{device_id}.pem"));
         write_file(&cert_pem_path, cert.cert_pem.as_bytes(), false)?;
         write_file(&bundle_path, &bytes, true)?;
-        self.registry
-            .activate(&device_id, &hex(&Sha256::digest(&cert.cert_der)))?;
-        Ok(DeviceIssued {
-            device_id,
-            serial_hex,
-            bundle_path,
-            cert_pem_path,
-        })
+        let fp = fingerprint(&cert.cert_der);
+        self.registry.activate(&device_id, &fp)?;
+        self.audit.append(Event::Issue {
+            device_id: device_id.clone(),
+            tenant: req.tenant.clone(),
+            serial: serial_hex.clone(),
+            fingerprint: fp.clone(),
+            batch: batch.to_owned(),
+        })?;
+        Ok((
+            DeviceIssued {
+                device_id,
+                serial_hex,
+                bundle_path,
+                cert_pem_path,
+            },
+            fp,
+        ))
     }
 
     /// Where the station writes its CRL (PEM); point the gateway's `tls.crl` at it.
@@ -346,6 +408,11 @@ impl Station {
     /// Revokes a device: the registry first, then a new CRL with every revoked serial.
     pub fn revoke(&mut self, device_id: &str, reason: Reason) -> Result<Revoked, Error> {
         let record = self.registry.revoke(device_id, reason.name())?;
+        self.audit.append(Event::Revoke {
+            device_id: record.device_id.clone(),
+            serial: record.serial_hex.clone(),
+            reason: reason.name().to_owned(),
+        })?;
         let crl_path = self.write_crl()?;
         Ok(Revoked { record, crl_path })
     }
@@ -379,10 +446,22 @@ impl Station {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         };
+        let revoked = params.revoked_certs.len();
         let crl = params.signed_by(self.issuing.issuer())?;
         let path = self.crl_path();
-        write_file(&path, crl.pem()?.as_bytes(), false)?;
+        let pem = crl.pem()?;
+        write_file(&path, pem.as_bytes(), false)?;
+        self.audit.append(Event::Crl {
+            number,
+            revoked,
+            sha256: fingerprint(pem.as_bytes()),
+        })?;
         Ok(path)
+    }
+
+    /// Checks the audit chain, its anchor and every signed batch manifest.
+    pub fn verify_audit(&self) -> Result<audit::Verified, Vec<String>> {
+        audit::verify(&self.dir, &self.issuing.cert_der)
     }
 
     /// The registry's view of every device.

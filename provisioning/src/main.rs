@@ -74,6 +74,11 @@ enum Command {
     },
     /// Write a fresh CRL (e.g. before the current one's nextUpdate).
     Crl,
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +91,12 @@ enum CaCommand {
         #[arg(long)]
         insecure_plaintext_keys: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain, its anchor in the registry and every signed batch manifest.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -191,6 +202,27 @@ fn run(cli: Cli) -> Result<(), Error> {
                 reason.name(),
                 revoked.crl_path.display()
             );
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let station = Station::open(dir)?;
+            match station.verify_audit() {
+                Ok(v) => println!(
+                    "audit log OK: {} records, {} signed batch manifests covering {} devices",
+                    v.records, v.manifests, v.devices
+                ),
+                Err(problems) => {
+                    for p in &problems {
+                        println!("TAMPERED: {p}");
+                    }
+                    return Err(Error::Audit(format!(
+                        "{} problem(s) in {}",
+                        problems.len(),
+                        dir.join("audit.log").display()
+                    )));
+                }
+            }
         }
         Command::Crl => {
             let mut station = Station::open(dir)?;

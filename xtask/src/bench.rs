@@ -59,7 +59,7 @@ fn with_fd_limit(program: &Path, args: &[String], log: &Path) -> anyhow::Result<
     Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "ulimit -n 65536 2>/dev/null || ulimit -n 4096; exec {}",
+            "ulimit -n $(ulimit -Hn) 2>/dev/null; exec {}",
             quoted.join(" ")
         ))
         .stdout(Stdio::null())
@@ -210,7 +210,7 @@ pub fn gateway(idle: &[usize], connect_seconds: u64) -> anyhow::Result<()> {
         let status = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "ulimit -n 65536 2>/dev/null || ulimit -n 4096; exec '{}' {}",
+                "ulimit -n $(ulimit -Hn) 2>/dev/null; exec '{}' {}",
                 hil.display(),
                 cmd.iter()
                     .map(|a| format!("'{a}'"))

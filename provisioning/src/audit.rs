@@ -1,0 +1,326 @@
+//! The station's tamper-evident audit log.
+//!
+//! `DIR/audit.log` holds one JSON record per line; each record carries its sequence number
+//! and the SHA-256 of the previous line's exact bytes, so editing, removing or reordering any
+//! record breaks the chain. The hash of the newest line is also kept in the registry database
+//! (`audit_head`), which catches a cut-off tail. At the end of every batch a manifest of the
+//! issued certificate fingerprints is written and signed with the issuing CA key; its hash is
+//! recorded in the log. `fleet-provision audit verify` checks all of it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{hex, Error};
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    CaInit {
+        org: String,
+        root_fingerprint: String,
+        issuing_fingerprint: String,
+    },
+    ServerCert {
+        hosts: Vec<String>,
+        fingerprint: String,
+    },
+    ServiceCert {
+        name: String,
+        tenant: String,
+        fingerprint: String,
+    },
+    Issue {
+        device_id: String,
+        tenant: String,
+        serial: String,
+        fingerprint: String,
+        batch: String,
+    },
+    Manifest {
+        batch: String,
+        devices: usize,
+        sha256: String,
+    },
+    Revoke {
+        device_id: String,
+        serial: String,
+        reason: String,
+    },
+    Crl {
+        number: u64,
+        revoked: usize,
+        sha256: String,
+    },
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub ts: i64,
+    /// SHA-256 (hex) of the previous line; 64 zeros for the first.
+    pub prev: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A batch manifest: what one batch issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub batch: String,
+    pub tenant: String,
+    /// (device id, serial hex, certificate SHA-256 hex)
+    pub devices: Vec<(String, String, String)>,
+}
+
+struct State {
+    file: File,
+    db: Connection,
+    seq: u64,
+    head: String,
+}
+
+/// The open audit log of a station.
+pub struct AuditLog {
+    path: PathBuf,
+    db_path: PathBuf,
+    state: Mutex<State>,
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn line_hash(line: &str) -> String {
+    hex(&Sha256::digest(line.as_bytes()))
+}
+
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |source| Error::Registry {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn anchored(db: &Connection, db_path: &Path) -> Result<Option<(u64, String)>, Error> {
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS audit_head (
+             id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL)",
+    )
+    .map_err(db_err(db_path))?;
+    db.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+    })
+    .optional()
+    .map_err(db_err(db_path))
+}
+
+impl AuditLog {
+    /// Opens (or creates) `dir/audit.log`, anchored in `dir/registry.sqlite3`.
+    pub fn open(dir: &Path) -> Result<AuditLog, Error> {
+        let path = dir.join("audit.log");
+        let db_path = dir.join("registry.sqlite3");
+        let db = Connection::open(&db_path).map_err(db_err(&db_path))?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let (seq, head) = match text.lines().last() {
+            Some(last) => {
+                let r: Record = serde_json::from_str(last).map_err(|e| Error::Audit(format!(
+                    "{}: the last record is not valid JSON ({e}); run `fleet-provision audit verify`",
+                    path.display()
+                )))?;
+                (r.seq, line_hash(last))
+            }
+            None => (0, GENESIS.to_owned()),
+        };
+        anchored(&db, &db_path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Ok(AuditLog {
+            path,
+            db_path,
+            state: Mutex::new(State {
+                file,
+                db,
+                seq,
+                head,
+            }),
+        })
+    }
+
+    /// Appends a record durably (fsync), then anchors its hash in the registry.
+    pub fn append(&self, event: Event) -> Result<(), Error> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let record = Record {
+            seq: st.seq + 1,
+            ts: time::OffsetDateTime::now_utc().unix_timestamp(),
+            prev: st.head.clone(),
+            event,
+        };
+        let line = serde_json::to_string(&record).map_err(|e| Error::Audit(e.to_string()))?;
+        st.file
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| st.file.sync_data())
+            .map_err(io_err(&self.path))?;
+        let hash = line_hash(&line);
+        st.db
+            .execute(
+                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                params![record.seq as i64, hash],
+            )
+            .map_err(db_err(&self.db_path))?;
+        st.seq = record.seq;
+        st.head = hash;
+        Ok(())
+    }
+}
+
+/// What `verify` found intact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub manifests: usize,
+    pub devices: usize,
+}
+
+/// Checks the chain, its anchor, and every batch manifest and its signature.
+/// `issuing_cert_der`: the CA whose key signs manifests.
+pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<String>> {
+    let path = dir.join("audit.log");
+    let mut problems = Vec::new();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return Err(vec![format!("{}: {e}", path.display())]),
+    };
+    let mut head = GENESIS.to_owned();
+    // hashes[n] = hash of record n (hashes[0] = genesis)
+    let mut hashes = vec![GENESIS.to_owned()];
+    let mut issued = std::collections::HashMap::new();
+    let mut manifests = Vec::new();
+    let mut count = 0u64;
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        match serde_json::from_str::<Record>(line) {
+            Err(e) => problems.push(format!("record {n}: not a valid record ({e})")),
+            Ok(r) => {
+                if r.seq != n {
+                    problems.push(format!(
+                        "record {n}: sequence number {} (records removed or reordered)",
+                        r.seq
+                    ));
+                }
+                if r.prev != head {
+                    problems.push(format!("record {n}: does not chain to record {} (it or the one before was edited, removed or reordered)", n - 1));
+                }
+                match r.event {
+                    Event::Issue {
+                        device_id,
+                        fingerprint,
+                        ..
+                    } => {
+                        issued.insert(device_id, fingerprint);
+                    }
+                    Event::Manifest { batch, sha256, .. } => manifests.push((n, batch, sha256)),
+                    _ => {}
+                }
+            }
+        }
+        head = line_hash(line);
+        hashes.push(head.clone());
+        count = n;
+    }
+    let db_path = dir.join("registry.sqlite3");
+    match Connection::open(&db_path)
+        .map_err(|e| e.to_string())
+        .and_then(|db| anchored(&db, &db_path).map_err(|e| e.to_string()))
+    {
+        Ok(Some((seq, hash))) => {
+            // One record past the anchor is an append interrupted before anchoring.
+            let anchored_here = seq <= count
+                && count - seq <= 1
+                && hashes.get(seq as usize).is_some_and(|h| *h == hash);
+            if !anchored_here {
+                problems.push(format!(
+                    "the registry anchors record {seq}, but the log ends at record {count} with a different hash (records cut off or replaced)"
+                ));
+            }
+        }
+        Ok(None) if count > 0 => problems.push("the registry holds no audit anchor".into()),
+        Ok(None) => {}
+        Err(e) => problems.push(format!("{}: {e}", db_path.display())),
+    }
+    let verifying = x509_parser::parse_x509_certificate(issuing_cert_der)
+        .ok()
+        .and_then(|(_, c)| {
+            p256::ecdsa::VerifyingKey::from_sec1_bytes(&c.public_key().subject_public_key.data).ok()
+        });
+    let mut devices = 0;
+    for (n, batch, sha) in &manifests {
+        let file = dir.join(format!("batches/{batch}.json"));
+        let sig_file = dir.join(format!("batches/{batch}.sig"));
+        let (Ok(bytes), Ok(sig)) = (std::fs::read(&file), std::fs::read(&sig_file)) else {
+            problems.push(format!(
+                "record {n}: manifest {} or its signature is missing",
+                file.display()
+            ));
+            continue;
+        };
+        if hex(&Sha256::digest(&bytes)) != *sha {
+            problems.push(format!(
+                "record {n}: {} does not match the hash recorded in the log",
+                file.display()
+            ));
+        }
+        let signed = verifying.as_ref().is_some_and(|key| {
+            use p256::ecdsa::signature::Verifier;
+            p256::ecdsa::Signature::from_der(&sig).is_ok_and(|s| key.verify(&bytes, &s).is_ok())
+        });
+        if !signed {
+            problems.push(format!(
+                "record {n}: {} is not signed by the issuing CA",
+                file.display()
+            ));
+        }
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(m) => {
+                for (id, _, fp) in &m.devices {
+                    devices += 1;
+                    if issued.get(id) != Some(fp) {
+                        problems.push(format!(
+                            "manifest {batch}: {id} has no matching issue record"
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("{}: not a manifest ({e})", file.display())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(Verified {
+            records: count,
+            manifests: manifests.len(),
+            devices,
+        })
+    } else {
+        Err(problems)
+    }
+}

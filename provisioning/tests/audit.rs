@@ -1,0 +1,121 @@
+//! The audit log detects every edit, removal, reordering and cut, and bad manifests.
+
+use std::path::Path;
+
+use fleet_provision::{BatchRequest, KeyProtection, Reason, Station};
+
+fn batch(tenant: &str, count: u32) -> BatchRequest {
+    BatchRequest {
+        tenant: tenant.into(),
+        count,
+        gateway_host: "localhost".into(),
+        gateway_port: 8883,
+        validity_days: 30,
+    }
+}
+
+/// A station with some history: CA, server cert, two batches, a revocation.
+fn station(dir: &Path) -> Station {
+    let mut st = Station::init(dir, "Acme", KeyProtection::InsecurePlaintext).unwrap();
+    st.issue_server_cert(&["localhost"]).unwrap();
+    st.issue_devices(&batch("acme", 3)).unwrap();
+    st.issue_devices(&batch("acme", 2)).unwrap();
+    st.revoke("acme-000002", Reason::KeyCompromise).unwrap();
+    st
+}
+
+/// Applies `tamper` to a file, checks verification fails mentioning `needle`, restores it.
+fn expect_detected(st: &Station, file: &Path, needle: &str, tamper: impl FnOnce(&[u8]) -> Vec<u8>) {
+    let original = std::fs::read(file).unwrap();
+    std::fs::write(file, tamper(&original)).unwrap();
+    let problems = st.verify_audit().expect_err("tampering must be detected");
+    assert!(
+        problems.iter().any(|p| p.contains(needle)),
+        "expected {needle:?} in {problems:?}"
+    );
+    std::fs::write(file, original).unwrap();
+    st.verify_audit().expect("restored log verifies");
+}
+
+fn lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn join(lines: &[String]) -> Vec<u8> {
+    lines
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn an_untouched_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = station(dir.path());
+    let v = st.verify_audit().expect("intact");
+    // ca_init, crl, server_cert, 3 issue + manifest, 2 issue + manifest, revoke, crl
+    assert_eq!(v.records, 12);
+    assert_eq!((v.manifests, v.devices), (2, 5));
+    // Reopening continues the same chain.
+    drop(st);
+    let mut st = Station::open(dir.path()).unwrap();
+    st.issue_devices(&batch("acme", 1)).unwrap();
+    assert_eq!(st.verify_audit().unwrap().records, 14);
+}
+
+#[test]
+fn every_kind_of_tampering_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = station(dir.path());
+    let log = dir.path().join("audit.log");
+
+    expect_detected(&st, &log, "does not chain", |b| {
+        let mut l = lines(b);
+        l[4] = l[4].replacen("acme-000002", "acme-000009", 1);
+        join(&l)
+    });
+    expect_detected(&st, &log, "sequence number", |b| {
+        let mut l = lines(b);
+        l.remove(5);
+        join(&l)
+    });
+    expect_detected(&st, &log, "does not chain", |b| {
+        let mut l = lines(b);
+        l.swap(3, 4);
+        join(&l)
+    });
+    expect_detected(&st, &log, "registry anchors", |b| {
+        let mut l = lines(b);
+        l.truncate(l.len() - 2);
+        join(&l)
+    });
+    expect_detected(&st, &log, "not a valid record", |b| {
+        let mut l = lines(b);
+        l[1] = "{ this is not json".into();
+        join(&l)
+    });
+
+    let manifest = std::fs::read_dir(dir.path().join("batches"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    expect_detected(&st, &manifest, "does not match the hash", |b| {
+        String::from_utf8(b.to_vec())
+            .unwrap()
+            .replacen("\"acme\"", "\"evil\"", 1)
+            .into_bytes()
+    });
+    let sig = manifest.with_extension("sig");
+    expect_detected(&st, &sig, "not signed by the issuing CA", |b| {
+        let mut s = b.to_vec();
+        let last = s.len() - 1;
+        s[last] ^= 1;
+        s
+    });
+}
