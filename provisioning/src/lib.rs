@@ -13,6 +13,7 @@
 //! ```
 
 pub mod audit;
+pub mod boards;
 mod error;
 pub mod pki;
 pub mod registry;

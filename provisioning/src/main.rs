@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleet_firmware::bundle::Bundle;
 use fleet_provision::{
-    bundle_to_pem, hex, write_file, BatchRequest, Error, KeyProtection, Reason, Station,
+    boards, bundle_to_pem, hex, write_file, BatchRequest, Error, KeyProtection, Reason, Station,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -49,6 +49,10 @@ enum Command {
         gateway_port: u16,
         #[arg(long, default_value_t = 365)]
         validity_days: u32,
+        /// Also write each bundle as Intel HEX at this board's slot A
+        /// (qemu-mps2-an386, esp32c3, stm32f767zi).
+        #[arg(long)]
+        hex_board: Option<String>,
     },
     /// Issue a backend service certificate (subject OU=service).
     ServiceCert {
@@ -103,6 +107,17 @@ enum AuditCommand {
 enum BundleCommand {
     /// Print a bundle's fields (never the key).
     Show { file: PathBuf },
+    /// Write the bundle as Intel HEX at a board's identity slot.
+    Hex {
+        file: PathBuf,
+        #[arg(long)]
+        board: String,
+        /// Slot `a` or `b`.
+        #[arg(long, default_value = "a")]
+        slot: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write the device certificate and key as PEM, for standard MQTT clients.
     Export {
         file: PathBuf,
@@ -162,7 +177,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             gateway_host,
             gateway_port,
             validity_days,
+            hex_board,
         } => {
+            let board = hex_board.as_deref().map(boards::board).transpose()?;
             let mut station = Station::open(dir)?;
             let req = BatchRequest {
                 tenant,
@@ -179,6 +196,18 @@ fn run(cli: Cli) -> Result<(), Error> {
                     d.bundle_path.display()
                 );
             })?;
+            if let Some(board) = board {
+                for d in &issued {
+                    let hex_path = d.bundle_path.with_extension("hex");
+                    let hex =
+                        boards::to_ihex(&read_bundle(&d.bundle_path)?, board, boards::Slot::A)?;
+                    write_file(&hex_path, hex.as_bytes(), true)?;
+                }
+                println!(
+                    "Intel HEX for {} at {:#010x} ({}) next to each bundle",
+                    board.name, board.slot_a, board.note
+                );
+            }
             println!("{} devices issued for tenant {}", issued.len(), req.tenant);
         }
         Command::ServiceCert { name, tenant } => {
@@ -254,7 +283,9 @@ fn read_bundle(path: &Path) -> Result<Vec<u8>, Error> {
 
 fn bundle(command: BundleCommand) -> Result<(), Error> {
     let path = match &command {
-        BundleCommand::Show { file } | BundleCommand::Export { file, .. } => file.clone(),
+        BundleCommand::Show { file }
+        | BundleCommand::Export { file, .. }
+        | BundleCommand::Hex { file, .. } => file.clone(),
     };
     let bytes = read_bundle(&path)?;
     let b = Bundle::parse(&bytes).map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
@@ -285,6 +316,28 @@ fn bundle(command: BundleCommand) -> Result<(), Error> {
                 }
                 Err(e) => println!("certificate    unparsable: {e}"),
             }
+        }
+        BundleCommand::Hex {
+            board, slot, out, ..
+        } => {
+            let board = boards::board(&board)?;
+            let slot = match slot.to_ascii_lowercase().as_str() {
+                "a" => boards::Slot::A,
+                "b" => boards::Slot::B,
+                other => {
+                    return Err(Error::InvalidInput {
+                        field: "slot",
+                        message: format!("{other:?} is not a or b"),
+                    })
+                }
+            };
+            write_file(&out, boards::to_ihex(&bytes, board, slot)?.as_bytes(), true)?;
+            println!(
+                "{} for {} written to {}",
+                path.display(),
+                board.name,
+                out.display()
+            );
         }
         BundleCommand::Export { cert, key, .. } => {
             let (cert_pem, key_pem) = bundle_to_pem(&b)?;

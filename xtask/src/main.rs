@@ -53,6 +53,9 @@ enum BenchWhat {
         /// Seconds of the connect-rate measurement.
         #[arg(long, default_value_t = 10)]
         connect_seconds: u64,
+        /// Only re-render BENCHMARKS.md and the chart from the last run's results.
+        #[arg(long)]
+        report_only: bool,
     },
 }
 
@@ -72,8 +75,15 @@ fn main() -> anyhow::Result<()> {
                 BenchWhat::Gateway {
                     idle,
                     connect_seconds,
+                    report_only,
                 },
-        } => bench::gateway(&idle, connect_seconds),
+        } => {
+            if report_only {
+                bench::gateway_report_only()
+            } else {
+                bench::gateway(&idle, connect_seconds)
+            }
+        }
     }
 }
 
