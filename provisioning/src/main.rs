@@ -49,6 +49,9 @@ enum Command {
         gateway_port: u16,
         #[arg(long, default_value_t = 365)]
         validity_days: u32,
+        /// Print one line per issued device.
+        #[arg(long)]
+        verbose: bool,
         /// Also write each bundle as Intel HEX at this board's slot A
         /// (qemu-mps2-an386, esp32c3, stm32f767zi).
         #[arg(long)]
@@ -178,6 +181,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             gateway_port,
             validity_days,
             hex_board,
+            verbose,
         } => {
             let board = hex_board.as_deref().map(boards::board).transpose()?;
             let mut station = Station::open(dir)?;
@@ -188,14 +192,26 @@ fn run(cli: Cli) -> Result<(), Error> {
                 gateway_port,
                 validity_days,
             };
+            // Drawn on stderr, and only when it is a terminal.
+            let bar = indicatif::ProgressBar::new(u64::from(count)).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} issuing {pos}/{len} [{bar:30}] {per_sec} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
             let issued = station.issue_devices_with(&req, |d| {
-                println!(
-                    "issued {}  serial {}  {}",
-                    d.device_id,
-                    d.serial_hex,
-                    d.bundle_path.display()
-                );
+                bar.inc(1);
+                bar.set_message(d.device_id.clone());
+                if verbose {
+                    bar.println(format!(
+                        "issued {}  serial {}  {}",
+                        d.device_id,
+                        d.serial_hex,
+                        d.bundle_path.display()
+                    ));
+                }
             })?;
+            bar.finish_and_clear();
             if let Some(board) = board {
                 for d in &issued {
                     let hex_path = d.bundle_path.with_extension("hex");
