@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod firmware;
 mod sh;
 
 use clap::{Parser, Subcommand};
@@ -36,11 +37,22 @@ enum Command {
     },
     /// Install missing test dependencies, then fmt --check, clippy -D warnings, all tests.
     Test,
+    /// Firmware cross builds.
+    Firmware {
+        #[command(subcommand)]
+        what: FirmwareWhat,
+    },
     /// Benchmarks, written to BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(Subcommand)]
+enum FirmwareWhat {
+    /// Build the no_std firmware crate for Cortex-M (thumbv7em) and ESP32-C3 (riscv32imc).
+    Build,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +82,9 @@ fn main() -> anyhow::Result<()> {
             port,
         } => demo::run(devices, seconds, &dir, port),
         Command::Test => test(),
+        Command::Firmware {
+            what: FirmwareWhat::Build,
+        } => firmware::build(),
         Command::Bench {
             what:
                 BenchWhat::Gateway {
@@ -92,6 +107,7 @@ fn test() -> anyhow::Result<()> {
     sh::ensure_debian_packages(&[("mosquitto_pub", "mosquitto-clients")])?;
     sh::step("cargo build -p fleet-firmware (the no_std library alone, without std)");
     sh::cargo(&["build", "-p", "fleet-firmware"])?;
+    firmware::build()?;
     sh::step("cargo fmt --check");
     sh::cargo(&["fmt", "--all", "--", "--check"])?;
     sh::step("cargo clippy --workspace --all-targets -- -D warnings");

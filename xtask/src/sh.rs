@@ -36,7 +36,11 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     run(Command::new(cargo).args(args))
 }
 
+/// `program` is a name looked up on PATH, or an absolute path that must exist.
 fn on_path(program: &str) -> bool {
+    if program.starts_with('/') {
+        return std::path::Path::new(program).exists();
+    }
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
