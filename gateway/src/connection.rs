@@ -33,7 +33,15 @@ pub enum Ended {
     Malformed(MqttError),
     /// The router dropped the session (e.g. taken over inside the router).
     RouterClosed,
+    /// The client did not read what it was sent within [`WRITE_TIMEOUT`].
+    WriteTimeout,
 }
+
+/// How long the TLS close (close_notify) to a departing client may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a write to a client may stall before the session is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Ended {
     fn label(&self) -> &'static str {
@@ -46,6 +54,7 @@ impl Ended {
             Ended::ConnectionLost => "connection_lost",
             Ended::Malformed(_) => "malformed_packet",
             Ended::RouterClosed => "router_closed",
+            Ended::WriteTimeout => "write_timeout",
         }
     }
 
@@ -149,7 +158,7 @@ async fn run(
         Err(refusal) => {
             if let Some(code) = refusal.connack_code() {
                 let _ = wr.write_all(&session::connack(code, false)).await;
-                let _ = wr.shutdown().await;
+                let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
             }
             return Err(refused(refusal));
         }
@@ -160,7 +169,7 @@ async fn run(
         peer,
         connected_at: SystemTime::now(),
     };
-    let (_registration, mut kick) = shared.sessions.register(info, conn).await;
+    let (registration, mut kick) = shared.sessions.register(info, conn).await;
     // A CRL may have arrived while this handshake used the previous TLS state.
     if shared.is_revoked(&identity) {
         return Err(refused(Refusal::Handshake("revoked")));
@@ -227,7 +236,10 @@ async fn run(
         let will = ended.fires_will().then_some(accepted.will).flatten();
         close_link(&mut link_tx, will).await;
     }
-    let _ = wr.shutdown().await;
+    // The session is over for everyone else now, whether or not the client reads our
+    // close_notify: a client that stopped reading gets a bounded goodbye.
+    drop(registration);
+    let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
     Ok((identity, ended))
 }
 
@@ -306,8 +318,18 @@ where
         buf.drain(..used);
         account(shared, session, &mut seen);
         if !out.is_empty() {
-            if wr.write_all(&out).await.is_err() {
-                return Ended::ConnectionLost;
+            // A client that stops reading must not hold its session open against a kick
+            // (revocation, takeover, shutdown): the write races the kick and a deadline.
+            tokio::select! {
+                written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&out)) => match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Ended::ConnectionLost,
+                    Err(_) => return Ended::WriteTimeout,
+                },
+                k = &mut *kick => return match k {
+                    Ok(reason) => Ended::Kicked(reason),
+                    Err(_) => Ended::Kicked(Kick::Shutdown),
+                },
             }
             shared
                 .metrics

@@ -84,6 +84,7 @@ impl Backend {
         let mut options = MqttOptions::new(client_id, host, port);
         options
             .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20)
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 client_config(id)?,
             )));
@@ -186,6 +187,19 @@ impl Backend {
             )
             .await
             .map_err(|e| Error::Backend(e.to_string()))
+    }
+
+    /// Sends a command with a payload of `size` bytes (QoS 0), for load and back-pressure tests.
+    pub async fn command_sized(&self, device: &str, size: usize) {
+        let _ = self
+            .client
+            .publish(
+                format!("tenants/{}/devices/{device}/cmd/bulk", self.tenant),
+                QoS::AtMostOnce,
+                false,
+                vec![0x5A; size],
+            )
+            .await;
     }
 
     /// A copy of what has been observed so far.

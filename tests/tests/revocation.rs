@@ -119,3 +119,57 @@ async fn a_bad_crl_is_refused_and_the_previous_state_stays_in_force() {
     fleet.stop().await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_reading_is_still_kicked_promptly() {
+    let mut pki = Pki::new();
+    let bundles = pki.devices(TENANT, 1);
+    let gw = RunningGateway::start(pki.gateway_config()).await;
+    let backend = pki.backend(gw.addr).await;
+    let id = bundles[0].device_id.clone();
+
+    // The device subscribes to its commands, then never reads again.
+    let mut options = MqttOptions::new(id.as_str(), "localhost", gw.addr.port());
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        device_client_config(&bundles[0], &pki.path("ca/root.pem")),
+    )));
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client
+        .subscribe(
+            format!("tenants/{TENANT}/devices/{id}/cmd/#"),
+            rumqttc::QoS::AtMostOnce,
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) = events.poll().await {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("subscribed");
+
+    // Commands pile up until the gateway's writes to the device stall.
+    for _ in 0..80 {
+        backend.command_sized(&id, 200 * 1024).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(gw.has_device(&id));
+
+    let started = Instant::now();
+    pki.station.revoke(&id, Reason::KeyCompromise).unwrap();
+    wait_for(
+        "the stalled session to close",
+        Duration::from_secs(5),
+        || !gw.has_device(&id),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    drop(events);
+    backend.close().await;
+    gw.stop().await;
+}
