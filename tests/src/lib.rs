@@ -56,6 +56,25 @@ impl Pki {
             .collect()
     }
 
+    /// rumqttc options for a device identity (its certificate from the bundle), connecting
+    /// to `port` on localhost as `client_id`.
+    pub fn device_mqtt_options(
+        &self,
+        bundle: &DeviceBundle,
+        client_id: &str,
+        port: u16,
+    ) -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new(client_id, "localhost", port);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(device_client_config(
+                bundle,
+                &self.path("ca/root.pem"),
+            )),
+        ));
+        o
+    }
+
     pub fn gateway_config(&self) -> Config {
         Config::new(
             "127.0.0.1:0".parse().expect("addr"),

@@ -7,10 +7,8 @@ use fleet_firmware::device::Options;
 use fleet_firmware::mqtt::QoS;
 use fleet_hil::fleet::{telemetry_payload, Fleet};
 use fleet_hil::refusals;
-use fleet_tests::{device_client_config, export_pem, wait_for, Pki, RunningGateway, TENANT};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, TlsConfiguration, Transport,
-};
+use fleet_tests::{export_pem, wait_for, Pki, RunningGateway, TENANT};
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, Packet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_publish_and_the_backend_receives_exactly_that() {
@@ -112,19 +110,6 @@ async fn foreign_ca_device_and_certificateless_client_never_get_connack() {
     gw.stop().await;
 }
 
-fn device_options(
-    pki: &Pki,
-    bundle: &fleet_hil::fleet::DeviceBundle,
-    client_id: &str,
-    port: u16,
-) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, "localhost", port);
-    o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        device_client_config(bundle, &pki.path("ca/root.pem")),
-    )));
-    o
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_id_must_match_the_certificate() {
     let mut pki = Pki::new();
@@ -132,7 +117,7 @@ async fn client_id_must_match_the_certificate() {
     let gw = RunningGateway::start(pki.gateway_config()).await;
 
     // Device 0's certificate, device 1's id: refused with "not authorized".
-    let options = device_options(&pki, &bundles[0], &bundles[1].device_id, gw.addr.port());
+    let options = pki.device_mqtt_options(&bundles[0], &bundles[1].device_id, gw.addr.port());
     let (_client, mut events) = AsyncClient::new(options, 10);
     let outcome = tokio::time::timeout(Duration::from_secs(10), events.poll())
         .await
@@ -154,7 +139,7 @@ async fn empty_client_id_becomes_the_certificate_cn() {
     let gw = RunningGateway::start(pki.gateway_config()).await;
     let backend = pki.backend(gw.addr).await;
 
-    let options = device_options(&pki, &bundles[0], "", gw.addr.port());
+    let options = pki.device_mqtt_options(&bundles[0], "", gw.addr.port());
     let (client, mut events) = AsyncClient::new(options, 10);
     let id = bundles[0].device_id.clone();
     client

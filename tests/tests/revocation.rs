@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use fleet_firmware::device::Options;
 use fleet_hil::fleet::Fleet;
 use fleet_provision::Reason;
-use fleet_tests::{device_client_config, wait_for, Pki, RunningGateway, TENANT};
-use rumqttc::{AsyncClient, MqttOptions, TlsConfiguration, Transport};
+use fleet_tests::{wait_for, Pki, RunningGateway, TENANT};
+use rumqttc::AsyncClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_device_is_kicked_within_a_second_and_refused_after() {
@@ -58,10 +58,7 @@ async fn revoked_device_is_kicked_within_a_second_and_refused_after() {
     );
 
     // Any other client with that certificate is refused too.
-    let mut options = MqttOptions::new(victim.as_str(), "localhost", gw.addr.port());
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        device_client_config(&bundles[0], &pki.path("ca/root.pem")),
-    )));
+    let options = pki.device_mqtt_options(&bundles[0], victim, gw.addr.port());
     let (_client, mut events) = AsyncClient::new(options, 10);
     let outcome = tokio::time::timeout(Duration::from_secs(10), events.poll())
         .await
@@ -129,11 +126,7 @@ async fn a_device_that_stops_reading_is_still_kicked_promptly() {
     let id = bundles[0].device_id.clone();
 
     // The device subscribes to its commands, then never reads again.
-    let mut options = MqttOptions::new(id.as_str(), "localhost", gw.addr.port());
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        device_client_config(&bundles[0], &pki.path("ca/root.pem")),
-    )));
+    let options = pki.device_mqtt_options(&bundles[0], &id, gw.addr.port());
     let (client, mut events) = AsyncClient::new(options, 10);
     client
         .subscribe(
