@@ -7,6 +7,7 @@
 //! ends first ends the connection; the caller reconnects.
 
 use core::cell::RefCell;
+use core::convert::Infallible;
 use core::future::Future;
 
 use embassy_futures::select::{select, Either};
@@ -106,7 +107,7 @@ struct Pending {
     ping_outstanding: bool,
 }
 
-/// Runs one connection until it ends; always returns the reason as an error.
+/// Runs one connection until it ends. It never ends well: the `Err` says why it ended.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_connection<R, W, C, A, G>(
     rd: R,
@@ -118,34 +119,7 @@ pub async fn run_connection<R, W, C, A, G>(
     options: &Options,
     buffers: &mut Buffers,
     stats: &mut Stats,
-) -> Error
-where
-    R: Read,
-    W: Write,
-    C: Clock,
-    A: App,
-    G: CryptoRngCore,
-{
-    match connection(rd, wr, bundle, rng, clock, app, options, buffers, stats).await {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
-}
-
-enum Never {}
-
-#[allow(clippy::too_many_arguments)]
-async fn connection<R, W, C, A, G>(
-    rd: R,
-    wr: W,
-    bundle: &Bundle<'_>,
-    rng: G,
-    clock: &C,
-    app: &mut A,
-    options: &Options,
-    buffers: &mut Buffers,
-    stats: &mut Stats,
-) -> Result<Never, Error>
+) -> Result<Infallible, Error>
 where
     R: Read,
     W: Write,
@@ -222,7 +196,9 @@ where
     let reading = async {
         loop {
             if rx_len == rx.len() {
-                return Err::<Never, _>(Error::Protocol("packet larger than the receive buffer"));
+                return Err::<Infallible, _>(Error::Protocol(
+                    "packet larger than the receive buffer",
+                ));
             }
             let n = reader.read(&mut rx[rx_len..]).await.map_err(Error::Tls)?;
             if n == 0 {
@@ -295,7 +271,9 @@ where
             }
             if keep_alive_ms > 0 && now >= next_ping {
                 if pending.borrow().ping_outstanding {
-                    return Err::<Never, _>(Error::Timeout("no PINGRESP within the keep-alive"));
+                    return Err::<Infallible, _>(Error::Timeout(
+                        "no PINGRESP within the keep-alive",
+                    ));
                 }
                 pending.borrow_mut().ping_outstanding = true;
                 send(&mut writer, &mut tx, &Packet::PingReq).await?;

@@ -66,7 +66,7 @@ pub async fn connect_once<A: App>(
     let (rd, wr) = tcp.into_split();
     let mut buffers = Box::new(Buffers::new());
     let clock = TokioClock::default();
-    device::run_connection(
+    let Err(ended) = device::run_connection(
         FromTokio::new(rd),
         FromTokio::new(wr),
         bundle,
@@ -77,7 +77,8 @@ pub async fn connect_once<A: App>(
         &mut buffers,
         stats,
     )
-    .await
+    .await;
+    ended
 }
 
 /// How a simulated device reaches the gateway and reconnects.
