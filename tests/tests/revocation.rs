@@ -166,3 +166,56 @@ async fn a_device_that_stops_reading_is_still_kicked_promptly() {
     backend.close().await;
     gw.stop().await;
 }
+
+/// The server certificate presented by a new handshake (DER).
+async fn presented_server_cert(
+    gw: &RunningGateway,
+    pki: &Pki,
+    bundle: &fleet_hil::fleet::DeviceBundle,
+) -> Vec<u8> {
+    let config = fleet_tests::device_client_config(bundle, &pki.path("ca/root.pem"));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_certificate_is_used_without_a_restart() {
+    use rustls_pki_types::pem::PemObject;
+    let mut pki = Pki::new();
+    let bundles = pki.devices(TENANT, 1);
+    let gw = RunningGateway::start(pki.gateway_config()).await;
+    let first_file = |pki: &Pki| {
+        rustls_pki_types::CertificateDer::pem_file_iter(pki.path("gateway/server.pem"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(
+        presented_server_cert(&gw, &pki, &bundles[0]).await,
+        first_file(&pki)
+    );
+
+    pki.station
+        .issue_server_cert(&["localhost", "127.0.0.1", "gw2.example.com"])
+        .unwrap();
+    let renewed = first_file(&pki);
+    let started = Instant::now();
+    loop {
+        if presented_server_cert(&gw, &pki, &bundles[0]).await == renewed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+}
