@@ -58,6 +58,27 @@ pub enum Event {
         revoked: usize,
         sha256: String,
     },
+    CaImport {
+        issuing_fingerprint: String,
+        root_fingerprint: String,
+    },
+    /// A new certificate for an existing device, from its CSR.
+    Renew {
+        device_id: String,
+        serial: String,
+        fingerprint: String,
+        /// The serial of the certificate that proved the device's identity.
+        presented: String,
+    },
+    /// Certificates superseded by a renewal whose grace period ended.
+    ExpireSuperseded { serials: Vec<String> },
+    /// What a run found after a crash or failure and how it settled it.
+    Recovery {
+        /// Reserved serials whose certificates were never delivered (now on the CRL).
+        aborted: Vec<String>,
+        /// Bytes of a torn (half-written) last record that were discarded.
+        torn_bytes: usize,
+    },
 }
 
 /// One line of the log.
@@ -129,15 +150,32 @@ fn anchored(db: &Connection, db_path: &Path) -> Result<Option<(u64, String)>, Er
 
 impl AuditLog {
     /// Opens (or creates) `dir/audit.log`, anchored in `dir/registry.sqlite3`.
-    pub fn open(dir: &Path) -> Result<AuditLog, Error> {
+    ///
+    /// A half-written last line (a crash during an append; it was never anchored) is cut
+    /// off and its length returned, for the caller to record. Complete records after the
+    /// anchor (a crash between the append and the anchor update) are anchored now.
+    pub fn open(dir: &Path) -> Result<(AuditLog, usize), Error> {
         let path = dir.join("audit.log");
         let db_path = dir.join("registry.sqlite3");
         let db = Connection::open(&db_path).map_err(db_err(&db_path))?;
-        let text = match std::fs::read_to_string(&path) {
+        let mut text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io_err(&path)(e)),
         };
+        let mut torn = 0;
+        if !text.is_empty() && !text.ends_with('\n') {
+            let keep = text.rfind('\n').map_or(0, |i| i + 1);
+            torn = text.len() - keep;
+            text.truncate(keep);
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            f.set_len(keep as u64)
+                .and_then(|()| f.sync_all())
+                .map_err(io_err(&path))?;
+        }
         let (seq, head) = match text.lines().last() {
             Some(last) => {
                 let r: Record = serde_json::from_str(last).map_err(|e| Error::Audit(format!(
@@ -148,13 +186,37 @@ impl AuditLog {
             }
             None => (0, GENESIS.to_owned()),
         };
-        anchored(&db, &db_path)?;
+        match anchored(&db, &db_path)? {
+            Some((s, hash)) if s > seq || (s == seq && hash != head) => {
+                return Err(Error::Audit(format!(
+                    "{}: the registry anchors record {s} but the log ends at record {seq} with a \
+                     different hash: records were cut off or replaced; run `fleet-provision audit \
+                     verify` and investigate before issuing anything",
+                    path.display()
+                )))
+            }
+            Some((s, hash)) if s < seq => {
+                let at_anchor = (s as usize)
+                    .checked_sub(1)
+                    .map_or(Some(GENESIS.to_owned()), |i| text.lines().nth(i).map(line_hash));
+                if at_anchor.as_deref() != Some(hash.as_str()) {
+                    return Err(Error::Audit(format!(
+                        "{}: record {s} no longer matches the hash anchored in the registry; \
+                         run `fleet-provision audit verify`",
+                        path.display()
+                    )));
+                }
+                set_anchor(&db, &db_path, seq, &head)?;
+            }
+            None if seq > 0 => set_anchor(&db, &db_path, seq, &head)?,
+            _ => {}
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        Ok(AuditLog {
+        let log = AuditLog {
             path,
             db_path,
             state: Mutex::new(State {
@@ -163,35 +225,56 @@ impl AuditLog {
                 seq,
                 head,
             }),
-        })
+        };
+        Ok((log, torn))
     }
 
     /// Appends a record durably (fsync), then anchors its hash in the registry.
     pub fn append(&self, event: Event) -> Result<(), Error> {
+        self.append_many(std::iter::once(event))
+    }
+
+    /// Appends records with one write and one fsync, then anchors the last one.
+    pub fn append_many(&self, events: impl IntoIterator<Item = Event>) -> Result<(), Error> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let record = Record {
-            seq: st.seq + 1,
-            ts: time::OffsetDateTime::now_utc().unix_timestamp(),
-            prev: st.head.clone(),
-            event,
-        };
-        let line = serde_json::to_string(&record).map_err(|e| Error::Audit(e.to_string()))?;
+        let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (mut seq, mut head) = (st.seq, st.head.clone());
+        let mut buf = String::new();
+        for event in events {
+            seq += 1;
+            let record = Record {
+                seq,
+                ts,
+                prev: head,
+                event,
+            };
+            let line = serde_json::to_string(&record).map_err(|e| Error::Audit(e.to_string()))?;
+            head = line_hash(&line);
+            buf.push_str(&line);
+            buf.push('\n');
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
         st.file
-            .write_all(format!("{line}\n").as_bytes())
+            .write_all(buf.as_bytes())
             .and_then(|()| st.file.sync_data())
             .map_err(io_err(&self.path))?;
-        let hash = line_hash(&line);
-        st.db
-            .execute(
-                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
-                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                params![record.seq as i64, hash],
-            )
-            .map_err(db_err(&self.db_path))?;
-        st.seq = record.seq;
-        st.head = hash;
+        set_anchor(&st.db, &self.db_path, seq, &head)?;
+        st.seq = seq;
+        st.head = head;
         Ok(())
     }
+}
+
+fn set_anchor(db: &Connection, db_path: &Path, seq: u64, hash: &str) -> Result<(), Error> {
+    db.prepare_cached(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )
+    .and_then(|mut s| s.execute(params![seq as i64, hash]))
+    .map_err(db_err(db_path))?;
+    Ok(())
 }
 
 /// What `verify` found intact.
@@ -214,7 +297,7 @@ pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<Strin
     let mut head = GENESIS.to_owned();
     // hashes[n] = hash of record n (hashes[0] = genesis)
     let mut hashes = vec![GENESIS.to_owned()];
-    let mut issued = std::collections::HashMap::new();
+    let mut issued = std::collections::HashSet::new();
     let mut manifests = Vec::new();
     let mut count = 0u64;
     for (i, line) in text.lines().enumerate() {
@@ -237,7 +320,7 @@ pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<Strin
                         fingerprint,
                         ..
                     } => {
-                        issued.insert(device_id, fingerprint);
+                        issued.insert((device_id, fingerprint));
                     }
                     Event::Manifest { batch, sha256, .. } => manifests.push((n, batch, sha256)),
                     _ => {}
@@ -254,10 +337,10 @@ pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<Strin
         .and_then(|db| anchored(&db, &db_path).map_err(|e| e.to_string()))
     {
         Ok(Some((seq, hash))) => {
-            // One record past the anchor is an append interrupted before anchoring.
-            let anchored_here = seq <= count
-                && count - seq <= 1
-                && hashes.get(seq as usize).is_some_and(|h| *h == hash);
+            // Records past the anchor are an append interrupted before anchoring (the next
+            // station run anchors them); they still have to chain.
+            let anchored_here =
+                seq <= count && hashes.get(seq as usize).is_some_and(|h| *h == hash);
             if !anchored_here {
                 problems.push(format!(
                     "the registry anchors record {seq}, but the log ends at record {count} with a different hash (records cut off or replaced)"
@@ -304,7 +387,7 @@ pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<Strin
             Ok(m) => {
                 for (id, _, fp) in &m.devices {
                     devices += 1;
-                    if issued.get(id) != Some(fp) {
+                    if !issued.contains(&(id.clone(), fp.clone())) {
                         problems.push(format!(
                             "manifest {batch}: {id} has no matching issue record"
                         ));

@@ -37,6 +37,22 @@ pub enum Error {
     Bundle(String),
     #[error("audit log: {0}")]
     Audit(String),
+    #[error("{path} is encrypted: set FLEET_CA_PASSPHRASE or pass --passphrase-file")]
+    PassphraseRequired { path: PathBuf },
+    #[error("{path}: the passphrase does not open this key")]
+    WrongPassphrase { path: PathBuf },
+    #[error("certificate signing request refused: {0}")]
+    Csr(String),
+    #[error("device {0} already exists in the registry")]
+    DuplicateDevice(String),
+    #[error("device {0} is not in the registry")]
+    UnknownDevice(String),
+    #[error("{0}")]
+    State(String),
+    #[error("the issuing CA expired at {not_after}; import or create a new one before issuing")]
+    CaExpired { not_after: String },
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

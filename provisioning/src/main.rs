@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleet_firmware::bundle::Bundle;
 use fleet_provision::{
-    boards, bundle_to_pem, hex, write_file, BatchRequest, Error, KeyProtection, Reason, Station,
+    boards, bundle_to_pem, hex, serve, write_file, BatchRequest, CsrInput, CsrRequest, Error,
+    KeyProtection, Passphrase, Reason, Station,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -20,6 +21,9 @@ struct Cli {
         env = "FLEET_STATION_DIR"
     )]
     dir: PathBuf,
+    /// File holding the CA key passphrase (else the FLEET_CA_PASSPHRASE environment variable).
+    #[arg(long, global = true, env = "FLEET_CA_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +60,50 @@ enum Command {
         /// (qemu-mps2-an386, esp32c3, stm32f767zi).
         #[arg(long)]
         hex_board: Option<String>,
+        /// Where the bundles go (default: DIR/devices).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Certify keys generated on the devices (CSR flow: keys never leave the boards).
+    Sign {
+        /// PKCS#10 request, PEM or DER (repeat for several).
+        #[arg(long = "csr", required = true)]
+        csrs: Vec<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        /// The device id to give a single request (default: the tenant's next id).
+        #[arg(long)]
+        device_id: Option<String>,
+        #[arg(long, default_value_t = 365)]
+        validity_days: u32,
+        /// Also write a key-less identity bundle for this gateway (the board adds its key).
+        #[arg(long)]
+        gateway_host: Option<String>,
+        #[arg(long, default_value_t = 8883)]
+        gateway_port: u16,
+        /// Where the certificates go (default: DIR/devices).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run the station's HTTPS API (mTLS): issue, look up, revoke, renew, CRL.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// Host name or IP address clients reach the station at (repeat for several).
+        #[arg(long = "host", default_value = "localhost")]
+        hosts: Vec<String>,
+        /// How long a certificate replaced by a renewal keeps working.
+        #[arg(long, default_value_t = 168)]
+        grace_hours: u32,
+        /// Validity of certificates issued and renewed through the API.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u32,
+    },
+    /// Measure issuance throughput (both flows) in a scratch station; prints JSON.
+    Bench {
+        /// Devices per flow.
+        #[arg(long, default_value_t = 10000)]
+        devices: u32,
     },
     /// Issue a backend service certificate (subject OU=service).
     ServiceCert {
@@ -69,8 +117,12 @@ enum Command {
         #[command(subcommand)]
         command: BundleCommand,
     },
-    /// List the device registry.
-    Devices,
+    /// List the device registry (every certificate).
+    Devices {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Revoke a device and write a new CRL (the gateway picks it up within a second).
     Revoke {
         device: String,
@@ -79,8 +131,12 @@ enum Command {
         #[arg(long, default_value = "unspecified")]
         reason: String,
     },
-    /// Write a fresh CRL (e.g. before the current one's nextUpdate).
-    Crl,
+    /// Revoke certificates whose renewal grace period ended, and write a fresh CRL (run it
+    /// before the current one's nextUpdate; `serve` does both on its own).
+    Crl {
+        #[arg(long, default_value_t = 168)]
+        grace_hours: u32,
+    },
     /// The tamper-evident audit log.
     Audit {
         #[command(subcommand)]
@@ -95,6 +151,21 @@ enum CaCommand {
         #[arg(long)]
         org: String,
         /// Store CA keys unencrypted (development only).
+        #[arg(long)]
+        insecure_plaintext_keys: bool,
+    },
+    /// Take over an issuing CA made by another PKI (P-256).
+    Import {
+        /// The issuing CA certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PEM: PKCS#8, encrypted PKCS#8 or SEC1).
+        #[arg(long)]
+        key: PathBuf,
+        /// The root it chains to, the devices' trust anchor (default: the CA itself).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Store the key unencrypted (development only).
         #[arg(long)]
         insecure_plaintext_keys: bool,
     },
@@ -142,8 +213,46 @@ fn main() -> ExitCode {
     }
 }
 
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The CA key passphrase: `--passphrase-file`, else `FLEET_CA_PASSPHRASE`.
+fn passphrase(file: Option<&Path>) -> Result<Option<Passphrase>, Error> {
+    if let Some(file) = file {
+        return Ok(Some(Passphrase::new(&read(file)?)));
+    }
+    Ok(std::env::var("FLEET_CA_PASSPHRASE")
+        .ok()
+        .map(|p| Passphrase::new(&p)))
+}
+
+fn protection(pass: Option<Passphrase>, insecure: bool) -> Result<KeyProtection, Error> {
+    match (pass, insecure) {
+        (_, true) => Ok(KeyProtection::InsecurePlaintext),
+        (Some(p), false) => Ok(KeyProtection::Encrypted(p)),
+        (None, false) => Err(Error::PlaintextKeysNotAllowed),
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
     let dir = &cli.dir;
+    let pass = passphrase(cli.passphrase_file.as_deref())?;
+    let open = || -> Result<Station, Error> {
+        let station = Station::open(dir, pass.as_ref())?;
+        let r = station.recovered();
+        if !r.aborted.is_empty() || r.torn_bytes > 0 {
+            eprintln!(
+                "fleet-provision: recovered from an interrupted run: {} undelivered certificate(s) aborted and put on the CRL, {} byte(s) of a torn audit record discarded",
+                r.aborted.len(),
+                r.torn_bytes
+            );
+        }
+        Ok(station)
+    };
     match cli.command {
         Command::Ca {
             command:
@@ -152,10 +261,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     insecure_plaintext_keys,
                 },
         } => {
-            if !insecure_plaintext_keys {
-                return Err(Error::PlaintextKeysNotAllowed);
-            }
-            Station::init(dir, &org, KeyProtection::InsecurePlaintext)?;
+            Station::init(dir, &org, protection(pass.clone(), insecure_plaintext_keys)?)?;
             println!("root CA     {}", dir.join("ca/root.pem").display());
             println!("issuing CA  {}", dir.join("ca/issuing.pem").display());
             println!(
@@ -163,8 +269,32 @@ fn run(cli: Cli) -> Result<(), Error> {
                 dir.join("gateway/clients-ca.pem").display()
             );
         }
+        Command::Ca {
+            command:
+                CaCommand::Import {
+                    cert,
+                    key,
+                    root,
+                    insecure_plaintext_keys,
+                },
+        } => {
+            let root_pem = root.as_deref().map(read).transpose()?;
+            Station::import(
+                dir,
+                &read(&cert)?,
+                &read(&key)?,
+                &key,
+                root_pem.as_deref(),
+                protection(pass.clone(), insecure_plaintext_keys)?,
+            )?;
+            println!(
+                "issuing CA {} imported into {}",
+                cert.display(),
+                dir.display()
+            );
+        }
         Command::ServerCert { hosts } => {
-            let station = Station::open(dir)?;
+            let station = open()?;
             let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
             let files = station.issue_server_cert(&hosts)?;
             println!(
@@ -182,9 +312,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             validity_days,
             hex_board,
             verbose,
+            out,
         } => {
             let board = hex_board.as_deref().map(boards::board).transpose()?;
-            let mut station = Station::open(dir)?;
+            let mut station = open()?;
             let req = BatchRequest {
                 tenant,
                 count,
@@ -192,16 +323,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 gateway_port,
                 validity_days,
             };
-            // Drawn on stderr, and only when it is a terminal.
-            let bar = indicatif::ProgressBar::new(u64::from(count)).with_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} issuing {pos}/{len} [{bar:30}] {per_sec} eta {eta} {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let issued = station.issue_devices_with(&req, |d| {
+            let bar = progress_bar(u64::from(count), "issuing");
+            let issued = station.issue_devices_with(&req, out.as_deref(), |d| {
                 bar.inc(1);
-                bar.set_message(d.device_id.clone());
                 if verbose {
                     bar.println(format!(
                         "issued {}  serial {}  {}",
@@ -226,8 +350,109 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             println!("{} devices issued for tenant {}", issued.len(), req.tenant);
         }
+        Command::Sign {
+            csrs,
+            tenant,
+            device_id,
+            validity_days,
+            gateway_host,
+            gateway_port,
+            out,
+        } => {
+            if device_id.is_some() && csrs.len() != 1 {
+                return Err(Error::InvalidInput {
+                    field: "device id",
+                    message: "--device-id names one device; give exactly one --csr".into(),
+                });
+            }
+            let mut inputs = Vec::with_capacity(csrs.len());
+            for path in &csrs {
+                let bytes = std::fs::read(path).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let der = fleet_provision::pki::csr_der(&bytes).map_err(|e| {
+                    Error::Csr(format!("{}: {}", path.display(), e))
+                })?;
+                inputs.push(CsrInput {
+                    der,
+                    device_id: device_id.clone(),
+                });
+            }
+            let mut station = open()?;
+            let out = out.unwrap_or_else(|| dir.join("devices"));
+            let bar = progress_bar(inputs.len() as u64, "certifying");
+            let req = CsrRequest {
+                tenant,
+                validity_days,
+            };
+            let certified = station.certify_csrs(&req, &inputs, |_| bar.inc(1))?;
+            bar.finish_and_clear();
+            for c in &certified {
+                let pem_path = out.join(format!("{}.pem", c.device_id));
+                write_file(&pem_path, c.cert_pem().as_bytes(), false)?;
+                print!("{}  serial {}  {}", c.device_id, c.serial_hex, pem_path.display());
+                if let Some(host) = &gateway_host {
+                    let bundle = fleet_firmware::bundle::Bundle {
+                        generation: 1,
+                        device_id: &c.device_id,
+                        tenant: &c.tenant,
+                        cert_der: &c.cert_der,
+                        private_key_der: None,
+                        trust_anchor_der: &station.root_ca().cert_der,
+                        gateway_host: host,
+                        gateway_port,
+                        seed: None,
+                    };
+                    let mut bytes = vec![0u8; bundle.encoded_len()];
+                    bundle
+                        .emit(&mut bytes)
+                        .map_err(|e| Error::Bundle(format!("{}: {e}", c.device_id)))?;
+                    let bin = out.join(format!("{}.bin", c.device_id));
+                    write_file(&bin, &bytes, false)?;
+                    print!("  {} (key-less bundle)", bin.display());
+                }
+                println!();
+            }
+        }
+        Command::Serve {
+            listen,
+            hosts,
+            grace_hours,
+            validity_days,
+        } => {
+            let station = open()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| Error::Io {
+                    path: PathBuf::from("tokio runtime"),
+                    source,
+                })?;
+            runtime.block_on(async move {
+                let options = serve::Options {
+                    listen,
+                    hosts,
+                    grace: time::Duration::hours(i64::from(grace_hours)),
+                    validity_days,
+                };
+                let server = serve::Server::bind(station, options).await?;
+                println!("fleet-provision serving on https://{}", server.local_addr());
+                server.run(shutdown_signal()).await
+            })?;
+        }
+        Command::Bench { devices } => {
+            let report = fleet_provision::bench::run(devices, &mut |phase, done, total| {
+                eprint!("\r{phase}: {done}/{total}   ");
+            })?;
+            eprintln!();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| Error::Audit(e.to_string()))?
+            );
+        }
         Command::ServiceCert { name, tenant } => {
-            let station = Station::open(dir)?;
+            let station = open()?;
             let files = station.issue_service_cert(&name, &tenant)?;
             println!(
                 "service {name} ({tenant}) {} {}",
@@ -238,44 +463,55 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Bundle { command } => bundle(command)?,
         Command::Revoke { device, reason } => {
             let reason = Reason::parse(&reason)?;
-            let mut station = Station::open(dir)?;
+            let mut station = open()?;
             let revoked = station.revoke(&device, reason)?;
-            println!(
-                "revoked {} (serial {}, reason {}); CRL written to {}",
-                revoked.record.device_id,
-                revoked.record.serial_hex,
-                reason.name(),
-                revoked.crl_path.display()
-            );
+            for r in &revoked.records {
+                println!(
+                    "revoked {} serial {} (reason {})",
+                    r.device_id,
+                    r.serial_hex,
+                    reason.name()
+                );
+            }
+            println!("CRL written to {}", revoked.crl_path.display());
         }
         Command::Audit {
             command: AuditCommand::Verify,
-        } => {
-            let station = Station::open(dir)?;
-            match station.verify_audit() {
-                Ok(v) => println!(
-                    "audit log OK: {} records, {} signed batch manifests covering {} devices",
-                    v.records, v.manifests, v.devices
-                ),
-                Err(problems) => {
-                    for p in &problems {
-                        println!("TAMPERED: {p}");
-                    }
-                    return Err(Error::Audit(format!(
-                        "{} problem(s) in {}",
-                        problems.len(),
-                        dir.join("audit.log").display()
-                    )));
+        } => match fleet_provision::verify_audit_dir(dir) {
+            Ok(v) => println!(
+                "audit log OK: {} records, {} signed batch manifests covering {} devices",
+                v.records, v.manifests, v.devices
+            ),
+            Err(problems) => {
+                for p in &problems {
+                    println!("TAMPERED: {p}");
                 }
+                return Err(Error::Audit(format!(
+                    "{} problem(s) in {}",
+                    problems.len(),
+                    dir.join("audit.log").display()
+                )));
             }
-        }
-        Command::Crl => {
-            let mut station = Station::open(dir)?;
+        },
+        Command::Crl { grace_hours } => {
+            let mut station = open()?;
+            let expired =
+                station.expire_superseded(time::Duration::hours(i64::from(grace_hours)))?;
+            for c in &expired {
+                println!(
+                    "revoked {} serial {} (superseded, grace ended)",
+                    c.device_id, c.serial_hex
+                );
+            }
             println!("CRL written to {}", station.write_crl()?.display());
         }
-        Command::Devices => {
-            let station = Station::open(dir)?;
-            for d in station.devices()? {
+        Command::Devices { device } => {
+            let station = open()?;
+            let rows = match device {
+                Some(id) => station.device(&id)?,
+                None => station.devices()?,
+            };
+            for d in rows {
                 println!(
                     "{:<24} {:<10} {:<10} serial {} {}",
                     d.device_id,
@@ -288,6 +524,37 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A progress bar on stderr (drawn only when it is a terminal).
+fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(len).with_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{pos}}/{{len}} [{{bar:30}}] {{per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    )
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn read_bundle(path: &Path) -> Result<Vec<u8>, Error> {

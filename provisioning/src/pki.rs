@@ -12,6 +12,27 @@ use time::{Duration, OffsetDateTime};
 
 use crate::Error;
 
+/// A CA certificate without its key (the root, kept offline; or any trust anchor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaCert {
+    pub cert_der: Vec<u8>,
+    pub cert_pem: String,
+}
+
+impl CaCert {
+    /// The first certificate of a PEM file.
+    pub fn from_pem(cert_pem: &str) -> Result<CaCert, String> {
+        let cert_der = pem::parse_many(cert_pem)
+            .map_err(|e| format!("not PEM: {e}"))?
+            .into_iter()
+            .find(|p| p.tag() == "CERTIFICATE")
+            .ok_or("no CERTIFICATE block")?
+            .into_contents();
+        let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert_der.clone()));
+        Ok(CaCert { cert_der, cert_pem })
+    }
+}
+
 /// A CA: its certificate and the key that signs with it.
 pub struct Ca {
     pub cert_der: Vec<u8>,
@@ -21,16 +42,17 @@ pub struct Ca {
 }
 
 impl Ca {
-    /// Rebuilds a CA from its PEM certificate and PKCS#8 PEM key.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, Error> {
-        let key = KeyPair::from_pem(key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, KeyPair::from_pem(key_pem)?)?;
-        let cert_der = pem::parse(cert_pem)
-            .map_err(|e| Error::Bundle(format!("CA certificate PEM: {e}")))?
-            .into_contents();
+    /// Rebuilds a CA from its PEM certificate and its key (PKCS#8 DER).
+    pub fn from_parts(cert_pem: &str, key_pkcs8_der: &[u8]) -> Result<Ca, Error> {
+        let cert = CaCert::from_pem(cert_pem).map_err(|e| Error::Bundle(format!("CA certificate: {e}")))?;
+        let key = KeyPair::try_from(key_pkcs8_der)?;
+        let issuer = Issuer::from_ca_cert_der(
+            &cert.cert_der.as_slice().into(),
+            KeyPair::try_from(key_pkcs8_der)?,
+        )?;
         Ok(Ca {
-            cert_der,
-            cert_pem: cert_pem.to_owned(),
+            cert_der: cert.cert_der,
+            cert_pem: cert.cert_pem,
             key,
             issuer,
         })
@@ -38,6 +60,107 @@ impl Ca {
 
     pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
         &self.issuer
+    }
+
+    /// The certificate alone.
+    pub fn cert(&self) -> CaCert {
+        CaCert {
+            cert_der: self.cert_der.clone(),
+            cert_pem: self.cert_pem.clone(),
+        }
+    }
+}
+
+/// A passphrase that protects CA private keys (zeroed when dropped).
+#[derive(Clone)]
+pub struct Passphrase(zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(..)")
+    }
+}
+
+impl Passphrase {
+    /// Shortest passphrase accepted for new keys.
+    pub const MIN_LEN: usize = 12;
+
+    /// A passphrase; trailing newlines (from a file or `echo`) are not part of it.
+    pub fn new(text: &str) -> Passphrase {
+        Passphrase(zeroize::Zeroizing::new(
+            text.trim_end_matches(['\n', '\r']).to_owned(),
+        ))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// A private key as PEM: PKCS#8 encrypted with `passphrase` (scrypt + AES-256-CBC, which
+/// OpenSSL reads too), or plain PKCS#8 when `None`.
+pub fn key_to_pem(key: &KeyPair, passphrase: Option<&Passphrase>) -> Result<String, Error> {
+    let Some(pass) = passphrase else {
+        return Ok(key.serialize_pem());
+    };
+    if pass.0.chars().count() < Passphrase::MIN_LEN {
+        return Err(Error::InvalidInput {
+            field: "passphrase",
+            message: format!("must be at least {} characters", Passphrase::MIN_LEN),
+        });
+    }
+    let der = zeroize::Zeroizing::new(key.serialize_der());
+    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
+        .map_err(|e| Error::Bundle(format!("PKCS#8 encoding: {e}")))?;
+    let doc = info
+        .encrypt(OsRng, pass.bytes())
+        .map_err(|e| Error::Bundle(format!("key encryption: {e}")))?;
+    let pem = doc
+        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+        .map_err(|e| Error::Bundle(format!("PEM encoding: {e}")))?;
+    Ok(pem.to_string())
+}
+
+/// Reads a private key PEM into PKCS#8 DER: `ENCRYPTED PRIVATE KEY` (needs the passphrase),
+/// `PRIVATE KEY`, or a P-256 `EC PRIVATE KEY` (SEC1, as `openssl ecparam -genkey` writes).
+pub fn key_from_pem(
+    text: &str,
+    path: &std::path::Path,
+    passphrase: Option<&Passphrase>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+    use p256::pkcs8::EncodePrivateKey;
+    let bad = |message: String| Error::BadPem {
+        path: path.to_owned(),
+        message,
+    };
+    let block = pem::parse_many(text)
+        .map_err(|e| bad(format!("not PEM: {e}")))?
+        .into_iter()
+        .find(|p| p.tag().ends_with("PRIVATE KEY"))
+        .ok_or_else(|| bad("no PRIVATE KEY block".into()))?;
+    let der = zeroize::Zeroizing::new(block.contents().to_vec());
+    match block.tag() {
+        "ENCRYPTED PRIVATE KEY" => {
+            let pass = passphrase.ok_or_else(|| Error::PassphraseRequired {
+                path: path.to_owned(),
+            })?;
+            let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
+                .map_err(|e| bad(format!("not an encrypted PKCS#8 key: {e}")))?;
+            let doc = info.decrypt(pass.bytes()).map_err(|_| Error::WrongPassphrase {
+                path: path.to_owned(),
+            })?;
+            Ok(zeroize::Zeroizing::new(doc.as_bytes().to_vec()))
+        }
+        "PRIVATE KEY" => Ok(der),
+        "EC PRIVATE KEY" => {
+            let secret = p256::SecretKey::from_sec1_der(&der)
+                .map_err(|_| bad("not a P-256 EC PRIVATE KEY (only P-256 is supported)".into()))?;
+            let doc = secret
+                .to_pkcs8_der()
+                .map_err(|e| bad(format!("PKCS#8 encoding: {e}")))?;
+            Ok(zeroize::Zeroizing::new(doc.as_bytes().to_vec()))
+        }
+        other => Err(bad(format!("{other} keys are not supported; use a P-256 key"))),
     }
 }
 
@@ -151,6 +274,26 @@ pub fn new_issuing_ca(root: &Ca, org: &str) -> Result<Ca, Error> {
     })
 }
 
+/// The fields of a leaf certificate; the public key comes separately.
+fn leaf_params(
+    dn: &[(DnType, &str)],
+    sans: Vec<SanType>,
+    eku: ExtendedKeyUsagePurpose,
+    days: i64,
+    serial: &[u8],
+) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(dn);
+    p.subject_alt_names = sans;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![eku];
+    p.serial_number = Some(SerialNumber::from_slice(serial));
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p, days);
+    p
+}
+
 fn leaf(
     ca: &Ca,
     dn: &[(DnType, &str)],
@@ -160,28 +303,25 @@ fn leaf(
     serial: &[u8],
 ) -> Result<Issued, Error> {
     let key = KeyPair::generate()?;
-    let serial = serial.to_vec();
-    let mut p = CertificateParams::default();
-    p.distinguished_name = name(dn);
-    p.subject_alt_names = sans;
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![eku];
-    p.serial_number = Some(SerialNumber::from_slice(&serial));
-    p.use_authority_key_identifier_extension = true;
-    validity(&mut p, days);
-    let cert = p.signed_by(&key, ca.issuer())?;
+    let cert = leaf_params(dn, sans, eku, days, serial).signed_by(&key, ca.issuer())?;
     Ok(Issued {
         cert_der: cert.der().to_vec(),
         cert_pem: cert.pem(),
         key,
-        serial,
+        serial: serial.to_vec(),
     })
 }
 
 /// A device certificate: CN = device id, O = tenant, EKU clientAuth.
 pub fn sign_device(ca: &Ca, device_id: &str, tenant: &str, days: i64) -> Result<Issued, Error> {
     sign_device_with_serial(ca, device_id, tenant, days, &random_serial())
+}
+
+fn device_dn<'a>(device_id: &'a str, tenant: &'a str) -> [(DnType, &'a str); 2] {
+    [
+        (DnType::CommonName, device_id),
+        (DnType::OrganizationName, tenant),
+    ]
 }
 
 /// A device certificate with a serial the registry has already reserved.
@@ -194,15 +334,108 @@ pub fn sign_device_with_serial(
 ) -> Result<Issued, Error> {
     leaf(
         ca,
-        &[
-            (DnType::CommonName, device_id),
-            (DnType::OrganizationName, tenant),
-        ],
+        &device_dn(device_id, tenant),
         Vec::new(),
         ExtendedKeyUsagePurpose::ClientAuth,
         days,
         serial,
     )
+}
+
+/// A device certificate for a public key the device generated (CSR flow): the station sets
+/// every field; nothing but the key comes from the request. Returns the DER.
+pub fn sign_device_key(
+    ca: &Ca,
+    key: &CheckedCsr,
+    device_id: &str,
+    tenant: &str,
+    days: i64,
+    serial: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let params = leaf_params(
+        &device_dn(device_id, tenant),
+        Vec::new(),
+        ExtendedKeyUsagePurpose::ClientAuth,
+        days,
+        serial,
+    );
+    Ok(params.signed_by(&key.spki, ca.issuer())?.der().to_vec())
+}
+
+/// A PKCS#10 request that passed [`check_csr`]: only its public key is used.
+#[derive(Debug, Clone)]
+pub struct CheckedCsr {
+    spki: rcgen::SubjectPublicKeyInfo,
+    /// The uncompressed P-256 point.
+    pub public_key: Vec<u8>,
+}
+
+/// Checks a PKCS#10 request (DER): it parses with nothing trailing, its signature verifies
+/// with its own key, the key is P-256, and it asks for nothing the station refuses: CA:true
+/// or subject alternative names. Every other requested attribute is ignored: the station
+/// decides subject, key usage, extended key usage and validity itself.
+pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, Error> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::extensions::ParsedExtension;
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    use x509_parser::prelude::FromDer;
+    let bad = |m: &str| Error::Csr(m.to_owned());
+    let (rest, csr) = X509CertificationRequest::from_der(der)
+        .map_err(|e| Error::Csr(format!("not a PKCS#10 request: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::Csr(format!(
+            "{} bytes after the request",
+            rest.len()
+        )));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
+        return Err(bad(
+            "the key is not P-256 (fleet devices use ECDSA P-256 keys only)",
+        ));
+    }
+    csr.verify_signature()
+        .map_err(|_| bad("the signature does not verify with the request's own key"))?;
+    if let Some(extensions) = csr.requested_extensions() {
+        for ext in extensions {
+            match ext {
+                ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                    return Err(bad("it requests CA:true; device certificates are never CAs"))
+                }
+                ParsedExtension::SubjectAlternativeName(_) => {
+                    return Err(bad(
+                        "it requests subject alternative names; device certificates carry none",
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    let public_key = spki.subject_public_key.data.to_vec();
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
+        .map_err(|e| Error::Csr(format!("public key: {e}")))?;
+    Ok(CheckedCsr { spki, public_key })
+}
+
+/// A PKCS#10 request as DER, from PEM (`CERTIFICATE REQUEST`) or DER input.
+pub fn csr_der(input: &[u8]) -> Result<Vec<u8>, Error> {
+    if input.starts_with(b"-----BEGIN") || input.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let block = pem::parse(input).map_err(|e| Error::Csr(format!("not PEM: {e}")))?;
+        if !matches!(block.tag(), "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST") {
+            return Err(Error::Csr(format!(
+                "PEM block is {:?}, not CERTIFICATE REQUEST",
+                block.tag()
+            )));
+        }
+        Ok(block.into_contents())
+    } else {
+        Ok(input.to_vec())
+    }
 }
 
 /// A backend service certificate: CN = name, O = tenant, OU = service, EKU clientAuth.
@@ -247,4 +480,53 @@ pub fn sign_server(ca: &Ca, hosts: &[&str], days: i64) -> Result<Issued, Error> 
         days,
         &random_serial(),
     )
+}
+
+/// Checks that an issuing CA from another PKI can serve fleet devices: a CA certificate
+/// (basicConstraints CA:true; keyCertSign if key usage is present), currently valid, with a
+/// P-256 key that matches `ca.key`, signed by `root` (or self-signed when `root` is itself).
+pub fn check_importable(ca: &Ca, root: &CaCert) -> Result<(), Error> {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    let refuse = |m: String| Error::InvalidInput {
+        field: "issuing CA",
+        message: m,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(&ca.cert_der)
+        .map_err(|e| refuse(format!("not an X.509 certificate: {e}")))?;
+    let (_, root_cert) = x509_parser::parse_x509_certificate(&root.cert_der)
+        .map_err(|e| refuse(format!("root: not an X.509 certificate: {e}")))?;
+    if !cert.is_ca() {
+        return Err(refuse("the certificate is not a CA (basicConstraints CA:true missing)".into()));
+    }
+    if let Ok(Some(ku)) = cert.key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err(refuse("its key usage does not allow signing certificates".into()));
+        }
+    }
+    let now = x509_parser::time::ASN1Time::now();
+    let validity = cert.validity();
+    if validity.not_after <= now {
+        return Err(Error::CaExpired {
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    if validity.not_before > now {
+        return Err(refuse(format!("it is not valid before {}", validity.not_before)));
+    }
+    let spki = cert.public_key();
+    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
+        return Err(refuse(
+            "its key is not P-256 (fleet devices verify ECDSA P-256 chains only)".into(),
+        ));
+    }
+    if spki.subject_public_key.data.as_ref() != ca.key.public_key_raw() {
+        return Err(refuse("the private key does not belong to the certificate".into()));
+    }
+    if !root_cert.is_ca() {
+        return Err(refuse("the root is not a CA certificate".into()));
+    }
+    cert.verify_signature(Some(root_cert.public_key()))
+        .map_err(|_| refuse("it is not signed by the given root".into()))?;
+    Ok(())
 }

@@ -1,48 +1,60 @@
-//! The device registry: which ids, serials and certificates the station has issued.
+//! The device registry: which device ids, serials and certificates the station has issued.
 //!
-//! Behind a trait so a shared database can serve many stations later; SQLite by default.
-//! Ids and serials are reserved in a committed transaction BEFORE anything is signed, so a
-//! crash can never lead to an id or serial being handed out twice.
+//! One row per certificate (a device has several over its life: renewal supersedes the old
+//! one). Behind a trait so a shared database can serve many stations later; SQLite by default.
+//!
+//! Crash safety: ids and serials are reserved in a committed transaction BEFORE anything is
+//! signed, so a crash can never lead to an id or serial being handed out twice. A row becomes
+//! `active` only after its files and audit record are durable; rows a crash left `reserved`
+//! are turned `aborted` by the next run (their serials go on the CRL, in case the certificate
+//! was signed before the crash).
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::Error;
 
-/// Where an issued identity stands.
+/// Where a certificate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
-    /// Id and serial reserved; the certificate was not (yet) recorded as written.
+    /// Id and serial reserved; the certificate is not (yet) recorded as delivered.
     Reserved,
+    /// The device's current certificate.
     Active,
-    Revoked,
+    /// Replaced by a renewal; still accepted until its grace period ends, then revoked.
     Superseded,
+    Revoked,
+    /// Reserved by a run that crashed or failed before delivering the certificate.
+    Aborted,
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    /// Lowercase name, as the CLI, the API and the database spell it.
+    pub fn name(self) -> &'static str {
         match self {
             Status::Reserved => "reserved",
             Status::Active => "active",
-            Status::Revoked => "revoked",
             Status::Superseded => "superseded",
+            Status::Revoked => "revoked",
+            Status::Aborted => "aborted",
         }
     }
 
     fn parse(s: &str) -> Status {
         match s {
             "active" => Status::Active,
-            "revoked" => Status::Revoked,
             "superseded" => Status::Superseded,
+            "revoked" => Status::Revoked,
+            "aborted" => Status::Aborted,
             _ => Status::Reserved,
         }
     }
 }
 
-/// One registry row.
+/// One certificate in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRecord {
+pub struct CertRecord {
     pub device_id: String,
     pub tenant: String,
     pub serial_hex: String,
@@ -50,19 +62,67 @@ pub struct DeviceRecord {
     pub status: Status,
     pub batch: String,
     pub created_at: i64,
+    pub not_after: Option<i64>,
+    pub superseded_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revocation_reason: Option<String>,
+}
+
+/// What to reserve for one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub tenant: String,
+    pub batch: String,
+    pub serial_hex: String,
+    pub device: DeviceId,
+}
+
+/// Which device a reservation is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceId {
+    /// The tenant's next free id (`{tenant}-000001`, …).
+    Next,
+    /// A new device with this id (e.g. from the board's serial number); refused if taken.
+    New(String),
+    /// Another certificate for this existing device (renewal).
+    Existing(String),
+}
+
+/// A reserved certificate that has been signed and delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    pub serial_hex: String,
+    pub fingerprint_hex: String,
+    pub not_after: i64,
+    pub cert_der: Vec<u8>,
 }
 
 /// What the station needs from a registry.
 pub trait Registry {
-    /// Reserves the next device id of `tenant` with `serial_hex`, durably, and returns the id.
-    fn reserve(&mut self, tenant: &str, batch: &str, serial_hex: &str) -> Result<String, Error>;
-    /// Marks a reserved device active once its certificate and bundle are written.
-    fn activate(&mut self, device_id: &str, fingerprint_hex: &str) -> Result<(), Error>;
-    /// Every device, in id order.
-    fn list(&self) -> Result<Vec<DeviceRecord>, Error>;
-    /// Marks an active (or superseded) device revoked; returns its record as it now is.
-    fn revoke(&mut self, device_id: &str, reason: &str) -> Result<DeviceRecord, Error>;
-    /// Every revoked certificate: (serial hex, revoked at, reason).
+    /// Records a new batch and where its device files go (`None`: the station directory).
+    fn begin_batch(&mut self, batch: &str, out_dir: Option<&str>) -> Result<(), Error>;
+    /// Where a batch wrote its device files, if not the station directory.
+    fn batch_out_dir(&self, batch: &str) -> Result<Option<String>, Error>;
+    /// Reserves ids and serials durably, all or nothing; returns the device ids in order.
+    fn reserve(&mut self, items: &[Reservation]) -> Result<Vec<String>, Error>;
+    /// Marks reserved certificates active, all or nothing. Any other active certificate of
+    /// the same device becomes superseded.
+    fn activate(&mut self, items: &[Activation]) -> Result<(), Error>;
+    /// Turns every reserved row into aborted and returns them.
+    fn abort_reserved(&mut self) -> Result<Vec<CertRecord>, Error>;
+    /// Every certificate, by device id then age.
+    fn list(&self) -> Result<Vec<CertRecord>, Error>;
+    /// A device's certificates, oldest first (empty when unknown).
+    fn device(&self, device_id: &str) -> Result<Vec<CertRecord>, Error>;
+    /// A certificate by serial.
+    fn cert(&self, serial_hex: &str) -> Result<Option<CertRecord>, Error>;
+    /// The DER of a delivered certificate.
+    fn cert_der(&self, serial_hex: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// Revokes every active and superseded certificate of a device; returns them.
+    fn revoke_device(&mut self, device_id: &str, reason: &str) -> Result<Vec<CertRecord>, Error>;
+    /// Revokes (reason superseded) certificates superseded at or before `cutoff`.
+    fn expire_superseded(&mut self, cutoff: i64) -> Result<Vec<CertRecord>, Error>;
+    /// Every serial the CRL must list: (serial hex, revoked at, reason).
     fn revoked(&self) -> Result<Vec<(String, i64, String)>, Error>;
     /// The next CRL number (strictly increasing, durable).
     fn next_crl_number(&mut self) -> Result<u64, Error>;
@@ -74,13 +134,24 @@ pub struct SqliteRegistry {
     path: PathBuf,
 }
 
+const COLUMNS: &str = "device_id, tenant, serial, fingerprint, status, batch, created_at, \
+                       not_after, superseded_at, revoked_at, revocation_reason";
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |source| Error::Registry {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 impl SqliteRegistry {
     pub fn open(path: &Path) -> Result<SqliteRegistry, Error> {
-        let err = |source| Error::Registry {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
+        let err = db_err(path);
+        let conn = Connection::open(path).map_err(&err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -88,193 +159,317 @@ impl SqliteRegistry {
                  tenant TEXT PRIMARY KEY,
                  next INTEGER NOT NULL
              );
-             CREATE TABLE IF NOT EXISTS devices (
-                 device_id TEXT PRIMARY KEY,
+             CREATE TABLE IF NOT EXISTS certs (
+                 serial TEXT PRIMARY KEY,
+                 device_id TEXT NOT NULL,
                  tenant TEXT NOT NULL,
-                 serial TEXT NOT NULL UNIQUE,
-                 fingerprint TEXT UNIQUE,
                  status TEXT NOT NULL,
                  batch TEXT NOT NULL,
                  created_at INTEGER NOT NULL,
+                 fingerprint TEXT UNIQUE,
+                 not_after INTEGER,
+                 cert_der BLOB,
+                 superseded_at INTEGER,
                  revoked_at INTEGER,
                  revocation_reason TEXT
+             );
+             CREATE INDEX IF NOT EXISTS certs_device ON certs (device_id);
+             CREATE INDEX IF NOT EXISTS certs_status ON certs (status);
+             CREATE TABLE IF NOT EXISTS batches (
+                 batch TEXT PRIMARY KEY,
+                 out_dir TEXT,
+                 started_at INTEGER NOT NULL
              );
              CREATE TABLE IF NOT EXISTS crl_numbers (
                  id INTEGER PRIMARY KEY CHECK (id = 1),
                  last INTEGER NOT NULL
              );",
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         Ok(SqliteRegistry {
             conn,
             path: path.to_owned(),
         })
     }
 
-    fn err(&self) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
-        |source| Error::Registry {
-            path: self.path.clone(),
-            source,
-        }
+    fn query(&self, sql_where: &str, p: impl rusqlite::Params) -> Result<Vec<CertRecord>, Error> {
+        let sql = format!("SELECT {COLUMNS} FROM certs {sql_where}");
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(db_err(&self.path))?;
+        let rows = stmt
+            .query_map(p, row_to_record)
+            .map_err(db_err(&self.path))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(db_err(&self.path))
     }
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+fn device_exists(tx: &Transaction<'_>, device_id: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM certs WHERE device_id = ?1 LIMIT 1")?
+        .exists([device_id])
+}
+
+/// Allocates the tenant's next free id (skipping ids given explicitly earlier).
+fn next_id(tx: &Transaction<'_>, tenant: &str) -> rusqlite::Result<String> {
+    let mut next: i64 = tx
+        .prepare_cached("SELECT next FROM counters WHERE tenant = ?1")?
+        .query_row([tenant], |r| r.get(0))
+        .optional()?
+        .unwrap_or(1);
+    let id = loop {
+        let id = format!("{tenant}-{next:06}");
+        next += 1;
+        if !device_exists(tx, &id)? {
+            break id;
+        }
+    };
+    tx.prepare_cached(
+        "INSERT INTO counters (tenant, next) VALUES (?1, ?2)
+         ON CONFLICT(tenant) DO UPDATE SET next = excluded.next",
+    )?
+    .execute(params![tenant, next])?;
+    Ok(id)
 }
 
 impl Registry for SqliteRegistry {
-    fn reserve(&mut self, tenant: &str, batch: &str, serial_hex: &str) -> Result<String, Error> {
-        let path = self.path.clone();
-        let err = |source| Error::Registry {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        let next: i64 = tx
-            .query_row(
-                "SELECT next FROM counters WHERE tenant = ?1",
-                [tenant],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?
-            .unwrap_or(1);
-        let device_id = format!("{tenant}-{next:06}");
-        tx.execute(
-            "INSERT INTO counters (tenant, next) VALUES (?1, ?2)
-             ON CONFLICT(tenant) DO UPDATE SET next = excluded.next",
-            params![tenant, next + 1],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "INSERT INTO devices (device_id, tenant, serial, status, batch, created_at)
-             VALUES (?1, ?2, ?3, 'reserved', ?4, ?5)",
-            params![device_id, tenant, serial_hex, batch, now()],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(device_id)
-    }
-
-    fn activate(&mut self, device_id: &str, fingerprint_hex: &str) -> Result<(), Error> {
-        let changed = self
-            .conn
+    fn begin_batch(&mut self, batch: &str, out_dir: Option<&str>) -> Result<(), Error> {
+        self.conn
             .execute(
-                "UPDATE devices SET status = 'active', fingerprint = ?2
-                 WHERE device_id = ?1 AND status = 'reserved'",
-                params![device_id, fingerprint_hex],
+                "INSERT INTO batches (batch, out_dir, started_at) VALUES (?1, ?2, ?3)",
+                params![batch, out_dir, now()],
             )
-            .map_err(self.err())?;
-        if changed != 1 {
-            return Err(Error::InvalidInput {
-                field: "device id",
-                message: format!("{device_id} is not a reserved device"),
-            });
-        }
+            .map_err(db_err(&self.path))?;
         Ok(())
     }
 
-    fn list(&self) -> Result<Vec<DeviceRecord>, Error> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT device_id, tenant, serial, fingerprint, status, batch, created_at
-                 FROM devices ORDER BY device_id",
+    fn batch_out_dir(&self, batch: &str) -> Result<Option<String>, Error> {
+        self.conn
+            .query_row(
+                "SELECT out_dir FROM batches WHERE batch = ?1",
+                [batch],
+                |r| r.get::<_, Option<String>>(0),
             )
-            .map_err(self.err())?;
-        let rows = stmt.query_map([], row_to_record).map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            .optional()
+            .map(Option::flatten)
+            .map_err(db_err(&self.path))
     }
 
-    fn revoke(&mut self, device_id: &str, reason: &str) -> Result<DeviceRecord, Error> {
-        let record = self.get(device_id)?.ok_or_else(|| Error::InvalidInput {
-            field: "device id",
-            message: format!("{device_id} is not in the registry"),
-        })?;
-        match record.status {
-            Status::Active | Status::Superseded => {}
-            Status::Revoked => {
-                return Err(Error::InvalidInput {
-                    field: "device id",
-                    message: format!("{device_id} is already revoked"),
+    fn reserve(&mut self, items: &[Reservation]) -> Result<Vec<String>, Error> {
+        let path = self.path.clone();
+        let err = db_err(&path);
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut ids = Vec::with_capacity(items.len());
+        let created = now();
+        for item in items {
+            let id = match &item.device {
+                DeviceId::Next => next_id(&tx, &item.tenant).map_err(&err)?,
+                DeviceId::New(id) => {
+                    if device_exists(&tx, id).map_err(&err)? || ids.contains(id) {
+                        return Err(Error::DuplicateDevice(id.clone()));
+                    }
+                    id.clone()
+                }
+                DeviceId::Existing(id) => {
+                    if !device_exists(&tx, id).map_err(&err)? {
+                        return Err(Error::UnknownDevice(id.clone()));
+                    }
+                    id.clone()
+                }
+            };
+            tx.prepare_cached(
+                "INSERT INTO certs (serial, device_id, tenant, status, batch, created_at)
+                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![item.serial_hex, id, item.tenant, item.batch, created])
+            })
+            .map_err(&err)?;
+            ids.push(id);
+        }
+        tx.commit().map_err(&err)?;
+        Ok(ids)
+    }
+
+    fn activate(&mut self, items: &[Activation]) -> Result<(), Error> {
+        let path = self.path.clone();
+        let err = db_err(&path);
+        let tx = self.conn.transaction().map_err(&err)?;
+        let at = now();
+        for a in items {
+            tx.prepare_cached(
+                "UPDATE certs SET status = 'superseded', superseded_at = ?2
+                 WHERE status = 'active'
+                   AND device_id = (SELECT device_id FROM certs WHERE serial = ?1)",
+            )
+            .and_then(|mut s| s.execute(params![a.serial_hex, at]))
+            .map_err(&err)?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE certs SET status = 'active', fingerprint = ?2, not_after = ?3,
+                         cert_der = ?4
+                     WHERE serial = ?1 AND status = 'reserved'",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![a.serial_hex, a.fingerprint_hex, a.not_after, a.cert_der])
                 })
-            }
-            Status::Reserved => {
-                return Err(Error::InvalidInput {
-                    field: "device id",
-                    message: format!("{device_id} was reserved but never issued"),
-                })
+                .map_err(&err)?;
+            if changed != 1 {
+                return Err(Error::State(format!(
+                    "serial {} is not a reserved certificate",
+                    a.serial_hex
+                )));
             }
         }
+        tx.commit().map_err(&err)
+    }
+
+    fn abort_reserved(&mut self) -> Result<Vec<CertRecord>, Error> {
+        let rows = self.query("WHERE status = 'reserved' ORDER BY serial", [])?;
+        if !rows.is_empty() {
+            self.conn
+                .execute(
+                    "UPDATE certs SET status = 'aborted', revoked_at = ?1,
+                         revocation_reason = 'cessationOfOperation'
+                     WHERE status = 'reserved'",
+                    [now()],
+                )
+                .map_err(db_err(&self.path))?;
+        }
+        Ok(rows)
+    }
+
+    fn list(&self) -> Result<Vec<CertRecord>, Error> {
+        let sql = format!("SELECT {COLUMNS} FROM certs ORDER BY device_id, created_at, rowid");
+        let mut stmt = self.conn.prepare(&sql).map_err(db_err(&self.path))?;
+        let rows = stmt
+            .query_map([], row_to_record)
+            .map_err(db_err(&self.path))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(db_err(&self.path))
+    }
+
+    fn device(&self, device_id: &str) -> Result<Vec<CertRecord>, Error> {
+        self.query("WHERE device_id = ?1 ORDER BY created_at, rowid", [device_id])
+    }
+
+    fn cert(&self, serial_hex: &str) -> Result<Option<CertRecord>, Error> {
+        Ok(self.query("WHERE serial = ?1", [serial_hex])?.pop())
+    }
+
+    fn cert_der(&self, serial_hex: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.conn
+            .query_row(
+                "SELECT cert_der FROM certs WHERE serial = ?1",
+                [serial_hex],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(db_err(&self.path))
+    }
+
+    fn revoke_device(&mut self, device_id: &str, reason: &str) -> Result<Vec<CertRecord>, Error> {
+        let certs = self.device(device_id)?;
+        if certs.is_empty() {
+            return Err(Error::UnknownDevice(device_id.to_owned()));
+        }
+        let live: Vec<CertRecord> = certs
+            .into_iter()
+            .filter(|c| matches!(c.status, Status::Active | Status::Superseded))
+            .collect();
+        if live.is_empty() {
+            return Err(Error::State(format!(
+                "{device_id} has no active certificate (already revoked, or never issued)"
+            )));
+        }
+        let at = now();
+        let path = self.path.clone();
+        let err = db_err(&path);
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute(
+            "UPDATE certs SET status = 'revoked', revoked_at = ?2, revocation_reason = ?3
+             WHERE device_id = ?1 AND status IN ('active', 'superseded')",
+            params![device_id, at, reason],
+        )
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(live
+            .into_iter()
+            .map(|c| CertRecord {
+                status: Status::Revoked,
+                revoked_at: Some(at),
+                revocation_reason: Some(reason.to_owned()),
+                ..c
+            })
+            .collect())
+    }
+
+    fn expire_superseded(&mut self, cutoff: i64) -> Result<Vec<CertRecord>, Error> {
+        let rows = self.query(
+            "WHERE status = 'superseded' AND superseded_at <= ?1 ORDER BY serial",
+            [cutoff],
+        )?;
+        if rows.is_empty() {
+            return Ok(rows);
+        }
+        let at = now();
         self.conn
             .execute(
-                "UPDATE devices SET status = 'revoked', revoked_at = ?2, revocation_reason = ?3
-                 WHERE device_id = ?1",
-                params![device_id, now(), reason],
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2,
+                     revocation_reason = 'superseded'
+                 WHERE status = 'superseded' AND superseded_at <= ?1",
+                params![cutoff, at],
             )
-            .map_err(self.err())?;
-        Ok(DeviceRecord {
-            status: Status::Revoked,
-            ..record
-        })
+            .map_err(db_err(&self.path))?;
+        Ok(rows
+            .into_iter()
+            .map(|c| CertRecord {
+                status: Status::Revoked,
+                revoked_at: Some(at),
+                revocation_reason: Some("superseded".into()),
+                ..c
+            })
+            .collect())
     }
 
     fn revoked(&self) -> Result<Vec<(String, i64, String)>, Error> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT serial, revoked_at, revocation_reason FROM devices
-                 WHERE status = 'revoked' ORDER BY revoked_at, serial",
+                "SELECT serial, revoked_at, revocation_reason FROM certs
+                 WHERE status IN ('revoked', 'aborted') ORDER BY revoked_at, serial",
             )
-            .map_err(self.err())?;
+            .map_err(db_err(&self.path))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            .map_err(db_err(&self.path))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(db_err(&self.path))
     }
 
     fn next_crl_number(&mut self) -> Result<u64, Error> {
         let path = self.path.clone();
-        let err = |source| Error::Registry {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = db_err(&path);
+        let tx = self.conn.transaction().map_err(&err)?;
         let last: i64 = tx
             .query_row("SELECT last FROM crl_numbers WHERE id = 1", [], |r| {
                 r.get(0)
             })
             .optional()
-            .map_err(err)?
+            .map_err(&err)?
             .unwrap_or(0);
         tx.execute(
             "INSERT INTO crl_numbers (id, last) VALUES (1, ?1)
              ON CONFLICT(id) DO UPDATE SET last = excluded.last",
             [last + 1],
         )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
         Ok(last as u64 + 1)
     }
 }
 
-impl SqliteRegistry {
-    fn get(&self, device_id: &str) -> Result<Option<DeviceRecord>, Error> {
-        self.conn
-            .query_row(
-                "SELECT device_id, tenant, serial, fingerprint, status, batch, created_at
-                 FROM devices WHERE device_id = ?1",
-                [device_id],
-                row_to_record,
-            )
-            .optional()
-            .map_err(self.err())
-    }
-}
-
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
-    Ok(DeviceRecord {
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
         device_id: r.get(0)?,
         tenant: r.get(1)?,
         serial_hex: r.get(2)?,
@@ -282,12 +477,9 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         status: Status::parse(&r.get::<_, String>(4)?),
         batch: r.get(5)?,
         created_at: r.get(6)?,
+        not_after: r.get(7)?,
+        superseded_at: r.get(8)?,
+        revoked_at: r.get(9)?,
+        revocation_reason: r.get(10)?,
     })
-}
-
-impl Status {
-    /// Lowercase name, as the CLI prints it.
-    pub fn name(self) -> &'static str {
-        self.as_str()
-    }
 }
