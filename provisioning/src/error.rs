@@ -17,7 +17,7 @@ pub enum Error {
         "{dir} is not a station directory: {what} is missing (run `fleet-provision ca init` first)"
     )]
     NotAStation { dir: PathBuf, what: PathBuf },
-    #[error("refusing to write CA private keys unencrypted: pass --insecure-plaintext-keys (development only)")]
+    #[error("refusing to write CA private keys unencrypted: set FLEET_CA_PASSPHRASE or pass --passphrase-file to encrypt them, or --insecure-plaintext-keys (development only)")]
     PlaintextKeysNotAllowed,
     #[error("{path}: {message}")]
     BadPem { path: PathBuf, message: String },

@@ -216,17 +216,21 @@ struct Signed {
 }
 
 impl Signed {
-    fn new(serial_hex: String, cert_der: Vec<u8>, event: impl FnOnce(String) -> Event) -> Signed {
-        let fingerprint_hex = fingerprint(&cert_der);
-        let not_after = x509_parser::parse_x509_certificate(&cert_der)
-            .map_or(0, |(_, c)| c.validity().not_after.timestamp());
+    fn new(
+        device_id: &str,
+        serial_hex: String,
+        cert: pki::Signed,
+        event: impl FnOnce(String) -> Event,
+    ) -> Signed {
+        let fingerprint_hex = fingerprint(&cert.der);
         Signed {
             event: event(fingerprint_hex.clone()),
             activation: Activation {
+                device_id: device_id.to_owned(),
+                not_after: cert.not_after,
+                cert_der: cert.der,
                 serial_hex,
                 fingerprint_hex,
-                not_after,
-                cert_der,
             },
             files: Vec::new(),
         }
@@ -269,26 +273,23 @@ impl Station {
     /// issuing certificate itself when it is self-signed). The key is stored as `keys` says.
     pub fn import(
         dir: &Path,
-        issuing_pem: &str,
-        key_pem: &str,
-        key_path: &Path,
-        root_pem: Option<&str>,
+        issuing_cert: &Path,
+        issuing_key: &Path,
+        root_cert: Option<&Path>,
         keys: KeyProtection,
     ) -> Result<Station, Error> {
         refuse_existing_ca(dir)?;
         let pass = keys.passphrase();
-        let key_der = pki::key_from_pem(key_pem, key_path, pass)?;
-        let cert = CaCert::from_pem(issuing_pem).map_err(|message| Error::BadPem {
-            path: PathBuf::from("issuing CA certificate"),
-            message,
-        })?;
-        let root = match root_pem {
-            Some(text) => CaCert::from_pem(text).map_err(|message| Error::BadPem {
-                path: PathBuf::from("root CA certificate"),
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(io(path));
+        let cert_of = |path: &Path| {
+            CaCert::from_pem(&read(path)?).map_err(|message| Error::BadPem {
+                path: path.to_owned(),
                 message,
-            })?,
-            None => cert.clone(),
+            })
         };
+        let key_der = pki::key_from_pem(&read(issuing_key)?, issuing_key, pass)?;
+        let cert = cert_of(issuing_cert)?;
+        let root = root_cert.map_or_else(|| Ok(cert.clone()), cert_of)?;
         let ca = Ca::from_parts(&cert.cert_pem, &key_der)?;
         pki::check_importable(&ca, &root)?;
         write_file(
@@ -636,9 +637,13 @@ impl Station {
             device_id: device_id.clone(),
             serial_hex: serial_hex.clone(),
         };
-        let mut signed = Signed::new(serial_hex.clone(), cert.cert_der, |fingerprint| {
+        let der = pki::Signed {
+            der: cert.cert_der,
+            not_after: cert.not_after,
+        };
+        let mut signed = Signed::new(&device_id, serial_hex.clone(), der, |fingerprint| {
             Event::Issue {
-                device_id,
+                device_id: device_id.clone(),
                 tenant: req.tenant.clone(),
                 serial: serial_hex,
                 fingerprint,
@@ -739,7 +744,7 @@ impl Station {
                     i64::from(req.validity_days),
                     serial,
                 )?;
-                chunk.push(Signed::new(hex(serial), der, |fingerprint| Event::Issue {
+                chunk.push(Signed::new(device_id, hex(serial), der, |fingerprint| Event::Issue {
                     device_id: device_id.clone(),
                     tenant: req.tenant.clone(),
                     serial: hex(serial),
@@ -837,7 +842,7 @@ impl Station {
             i64::from(validity_days),
             &serial,
         )?;
-        let signed = Signed::new(serial_hex.clone(), der, |fingerprint| Event::Renew {
+        let signed = Signed::new(&presented.device_id, serial_hex.clone(), der, |fingerprint| Event::Renew {
             device_id: presented.device_id.clone(),
             serial: serial_hex,
             fingerprint,

@@ -278,13 +278,11 @@ fn run(cli: Cli) -> Result<(), Error> {
                     insecure_plaintext_keys,
                 },
         } => {
-            let root_pem = root.as_deref().map(read).transpose()?;
             Station::import(
                 dir,
-                &read(&cert)?,
-                &read(&key)?,
+                &cert,
                 &key,
-                root_pem.as_deref(),
+                root.as_deref(),
                 protection(pass.clone(), insecure_plaintext_keys)?,
             )?;
             println!(

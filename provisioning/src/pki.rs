@@ -112,8 +112,18 @@ pub fn key_to_pem(key: &KeyPair, passphrase: Option<&Passphrase>) -> Result<Stri
     let der = zeroize::Zeroizing::new(key.serialize_der());
     let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
         .map_err(|e| Error::Bundle(format!("PKCS#8 encoding: {e}")))?;
+    // scrypt with N = 2^14, r = 8 (16 MiB, ~50 ms): strong, and within OpenSSL's 32 MiB
+    // scrypt limit so `openssl pkey` opens the key too (pkcs8's default N = 2^15 is not).
+    let mut salt = [0u8; 16];
+    let mut iv = [0u8; 16];
+    OsRng.fill_bytes(&mut salt);
+    OsRng.fill_bytes(&mut iv);
+    let kdf = pkcs8::pkcs5::scrypt::Params::new(14, 8, 1, 32)
+        .map_err(|e| Error::Bundle(format!("scrypt parameters: {e}")))?;
+    let params = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256cbc(kdf, &salt, &iv)
+        .map_err(|e| Error::Bundle(format!("PBES2 parameters: {e}")))?;
     let doc = info
-        .encrypt(OsRng, pass.bytes())
+        .encrypt_with_params(params, pass.bytes())
         .map_err(|e| Error::Bundle(format!("key encryption: {e}")))?;
     let pem = doc
         .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
@@ -170,13 +180,26 @@ pub struct Issued {
     pub cert_pem: String,
     pub key: KeyPair,
     pub serial: Vec<u8>,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 impl Issued {
-    /// The private key as SEC1 DER (what the identity bundle stores).
+    /// The private key as SEC1 DER (what the identity bundle stores): the ECPrivateKey that
+    /// PKCS#8 wraps, taken out as it is (no curve arithmetic).
     pub fn key_sec1_der(&self) -> Result<Vec<u8>, Error> {
-        sec1_from_pkcs8(&self.key.serialize_der())
+        let der = zeroize::Zeroizing::new(self.key.serialize_der());
+        let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
+            .map_err(|e| Error::Bundle(format!("PKCS#8 key: {e}")))?;
+        Ok(info.private_key.to_vec())
     }
+}
+
+/// A signed certificate.
+pub struct Signed {
+    pub der: Vec<u8>,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 /// Converts a P-256 PKCS#8 DER key to SEC1 DER.
@@ -303,12 +326,14 @@ fn leaf(
     serial: &[u8],
 ) -> Result<Issued, Error> {
     let key = KeyPair::generate()?;
-    let cert = leaf_params(dn, sans, eku, days, serial).signed_by(&key, ca.issuer())?;
+    let params = leaf_params(dn, sans, eku, days, serial);
+    let cert = params.signed_by(&key, ca.issuer())?;
     Ok(Issued {
         cert_der: cert.der().to_vec(),
         cert_pem: cert.pem(),
         key,
         serial: serial.to_vec(),
+        not_after: params.not_after.unix_timestamp(),
     })
 }
 
@@ -343,7 +368,7 @@ pub fn sign_device_with_serial(
 }
 
 /// A device certificate for a public key the device generated (CSR flow): the station sets
-/// every field; nothing but the key comes from the request. Returns the DER.
+/// every field; nothing but the key comes from the request.
 pub fn sign_device_key(
     ca: &Ca,
     key: &CheckedCsr,
@@ -351,7 +376,7 @@ pub fn sign_device_key(
     tenant: &str,
     days: i64,
     serial: &[u8],
-) -> Result<Vec<u8>, Error> {
+) -> Result<Signed, Error> {
     let params = leaf_params(
         &device_dn(device_id, tenant),
         Vec::new(),
@@ -359,7 +384,10 @@ pub fn sign_device_key(
         days,
         serial,
     );
-    Ok(params.signed_by(&key.spki, ca.issuer())?.der().to_vec())
+    Ok(Signed {
+        der: params.signed_by(&key.spki, ca.issuer())?.der().to_vec(),
+        not_after: params.not_after.unix_timestamp(),
+    })
 }
 
 /// A PKCS#10 request that passed [`check_csr`]: only its public key is used.

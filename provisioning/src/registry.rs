@@ -91,6 +91,7 @@ pub enum DeviceId {
 /// A reserved certificate that has been signed and delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activation {
+    pub device_id: String,
     pub serial_hex: String,
     pub fingerprint_hex: String,
     pub not_after: i64,
@@ -174,7 +175,8 @@ impl SqliteRegistry {
                  revocation_reason TEXT
              );
              CREATE INDEX IF NOT EXISTS certs_device ON certs (device_id);
-             CREATE INDEX IF NOT EXISTS certs_status ON certs (status);
+             CREATE INDEX IF NOT EXISTS certs_pending ON certs (status)
+                 WHERE status IN ('reserved', 'superseded');
              CREATE TABLE IF NOT EXISTS batches (
                  batch TEXT PRIMARY KEY,
                  out_dir TEXT,
@@ -295,21 +297,27 @@ impl Registry for SqliteRegistry {
         let tx = self.conn.transaction().map_err(&err)?;
         let at = now();
         for a in items {
+            // `+status`: look rows up by device id, never by scanning every active one.
             tx.prepare_cached(
                 "UPDATE certs SET status = 'superseded', superseded_at = ?2
-                 WHERE status = 'active'
-                   AND device_id = (SELECT device_id FROM certs WHERE serial = ?1)",
+                 WHERE device_id = ?1 AND +status = 'active'",
             )
-            .and_then(|mut s| s.execute(params![a.serial_hex, at]))
+            .and_then(|mut s| s.execute(params![a.device_id, at]))
             .map_err(&err)?;
             let changed = tx
                 .prepare_cached(
                     "UPDATE certs SET status = 'active', fingerprint = ?2, not_after = ?3,
                          cert_der = ?4
-                     WHERE serial = ?1 AND status = 'reserved'",
+                     WHERE serial = ?1 AND device_id = ?5 AND status = 'reserved'",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![a.serial_hex, a.fingerprint_hex, a.not_after, a.cert_der])
+                    s.execute(params![
+                        a.serial_hex,
+                        a.fingerprint_hex,
+                        a.not_after,
+                        a.cert_der,
+                        a.device_id
+                    ])
                 })
                 .map_err(&err)?;
             if changed != 1 {

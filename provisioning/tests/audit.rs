@@ -63,7 +63,7 @@ fn an_untouched_log_verifies() {
     assert_eq!((v.manifests, v.devices), (2, 5));
     // Reopening continues the same chain.
     drop(st);
-    let mut st = Station::open(dir.path()).unwrap();
+    let mut st = Station::open(dir.path(), None).unwrap();
     st.issue_devices(&batch("acme", 1)).unwrap();
     assert_eq!(st.verify_audit().unwrap().records, 14);
 }

@@ -122,7 +122,7 @@ fn ids_are_never_reused_and_the_registry_matches_the_certificates() {
     let first = st.issue_devices(&request("acme", 2)).unwrap();
     let second = st.issue_devices(&request("acme", 2)).unwrap();
     drop(st);
-    let mut st = Station::open(dir.path()).unwrap();
+    let mut st = Station::open(dir.path(), None).unwrap();
     let third = st.issue_devices(&request("acme", 1)).unwrap();
     let other = st.issue_devices(&request("globex", 1)).unwrap();
     let ids: Vec<&str> = first
@@ -162,7 +162,7 @@ fn ids_are_never_reused_and_the_registry_matches_the_certificates() {
 #[test]
 fn bad_requests_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Station::open(dir.path())
+    let err = Station::open(dir.path(), None)
         .err()
         .expect("empty dir is not a station");
     assert!(matches!(err, Error::NotAStation { .. }), "{err}");
