@@ -195,6 +195,8 @@ pub struct Station {
     registry: SqliteRegistry,
     audit: AuditLog,
     recovered: Recovered,
+    /// Held for the station's lifetime: one writer per directory keeps the audit chain whole.
+    _lock: std::fs::File,
 }
 
 fn fingerprint(der: &[u8]) -> String {
@@ -342,6 +344,23 @@ impl Station {
             .validity()
             .not_after
             .to_datetime();
+        let lock_path = dir.join("station.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::State(format!(
+                    "{} is in use by another fleet-provision (is `serve` running? use its API, or stop it first)",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let registry = SqliteRegistry::open(&dir.join("registry.sqlite3"))?;
         let (audit, torn_bytes) = AuditLog::open(dir)?;
         let mut station = Station {
@@ -352,6 +371,7 @@ impl Station {
             registry,
             audit,
             recovered: Recovered::default(),
+            _lock: lock,
         };
         station.recovered = station.recover(torn_bytes)?;
         Ok(station)

@@ -243,6 +243,7 @@ async fn serve_connection(
         .map_or(Peer::Anonymous, |c| peer_from_cert(c));
     let service = hyper_util::service::TowerToHyperService::new(app.layer(Extension(peer)));
     hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
         .await

@@ -1,0 +1,391 @@
+//! The station API over real mutual TLS: operators issue, look up and revoke in their tenant;
+//! devices renew themselves; superseded certificates retire after the grace period.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fleet_provision::serve::{Options, Server};
+use fleet_provision::{bundle_to_pem, Passphrase, Station};
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::sync::oneshot;
+
+/// A client identity as PEM (certificate, PKCS#8 key).
+#[derive(Clone)]
+struct Identity {
+    cert: String,
+    key: String,
+}
+
+fn service_identity(st: &Station, name: &str, tenant: &str) -> Identity {
+    let files = st.issue_service_cert(name, tenant).unwrap();
+    Identity {
+        cert: std::fs::read_to_string(files.cert_path).unwrap(),
+        key: std::fs::read_to_string(files.key_path).unwrap(),
+    }
+}
+
+fn device_identity(bundle_path: &Path) -> Identity {
+    let bytes = std::fs::read(bundle_path).unwrap();
+    let b = fleet_firmware::bundle::Bundle::parse(&bytes).unwrap();
+    let (cert, key) = bundle_to_pem(&b).unwrap();
+    Identity { cert, key }
+}
+
+struct Running {
+    addr: SocketAddr,
+    root: Vec<u8>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(dir: &Path, grace: time::Duration) -> Running {
+        let station = Station::open(dir, None::<&Passphrase>).unwrap();
+        let root = station.root_ca().cert_der.clone();
+        let server = Server::bind(
+            station,
+            Options {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                hosts: vec!["localhost".into()],
+                grace,
+                validity_days: 30,
+            },
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Running {
+            addr,
+            root,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Stops the server and waits until it has let go of the station.
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap();
+    }
+
+    /// One HTTPS request; `Err` when TLS or HTTP fails (e.g. a revoked client certificate).
+    async fn call(
+        &self,
+        who: Option<&Identity>,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, String), String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(self.root.clone())).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match who {
+            Some(id) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(id.cert.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap(),
+                    PrivateKeyDer::from_pem_slice(id.key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP: {e}"))?;
+        tokio::spawn(conn);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    async fn json(
+        &self,
+        who: Option<&Identity>,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) = self
+            .call(who, method, path, body.to_string().into_bytes())
+            .await
+            .unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, value)
+    }
+}
+
+fn new_csr_pem() -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (key, csr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_issue_look_up_and_revoke_within_their_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let st = common::station(d);
+    let ops = service_identity(&st, "ops", "acme");
+    let other = service_identity(&st, "ops", "globex");
+    drop(st);
+    let server = Running::start(d, time::Duration::hours(1)).await;
+
+    // No certificate: only the description and the health check.
+    let (status, doc) = server.json(None, "GET", "/openapi.json", serde_json::Value::Null).await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/renew"]["post"].is_object());
+    let (status, body) = server.json(None, "POST", "/v1/devices", serde_json::json!({})).await;
+    assert_eq!(status, 401, "{body}");
+
+    // CSR flow.
+    let (_, csr) = new_csr_pem();
+    let (status, issued) = server
+        .json(Some(&ops), "POST", "/v1/devices", serde_json::json!({ "csr_pem": csr }))
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    assert_eq!(issued["device_id"], "acme-000001");
+    assert!(issued["certificate_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert!(issued.get("bundle_base64").is_none());
+
+    // Key injection returns the bundle, key inside.
+    let (status, generated) = server
+        .json(
+            Some(&ops),
+            "POST",
+            "/v1/devices",
+            serde_json::json!({ "generate": { "gateway_host": "gw.test" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{generated}");
+    use base64::Engine;
+    let bundle = base64::engine::general_purpose::STANDARD
+        .decode(generated["bundle_base64"].as_str().unwrap())
+        .unwrap();
+    let b = fleet_firmware::bundle::Bundle::parse(&bundle).unwrap();
+    assert_eq!(b.device_id, "acme-000002");
+    assert!(b.private_key_der.is_some());
+    let (cert, key) = bundle_to_pem(&b).unwrap();
+    let device = Identity { cert, key };
+
+    // Bad requests.
+    for (body, needle) in [
+        (serde_json::json!({}), "exactly one"),
+        (serde_json::json!({ "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n" }), "not a PKCS#10"),
+        (serde_json::json!({ "csr_pem": csr, "colour": "blue" }), "unknown field"),
+        (serde_json::json!({ "csr_pem": csr, "device_id": "acme-000001" }), "already exists"),
+    ] {
+        let (status, err) = server.json(Some(&ops), "POST", "/v1/devices", body).await;
+        assert!(status == 400 || status == 409, "{status} {err}");
+        assert!(err["error"].as_str().unwrap().contains(needle), "{err}");
+    }
+    let (status, _) = server
+        .call(Some(&ops), "POST", "/v1/devices", b"{not json".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+
+    // Look-up, tenant-scoped; devices may not use operator routes.
+    let (status, view) = server
+        .json(Some(&ops), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(view["status"], "active");
+    assert_eq!(view["certificates"].as_array().unwrap().len(), 1);
+    let (status, _) = server
+        .json(Some(&other), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = server
+        .json(Some(&device), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = server
+        .json(Some(&other), "POST", "/v1/devices/acme-000002/revoke", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 404, "another tenant cannot revoke");
+
+    // Revocation: the device is shut out of the station at once (the CRL is reloaded).
+    let (status, _) = server.json(Some(&device), "GET", "/v1/crl", serde_json::Value::Null).await;
+    assert_eq!(status, 200);
+    let (status, revoked) = server
+        .json(
+            Some(&ops),
+            "POST",
+            "/v1/devices/acme-000002/revoke",
+            serde_json::json!({ "reason": "keyCompromise" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["revoked_serials"].as_array().unwrap().len(), 1);
+    assert!(server.call(Some(&device), "GET", "/v1/crl", Vec::new()).await.is_err());
+    let (status, again) = server
+        .json(Some(&ops), "POST", "/v1/devices/acme-000002/revoke", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 409, "{again}");
+    let (status, crl) = server.call(Some(&ops), "GET", "/v1/crl", Vec::new()).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(crl.contains("BEGIN X509 CRL"));
+    server.stop().await;
+
+    let st = Station::open(d, None).unwrap();
+    assert!(st.verify_audit().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_renew_themselves_and_old_certificates_retire_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut st = common::station(d);
+    let issued = st.issue_devices(&common::request("acme", 2)).unwrap();
+    let ops = service_identity(&st, "ops", "acme");
+    drop(st);
+    let original = device_identity(&issued[0].bundle_path);
+    let neighbour = device_identity(&issued[1].bundle_path);
+    let server = Running::start(d, time::Duration::hours(1)).await;
+
+    // Renewal with a new key.
+    let (key1, csr1) = new_csr_pem();
+    let (status, renewed) = server
+        .call(Some(&original), "POST", "/v1/renew", csr1.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{renewed}");
+    let renewed: serde_json::Value = serde_json::from_str(&renewed).unwrap();
+    assert_eq!(renewed["device_id"], "acme-000001");
+    let first = Identity {
+        cert: renewed["certificate_pem"].as_str().unwrap().to_owned(),
+        key: key1.serialize_pem(),
+    };
+
+    // The old certificate still works during the grace period: a device whose answer was
+    // lost renews again with it.
+    let (key2, csr2) = new_csr_pem();
+    let (status, body) = server
+        .call(Some(&original), "POST", "/v1/renew", csr2.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let second: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let current = Identity {
+        cert: second["certificate_pem"].as_str().unwrap().to_owned(),
+        key: key2.serialize_pem(),
+    };
+    // Renewing with the key of the certificate presented is refused; so are operators.
+    let same_key = rcgen::CertificateParams::default()
+        .serialize_request(&key2)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let (status, body) = server
+        .call(Some(&current), "POST", "/v1/renew", same_key.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("new key"), "{body}");
+    let (_, csr) = new_csr_pem();
+    let (status, _) = server
+        .call(Some(&ops), "POST", "/v1/renew", csr.clone().into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let (status, body) = server
+        .call(Some(&neighbour), "POST", "/v1/renew", b"garbage".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+
+    let (_, view) = server
+        .json(Some(&ops), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+        .await;
+    let statuses: Vec<&str> = view["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["superseded", "superseded", "active"], "{view}");
+    server.stop().await;
+
+    // With the grace period over, both superseded certificates are revoked and shut out;
+    // the current one keeps working.
+    let server = Running::start(d, time::Duration::ZERO).await;
+    for old in [&original, &first] {
+        assert!(
+            server.call(Some(old), "GET", "/v1/crl", Vec::new()).await.is_err(),
+            "a retired certificate still connects"
+        );
+    }
+    let (status, body) = server
+        .call(Some(&current), "POST", "/v1/renew", csr.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    server.stop().await;
+    let st = Station::open(d, None).unwrap();
+    let certs = st.device("acme-000001").unwrap();
+    let statuses: Vec<&str> = certs.iter().map(|c| c.status.name()).collect();
+    // The renewal with grace 0 also retired the certificate it replaced.
+    assert_eq!(statuses, ["revoked", "revoked", "revoked", "active"]);
+    assert_eq!(certs[0].revocation_reason.as_deref(), Some("superseded"));
+    assert!(st.verify_audit().is_ok());
+}
+
+#[test]
+fn a_second_writer_on_the_same_station_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = common::station(dir.path());
+    let err = Station::open(dir.path(), None).err().expect("second open refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(st);
+    assert!(Station::open(dir.path(), None).is_ok());
+}
