@@ -49,7 +49,8 @@ impl Mint {
         };
         let key = fleet_provision::pki::key_from_pem(&read(issuing_key)?, issuing_key, None)
             .map_err(|e| Error::Tls(e.to_string()))?;
-        let ca = Ca::from_parts(&read(issuing_cert)?, &key).map_err(|e| Error::Tls(e.to_string()))?;
+        let ca =
+            Ca::from_parts(&read(issuing_cert)?, &key).map_err(|e| Error::Tls(e.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(read(root)?.as_bytes()) {
             roots

@@ -198,7 +198,9 @@ impl AuditLog {
             Some((s, hash)) if s < seq => {
                 let at_anchor = (s as usize)
                     .checked_sub(1)
-                    .map_or(Some(GENESIS.to_owned()), |i| text.lines().nth(i).map(line_hash));
+                    .map_or(Some(GENESIS.to_owned()), |i| {
+                        text.lines().nth(i).map(line_hash)
+                    });
                 if at_anchor.as_deref() != Some(hash.as_str()) {
                     return Err(Error::Audit(format!(
                         "{}: record {s} no longer matches the hash anchored in the registry; \

@@ -152,7 +152,7 @@ pub struct Certified {
 
 impl Certified {
     pub fn cert_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("CERTIFICATE", self.cert_der.clone()))
+        pki::cert_to_pem(&self.cert_der)
     }
 }
 
@@ -671,7 +671,11 @@ impl Station {
             }
         });
         signed.files = vec![
-            (device.cert_pem_path.clone(), cert.cert_pem.into_bytes(), false),
+            (
+                device.cert_pem_path.clone(),
+                cert.cert_pem.into_bytes(),
+                false,
+            ),
             (device.bundle_path.clone(), bytes, true),
         ];
         Ok((signed, device))
@@ -764,12 +768,14 @@ impl Station {
                     i64::from(req.validity_days),
                     serial,
                 )?;
-                chunk.push(Signed::new(device_id, hex(serial), der, |fingerprint| Event::Issue {
-                    device_id: device_id.clone(),
-                    tenant: req.tenant.clone(),
-                    serial: hex(serial),
-                    fingerprint,
-                    batch: batch.clone(),
+                chunk.push(Signed::new(device_id, hex(serial), der, |fingerprint| {
+                    Event::Issue {
+                        device_id: device_id.clone(),
+                        tenant: req.tenant.clone(),
+                        serial: hex(serial),
+                        fingerprint,
+                        batch: batch.clone(),
+                    }
                 }));
             }
             for (a, device_id) in self.deliver(chunk)?.into_iter().zip(ids) {
@@ -827,7 +833,10 @@ impl Station {
             }
         }
         let key = pki::check_csr(csr_der)?;
-        let old_der = self.registry.cert_der(presented_serial_hex)?.unwrap_or_default();
+        let old_der = self
+            .registry
+            .cert_der(presented_serial_hex)?
+            .unwrap_or_default();
         let old_key = x509_parser::parse_x509_certificate(&old_der)
             .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
             .unwrap_or_default();
@@ -862,12 +871,17 @@ impl Station {
             i64::from(validity_days),
             &serial,
         )?;
-        let signed = Signed::new(&presented.device_id, serial_hex.clone(), der, |fingerprint| Event::Renew {
-            device_id: presented.device_id.clone(),
-            serial: serial_hex,
-            fingerprint,
-            presented: presented.serial_hex.clone(),
-        });
+        let signed = Signed::new(
+            &presented.device_id,
+            serial_hex.clone(),
+            der,
+            |fingerprint| Event::Renew {
+                device_id: presented.device_id.clone(),
+                serial: serial_hex,
+                fingerprint,
+                presented: presented.serial_hex.clone(),
+            },
+        );
         let a = self
             .deliver(vec![signed])?
             .pop()
@@ -905,11 +919,12 @@ impl Station {
     /// then a new CRL with every revoked serial.
     pub fn revoke(&mut self, device_id: &str, reason: Reason) -> Result<Revoked, Error> {
         let records = self.registry.revoke_device(device_id, reason.name())?;
-        self.audit.append_many(records.iter().map(|r| Event::Revoke {
-            device_id: r.device_id.clone(),
-            serial: r.serial_hex.clone(),
-            reason: reason.name().to_owned(),
-        }))?;
+        self.audit
+            .append_many(records.iter().map(|r| Event::Revoke {
+                device_id: r.device_id.clone(),
+                serial: r.serial_hex.clone(),
+                reason: reason.name().to_owned(),
+            }))?;
         let crl_path = self.write_crl()?;
         Ok(Revoked { records, crl_path })
     }
@@ -978,6 +993,29 @@ impl Station {
     /// A delivered certificate's DER.
     pub fn cert_der(&self, serial_hex: &str) -> Result<Option<Vec<u8>>, Error> {
         self.registry.cert_der(serial_hex)
+    }
+}
+
+/// Every certificate in a station's registry, without its CA key or its writer lock (so it
+/// works while `serve` runs).
+pub fn list_registry(dir: &Path, device_id: Option<&str>) -> Result<Vec<CertRecord>, Error> {
+    let path = dir.join("registry.sqlite3");
+    if !path.exists() {
+        return Err(Error::NotAStation {
+            dir: dir.to_owned(),
+            what: path,
+        });
+    }
+    let registry = SqliteRegistry::open(&path)?;
+    match device_id {
+        None => registry.list(),
+        Some(id) => {
+            let certs = registry.device(id)?;
+            if certs.is_empty() {
+                return Err(Error::UnknownDevice(id.to_owned()));
+            }
+            Ok(certs)
+        }
     }
 }
 
@@ -1053,7 +1091,7 @@ fn check_name(field: &'static str, value: &str, strict: bool) -> Result<(), Erro
 /// A device identity from its bundle as PEM text: (certificate, PKCS#8 private key), for
 /// standard tools such as mosquitto_pub or openssl.
 pub fn bundle_to_pem(bundle: &Bundle<'_>) -> Result<(String, String), Error> {
-    let cert = pem::encode(&pem::Pem::new("CERTIFICATE", bundle.cert_der.to_vec()));
+    let cert = pki::cert_to_pem(bundle.cert_der);
     let key_der = bundle.private_key_der.ok_or_else(|| {
         Error::Bundle(format!(
             "{}: no private key in the bundle (held by a secure element)",

@@ -204,6 +204,13 @@ enum BundleCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -261,7 +268,11 @@ fn run(cli: Cli) -> Result<(), Error> {
                     insecure_plaintext_keys,
                 },
         } => {
-            Station::init(dir, &org, protection(pass.clone(), insecure_plaintext_keys)?)?;
+            Station::init(
+                dir,
+                &org,
+                protection(pass.clone(), insecure_plaintext_keys)?,
+            )?;
             println!("root CA     {}", dir.join("ca/root.pem").display());
             println!("issuing CA  {}", dir.join("ca/issuing.pem").display());
             println!(
@@ -369,9 +380,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                     path: path.clone(),
                     source,
                 })?;
-                let der = fleet_provision::pki::csr_der(&bytes).map_err(|e| {
-                    Error::Csr(format!("{}: {}", path.display(), e))
-                })?;
+                let der = fleet_provision::pki::csr_der(&bytes)
+                    .map_err(|e| Error::Csr(format!("{}: {}", path.display(), e)))?;
                 inputs.push(CsrInput {
                     der,
                     device_id: device_id.clone(),
@@ -389,7 +399,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             for c in &certified {
                 let pem_path = out.join(format!("{}.pem", c.device_id));
                 write_file(&pem_path, c.cert_pem().as_bytes(), false)?;
-                print!("{}  serial {}  {}", c.device_id, c.serial_hex, pem_path.display());
+                print!(
+                    "{}  serial {}  {}",
+                    c.device_id,
+                    c.serial_hex,
+                    pem_path.display()
+                );
                 if let Some(host) = &gateway_host {
                     let bundle = fleet_firmware::bundle::Bundle {
                         generation: 1,
@@ -440,10 +455,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             })?;
         }
         Command::Bench { devices } => {
-            let report = fleet_provision::bench::run(devices, &mut |phase, done, total| {
-                eprint!("\r{phase}: {done}/{total}   ");
+            let bar = progress_bar(u64::from(devices), "{msg}");
+            let report = fleet_provision::bench::run(devices, &mut |phase, done, _| {
+                bar.set_message(phase.to_owned());
+                bar.set_position(done);
             })?;
-            eprintln!();
+            bar.finish_and_clear();
             println!(
                 "{}",
                 serde_json::to_string_pretty(&report).map_err(|e| Error::Audit(e.to_string()))?
@@ -504,11 +521,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             println!("CRL written to {}", station.write_crl()?.display());
         }
         Command::Devices { device } => {
-            let station = open()?;
-            let rows = match device {
-                Some(id) => station.device(&id)?,
-                None => station.devices()?,
-            };
+            let rows = fleet_provision::list_registry(dir, device.as_deref())?;
             for d in rows {
                 println!(
                     "{:<24} {:<10} {:<10} serial {} {}",

@@ -12,6 +12,14 @@ use time::{Duration, OffsetDateTime};
 
 use crate::Error;
 
+/// A certificate as PEM with LF line endings (the `pem` crate defaults to CRLF).
+pub fn cert_to_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
 /// A CA certificate without its key (the root, kept offline; or any trust anchor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaCert {
@@ -28,7 +36,7 @@ impl CaCert {
             .find(|p| p.tag() == "CERTIFICATE")
             .ok_or("no CERTIFICATE block")?
             .into_contents();
-        let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert_der.clone()));
+        let cert_pem = cert_to_pem(&cert_der);
         Ok(CaCert { cert_der, cert_pem })
     }
 }
@@ -44,7 +52,8 @@ pub struct Ca {
 impl Ca {
     /// Rebuilds a CA from its PEM certificate and its key (PKCS#8 DER).
     pub fn from_parts(cert_pem: &str, key_pkcs8_der: &[u8]) -> Result<Ca, Error> {
-        let cert = CaCert::from_pem(cert_pem).map_err(|e| Error::Bundle(format!("CA certificate: {e}")))?;
+        let cert = CaCert::from_pem(cert_pem)
+            .map_err(|e| Error::Bundle(format!("CA certificate: {e}")))?;
         let key = KeyPair::try_from(key_pkcs8_der)?;
         let issuer = Issuer::from_ca_cert_der(
             &cert.cert_der.as_slice().into(),
@@ -156,9 +165,11 @@ pub fn key_from_pem(
             })?;
             let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
                 .map_err(|e| bad(format!("not an encrypted PKCS#8 key: {e}")))?;
-            let doc = info.decrypt(pass.bytes()).map_err(|_| Error::WrongPassphrase {
-                path: path.to_owned(),
-            })?;
+            let doc = info
+                .decrypt(pass.bytes())
+                .map_err(|_| Error::WrongPassphrase {
+                    path: path.to_owned(),
+                })?;
             Ok(zeroize::Zeroizing::new(doc.as_bytes().to_vec()))
         }
         "PRIVATE KEY" => Ok(der),
@@ -170,7 +181,9 @@ pub fn key_from_pem(
                 .map_err(|e| bad(format!("PKCS#8 encoding: {e}")))?;
             Ok(zeroize::Zeroizing::new(doc.as_bytes().to_vec()))
         }
-        other => Err(bad(format!("{other} keys are not supported; use a P-256 key"))),
+        other => Err(bad(format!(
+            "{other} keys are not supported; use a P-256 key"
+        ))),
     }
 }
 
@@ -433,7 +446,9 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, Error> {
         for ext in extensions {
             match ext {
                 ParsedExtension::BasicConstraints(bc) if bc.ca => {
-                    return Err(bad("it requests CA:true; device certificates are never CAs"))
+                    return Err(bad(
+                        "it requests CA:true; device certificates are never CAs",
+                    ))
                 }
                 ParsedExtension::SubjectAlternativeName(_) => {
                     return Err(bad(
@@ -454,7 +469,10 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, Error> {
 pub fn csr_der(input: &[u8]) -> Result<Vec<u8>, Error> {
     if input.starts_with(b"-----BEGIN") || input.trim_ascii_start().starts_with(b"-----BEGIN") {
         let block = pem::parse(input).map_err(|e| Error::Csr(format!("not PEM: {e}")))?;
-        if !matches!(block.tag(), "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST") {
+        if !matches!(
+            block.tag(),
+            "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"
+        ) {
             return Err(Error::Csr(format!(
                 "PEM block is {:?}, not CERTIFICATE REQUEST",
                 block.tag()
@@ -524,11 +542,15 @@ pub fn check_importable(ca: &Ca, root: &CaCert) -> Result<(), Error> {
     let (_, root_cert) = x509_parser::parse_x509_certificate(&root.cert_der)
         .map_err(|e| refuse(format!("root: not an X.509 certificate: {e}")))?;
     if !cert.is_ca() {
-        return Err(refuse("the certificate is not a CA (basicConstraints CA:true missing)".into()));
+        return Err(refuse(
+            "the certificate is not a CA (basicConstraints CA:true missing)".into(),
+        ));
     }
     if let Ok(Some(ku)) = cert.key_usage() {
         if !ku.value.key_cert_sign() {
-            return Err(refuse("its key usage does not allow signing certificates".into()));
+            return Err(refuse(
+                "its key usage does not allow signing certificates".into(),
+            ));
         }
     }
     let now = x509_parser::time::ASN1Time::now();
@@ -539,17 +561,26 @@ pub fn check_importable(ca: &Ca, root: &CaCert) -> Result<(), Error> {
         });
     }
     if validity.not_before > now {
-        return Err(refuse(format!("it is not valid before {}", validity.not_before)));
+        return Err(refuse(format!(
+            "it is not valid before {}",
+            validity.not_before
+        )));
     }
     let spki = cert.public_key();
-    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
     if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
         return Err(refuse(
             "its key is not P-256 (fleet devices verify ECDSA P-256 chains only)".into(),
         ));
     }
     if spki.subject_public_key.data.as_ref() != ca.key.public_key_raw() {
-        return Err(refuse("the private key does not belong to the certificate".into()));
+        return Err(refuse(
+            "the private key does not belong to the certificate".into(),
+        ));
     }
     if !root_cert.is_ca() {
         return Err(refuse("the root is not a CA certificate".into()));

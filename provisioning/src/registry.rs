@@ -282,7 +282,13 @@ impl Registry for SqliteRegistry {
                  VALUES (?1, ?2, ?3, 'reserved', ?4, ?5)",
             )
             .and_then(|mut s| {
-                s.execute(params![item.serial_hex, id, item.tenant, item.batch, created])
+                s.execute(params![
+                    item.serial_hex,
+                    id,
+                    item.tenant,
+                    item.batch,
+                    created
+                ])
             })
             .map_err(&err)?;
             ids.push(id);
@@ -356,7 +362,10 @@ impl Registry for SqliteRegistry {
     }
 
     fn device(&self, device_id: &str) -> Result<Vec<CertRecord>, Error> {
-        self.query("WHERE device_id = ?1 ORDER BY created_at, rowid", [device_id])
+        self.query(
+            "WHERE device_id = ?1 ORDER BY created_at, rowid",
+            [device_id],
+        )
     }
 
     fn cert(&self, serial_hex: &str) -> Result<Option<CertRecord>, Error> {

@@ -154,13 +154,12 @@ impl Server {
                 .into_contents()
                 .into(),
         );
-        let listener =
-            TcpListener::bind(options.listen)
-                .await
-                .map_err(|source| Error::Io {
-                    path: options.listen.to_string().into(),
-                    source,
-                })?;
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| Error::Io {
+                path: options.listen.to_string().into(),
+                source,
+            })?;
         let config = tls_config(&station, &server_chain, &server_key)?;
         let shared = Arc::new(Shared {
             station: Mutex::new(station),
@@ -257,9 +256,7 @@ pub fn peer_from_cert(der: &[u8]) -> Peer {
     };
     let subject = cert.subject();
     let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
-        it.next()
-            .and_then(|a| a.as_str().ok())
-            .map(str::to_owned)
+        it.next().and_then(|a| a.as_str().ok()).map(str::to_owned)
     };
     let cn = first(&mut subject.iter_common_name());
     let org = first(&mut subject.iter_organization());
@@ -584,9 +581,7 @@ async fn revoke_device(
         .map_or(Ok(Reason::Unspecified), |r| Reason::parse(&r))?;
     tenant_device(&shared, tenant, id.clone()).await?;
     tracing::info!("{operator_name} revokes {id} ({})", reason.name());
-    let revoked = shared
-        .with_station(move |s| s.revoke(&id, reason))
-        .await?;
+    let revoked = shared.with_station(move |s| s.revoke(&id, reason)).await?;
     Ok(Json(RevokeResponse {
         device_id: revoked
             .records

@@ -15,12 +15,32 @@ fn ca_keys_are_encrypted_and_only_the_right_passphrase_opens_them() {
     Station::init(d, "Acme", KeyProtection::Encrypted(pass.clone())).unwrap();
     for key in ["ca/root.key", "ca/issuing.key"] {
         let text = std::fs::read_to_string(d.join(key)).unwrap();
-        assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"), "{key}");
+        assert!(
+            text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+            "{key}"
+        );
         // A tool nobody here wrote opens it with the passphrase, and not without it.
-        openssl(d, &["pkey", "-noout", "-in", key, "-passin", &format!("pass:{PASS}")]);
+        openssl(
+            d,
+            &[
+                "pkey",
+                "-noout",
+                "-in",
+                key,
+                "-passin",
+                &format!("pass:{PASS}"),
+            ],
+        );
         let wrong = std::process::Command::new("openssl")
             .current_dir(d)
-            .args(["pkey", "-noout", "-in", key, "-passin", "pass:not it at all"])
+            .args([
+                "pkey",
+                "-noout",
+                "-in",
+                key,
+                "-passin",
+                "pass:not it at all",
+            ])
             .output()
             .unwrap();
         assert!(!wrong.status.success());
@@ -48,21 +68,45 @@ fn ca_keys_are_encrypted_and_only_the_right_passphrase_opens_them() {
     let o = other.path();
     let refused = cli_env(o, &["ca", "init", "--org", "Acme"], &[]);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("FLEET_CA_PASSPHRASE"), "{}", stderr(&refused));
-    let short = cli_env(o, &["ca", "init", "--org", "Acme"], &[("FLEET_CA_PASSPHRASE", "short")]);
+    assert!(
+        stderr(&refused).contains("FLEET_CA_PASSPHRASE"),
+        "{}",
+        stderr(&refused)
+    );
+    let short = cli_env(
+        o,
+        &["ca", "init", "--org", "Acme"],
+        &[("FLEET_CA_PASSPHRASE", "short")],
+    );
     assert!(!short.status.success());
     assert!(stderr(&short).contains("at least 12"), "{}", stderr(&short));
     let pass_file = o.join("pass.txt");
     std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
     let pf = pass_file.to_str().unwrap();
-    let init = cli_env(o, &["--passphrase-file", pf, "ca", "init", "--org", "Acme"], &[]);
+    let init = cli_env(
+        o,
+        &["--passphrase-file", pf, "ca", "init", "--org", "Acme"],
+        &[],
+    );
     assert!(init.status.success(), "{}", stderr(&init));
     let no_pass = cli_env(o, &["devices"], &[]);
     assert!(!no_pass.status.success());
-    assert!(stderr(&no_pass).contains("is encrypted"), "{}", stderr(&no_pass));
-    let wrong = cli_env(o, &["devices"], &[("FLEET_CA_PASSPHRASE", "the wrong passphrase")]);
+    assert!(
+        stderr(&no_pass).contains("is encrypted"),
+        "{}",
+        stderr(&no_pass)
+    );
+    let wrong = cli_env(
+        o,
+        &["devices"],
+        &[("FLEET_CA_PASSPHRASE", "the wrong passphrase")],
+    );
     assert!(!wrong.status.success());
-    assert!(stderr(&wrong).contains("does not open"), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains("does not open"),
+        "{}",
+        stderr(&wrong)
+    );
     let env_ok = cli_env(o, &["crl"], &[("FLEET_CA_PASSPHRASE", PASS)]);
     assert!(env_ok.status.success(), "{}", stderr(&env_ok));
 }
@@ -73,7 +117,10 @@ fn openssl_ca(d: &std::path::Path, curve: &str) {
         if curve == "rsa" {
             openssl(d, &["genrsa", "-out", name, "2048"]);
         } else {
-            openssl(d, &["ecparam", "-name", curve, "-genkey", "-noout", "-out", name]);
+            openssl(
+                d,
+                &["ecparam", "-name", curve, "-genkey", "-noout", "-out", name],
+            );
         }
     };
     genkey("root.key");
@@ -86,22 +133,50 @@ fn openssl_ca(d: &std::path::Path, curve: &str) {
     openssl(
         d,
         &[
-            "req", "-x509", "-new", "-key", "root.key", "-subj", "/O=Other PKI/CN=Other Root",
-            "-days", "3650", "-out", "root.pem",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root.key",
+            "-subj",
+            "/O=Other PKI/CN=Other Root",
+            "-days",
+            "3650",
+            "-out",
+            "root.pem",
         ],
     );
     openssl(
         d,
         &[
-            "req", "-new", "-key", "issuing.key", "-subj", "/O=Other PKI/CN=Other Issuing",
-            "-out", "issuing.csr",
+            "req",
+            "-new",
+            "-key",
+            "issuing.key",
+            "-subj",
+            "/O=Other PKI/CN=Other Issuing",
+            "-out",
+            "issuing.csr",
         ],
     );
     openssl(
         d,
         &[
-            "x509", "-req", "-in", "issuing.csr", "-CA", "root.pem", "-CAkey", "root.key",
-            "-CAcreateserial", "-days", "1825", "-extfile", "ca.ext", "-out", "issuing.pem",
+            "x509",
+            "-req",
+            "-in",
+            "issuing.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "1825",
+            "-extfile",
+            "ca.ext",
+            "-out",
+            "issuing.pem",
         ],
     );
 }
@@ -113,12 +188,22 @@ fn an_issuing_ca_from_another_pki_is_imported_and_issues_verifiable_devices() {
     openssl_ca(p, "prime256v1");
     let station_dir = tempfile::tempdir().unwrap();
     let d = station_dir.path();
-    let (cert, key, root) = (p.join("issuing.pem"), p.join("issuing.key"), p.join("root.pem"));
+    let (cert, key, root) = (
+        p.join("issuing.pem"),
+        p.join("issuing.key"),
+        p.join("root.pem"),
+    );
     let import = cli_env(
         d,
         &[
-            "ca", "import", "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(),
-            "--root", root.to_str().unwrap(),
+            "ca",
+            "import",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
         ],
         &[("FLEET_CA_PASSPHRASE", PASS)],
     );
@@ -126,14 +211,21 @@ fn an_issuing_ca_from_another_pki_is_imported_and_issues_verifiable_devices() {
     assert!(std::fs::read_to_string(d.join("ca/issuing.key"))
         .unwrap()
         .contains("ENCRYPTED PRIVATE KEY"));
-    assert!(!d.join("ca/root.key").exists(), "the other PKI keeps its root key");
+    assert!(
+        !d.join("ca/root.key").exists(),
+        "the other PKI keeps its root key"
+    );
 
     let mut st = Station::open(d, Some(&Passphrase::new(PASS))).unwrap();
     st.issue_devices(&request("acme", 1)).unwrap();
     openssl(
         d,
         &[
-            "verify", "-CAfile", root.to_str().unwrap(), "-untrusted", "ca/issuing.pem",
+            "verify",
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-untrusted",
+            "ca/issuing.pem",
             "devices/acme-000001.pem",
         ],
     );
@@ -146,18 +238,37 @@ fn an_issuing_ca_from_another_pki_is_imported_and_issues_verifiable_devices() {
     // Importing over an existing CA is refused.
     let again = cli_env(
         d,
-        &["ca", "import", "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
+        &[
+            "ca",
+            "import",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
         &[("FLEET_CA_PASSPHRASE", PASS)],
     );
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("already holds a CA"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already holds a CA"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 fn import_error(dir: &std::path::Path, cert: &str, key: &str, root: Option<&str>) -> String {
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let out_dir = tempfile::tempdir().unwrap();
     let (cert, key) = (p(cert), p(key));
-    let mut args = vec!["ca", "import", "--cert", &cert, "--key", &key, "--insecure-plaintext-keys"];
+    let mut args = vec![
+        "ca",
+        "import",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--insecure-plaintext-keys",
+    ];
     let root = root.map(p);
     if let Some(r) = &root {
         args.extend(["--root", r]);
@@ -179,25 +290,57 @@ fn unusable_cas_are_refused_with_the_reason() {
     openssl_ca(ec.path(), "prime256v1");
     let e = ec.path();
     // Key of another certificate.
-    assert!(import_error(e, "issuing.pem", "root.key", Some("root.pem")).contains("does not belong"));
+    assert!(
+        import_error(e, "issuing.pem", "root.key", Some("root.pem")).contains("does not belong")
+    );
     // Not signed by the given root.
     let err = import_error(e, "root.pem", "root.key", Some("issuing.pem"));
     assert!(err.contains("not signed by the given root"), "{err}");
     // A leaf is not a CA.
-    openssl(e, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.key"]);
-    openssl(e, &["req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr"]);
     openssl(
         e,
         &[
-            "x509", "-req", "-in", "leaf.csr", "-CA", "issuing.pem", "-CAkey", "issuing.key",
-            "-CAcreateserial", "-days", "10", "-out", "leaf.pem",
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "leaf.key",
+        ],
+    );
+    openssl(
+        e,
+        &[
+            "req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr",
+        ],
+    );
+    openssl(
+        e,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "issuing.pem",
+            "-CAkey",
+            "issuing.key",
+            "-CAcreateserial",
+            "-days",
+            "10",
+            "-out",
+            "leaf.pem",
         ],
     );
     assert!(import_error(e, "leaf.pem", "leaf.key", Some("issuing.pem")).contains("not a CA"));
     // Garbage where PEM belongs.
     std::fs::write(e.join("junk.pem"), "this is not PEM").unwrap();
     let err = import_error(e, "junk.pem", "issuing.key", None);
-    assert!(err.contains("junk.pem") && err.contains("no CERTIFICATE block"), "{err}");
+    assert!(
+        err.contains("junk.pem") && err.contains("no CERTIFICATE block"),
+        "{err}"
+    );
     assert!(import_error(e, "issuing.pem", "junk.pem", None).contains("junk.pem"));
 
     // Wrong key types.
@@ -218,7 +361,9 @@ fn unusable_cas_are_refused_with_the_reason() {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
     params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Expired CA");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Expired CA");
     let cert = params.self_signed(&key).unwrap();
     std::fs::write(x.join("ca.pem"), cert.pem()).unwrap();
     std::fs::write(x.join("ca.key"), key.serialize_pem()).unwrap();
@@ -240,8 +385,14 @@ fn a_station_whose_issuing_ca_expired_refuses_to_issue() {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
     params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Acme Issuing CA");
-    std::fs::write(d.join("ca/issuing.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Acme Issuing CA");
+    std::fs::write(
+        d.join("ca/issuing.pem"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
 
     let mut st = Station::open(d, None).unwrap();
     let before = st.devices().unwrap();
@@ -250,5 +401,6 @@ fn a_station_whose_issuing_ca_expired_refuses_to_issue() {
     assert!(err.to_string().contains("expired"));
     assert_eq!(st.devices().unwrap(), before, "nothing reserved");
     // Revocation still works: a CA past its end must still be able to revoke.
-    st.revoke("acme-000001", fleet_provision::Reason::KeyCompromise).unwrap();
+    st.revoke("acme-000001", fleet_provision::Reason::KeyCompromise)
+        .unwrap();
 }

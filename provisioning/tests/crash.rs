@@ -7,7 +7,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{cli, request, stderr, stdout};
 use fleet_provision::registry::Status;
@@ -22,8 +22,16 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
     let mut serials = HashSet::new();
     for c in &certs {
         *by_device.entry(&c.device_id).or_default() += 1;
-        assert!(serials.insert(c.serial_hex.clone()), "serial {} twice", c.serial_hex);
-        assert_ne!(c.status, Status::Reserved, "recovery leaves nothing reserved");
+        assert!(
+            serials.insert(c.serial_hex.clone()),
+            "serial {} twice",
+            c.serial_hex
+        );
+        assert_ne!(
+            c.status,
+            Status::Reserved,
+            "recovery leaves nothing reserved"
+        );
     }
     assert!(by_device.values().all(|&n| n == 1), "an id was reused");
     let mut aborted = Vec::new();
@@ -33,7 +41,8 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
         match c.status {
             Status::Active => {
                 // The registry's certificate is the one in the bundle and the PEM file.
-                let bundle = std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+                let bundle =
+                    std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
                 let b = fleet_firmware::bundle::Bundle::parse(&bundle).unwrap();
                 let fp = fleet_provision::hex(&sha2::Sha256::digest(b.cert_der));
                 assert_eq!(Some(&fp), c.fingerprint_hex.as_ref(), "{}", c.device_id);
@@ -41,7 +50,11 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
                 assert_eq!(pem::parse(pem_text).unwrap().contents(), b.cert_der);
             }
             Status::Aborted => {
-                assert!(!bin.exists() && !pem.exists(), "{} was aborted but has files", c.device_id);
+                assert!(
+                    !bin.exists() && !pem.exists(),
+                    "{} was aborted but has files",
+                    c.device_id
+                );
                 aborted.push(c.serial_hex.clone());
             }
             other => panic!("unexpected status {other:?}"),
@@ -57,7 +70,10 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
         for e in entries {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
             let id = name.rsplit_once('.').map_or(name.as_str(), |(id, _)| id);
-            assert!(known.contains(id), "devices/{name} has no active registry entry");
+            assert!(
+                known.contains(id),
+                "devices/{name} has no active registry entry"
+            );
         }
     }
     // Aborted serials are on the CRL, in case they were signed before the crash.
@@ -81,9 +97,12 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
 fn kill_dash_nine_mid_batch_loses_nothing_and_reuses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(cli(d, &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"])
-        .status
-        .success());
+    assert!(cli(
+        d,
+        &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"]
+    )
+    .status
+    .success());
     let mut all_ids = HashSet::new();
     let mut killed_mid_batch = 0;
     let mut aborted_total = 0;
@@ -92,7 +111,15 @@ fn kill_dash_nine_mid_batch_loses_nothing_and_reuses_nothing() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-provision"))
             .arg("--dir")
             .arg(d)
-            .args(["batch", "--count", "20000", "--tenant", "acme", "--gateway-host", "gw.test"])
+            .args([
+                "batch",
+                "--count",
+                "20000",
+                "--tenant",
+                "acme",
+                "--gateway-host",
+                "gw.test",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -109,17 +136,30 @@ fn kill_dash_nine_mid_batch_loses_nothing_and_reuses_nothing() {
         for id in ids {
             all_ids.insert(id);
         }
-        eprintln!("round {round}: killed after {delay_ms} ms, {} device ids so far", all_ids.len());
+        eprintln!(
+            "round {round}: killed after {delay_ms} ms, {} device ids so far",
+            all_ids.len()
+        );
     }
-    assert!(killed_mid_batch >= 5, "the batches finished before the kill");
-    assert!(aborted_total > 0, "no kill landed between reservation and delivery");
+    assert!(
+        killed_mid_batch >= 5,
+        "the batches finished before the kill"
+    );
+    assert!(
+        aborted_total > 0,
+        "no kill landed between reservation and delivery"
+    );
 
     // The station carries on: new ids come after every id ever handed out.
     let max_before = all_ids.iter().max().cloned().unwrap_or_default();
     let mut st = Station::open(d, None).unwrap();
     let new = st.issue_devices(&request("acme", 3)).unwrap();
     for n in &new {
-        assert!(n.device_id > max_before, "{} reused or went backwards", n.device_id);
+        assert!(
+            n.device_id > max_before,
+            "{} reused or went backwards",
+            n.device_id
+        );
     }
     drop(st);
     check_consistent(d);
@@ -134,14 +174,23 @@ fn a_torn_audit_record_is_cut_off_and_recorded() {
     drop(st);
     // A crash in the middle of writing a record: half a line, no newline, never anchored.
     use std::io::Write;
-    let mut log = std::fs::OpenOptions::new().append(true).open(d.join("audit.log")).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("audit.log"))
+        .unwrap();
     log.write_all(br#"{"seq":99,"ts":1,"prev":"ab"#).unwrap();
     drop(log);
     let st = Station::open(d, None).unwrap();
-    assert_eq!(st.recovered().torn_bytes, br#"{"seq":99,"ts":1,"prev":"ab"#.len());
+    assert_eq!(
+        st.recovered().torn_bytes,
+        br#"{"seq":99,"ts":1,"prev":"ab"#.len()
+    );
     assert!(st.verify_audit().is_ok());
     let text = std::fs::read_to_string(d.join("audit.log")).unwrap();
-    assert!(text.lines().last().unwrap().contains("\"recovery\""), "{text}");
+    assert!(
+        text.lines().last().unwrap().contains("\"recovery\""),
+        "{text}"
+    );
 }
 
 /// The station on a 1 MiB filesystem that fills up mid-batch, then gets room again.
@@ -149,7 +198,9 @@ fn a_torn_audit_record_is_cut_off_and_recorded() {
 fn a_full_disk_fails_cleanly_and_the_station_recovers() {
     let root = Command::new("id").arg("-u").output().unwrap();
     if String::from_utf8_lossy(&root.stdout).trim() != "0" {
-        eprintln!("skipped: mounting a small tmpfs needs root (cargo xtask test runs as root in CI)");
+        eprintln!(
+            "skipped: mounting a small tmpfs needs root (cargo xtask test runs as root in CI)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -175,15 +226,38 @@ fn a_full_disk_fails_cleanly_and_the_station_recovers() {
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .output()
         .expect("unshare (util-linux) runs");
-    assert!(out.status.success(), "script failed with {:?}: {}", out.status.code(), stderr(&out));
+    assert!(
+        out.status.success(),
+        "script failed with {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
-    assert_ne!(read("full.code").trim(), "0", "a batch bigger than the disk cannot succeed");
+    assert_ne!(
+        read("full.code").trim(),
+        "0",
+        "a batch bigger than the disk cannot succeed"
+    );
     let err = read("full.err");
     let last = err.trim_end().lines().last().unwrap_or_default();
-    assert!(last.contains("No space left on device") || last.contains("disk is full"), "{err}");
-    assert!(read("after.err").contains("recovered from an interrupted run") || read("after.err").is_empty());
-    assert!(read("after.out").contains("3 devices issued"), "{}", read("after.out"));
-    assert!(read("verify.out").contains("audit log OK"), "{}", read("verify.out"));
+    assert!(
+        last.contains("No space left on device") || last.contains("disk is full"),
+        "{err}"
+    );
+    assert!(
+        read("after.err").contains("recovered from an interrupted run")
+            || read("after.err").is_empty()
+    );
+    assert!(
+        read("after.out").contains("3 devices issued"),
+        "{}",
+        read("after.out")
+    );
+    assert!(
+        read("verify.out").contains("audit log OK"),
+        "{}",
+        read("verify.out")
+    );
     // Every active device has both files and nothing else is left.
     let devices = read("devices.out");
     let active = devices.lines().filter(|l| l.contains(" active ")).count();

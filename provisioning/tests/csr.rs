@@ -40,21 +40,26 @@ fn the_station_sets_subject_usage_and_validity_and_copies_only_the_key() {
             "keyUsage=keyCertSign",
         ],
     );
-    let out = st.certify_csrs(&req("acme"), &[input(der.clone())], |_| {}).unwrap();
+    let out = st
+        .certify_csrs(&req("acme"), &[input(der.clone())], |_| {})
+        .unwrap();
     assert_eq!(out.len(), 1);
     let c = &out[0];
     assert_eq!(c.device_id, "acme-000001");
     let (_, cert) = X509Certificate::from_der(&c.cert_der).unwrap();
     let subject = cert.subject().to_string();
-    assert!(subject.contains("CN=acme-000001") && subject.contains("O=acme"), "{subject}");
+    assert!(
+        subject.contains("CN=acme-000001") && subject.contains("O=acme"),
+        "{subject}"
+    );
     assert!(!cert.is_ca());
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && !eku.server_auth);
     let ku = cert.key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && !ku.key_cert_sign());
     assert!(cert.subject_alternative_name().unwrap().is_none());
-    let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
-        / 86_400;
+    let days =
+        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
     assert_eq!(days, 90);
     // The key is the device's.
     let (_, csr) =
@@ -67,11 +72,21 @@ fn the_station_sets_subject_usage_and_validity_and_copies_only_the_key() {
     std::fs::write(d.join("dev.pem"), c.cert_pem()).unwrap();
     openssl(
         d,
-        &["verify", "-CAfile", "ca/root.pem", "-untrusted", "ca/issuing.pem", "dev.pem"],
+        &[
+            "verify",
+            "-CAfile",
+            "ca/root.pem",
+            "-untrusted",
+            "ca/issuing.pem",
+            "dev.pem",
+        ],
     );
     let rows = st.devices().unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].fingerprint_hex.as_deref(), Some(c.fingerprint_hex.as_str()));
+    assert_eq!(
+        rows[0].fingerprint_hex.as_deref(),
+        Some(c.fingerprint_hex.as_str())
+    );
     assert_eq!(st.verify_audit().unwrap().devices, 1);
 }
 
@@ -85,14 +100,48 @@ fn refused_requests_say_why_and_reserve_nothing() {
     let n = bad_sig.len();
     bad_sig[n - 5] ^= 0x55; // inside the signature
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("CA:true", openssl_csr(d, "ca", "prime256v1", &["-addext", "basicConstraints=critical,CA:TRUE"]), "CA:true"),
-        ("SAN", openssl_csr(d, "san", "prime256v1", &["-addext", "subjectAltName=DNS:gateway.test"]), "subject alternative names"),
+        (
+            "CA:true",
+            openssl_csr(
+                d,
+                "ca",
+                "prime256v1",
+                &["-addext", "basicConstraints=critical,CA:TRUE"],
+            ),
+            "CA:true",
+        ),
+        (
+            "SAN",
+            openssl_csr(
+                d,
+                "san",
+                "prime256v1",
+                &["-addext", "subjectAltName=DNS:gateway.test"],
+            ),
+            "subject alternative names",
+        ),
         ("RSA", openssl_csr(d, "rsa", "rsa", &[]), "not P-256"),
-        ("P-384", openssl_csr(d, "p384", "secp384r1", &[]), "not P-256"),
+        (
+            "P-384",
+            openssl_csr(d, "p384", "secp384r1", &[]),
+            "not P-256",
+        ),
         ("bad signature", bad_sig, "signature does not verify"),
-        ("garbage", b"definitely not DER".to_vec(), "not a PKCS#10 request"),
-        ("truncated", good[..good.len() / 2].to_vec(), "not a PKCS#10 request"),
-        ("trailing bytes", [good.as_slice(), b"xx"].concat(), "bytes after the request"),
+        (
+            "garbage",
+            b"definitely not DER".to_vec(),
+            "not a PKCS#10 request",
+        ),
+        (
+            "truncated",
+            good[..good.len() / 2].to_vec(),
+            "not a PKCS#10 request",
+        ),
+        (
+            "trailing bytes",
+            [good.as_slice(), b"xx"].concat(),
+            "bytes after the request",
+        ),
         ("empty", Vec::new(), "not a PKCS#10 request"),
     ];
     for (what, der, needle) in cases {
@@ -102,25 +151,48 @@ fn refused_requests_say_why_and_reserve_nothing() {
             .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::Csr(_)), "{what}: {msg}");
-        assert!(msg.contains(needle) && msg.contains("request 2 of 2"), "{what}: {msg}");
+        assert!(
+            msg.contains(needle) && msg.contains("request 2 of 2"),
+            "{what}: {msg}"
+        );
     }
-    assert!(st.devices().unwrap().is_empty(), "refused batches reserve nothing");
+    assert!(
+        st.devices().unwrap().is_empty(),
+        "refused batches reserve nothing"
+    );
 
     // A device id given twice (or already taken) is refused, and nothing of that batch stays.
     let named = |id: &str| CsrInput {
         der: good.clone(),
         device_id: Some(id.into()),
     };
-    st.certify_csrs(&req("acme"), &[named("board-0001")], |_| {}).unwrap();
+    st.certify_csrs(&req("acme"), &[named("board-0001")], |_| {})
+        .unwrap();
     let err = st
-        .certify_csrs(&req("acme"), &[named("board-0002"), named("board-0001")], |_| {})
+        .certify_csrs(
+            &req("acme"),
+            &[named("board-0002"), named("board-0001")],
+            |_| {},
+        )
         .unwrap_err();
-    assert!(matches!(err, Error::DuplicateDevice(ref id) if id == "board-0001"), "{err}");
+    assert!(
+        matches!(err, Error::DuplicateDevice(ref id) if id == "board-0001"),
+        "{err}"
+    );
     let err = st
-        .certify_csrs(&req("acme"), &[named("board-0003"), named("board-0003")], |_| {})
+        .certify_csrs(
+            &req("acme"),
+            &[named("board-0003"), named("board-0003")],
+            |_| {},
+        )
         .unwrap_err();
     assert!(matches!(err, Error::DuplicateDevice(_)), "{err}");
-    let ids: Vec<String> = st.devices().unwrap().into_iter().map(|r| r.device_id).collect();
+    let ids: Vec<String> = st
+        .devices()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.device_id)
+        .collect();
     assert_eq!(ids, ["board-0001"]);
     let err = st
         .certify_csrs(&req("acme"), &[named("bad id/with slash")], |_| {})
@@ -145,7 +217,12 @@ impl XorShift {
 fn mutated_requests_never_panic_and_accepted_ones_are_still_checked() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let good = openssl_csr(d, "fuzz", "prime256v1", &["-addext", "keyUsage=digitalSignature"]);
+    let good = openssl_csr(
+        d,
+        "fuzz",
+        "prime256v1",
+        &["-addext", "keyUsage=digitalSignature"],
+    );
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut accepted = 0;
     for i in 0..3000 {
@@ -180,34 +257,64 @@ fn mutated_requests_never_panic_and_accepted_ones_are_still_checked() {
 fn command_line_signs_csrs_into_certificates_and_keyless_bundles() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(cli(d, &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"]).status.success());
+    assert!(cli(
+        d,
+        &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"]
+    )
+    .status
+    .success());
     openssl_csr(d, "a", "prime256v1", &[]);
-    openssl(d, &["req", "-in", "a.csr", "-inform", "DER", "-out", "a.pem.csr"]);
+    openssl(
+        d,
+        &["req", "-in", "a.csr", "-inform", "DER", "-out", "a.pem.csr"],
+    );
     openssl_csr(d, "b", "prime256v1", &[]);
     let (a, b) = (d.join("a.pem.csr"), d.join("b.csr"));
     let out = cli(
         d,
         &[
-            "sign", "--csr", a.to_str().unwrap(), "--csr", b.to_str().unwrap(), "--tenant",
-            "acme", "--gateway-host", "gateway.test",
+            "sign",
+            "--csr",
+            a.to_str().unwrap(),
+            "--csr",
+            b.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--gateway-host",
+            "gateway.test",
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
     let bundle = std::fs::read(d.join("devices/acme-000002.bin")).unwrap();
     let parsed = fleet_firmware::bundle::Bundle::parse(&bundle).unwrap();
-    assert!(parsed.private_key_der.is_none(), "the key stays on the device");
+    assert!(
+        parsed.private_key_der.is_none(),
+        "the key stays on the device"
+    );
     assert_eq!(parsed.gateway_host, "gateway.test");
     openssl(
         d,
         &[
-            "verify", "-CAfile", "ca/root.pem", "-untrusted", "ca/issuing.pem",
+            "verify",
+            "-CAfile",
+            "ca/root.pem",
+            "-untrusted",
+            "ca/issuing.pem",
             "devices/acme-000001.pem",
         ],
     );
     let named = cli(
         d,
-        &["sign", "--csr", a.to_str().unwrap(), "--tenant", "acme", "--device-id", "acme-000001"],
+        &[
+            "sign",
+            "--csr",
+            a.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--device-id",
+            "acme-000001",
+        ],
     );
     assert!(!named.status.success());
     assert_eq!(
@@ -216,7 +323,20 @@ fn command_line_signs_csrs_into_certificates_and_keyless_bundles() {
     );
     let rsa = openssl_csr(d, "r", "rsa", &[]);
     assert!(!rsa.is_empty());
-    let refused = cli(d, &["sign", "--csr", d.join("r.csr").to_str().unwrap(), "--tenant", "acme"]);
+    let refused = cli(
+        d,
+        &[
+            "sign",
+            "--csr",
+            d.join("r.csr").to_str().unwrap(),
+            "--tenant",
+            "acme",
+        ],
+    );
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("not P-256"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("not P-256"),
+        "{}",
+        stderr(&refused)
+    );
 }

@@ -181,20 +181,32 @@ async fn operators_issue_look_up_and_revoke_within_their_tenant() {
     let server = Running::start(d, time::Duration::hours(1)).await;
 
     // No certificate: only the description and the health check.
-    let (status, doc) = server.json(None, "GET", "/openapi.json", serde_json::Value::Null).await;
+    let (status, doc) = server
+        .json(None, "GET", "/openapi.json", serde_json::Value::Null)
+        .await;
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/renew"]["post"].is_object());
-    let (status, body) = server.json(None, "POST", "/v1/devices", serde_json::json!({})).await;
+    let (status, body) = server
+        .json(None, "POST", "/v1/devices", serde_json::json!({}))
+        .await;
     assert_eq!(status, 401, "{body}");
 
     // CSR flow.
     let (_, csr) = new_csr_pem();
     let (status, issued) = server
-        .json(Some(&ops), "POST", "/v1/devices", serde_json::json!({ "csr_pem": csr }))
+        .json(
+            Some(&ops),
+            "POST",
+            "/v1/devices",
+            serde_json::json!({ "csr_pem": csr }),
+        )
         .await;
     assert_eq!(status, 201, "{issued}");
     assert_eq!(issued["device_id"], "acme-000001");
-    assert!(issued["certificate_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert!(issued["certificate_pem"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
     assert!(issued.get("bundle_base64").is_none());
 
     // Key injection returns the bundle, key inside.
@@ -220,9 +232,18 @@ async fn operators_issue_look_up_and_revoke_within_their_tenant() {
     // Bad requests.
     for (body, needle) in [
         (serde_json::json!({}), "exactly one"),
-        (serde_json::json!({ "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n" }), "not a PKCS#10"),
-        (serde_json::json!({ "csr_pem": csr, "colour": "blue" }), "unknown field"),
-        (serde_json::json!({ "csr_pem": csr, "device_id": "acme-000001" }), "already exists"),
+        (
+            serde_json::json!({ "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n" }),
+            "not a PKCS#10",
+        ),
+        (
+            serde_json::json!({ "csr_pem": csr, "colour": "blue" }),
+            "unknown field",
+        ),
+        (
+            serde_json::json!({ "csr_pem": csr, "device_id": "acme-000001" }),
+            "already exists",
+        ),
     ] {
         let (status, err) = server.json(Some(&ops), "POST", "/v1/devices", body).await;
         assert!(status == 400 || status == 409, "{status} {err}");
@@ -236,26 +257,48 @@ async fn operators_issue_look_up_and_revoke_within_their_tenant() {
 
     // Look-up, tenant-scoped; devices may not use operator routes.
     let (status, view) = server
-        .json(Some(&ops), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+        .json(
+            Some(&ops),
+            "GET",
+            "/v1/devices/acme-000001",
+            serde_json::Value::Null,
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(view["status"], "active");
     assert_eq!(view["certificates"].as_array().unwrap().len(), 1);
     let (status, _) = server
-        .json(Some(&other), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+        .json(
+            Some(&other),
+            "GET",
+            "/v1/devices/acme-000001",
+            serde_json::Value::Null,
+        )
         .await;
     assert_eq!(status, 404);
     let (status, _) = server
-        .json(Some(&device), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+        .json(
+            Some(&device),
+            "GET",
+            "/v1/devices/acme-000001",
+            serde_json::Value::Null,
+        )
         .await;
     assert_eq!(status, 403);
     let (status, _) = server
-        .json(Some(&other), "POST", "/v1/devices/acme-000002/revoke", serde_json::json!({}))
+        .json(
+            Some(&other),
+            "POST",
+            "/v1/devices/acme-000002/revoke",
+            serde_json::json!({}),
+        )
         .await;
     assert_eq!(status, 404, "another tenant cannot revoke");
 
     // Revocation: the device is shut out of the station at once (the CRL is reloaded).
-    let (status, _) = server.json(Some(&device), "GET", "/v1/crl", serde_json::Value::Null).await;
+    let (status, _) = server
+        .json(Some(&device), "GET", "/v1/crl", serde_json::Value::Null)
+        .await;
     assert_eq!(status, 200);
     let (status, revoked) = server
         .json(
@@ -267,12 +310,23 @@ async fn operators_issue_look_up_and_revoke_within_their_tenant() {
         .await;
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["revoked_serials"].as_array().unwrap().len(), 1);
-    assert!(server.call(Some(&device), "GET", "/v1/crl", Vec::new()).await.is_err());
+    assert!(server
+        .call(Some(&device), "GET", "/v1/crl", Vec::new())
+        .await
+        .is_err());
     let (status, again) = server
-        .json(Some(&ops), "POST", "/v1/devices/acme-000002/revoke", serde_json::json!({}))
+        .json(
+            Some(&ops),
+            "POST",
+            "/v1/devices/acme-000002/revoke",
+            serde_json::json!({}),
+        )
         .await;
     assert_eq!(status, 409, "{again}");
-    let (status, crl) = server.call(Some(&ops), "GET", "/v1/crl", Vec::new()).await.unwrap();
+    let (status, crl) = server
+        .call(Some(&ops), "GET", "/v1/crl", Vec::new())
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     assert!(crl.contains("BEGIN X509 CRL"));
     server.stop().await;
@@ -345,7 +399,12 @@ async fn devices_renew_themselves_and_old_certificates_retire_after_the_grace_pe
     assert_eq!(status, 400, "{body}");
 
     let (_, view) = server
-        .json(Some(&ops), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+        .json(
+            Some(&ops),
+            "GET",
+            "/v1/devices/acme-000001",
+            serde_json::Value::Null,
+        )
         .await;
     let statuses: Vec<&str> = view["certificates"]
         .as_array()
@@ -361,7 +420,10 @@ async fn devices_renew_themselves_and_old_certificates_retire_after_the_grace_pe
     let server = Running::start(d, time::Duration::ZERO).await;
     for old in [&original, &first] {
         assert!(
-            server.call(Some(old), "GET", "/v1/crl", Vec::new()).await.is_err(),
+            server
+                .call(Some(old), "GET", "/v1/crl", Vec::new())
+                .await
+                .is_err(),
             "a retired certificate still connects"
         );
     }
@@ -384,7 +446,9 @@ async fn devices_renew_themselves_and_old_certificates_retire_after_the_grace_pe
 fn a_second_writer_on_the_same_station_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let st = common::station(dir.path());
-    let err = Station::open(dir.path(), None).err().expect("second open refused");
+    let err = Station::open(dir.path(), None)
+        .err()
+        .expect("second open refused");
     assert!(err.to_string().contains("in use"), "{err}");
     drop(st);
     assert!(Station::open(dir.path(), None).is_ok());

@@ -69,6 +69,12 @@ enum BenchWhat {
         #[arg(long)]
         report_only: bool,
     },
+    /// fleet-provision: certificates issued per second on one core, both flows.
+    Provisioning {
+        /// Devices per flow.
+        #[arg(long, default_value_t = 10000)]
+        devices: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +91,9 @@ fn main() -> anyhow::Result<()> {
         Command::Firmware {
             what: FirmwareWhat::Build,
         } => firmware::build(),
+        Command::Bench {
+            what: BenchWhat::Provisioning { devices },
+        } => bench::provisioning(devices),
         Command::Bench {
             what:
                 BenchWhat::Gateway {
@@ -104,7 +113,11 @@ fn main() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    sh::ensure_debian_packages(&[("mosquitto_pub", "mosquitto-clients")])?;
+    sh::ensure_debian_packages(&[
+        ("mosquitto_pub", "mosquitto-clients"),
+        ("openssl", "openssl"),
+        ("unshare", "util-linux"),
+    ])?;
     sh::step("cargo build -p fleet-firmware (the no_std library alone, without std)");
     sh::cargo(&["build", "-p", "fleet-firmware"])?;
     firmware::build()?;

@@ -66,7 +66,10 @@ pub fn openssl_csr(dir: &Path, name: &str, curve: &str, extra: &[&str]) -> Vec<u
     if curve == "rsa" {
         openssl(dir, &["genrsa", "-out", &key, "2048"]);
     } else {
-        openssl(dir, &["ecparam", "-name", curve, "-genkey", "-noout", "-out", &key]);
+        openssl(
+            dir,
+            &["ecparam", "-name", curve, "-genkey", "-noout", "-out", &key],
+        );
     }
     let mut args = vec!["req", "-new", "-key", &key, "-out", &csr, "-outform", "DER"];
     args.extend_from_slice(extra);
