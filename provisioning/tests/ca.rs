@@ -89,7 +89,13 @@ fn ca_keys_are_encrypted_and_only_the_right_passphrase_opens_them() {
         &[],
     );
     assert!(init.status.success(), "{}", stderr(&init));
-    let no_pass = cli_env(o, &["devices"], &[]);
+    let listing = cli_env(o, &["devices"], &[]);
+    assert!(
+        listing.status.success(),
+        "listing needs no key: {}",
+        stderr(&listing)
+    );
+    let no_pass = cli_env(o, &["crl"], &[]);
     assert!(!no_pass.status.success());
     assert!(
         stderr(&no_pass).contains("is encrypted"),
@@ -98,7 +104,7 @@ fn ca_keys_are_encrypted_and_only_the_right_passphrase_opens_them() {
     );
     let wrong = cli_env(
         o,
-        &["devices"],
+        &["crl"],
         &[("FLEET_CA_PASSPHRASE", "the wrong passphrase")],
     );
     assert!(!wrong.status.success());

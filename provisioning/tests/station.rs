@@ -317,3 +317,46 @@ fn command_line_walkthrough_and_openssl_verifies_the_export() {
         );
     }
 }
+
+#[test]
+fn batch_output_goes_where_the_line_wants_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(cli(
+        d,
+        &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"]
+    )
+    .status
+    .success());
+    let out = d.join("line-7");
+    let batch = cli(
+        d,
+        &[
+            "batch",
+            "--count",
+            "2",
+            "--tenant",
+            "acme",
+            "--gateway-host",
+            "gw.test",
+            "--hex-board",
+            "esp32c3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        batch.status.success(),
+        "{}",
+        String::from_utf8_lossy(&batch.stderr)
+    );
+    for ext in ["bin", "pem", "hex"] {
+        assert!(out.join(format!("acme-000002.{ext}")).exists(), "{ext}");
+    }
+    assert!(
+        !d.join("devices").exists(),
+        "nothing in the station's own directory"
+    );
+    let manifests = std::fs::read_dir(d.join("batches")).unwrap().count();
+    assert_eq!(manifests, 2, "manifest and its signature");
+}
