@@ -1,0 +1,38 @@
+//! Log lines and the exit code, over semihosting (QEMU: `-semihosting-config enable=on`).
+
+/// One `fleet: …` line on the host's stdout, with the uptime in milliseconds.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {
+        cortex_m_semihosting::hprintln!(
+            "fleet: [{:>8}] {}",
+            embassy_time::Instant::now().as_millis(),
+            format_args!($($arg)*)
+        )
+    };
+}
+
+/// Logs a fatal verdict and ends the emulation with a failure code.
+pub fn fatal(what: &str) -> ! {
+    cortex_m_semihosting::hprintln!("fleet: FATAL {}", what);
+    exit(1)
+}
+
+/// Ends the emulation (QEMU exits with `code`); on a real board, stops here.
+pub fn exit(code: i32) -> ! {
+    let status = if code == 0 {
+        cortex_m_semihosting::debug::EXIT_SUCCESS
+    } else {
+        cortex_m_semihosting::debug::EXIT_FAILURE
+    };
+    cortex_m_semihosting::debug::exit(status);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    cortex_m_semihosting::hprintln!("fleet: PANIC {}", info);
+    exit(101)
+}

@@ -1,0 +1,240 @@
+//! fleet firmware for QEMU's mps2-an386 (Cortex-M4 at 25 MHz, LAN9118 Ethernet).
+//!
+//! The image the HIL runs: boot → read the identity bundle from its flash slot (placed there
+//! by `fleet-provision` output through QEMU's `-device loader`) → DHCP → mutual TLS to the
+//! gateway → MQTT telemetry and commands, reconnecting with backoff and full jitter forever.
+//! Logs go to the host over semihosting, one line per event, prefixed `fleet:`.
+#![no_std]
+#![no_main]
+
+mod lan9118;
+mod log;
+mod time;
+
+use core::fmt::Write as _;
+
+use embassy_executor::Spawner;
+use embassy_net::tcp::TcpSocket;
+use embassy_net::{Ipv4Address, Stack, StackResources};
+use embassy_time::{Duration, Instant, Timer};
+use fleet_firmware::backoff::Backoff;
+use fleet_firmware::bundle::{self, Bundle};
+use fleet_firmware::device::{self, App, Buffers, Clock, Options, Stats};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use static_cell::StaticCell;
+
+use crate::log::fatal;
+
+/// Identity slots, as `fleet-provision`'s board table has them for qemu-mps2-an386.
+const SLOT_A: usize = 0x003F_0000;
+const SLOT_B: usize = 0x003F_8000;
+const SLOT_LEN: usize = 0x8000;
+
+fn slot(addr: usize) -> &'static [u8] {
+    // SAFETY: the slots are the last 64 KiB of SSRAM1, outside the image (memory.x ends FLASH
+    // below them) and never written by the firmware.
+    unsafe { core::slice::from_raw_parts(addr as *const u8, SLOT_LEN) }
+}
+
+/// embassy-time as the firmware core's clock.
+struct EmbassyClock;
+
+impl Clock for EmbassyClock {
+    fn now_ms(&self) -> u64 {
+        Instant::now().as_millis()
+    }
+
+    async fn sleep_until(&self, at_ms: u64) {
+        Timer::at(Instant::from_millis(at_ms)).await
+    }
+}
+
+/// What this board reports and how it answers commands.
+struct BoardApp {
+    id: &'static str,
+}
+
+impl App for BoardApp {
+    fn telemetry(&mut self, seq: u32, out: &mut [u8]) -> usize {
+        let mut w = SliceWriter { buf: out, len: 0 };
+        let _ = write!(
+            w,
+            "{{\"seq\":{seq},\"uptime_ms\":{},\"board\":\"qemu-mps2-an386\"}}",
+            Instant::now().as_millis()
+        );
+        log!("telemetry seq={seq}");
+        w.len
+    }
+
+    fn on_command(&mut self, topic: &str, payload: &[u8], reply: &mut [u8]) -> Option<usize> {
+        let text = core::str::from_utf8(payload).unwrap_or("<binary>");
+        log!("command topic={topic} payload={text}");
+        let mut w = SliceWriter { buf: reply, len: 0 };
+        let _ = write!(w, "{{\"ok\":true,\"device\":\"{}\",\"echo\":{}}}", self.id, payload.len());
+        Some(w.len)
+    }
+
+    fn on_connected(&mut self) {
+        log!("connected as {}", self.id);
+    }
+}
+
+/// `core::fmt::Write` into a byte slice, truncating.
+struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl core::fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let room = self.buf.len() - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() {
+            Err(core::fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Emulation only: QEMU has no TRNG, so the generator is seeded from the bundle's per-device
+/// seed and the LAN9118 free-running counter. Real boards use their hardware TRNG.
+fn emulation_rng(bundle: &Bundle<'_>) -> ChaCha20Rng {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"fleet qemu-mps2-an386 emulation rng");
+    h.update(bundle.seed.map_or(&[][..], |s| &s[..]));
+    // SAFETY: FREE_RUN (0x9c) is a read-only counter register of the LAN9118.
+    let free_run = unsafe { core::ptr::read_volatile((lan9118::BASE + 0x9c) as *const u32) };
+    h.update(free_run.to_le_bytes());
+    ChaCha20Rng::from_seed(h.finalize().into())
+}
+
+#[embassy_executor::task]
+async fn net_task(mut runner: embassy_net::Runner<'static, lan9118::Lan9118>) -> ! {
+    runner.run().await
+}
+
+static BUNDLE_ID: StaticCell<heapless::String<64>> = StaticCell::new();
+static NET: StaticCell<StackResources<3>> = StaticCell::new();
+static TLS: StaticCell<Buffers> = StaticCell::new();
+static TCP_RX: StaticCell<[u8; 2048]> = StaticCell::new();
+static TCP_TX: StaticCell<[u8; 2048]> = StaticCell::new();
+
+#[embassy_executor::main]
+async fn main(spawner: Spawner) {
+    let Some(mut core) = cortex_m::Peripherals::take() else {
+        fatal("core peripherals taken twice")
+    };
+    time::init(&mut core.SYST);
+    log!("boot qemu-mps2-an386 fleet-firmware {}", env!("CARGO_PKG_VERSION"));
+
+    let (slot_index, bundle) = match bundle::newest(slot(SLOT_A), slot(SLOT_B)) {
+        Ok(found) => found,
+        Err(e) => {
+            log!("no valid identity bundle at {SLOT_A:#x} or {SLOT_B:#x}: {e}");
+            fatal("no identity")
+        }
+    };
+    log!(
+        "identity {} tenant {} generation {} from slot {} gateway {}:{}",
+        bundle.device_id,
+        bundle.tenant,
+        bundle.generation,
+        if slot_index == 0 { "A" } else { "B" },
+        bundle.gateway_host,
+        bundle.gateway_port
+    );
+    let Ok(gateway) = bundle.gateway_host.parse::<Ipv4Address>() else {
+        log!("gateway host {} is not an IPv4 address (this board has no DNS resolver)", bundle.gateway_host);
+        fatal("gateway address")
+    };
+    let id = BUNDLE_ID.init(heapless::String::new());
+    let _ = id.push_str(bundle.device_id);
+    log!("WARNING: emulation RNG seeded from the bundle's per-device seed; real boards use their hardware TRNG");
+    let mut rng = emulation_rng(&bundle);
+
+    // SAFETY: the LAN9118 at BASE belongs to this driver alone.
+    let eth = match unsafe { lan9118::Lan9118::new(lan9118::BASE) } {
+        Ok(eth) => eth,
+        Err(e) => {
+            log!("LAN9118: {e:?}");
+            fatal("no Ethernet")
+        }
+    };
+    let mac = eth.mac();
+    log!(
+        "LAN9118 id {:#010x} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        eth.id_rev(), mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    );
+    let (stack, runner) = embassy_net::new(
+        eth,
+        embassy_net::Config::dhcpv4(Default::default()),
+        NET.init(StackResources::new()),
+        rng.next_u64(),
+    );
+    if spawner.spawn(net_task(runner)).is_err() {
+        fatal("network task")
+    }
+    stack.wait_config_up().await;
+    if let Some(cfg) = stack.config_v4() {
+        log!("dhcp address {}", cfg.address);
+    }
+    run(stack, &bundle, gateway, &mut rng, id).await
+}
+
+async fn run(
+    stack: Stack<'static>,
+    bundle: &Bundle<'_>,
+    gateway: Ipv4Address,
+    rng: &mut ChaCha20Rng,
+    id: &'static str,
+) -> ! {
+    let tls = TLS.init(Buffers::new());
+    let tcp_rx = TCP_RX.init([0; 2048]);
+    let tcp_tx = TCP_TX.init([0; 2048]);
+    let mut app = BoardApp { id };
+    let mut stats = Stats::default();
+    let options = Options::default();
+    let backoff = Backoff::default();
+    let mut attempt = 0u32;
+    loop {
+        let connects = stats.connects;
+        let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
+        socket.set_timeout(Some(Duration::from_secs(90)));
+        let started = embassy_time::Instant::now();
+        match socket.connect((gateway, bundle.gateway_port)).await {
+            Err(e) => log!("tcp connect to {gateway}:{}: {e:?}", bundle.gateway_port),
+            Ok(()) => {
+                log!("tcp connected to {gateway}:{}", bundle.gateway_port);
+                let (rd, wr) = socket.split();
+                let Err(ended) = device::run_connection(
+                    rd,
+                    wr,
+                    bundle,
+                    &mut *rng,
+                    &EmbassyClock,
+                    &mut app,
+                    &options,
+                    tls,
+                    &mut stats,
+                )
+                .await;
+                log!(
+                    "connection ended after {} ms: {ended}",
+                    started.elapsed().as_millis()
+                );
+            }
+        }
+        socket.abort();
+        let _ = socket.flush().await;
+        drop(socket);
+        attempt = if stats.connects > connects { 0 } else { attempt + 1 };
+        let delay = backoff.delay_ms(attempt, rng);
+        log!("reconnecting in {delay} ms (attempt {attempt})");
+        Timer::after_millis(u64::from(delay)).await;
+    }
+}
