@@ -74,6 +74,18 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         connect_seconds: u64,
     },
+    /// The real firmware image on QEMU's mps2-an386 against a real gateway, station and
+    /// backend: one verdict line per scenario.
+    Qemu {
+        /// The board image (ELF) built from firmware/boards/qemu-mps2-an386.
+        #[arg(long)]
+        image: PathBuf,
+        /// telemetry, command, revocation or wrong-anchor (repeat; default: all).
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+        #[arg(long, default_value = "qemu-system-arm")]
+        qemu: PathBuf,
+    },
     /// A device with a certificate from a foreign CA and a client without a certificate:
     /// both must be refused before CONNACK.
     Refusals {
@@ -122,6 +134,11 @@ fn main() -> ExitCode {
                 host,
                 server_ca,
             } => refusals_cmd(gateway, &host, &server_ca).await,
+            Command::Qemu {
+                image,
+                scenarios,
+                qemu,
+            } => qemu_cmd(&image, &scenarios, &qemu).await,
             Command::Bench {
                 target,
                 name,
@@ -161,6 +178,58 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn qemu_cmd(
+    image: &std::path::Path,
+    names: &[String],
+    qemu: &std::path::Path,
+) -> anyhow::Result<bool> {
+    use fleet_hil::qemu::{self, Scenario};
+    let scenarios = if names.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                Scenario::parse(n).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown scenario {n:?}; known: {}",
+                        Scenario::ALL.map(Scenario::name).join(", ")
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if !image.is_file() {
+        anyhow::bail!(
+            "{}: no firmware image (cargo xtask firmware build)",
+            image.display()
+        );
+    }
+    let mut all_passed = true;
+    for s in scenarios {
+        let started = Instant::now();
+        match qemu::run(s, qemu, image).await {
+            Ok(o) => println!(
+                "VERDICT: PASS qemu {} in {:.1} s: connect {} telemetry {} command rtt {} revocation {} refused attempts {} backoff {:?} ms",
+                s.name(),
+                started.elapsed().as_secs_f64(),
+                o.connect.map_or("-".into(), |d| format!("{} ms", d.as_millis())),
+                o.telemetry,
+                o.command_rtt.map_or("-".into(), |d| format!("{} ms", d.as_millis())),
+                o.revocation.map_or("-".into(), |d| format!("{} ms", d.as_millis())),
+                o.refused_attempts,
+                o.backoff_ms,
+            ),
+            Err(failure) => {
+                all_passed = false;
+                eprintln!("{failure}");
+                println!("VERDICT: FAIL qemu {}: {}", s.name(), failure.step);
+            }
+        }
+    }
+    Ok(all_passed)
 }
 
 async fn fleet(

@@ -42,6 +42,12 @@ enum Command {
         #[command(subcommand)]
         what: FirmwareWhat,
     },
+    /// The firmware image on an emulated Cortex-M4 (QEMU mps2-an386) against a real gateway.
+    Hil {
+        /// telemetry, command, revocation, wrong-anchor (repeat; default: all).
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+    },
     /// Benchmarks, written to BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -88,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             port,
         } => demo::run(devices, seconds, &dir, port),
         Command::Test => test(),
+        Command::Hil { scenarios } => hil(&scenarios),
         Command::Firmware {
             what: FirmwareWhat::Build,
         } => firmware::build(),
@@ -111,12 +118,37 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Builds the board image and runs the QEMU scenarios through `fleet-hil qemu`.
+fn hil(scenarios: &[String]) -> anyhow::Result<()> {
+    sh::ensure_debian_packages(&[("qemu-system-arm", "qemu-system-arm")])?;
+    firmware::build_boards()?;
+    sh::step("fleet-hil qemu");
+    let image = firmware::BOARDS[0].image();
+    let mut args = vec![
+        "run".to_owned(),
+        "--quiet".into(),
+        "-p".into(),
+        "fleet-hil".into(),
+        "--".into(),
+        "qemu".into(),
+        "--image".into(),
+        image.display().to_string(),
+    ];
+    for s in scenarios {
+        args.push("--scenario".into());
+        args.push(s.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh::cargo(&args)
+}
+
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     sh::ensure_debian_packages(&[
         ("mosquitto_pub", "mosquitto-clients"),
         ("openssl", "openssl"),
         ("unshare", "util-linux"),
+        ("qemu-system-arm", "qemu-system-arm"),
     ])?;
     sh::step("cargo build -p fleet-firmware (the no_std library alone, without std)");
     sh::cargo(&["build", "-p", "fleet-firmware"])?;
@@ -133,8 +165,14 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ])?;
     sh::step("cargo test --workspace");
-    // The interop test must not skip itself here: mosquitto_pub was installed above.
+    // The interop and emulator tests must not skip themselves here: mosquitto_pub, QEMU and
+    // the board image were all provided above.
     std::env::set_var("FLEET_REQUIRE_MOSQUITTO", "1");
+    std::env::set_var("FLEET_REQUIRE_QEMU", "1");
+    std::env::set_var(
+        "FLEET_QEMU_IMAGE",
+        std::path::absolute(firmware::BOARDS[0].image())?,
+    );
     sh::cargo(&["test", "--workspace"])?;
     sh::step(&format!(
         "all checks passed in {:.0} s",
