@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod bundle;
+pub mod csr;
 pub mod device;
 pub mod error;
 pub mod mqtt;

@@ -340,3 +340,36 @@ fn command_line_signs_csrs_into_certificates_and_keyless_bundles() {
         stderr(&refused)
     );
 }
+
+#[test]
+fn the_firmware_request_writer_is_accepted_here_and_by_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = p256::SecretKey::random(&mut rand_core::OsRng);
+    let mut buf = [0u8; fleet_firmware::csr::MAX_CSR];
+    let n = fleet_firmware::csr::write_csr(&key, "acme-000042", "acme", &mut buf).unwrap();
+    let checked = fleet_provision::pki::check_csr(&buf[..n]).unwrap();
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    assert_eq!(
+        checked.public_key,
+        key.public_key().to_encoded_point(false).as_bytes()
+    );
+    std::fs::write(d.join("fw.csr"), &buf[..n]).unwrap();
+    let out = openssl(
+        d,
+        &[
+            "req", "-in", "fw.csr", "-inform", "DER", "-verify", "-noout", "-subject",
+        ],
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("CN = acme-000042") || text.contains("CN=acme-000042"),
+        "{text}"
+    );
+    // The SEC1 key the firmware writes into its next bundle is what openssl reads too.
+    let mut key_buf = [0u8; 200];
+    let k = fleet_firmware::csr::write_sec1_key(&key, &mut key_buf).unwrap();
+    let pem = pem::encode(&pem::Pem::new("EC PRIVATE KEY", key_buf[..k].to_vec()));
+    std::fs::write(d.join("fw.key"), pem).unwrap();
+    openssl(d, &["ec", "-in", "fw.key", "-check", "-noout"]);
+}

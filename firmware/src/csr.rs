@@ -1,0 +1,238 @@
+//! A new device key and its PKCS#10 certificate request, in DER, without allocation.
+//!
+//! Written by hand: the RustCrypto `x509-cert` builder needs `alloc`, and a device request
+//! has one fixed shape — subject CN=device id, O=tenant, a P-256 key, no attributes, signed
+//! with ECDSA-SHA256. The station ignores everything but the key anyway. The same small DER
+//! writer also encodes the new key as SEC1 `ECPrivateKey` for the identity bundle.
+
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{DerSignature, SigningKey};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::SecretKey;
+
+/// Largest request this module writes (two 64-byte names, key and signature fit easily).
+pub const MAX_CSR: usize = 512;
+/// Size of an `ECPrivateKey` with the curve OID and public key.
+pub const SEC1_KEY_LEN: usize = 121;
+
+/// Why a request could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrError {
+    /// The output buffer is too small.
+    Space,
+    /// Device id or tenant longer than 64 bytes.
+    NameTooLong,
+}
+
+impl core::fmt::Display for CsrError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CsrError::Space => f.write_str("CSR buffer too small"),
+            CsrError::NameTooLong => f.write_str("device id or tenant longer than 64 bytes"),
+        }
+    }
+}
+
+const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const INTEGER: u8 = 0x02;
+const BIT_STRING: u8 = 0x03;
+const OCTET_STRING: u8 = 0x04;
+const OID: u8 = 0x06;
+const UTF8_STRING: u8 = 0x0c;
+const CONTEXT_0: u8 = 0xa0;
+const CONTEXT_1: u8 = 0xa1;
+
+/// Appends DER to a slice. Lengths up to 65535.
+struct Der<'a> {
+    out: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> Der<'a> {
+    fn new(out: &'a mut [u8]) -> Self {
+        Der { out, len: 0 }
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> Result<(), CsrError> {
+        let end = self.len + b.len();
+        self.out
+            .get_mut(self.len..end)
+            .ok_or(CsrError::Space)?
+            .copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+
+    fn header(&mut self, tag: u8, len: usize) -> Result<(), CsrError> {
+        match len {
+            0..=0x7f => self.bytes(&[tag, len as u8]),
+            0x80..=0xff => self.bytes(&[tag, 0x81, len as u8]),
+            _ => self.bytes(&[tag, 0x82, (len >> 8) as u8, len as u8]),
+        }
+    }
+
+    fn tlv(&mut self, tag: u8, content: &[u8]) -> Result<(), CsrError> {
+        self.header(tag, content.len())?;
+        self.bytes(content)
+    }
+
+    /// A constructed value whose content `f` writes into scratch space first.
+    fn nested(
+        &mut self,
+        tag: u8,
+        f: impl FnOnce(&mut Der<'_>) -> Result<(), CsrError>,
+    ) -> Result<(), CsrError> {
+        let mut scratch = [0u8; MAX_CSR];
+        let mut inner = Der::new(&mut scratch);
+        f(&mut inner)?;
+        let n = inner.len;
+        self.tlv(tag, &scratch[..n])
+    }
+}
+
+fn name(der: &mut Der<'_>, device_id: &str, tenant: &str) -> Result<(), CsrError> {
+    der.nested(SEQUENCE, |d| {
+        for (oid, value) in [(OID_CN, device_id), (OID_O, tenant)] {
+            d.nested(SET, |d| {
+                d.nested(SEQUENCE, |d| {
+                    d.tlv(OID, oid)?;
+                    d.tlv(UTF8_STRING, value.as_bytes())
+                })
+            })?;
+        }
+        Ok(())
+    })
+}
+
+fn public_key_info(der: &mut Der<'_>, point: &[u8]) -> Result<(), CsrError> {
+    der.nested(SEQUENCE, |d| {
+        d.nested(SEQUENCE, |d| {
+            d.tlv(OID, OID_EC_PUBLIC_KEY)?;
+            d.tlv(OID, OID_P256)
+        })?;
+        bit_string(d, point)
+    })
+}
+
+fn bit_string(der: &mut Der<'_>, bits: &[u8]) -> Result<(), CsrError> {
+    der.header(BIT_STRING, bits.len() + 1)?;
+    der.bytes(&[0])?;
+    der.bytes(bits)
+}
+
+/// Writes a PKCS#10 request for `key` (CN = `device_id`, O = `tenant`), signed with it, into
+/// `out`; returns its length.
+pub fn write_csr(
+    key: &SecretKey,
+    device_id: &str,
+    tenant: &str,
+    out: &mut [u8],
+) -> Result<usize, CsrError> {
+    if device_id.len() > 64 || tenant.len() > 64 {
+        return Err(CsrError::NameTooLong);
+    }
+    let point = key.public_key().to_encoded_point(false);
+    let mut info_buf = [0u8; MAX_CSR];
+    let mut info = Der::new(&mut info_buf);
+    info.nested(SEQUENCE, |d| {
+        d.tlv(INTEGER, &[0])?;
+        name(d, device_id, tenant)?;
+        public_key_info(d, point.as_bytes())?;
+        // attributes [0] IMPLICIT SET OF: none.
+        d.tlv(CONTEXT_0, &[])
+    })?;
+    let info_len = info.len;
+    let signature: DerSignature = SigningKey::from(key).sign(&info_buf[..info_len]);
+    let mut der = Der::new(out);
+    der.nested(SEQUENCE, |d| {
+        d.bytes(&info_buf[..info_len])?;
+        d.nested(SEQUENCE, |d| d.tlv(OID, OID_ECDSA_SHA256))?;
+        bit_string(d, signature.as_bytes())
+    })?;
+    Ok(der.len)
+}
+
+/// Writes `key` as a SEC1 `ECPrivateKey` (with the P-256 OID and the public key), the form
+/// the identity bundle stores; returns its length ([`SEC1_KEY_LEN`]).
+pub fn write_sec1_key(key: &SecretKey, out: &mut [u8]) -> Result<usize, CsrError> {
+    let point = key.public_key().to_encoded_point(false);
+    let scalar = key.to_bytes();
+    let mut der = Der::new(out);
+    der.nested(SEQUENCE, |d| {
+        d.tlv(INTEGER, &[1])?;
+        d.tlv(OCTET_STRING, &scalar)?;
+        d.nested(CONTEXT_0, |d| d.tlv(OID, OID_P256))?;
+        d.nested(CONTEXT_1, |d| bit_string(d, point.as_bytes()))
+    })?;
+    Ok(der.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SecretKey {
+        SecretKey::from_bytes(&[7u8; 32].into()).unwrap()
+    }
+
+    #[test]
+    fn sec1_key_round_trips_and_has_the_documented_length() {
+        let mut out = [0u8; 200];
+        let n = write_sec1_key(&key(), &mut out).unwrap();
+        assert_eq!(n, SEC1_KEY_LEN);
+        let back = SecretKey::from_sec1_der(&out[..n]).unwrap();
+        assert_eq!(back.to_bytes(), key().to_bytes());
+    }
+
+    #[test]
+    fn csr_has_the_expected_shape_and_a_valid_signature() {
+        use p256::ecdsa::signature::Verifier;
+        let mut out = [0u8; MAX_CSR];
+        let n = write_csr(&key(), "acme-000001", "acme", &mut out).unwrap();
+        let csr = &out[..n];
+        // Outer SEQUENCE with a one-byte long-form length.
+        assert_eq!(csr[0], SEQUENCE);
+        assert_eq!(csr[1], 0x81);
+        assert_eq!(usize::from(csr[2]) + 3, n);
+        // certificationRequestInfo: its bytes are what was signed.
+        assert_eq!(csr[3], SEQUENCE);
+        let info_len = usize::from(csr[5]) + 3;
+        assert_eq!(csr[4], 0x81);
+        let info = &csr[3..3 + info_len];
+        let sig_alg = &csr[3 + info_len..3 + info_len + 12];
+        assert_eq!(sig_alg[..4], [SEQUENCE, 10, OID, 8]);
+        assert_eq!(&sig_alg[4..], OID_ECDSA_SHA256);
+        let bits = &csr[3 + info_len + 12..];
+        assert_eq!(bits[0], BIT_STRING);
+        assert_eq!(bits[2], 0, "no unused bits");
+        let sig = p256::ecdsa::DerSignature::try_from(&bits[3..]).unwrap();
+        let vk = p256::ecdsa::VerifyingKey::from(&SigningKey::from(&key()));
+        vk.verify(info, &sig).unwrap();
+        // The names are in there.
+        let find = |needle: &[u8]| info.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"acme-000001") && find(OID_P256));
+    }
+
+    #[test]
+    fn small_buffers_and_long_names_are_errors() {
+        let mut small = [0u8; 100];
+        assert_eq!(
+            write_csr(&key(), "acme-000001", "acme", &mut small),
+            Err(CsrError::Space)
+        );
+        let long = "x".repeat(65);
+        let mut out = [0u8; MAX_CSR];
+        assert_eq!(
+            write_csr(&key(), &long, "acme", &mut out),
+            Err(CsrError::NameTooLong)
+        );
+        assert_eq!(write_sec1_key(&key(), &mut small), Err(CsrError::Space));
+    }
+}
