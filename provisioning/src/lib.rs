@@ -489,10 +489,20 @@ impl Station {
 
     /// A backend service identity (it keeps its key: it runs in the cloud, not on a board).
     pub fn issue_service_cert(&self, name: &str, tenant: &str) -> Result<IssuedFiles, Error> {
+        self.issue_role_cert(name, tenant, "service")
+    }
+
+    /// The gateway's client identity towards the station API (subject OU=gateway): it may
+    /// renew certificates on behalf of the devices it authenticated, nothing else.
+    pub fn issue_gateway_client_cert(&self, name: &str) -> Result<IssuedFiles, Error> {
+        self.issue_role_cert(name, "fleet-gateway", "gateway")
+    }
+
+    fn issue_role_cert(&self, name: &str, tenant: &str, role: &str) -> Result<IssuedFiles, Error> {
         check_name("service name", name, true)?;
         check_name("tenant", tenant, true)?;
         self.check_ca_valid()?;
-        let issued = pki::sign_service(&self.issuing, name, tenant, SERVER_DAYS)?;
+        let issued = pki::sign_role(&self.issuing, name, tenant, role, SERVER_DAYS)?;
         let files = IssuedFiles {
             cert_path: self.dir.join(format!("services/{name}.pem")),
             key_path: self.dir.join(format!("services/{name}.key")),

@@ -112,6 +112,12 @@ enum Command {
         #[arg(long)]
         tenant: String,
     },
+    /// Issue the gateway's client certificate for the station API (subject OU=gateway): it
+    /// relays device certificate renewals.
+    GatewayClientCert {
+        #[arg(long, default_value = "gateway")]
+        name: String,
+    },
     /// Inspect or export an identity bundle.
     Bundle {
         #[command(subcommand)]
@@ -471,6 +477,15 @@ fn run(cli: Cli) -> Result<(), Error> {
             let files = station.issue_service_cert(&name, &tenant)?;
             println!(
                 "service {name} ({tenant}) {} {}",
+                files.cert_path.display(),
+                files.key_path.display()
+            );
+        }
+        Command::GatewayClientCert { name } => {
+            let station = open()?;
+            let files = station.issue_gateway_client_cert(&name)?;
+            println!(
+                "gateway client {name} {} {}",
                 files.cert_path.display(),
                 files.key_path.display()
             );

@@ -486,12 +486,23 @@ pub fn csr_der(input: &[u8]) -> Result<Vec<u8>, Error> {
 
 /// A backend service certificate: CN = name, O = tenant, OU = service, EKU clientAuth.
 pub fn sign_service(ca: &Ca, name: &str, tenant: &str, days: i64) -> Result<Issued, Error> {
+    sign_role(ca, name, tenant, "service", days)
+}
+
+/// A client certificate with a role in its OU (`service`, `gateway`), EKU clientAuth.
+pub fn sign_role(
+    ca: &Ca,
+    name: &str,
+    tenant: &str,
+    role: &str,
+    days: i64,
+) -> Result<Issued, Error> {
     leaf(
         ca,
         &[
             (DnType::CommonName, name),
             (DnType::OrganizationName, tenant),
-            (DnType::OrganizationalUnitName, "service"),
+            (DnType::OrganizationalUnitName, role),
         ],
         Vec::new(),
         ExtendedKeyUsagePurpose::ClientAuth,

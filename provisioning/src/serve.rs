@@ -63,8 +63,18 @@ pub struct Server {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
     Anonymous,
-    Operator { name: String, tenant: String },
-    Device { id: String, serial_hex: String },
+    Operator {
+        name: String,
+        tenant: String,
+    },
+    Device {
+        id: String,
+        serial_hex: String,
+    },
+    /// A gateway (subject OU=gateway): relays renewals of devices it authenticated.
+    Gateway {
+        name: String,
+    },
 }
 
 fn tls_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -260,11 +270,14 @@ pub fn peer_from_cert(der: &[u8]) -> Peer {
     };
     let cn = first(&mut subject.iter_common_name());
     let org = first(&mut subject.iter_organization());
-    let service = subject
-        .iter_organizational_unit()
-        .any(|ou| ou.as_str() == Ok("service"));
+    let has_ou = |want: &str| {
+        subject
+            .iter_organizational_unit()
+            .any(|ou| ou.as_str() == Ok(want))
+    };
     match (cn, org) {
-        (Some(name), Some(tenant)) if service => Peer::Operator { name, tenant },
+        (Some(name), Some(_)) if has_ou("gateway") => Peer::Gateway { name },
+        (Some(name), Some(tenant)) if has_ou("service") => Peer::Operator { name, tenant },
         (Some(id), Some(_)) => Peer::Device {
             id,
             serial_hex: crate::hex(cert.raw_serial()),
@@ -281,6 +294,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/devices/{id}", get(get_device))
         .route("/v1/devices/{id}/revoke", post(revoke_device))
         .route("/v1/renew", post(renew))
+        .route("/v1/devices/{id}/renew", post(relayed_renew))
         .route("/v1/crl", get(crl))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(shared)
@@ -343,6 +357,10 @@ fn operator(peer: &Peer) -> Result<(&str, &str), ApiError> {
         Peer::Device { .. } => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "devices may only renew themselves (POST /v1/renew)",
+        )),
+        Peer::Gateway { .. } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "gateways may only relay device renewals (POST /v1/devices/{id}/renew)",
         )),
         Peer::Anonymous => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -619,6 +637,46 @@ async fn renew(
     Ok(Json(out))
 }
 
+/// `POST /v1/devices/{id}/renew` by a gateway, for a device connected to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayedRenewal {
+    csr_pem: String,
+    /// Serial (hex) of the certificate the device authenticated with at the gateway.
+    presented_serial: String,
+}
+
+async fn relayed_renew(
+    AxState(shared): Shared_,
+    Extension(peer): Extension<Peer>,
+    UrlPath(id): UrlPath<String>,
+    body: Result<Json<RelayedRenewal>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Issued>, ApiError> {
+    let Peer::Gateway { name } = peer else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only a gateway (OU=gateway) relays renewals; devices use POST /v1/renew",
+        ));
+    };
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let der = crate::pki::csr_der(req.csr_pem.as_bytes())?;
+    let validity_days = shared.options.validity_days;
+    let grace = shared.options.grace;
+    let out = shared
+        .with_station(move |s| {
+            let c = s.renew(&id, &req.presented_serial, &der, validity_days)?;
+            s.expire_superseded(grace)?;
+            Ok(issued(&c, s.issuing_ca().cert_pem.clone(), None))
+        })
+        .await?;
+    tracing::info!(
+        "{} renewed through gateway {name}: serial {}",
+        out.device_id,
+        out.serial
+    );
+    Ok(Json(out))
+}
+
 async fn crl(
     AxState(shared): Shared_,
     Extension(peer): Extension<Peer>,
@@ -691,6 +749,12 @@ pub fn openapi_document() -> serde_json::Value {
             "/v1/renew": {"post": {
                 "summary": "A device renews itself: PKCS#10 request (PEM or DER) for a new P-256 key; the old certificate is superseded and revoked after the grace period",
                 "requestBody": {"required": true, "content": {"application/pkcs10": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": with(serde_json::json!({"200": {"description": "renewed", "content": {"application/json": {"schema": issued}}}}), &["400", "403", "409", "503"])
+            }},
+            "/v1/devices/{id}/renew": {"post": {
+                "summary": "A gateway (OU=gateway) relays the renewal of a device it authenticated: the CSR and the serial of the certificate the device connected with",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"csr_pem": {"type": "string"}, "presented_serial": {"type": "string"}}, "required": ["csr_pem", "presented_serial"]}}}},
                 "responses": with(serde_json::json!({"200": {"description": "renewed", "content": {"application/json": {"schema": issued}}}}), &["400", "403", "409", "503"])
             }},
             "/v1/crl": {"get": {

@@ -453,3 +453,72 @@ fn a_second_writer_on_the_same_station_is_refused() {
     drop(st);
     assert!(Station::open(dir.path(), None).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_relays_renewals_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut st = common::station(d);
+    let issued = st.issue_devices(&common::request("acme", 1)).unwrap();
+    let ops = service_identity(&st, "ops", "acme");
+    let files = st.issue_gateway_client_cert("gw-1").unwrap();
+    let gateway = Identity {
+        cert: std::fs::read_to_string(files.cert_path).unwrap(),
+        key: std::fs::read_to_string(files.key_path).unwrap(),
+    };
+    drop(st);
+    let device = device_identity(&issued[0].bundle_path);
+    let serial = issued[0].serial_hex.clone();
+    let server = Running::start(d, time::Duration::hours(1)).await;
+    let (_, csr) = new_csr_pem();
+    let body = serde_json::json!({ "csr_pem": csr, "presented_serial": serial });
+    for who in [&ops, &device] {
+        let (status, _) = server
+            .json(
+                Some(who),
+                "POST",
+                "/v1/devices/acme-000001/renew",
+                body.clone(),
+            )
+            .await;
+        assert_eq!(status, 403, "only gateways relay");
+    }
+    let (status, _) = server
+        .json(
+            Some(&gateway),
+            "GET",
+            "/v1/devices/acme-000001",
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(status, 403, "a gateway cannot look devices up");
+    // A serial that is not the device's is refused.
+    let (status, err) = server
+        .json(
+            Some(&gateway),
+            "POST",
+            "/v1/devices/acme-000001/renew",
+            serde_json::json!({ "csr_pem": csr, "presented_serial": "0badbeef" }),
+        )
+        .await;
+    assert_eq!(status, 403, "{err}");
+    let (status, renewed) = server
+        .json(
+            Some(&gateway),
+            "POST",
+            "/v1/devices/acme-000001/renew",
+            body,
+        )
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(renewed["device_id"], "acme-000001");
+    server.stop().await;
+    let st = Station::open(d, None).unwrap();
+    let statuses: Vec<&str> = st
+        .device("acme-000001")
+        .unwrap()
+        .iter()
+        .map(|c| c.status.name())
+        .collect();
+    assert_eq!(statuses, ["superseded", "active"]);
+}
