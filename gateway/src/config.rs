@@ -29,6 +29,13 @@
 //! listen = "127.0.0.1:9100"                # off-loopback requires token or token_file
 //! token_file = "admin.token"
 //!
+//! [renewal]                                # optional: certificate rotation via the station
+//! station = "station.example.com:8443"     # fleet-provision serve
+//! client_cert = "gateway/station-client.pem"   # fleet-provision gateway-client-cert
+//! client_key = "gateway/station-client.key"
+//! station_ca = "ca/root.pem"
+//! threshold_days = 30                      # devices expiring sooner are told to renew
+//!
 //! [[acl.device]]                           # appended to the default device rules
 //! effect = "deny"
 //! action = "publish"
@@ -144,6 +151,8 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// JSON-lines audit file (records also go to the `audit` log target).
     pub audit_log: Option<PathBuf>,
+    /// Certificate rotation through the station (`None`: devices are told nothing).
+    pub renewal: Option<crate::renewal::Renewal>,
 }
 
 impl Config {
@@ -157,6 +166,7 @@ impl Config {
             policy: Policy::default(),
             admin: None,
             audit_log: None,
+            renewal: None,
         }
     }
 
@@ -319,7 +329,37 @@ impl Config {
             service_ou: file.identity.service_ou.unwrap_or_else(|| "service".into()),
             policy,
             admin,
-            audit_log: file.audit_log.map(resolve),
+            audit_log: file.audit_log.clone().map(resolve),
+            renewal: match file.renewal {
+                None => None,
+                Some(r) => {
+                    if r.threshold_days == Some(0) {
+                        return Err("key `renewal.threshold_days`: must be at least 1".into());
+                    }
+                    Some(crate::renewal::Renewal {
+                        server_name: match r.server_name {
+                            Some(n) => n,
+                            None => r
+                                .station
+                                .rsplit_once(':')
+                                .map(|(h, _)| h.to_owned())
+                                .ok_or_else(|| {
+                                    format!(
+                                        "key `renewal.station`: {:?} is not host:port",
+                                        r.station
+                                    )
+                                })?,
+                        },
+                        station: r.station,
+                        client_cert: resolve(r.client_cert),
+                        client_key: resolve(r.client_key),
+                        station_ca: resolve(r.station_ca),
+                        threshold: Duration::from_secs(
+                            86_400 * u64::from(r.threshold_days.unwrap_or(30)),
+                        ),
+                    })
+                }
+            },
         })
     }
 }
@@ -337,6 +377,18 @@ struct FileConfig {
     acl: FileAcl,
     admin: Option<FileAdmin>,
     audit_log: Option<PathBuf>,
+    renewal: Option<FileRenewal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRenewal {
+    station: String,
+    server_name: Option<String>,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    station_ca: PathBuf,
+    threshold_days: Option<u32>,
 }
 
 #[derive(Deserialize)]

@@ -216,6 +216,9 @@ async fn run(
         &limits,
         std::time::Instant::now(),
     );
+    if let Some(r) = &shared.config.renewal {
+        session = session.with_renewal(r.threshold);
+    }
     let keep_alive = (accepted.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(accepted.keep_alive) * 1500));
     let ended = pump(
@@ -293,6 +296,9 @@ where
     let mut seen = SessionStats::default();
     let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
     let mut out = Vec::with_capacity(1024);
+    // At most one certificate renewal in flight per session; its answer comes back here.
+    let (renewed_tx, mut renewed_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(1);
+    let mut renewing = false;
     loop {
         // Act on every whole packet already buffered.
         let mut used = 0;
@@ -307,6 +313,29 @@ where
                             }
                         }
                         Inbound::Reply(bytes) => out.extend_from_slice(&bytes),
+                        Inbound::Renew { csr, ack } => {
+                            out.extend_from_slice(&ack);
+                            match (&shared.renewal, renewing) {
+                                (None, _) => out.extend(session.cert_message(
+                                    "error",
+                                    b"certificate renewal is not configured on this gateway",
+                                )),
+                                (Some(_), true) => out.extend(
+                                    session
+                                        .cert_message("error", b"a renewal is already in progress"),
+                                ),
+                                (Some(client), false) => {
+                                    renewing = true;
+                                    let client = client.clone();
+                                    let who = session.identity_arc();
+                                    let tx = renewed_tx.clone();
+                                    tracing::info!(device = %who.id, tenant = %who.tenant, "relaying a certificate renewal to the station");
+                                    tokio::spawn(async move {
+                                        let _ = tx.send(client.renew(&who, &csr).await).await;
+                                    });
+                                }
+                            }
+                        }
                         Inbound::Nothing => {}
                         Inbound::Close(c) => return Ended::Client(c),
                     }
@@ -359,6 +388,20 @@ where
                 },
                 Ok(None) => {}
                 Err(_) => return Ended::RouterClosed,
+            },
+            Some(renewed) = renewed_rx.recv() => {
+                renewing = false;
+                let who = session.identity();
+                match renewed {
+                    Ok(der) => {
+                        tracing::info!(device = %who.id, tenant = %who.tenant, "new certificate sent to the device");
+                        out.extend(session.cert_message("new", &der));
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %who.id, tenant = %who.tenant, "renewal failed: {e}");
+                        out.extend(session.cert_message("error", e.as_bytes()));
+                    }
+                }
             },
             k = &mut *kick => return match k {
                 Ok(reason) => Ended::Kicked(reason),

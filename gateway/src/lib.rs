@@ -20,6 +20,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
+pub mod renewal;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -95,6 +95,8 @@ pub struct Shared {
     live: RwLock<Live>,
     pub sessions: Registry,
     pub router: RouterHandle,
+    /// Certificate rotation through the station, when configured.
+    pub renewal: Option<Arc<crate::renewal::RenewalClient>>,
     pub metrics: Metrics,
     pub audit: AuditLog,
     /// Slots for TLS handshakes in progress.
@@ -247,7 +249,14 @@ impl Gateway {
             None => AuditLog::default(),
         };
         let limits = config.limits;
+        let renewal = config
+            .renewal
+            .as_ref()
+            .map(crate::renewal::RenewalClient::load)
+            .transpose()?
+            .map(Arc::new);
         let shared = Arc::new(Shared {
+            renewal,
             handshakes: tokio::sync::Semaphore::new(limits.max_handshakes),
             per_ip: PerIp::new(limits.ip_connect_rate, limits.ip_connect_burst),
             metrics: Metrics::default(),

@@ -162,6 +162,9 @@ pub enum Inbound {
     Nothing,
     /// End the session.
     Close(Close),
+    /// The device sent a certificate request (`cert/csr`): relay it to the station. `ack`
+    /// holds the encoded acknowledgement to send now (empty for QoS 0).
+    Renew { csr: Vec<u8>, ack: Vec<u8> },
 }
 
 /// What the shell does after an outbound notification.
@@ -192,6 +195,11 @@ pub struct Session {
     /// QoS 2 publishes the ACL dropped: their PUBREL is answered here, not by the router.
     dropped_qos2: HashSet<u16>,
     publish_rate: TokenBucket,
+    /// `tenants/{tenant}/devices/{device}/cert/` for devices: the rotation topics the
+    /// gateway answers itself.
+    cert_prefix: Option<String>,
+    /// Devices whose certificate ends within this many seconds are told to renew.
+    renew_threshold: Option<i64>,
     pub stats: SessionStats,
 }
 
@@ -202,14 +210,79 @@ impl Session {
         limits: &Limits,
         now: Instant,
     ) -> Session {
+        let cert_prefix = (identity.kind == crate::identity::Kind::Device)
+            .then(|| format!("tenants/{}/devices/{}/cert/", identity.tenant, identity.id));
         Session {
             identity,
             policy,
             pending_subacks: HashMap::new(),
             dropped_qos2: HashSet::new(),
             publish_rate: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
+            cert_prefix,
+            renew_threshold: None,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Tells devices to renew when their certificate ends within `threshold`.
+    pub fn with_renewal(mut self, threshold: std::time::Duration) -> Session {
+        self.renew_threshold = Some(threshold.as_secs() as i64);
+        self
+    }
+
+    pub fn identity_arc(&self) -> Arc<Identity> {
+        self.identity.clone()
+    }
+
+    /// A QoS 0 PUBLISH from the gateway to this device under its `cert/` topics.
+    pub fn cert_message(&self, leaf: &str, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(prefix) = &self.cert_prefix {
+            let topic = format!("{prefix}{leaf}");
+            append(
+                &mut out,
+                &Packet::Publish(mqtt::Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: &topic,
+                    packet_id: None,
+                    payload,
+                }),
+            );
+        }
+        out
+    }
+
+    /// The rotation topics the gateway answers itself; `None` for anything else.
+    fn rotation(&mut self, p: &mqtt::Publish<'_>) -> Option<Inbound> {
+        let leaf = p.topic.strip_prefix(self.cert_prefix.as_deref()?)?;
+        if leaf != "status/get" && leaf != "csr" {
+            return None;
+        }
+        let mut ack = Vec::new();
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => append(&mut ack, &Packet::PubAck(id)),
+            (QoS::ExactlyOnce, Some(id)) => {
+                self.dropped_qos2.insert(id);
+                append(&mut ack, &Packet::PubRec(id));
+            }
+            _ => {}
+        }
+        if leaf == "csr" {
+            return Some(Inbound::Renew {
+                csr: p.payload.to_vec(),
+                ack,
+            });
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        // Without a station to renew through, never ask for a renewal.
+        let threshold = self.renew_threshold.unwrap_or(i64::MIN / 2);
+        let status = crate::renewal::status_payload(&self.identity, now, threshold);
+        ack.extend(self.cert_message("status", &status));
+        Some(Inbound::Reply(ack))
     }
 
     pub fn identity(&self) -> &Identity {
@@ -274,6 +347,9 @@ impl Session {
     }
 
     fn publish(&mut self, p: mqtt::Publish<'_>) -> Inbound {
+        if let Some(answer) = self.rotation(&p) {
+            return answer;
+        }
         if !self.policy.may_publish(&self.identity, p.topic) {
             self.stats.acl_denials += 1;
             tracing::warn!(
@@ -519,6 +595,106 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Packet<'_> {
         Packet::parse(bytes, 1024).unwrap().unwrap().0
+    }
+
+    fn publish_from(topic: &str, qos: QoS, payload: &[u8]) -> mqtt::Publish<'static> {
+        let topic: &'static str = Box::leak(topic.to_owned().into_boxed_str());
+        let payload: &'static [u8] = Box::leak(payload.to_vec().into_boxed_slice());
+        mqtt::Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic,
+            packet_id: (qos != QoS::AtMostOnce).then_some(9),
+            payload,
+        }
+    }
+
+    #[test]
+    fn the_gateway_answers_rotation_topics_itself() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut who = device("acme-000001");
+        who.not_after = now + 10 * 86_400;
+        let mut s = Session::new(
+            Arc::new(who),
+            Arc::new(Policy::default()),
+            &Limits::default(),
+            Instant::now(),
+        )
+        .with_renewal(std::time::Duration::from_secs(30 * 86_400));
+        let prefix = "tenants/acme/devices/acme-000001/cert/";
+        // status/get → PUBACK, then cert/status saying renew.
+        let Inbound::Reply(bytes) = s.inbound(
+            Packet::Publish(publish_from(
+                &format!("{prefix}status/get"),
+                QoS::AtLeastOnce,
+                b"",
+            )),
+            Instant::now(),
+        ) else {
+            panic!("status/get is answered by the gateway")
+        };
+        let (first, n) = Packet::parse(&bytes, 1024).unwrap().unwrap();
+        assert_eq!(first, Packet::PubAck(9));
+        let Packet::Publish(status) = decode(&bytes[n..]) else {
+            panic!("expected cert/status")
+        };
+        assert_eq!(status.topic, format!("{prefix}status"));
+        let text = std::str::from_utf8(status.payload).unwrap();
+        assert!(text.ends_with("\"renew\":true}"), "{text}");
+        // csr → handed to the shell, never to the router.
+        match s.inbound(
+            Packet::Publish(publish_from(
+                &format!("{prefix}csr"),
+                QoS::AtMostOnce,
+                b"DER",
+            )),
+            Instant::now(),
+        ) {
+            Inbound::Renew { csr, ack } => {
+                assert_eq!(csr, b"DER");
+                assert!(ack.is_empty());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Another device's rotation topics are just topics (and the ACL denies them).
+        assert!(matches!(
+            s.inbound(
+                Packet::Publish(publish_from(
+                    "tenants/acme/devices/acme-000002/cert/csr",
+                    QoS::AtMostOnce,
+                    b"x"
+                )),
+                Instant::now()
+            ),
+            Inbound::Nothing
+        ));
+        // Without renewal configured the status never asks for one.
+        let mut plain = Session::new(
+            Arc::new(device("acme-000001")),
+            Arc::new(Policy::default()),
+            &Limits::default(),
+            Instant::now(),
+        );
+        let Inbound::Reply(bytes) = plain.inbound(
+            Packet::Publish(publish_from(
+                &format!("{prefix}status/get"),
+                QoS::AtMostOnce,
+                b"",
+            )),
+            Instant::now(),
+        ) else {
+            panic!("answered")
+        };
+        let Packet::Publish(status) = decode(&bytes) else {
+            panic!("expected cert/status")
+        };
+        assert!(std::str::from_utf8(status.payload)
+            .unwrap()
+            .ends_with("\"renew\":false}"));
     }
 
     #[test]
