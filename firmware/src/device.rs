@@ -40,6 +40,29 @@ pub trait App {
     fn on_command(&mut self, topic: &str, payload: &[u8], reply: &mut [u8]) -> Option<usize>;
     /// The gateway accepted the session and the command subscription.
     fn on_connected(&mut self) {}
+    /// Certificate rotation progress (for logs).
+    fn on_rotation(&mut self, _event: RotationEvent<'_>) {}
+}
+
+/// Steps of a certificate rotation, as the device sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationEvent<'a> {
+    /// The gateway reported the certificate's state.
+    Status { renew: bool },
+    /// A new key was made and its request sent.
+    Requested,
+    /// The gateway could not get a new certificate.
+    Refused(&'a str),
+    /// A new certificate arrived and a bundle with it and the new key is ready to store.
+    Renewed { generation: u32 },
+    /// What arrived is not a certificate for the new key.
+    Rejected,
+    /// The renewed identity was stored; the next connection uses it.
+    Stored { slot: usize },
+    /// The renewed identity connected and is now the confirmed one.
+    Confirmed { slot: usize },
+    /// The renewed identity kept failing: erased, back to the previous one.
+    RolledBack { from: usize, to: usize },
 }
 
 /// Connection settings.
@@ -50,6 +73,8 @@ pub struct Options {
     pub telemetry_qos: QoS,
     /// How long to wait for CONNACK and SUBACK.
     pub ack_timeout_ms: u64,
+    /// Ask the gateway about the certificate after connecting, and renew when it says so.
+    pub rotation: bool,
 }
 
 impl Default for Options {
@@ -59,6 +84,7 @@ impl Default for Options {
             telemetry_period_ms: 1000,
             telemetry_qos: QoS::AtMostOnce,
             ack_timeout_ms: 10_000,
+            rotation: true,
         }
     }
 }
@@ -68,6 +94,8 @@ pub const MAX_PACKET: usize = 1024;
 /// Largest topic the device builds.
 pub const MAX_TOPIC: usize = 160;
 const MAX_PAYLOAD: usize = 512;
+/// Largest identity bundle the device writes when it renews.
+pub const MAX_BUNDLE: usize = 2048;
 
 /// Counters that survive reconnects (the caller owns them).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +110,8 @@ pub struct Stats {
 pub struct Buffers {
     pub tls_read: [u8; crate::tls::READ_BUFFER],
     pub tls_write: [u8; crate::tls::WRITE_BUFFER],
+    /// A renewed identity bundle; valid for the length [`Error::Renewed`] reports.
+    pub bundle_out: [u8; MAX_BUNDLE],
 }
 
 impl Buffers {
@@ -89,6 +119,7 @@ impl Buffers {
         Buffers {
             tls_read: [0; crate::tls::READ_BUFFER],
             tls_write: [0; crate::tls::WRITE_BUFFER],
+            bundle_out: [0; MAX_BUNDLE],
         }
     }
 }
@@ -105,15 +136,21 @@ struct Pending {
     pubacks: Vec<u16, 8>,
     replies: Vec<Vec<u8, MAX_PAYLOAD>, 4>,
     ping_outstanding: bool,
+    /// The gateway said the certificate should be renewed.
+    renew: bool,
+    /// A certificate from the gateway for the key made for it.
+    new_cert: Option<Vec<u8, MAX_PACKET>>,
 }
 
-/// Runs one connection until it ends. It never ends well: the `Err` says why it ended.
+/// Runs one connection until it ends. It never ends well: the `Err` says why it ended —
+/// [`Error::Renewed`] when a renewed identity is waiting in `buffers.bundle_out` to be stored
+/// and used for the next connection.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_connection<R, W, C, A, G>(
     rd: R,
     wr: W,
     bundle: &Bundle<'_>,
-    rng: G,
+    rng: &mut G,
     clock: &C,
     app: &mut A,
     options: &Options,
@@ -128,8 +165,9 @@ where
     G: CryptoRngCore,
 {
     let socket = SplitSocket::new(rd, wr);
-    let crypto = DeviceCrypto::new(bundle, rng).map_err(Error::Tls)?;
+    let crypto = DeviceCrypto::new(bundle, &mut *rng).map_err(Error::Tls)?;
     let config = TlsConfig::new().with_server_name(bundle.gateway_host);
+    let bundle_out = &mut buffers.bundle_out;
     let mut tls: TlsConnection<'_, _, Suite> =
         TlsConnection::new(&socket, &mut buffers.tls_read, &mut buffers.tls_write);
     tls.open(TlsContext::new(&config, crypto))
@@ -166,8 +204,11 @@ where
     }
     stats.connects += 1;
 
-    // SUBSCRIBE to our own commands → SUBACK.
-    let filters = [(topics.commands.as_str(), QoS::AtLeastOnce)];
+    // SUBSCRIBE to our own commands and certificate messages → SUBACK.
+    let filters = [
+        (topics.commands.as_str(), QoS::AtLeastOnce),
+        (topics.cert.as_str(), QoS::AtMostOnce),
+    ];
     send(
         &mut tls,
         &mut tx,
@@ -210,7 +251,7 @@ where
                 Packet::parse(&rx[used..rx_len], MAX_PACKET).map_err(Error::Mqtt)?
             {
                 used += n;
-                handle(packet, &pending, &app, &stats)?;
+                handle(packet, &topics, &pending, &app, &stats)?;
                 wake.signal(());
             }
             consume(&mut rx, &mut rx_len, used);
@@ -224,7 +265,48 @@ where
         let mut seq: u32 = 0;
         let mut packet_id: u16 = 1;
         let mut payload = [0u8; MAX_PAYLOAD];
+        let mut new_key: Option<p256::SecretKey> = None;
+        if options.rotation {
+            publish(
+                &mut writer,
+                &mut tx,
+                topics.cert_status_get.as_str(),
+                &[],
+                QoS::AtMostOnce,
+                None,
+            )
+            .await?;
+        }
         loop {
+            let renew = core::mem::take(&mut pending.borrow_mut().renew);
+            if renew && new_key.is_none() {
+                let key = p256::SecretKey::random(&mut *rng);
+                let mut csr = [0u8; crate::csr::MAX_CSR];
+                let n = crate::csr::write_csr(&key, bundle.device_id, bundle.tenant, &mut csr)
+                    .map_err(|_| Error::Protocol("certificate request does not fit"))?;
+                publish(
+                    &mut writer,
+                    &mut tx,
+                    topics.cert_csr.as_str(),
+                    &csr[..n],
+                    QoS::AtMostOnce,
+                    None,
+                )
+                .await?;
+                new_key = Some(key);
+                app.borrow_mut().on_rotation(RotationEvent::Requested);
+            }
+            let arrived = pending.borrow_mut().new_cert.take();
+            if let (Some(cert), Some(key)) = (arrived, new_key.as_ref()) {
+                match renewed_bundle(bundle, &cert, key, &mut bundle_out[..]) {
+                    Some((generation, len)) => {
+                        app.borrow_mut()
+                            .on_rotation(RotationEvent::Renewed { generation });
+                        return Err(Error::Renewed(len));
+                    }
+                    None => app.borrow_mut().on_rotation(RotationEvent::Rejected),
+                }
+            }
             let (acks, replies) = {
                 let mut p = pending.borrow_mut();
                 (
@@ -295,11 +377,37 @@ where
 
 fn handle<A: App>(
     packet: Packet<'_>,
+    topics: &Topics,
     pending: &RefCell<Pending>,
     app: &RefCell<&mut A>,
     stats: &RefCell<&mut Stats>,
 ) -> Result<(), Error> {
     match packet {
+        Packet::Publish(p) if p.topic.starts_with(topics.cert_prefix.as_str()) => {
+            let leaf = &p.topic[topics.cert_prefix.len()..];
+            let mut pending = pending.borrow_mut();
+            match leaf {
+                "status" => {
+                    const RENEW: &[u8] = b"\"renew\":true";
+                    let renew = p.payload.windows(RENEW.len()).any(|w| w == RENEW);
+                    pending.renew |= renew;
+                    app.borrow_mut()
+                        .on_rotation(RotationEvent::Status { renew });
+                }
+                "new" => pending.new_cert = Vec::from_slice(p.payload).ok(),
+                "error" => app.borrow_mut().on_rotation(RotationEvent::Refused(
+                    core::str::from_utf8(p.payload).unwrap_or("(not text)"),
+                )),
+                _ => {}
+            }
+            if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
+                pending
+                    .pubacks
+                    .push(id)
+                    .map_err(|_| Error::Protocol("too many unacknowledged messages"))?;
+            }
+            Ok(())
+        }
         Packet::Publish(p) => {
             stats.borrow_mut().commands += 1;
             let mut reply = [0u8; MAX_PAYLOAD];
@@ -331,11 +439,43 @@ fn handle<A: App>(
     }
 }
 
+/// A bundle like `current` with the new certificate and key and the next generation, written
+/// into `out`; `None` unless `cert` is a certificate for `key`. Returns (generation, length).
+fn renewed_bundle(
+    current: &Bundle<'_>,
+    cert: &[u8],
+    key: &p256::SecretKey,
+    out: &mut [u8],
+) -> Option<(u32, usize)> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    // The certificate must carry our new public key (its uncompressed point).
+    let point = key.public_key().to_encoded_point(false);
+    if !cert.windows(65).any(|w| w == point.as_bytes()) {
+        return None;
+    }
+    let mut key_der = [0u8; crate::csr::SEC1_KEY_LEN];
+    let key_len = crate::csr::write_sec1_key(key, &mut key_der).ok()?;
+    let generation = current.generation.checked_add(1)?;
+    let next = Bundle {
+        generation,
+        cert_der: cert,
+        private_key_der: Some(&key_der[..key_len]),
+        ..*current
+    };
+    let len = next.emit(out).ok()?;
+    Some((generation, len))
+}
+
 /// The topics a device uses, built once from its bundle.
 struct Topics {
     telemetry: String<MAX_TOPIC>,
     commands: String<MAX_TOPIC>,
     ack: String<MAX_TOPIC>,
+    /// `…/cert/#`, `…/cert/`, `…/cert/status/get`, `…/cert/csr`.
+    cert: String<MAX_TOPIC>,
+    cert_prefix: String<MAX_TOPIC>,
+    cert_status_get: String<MAX_TOPIC>,
+    cert_csr: String<MAX_TOPIC>,
 }
 
 impl Topics {
@@ -352,6 +492,10 @@ impl Topics {
             telemetry: prefix("telemetry")?,
             commands: prefix("cmd/#")?,
             ack: prefix("ack")?,
+            cert: prefix("cert/#")?,
+            cert_prefix: prefix("cert/")?,
+            cert_status_get: prefix("cert/status/get")?,
+            cert_csr: prefix("cert/csr")?,
         })
     }
 }

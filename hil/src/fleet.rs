@@ -201,9 +201,9 @@ async fn run_device(
     options: Options,
     stop: watch::Receiver<bool>,
 ) {
-    let Ok(bundle) = Bundle::parse(&bytes) else {
+    if Bundle::parse(&bytes).is_err() {
         return;
-    };
+    }
     let mut app = SimApp {
         state: state.clone(),
     };
@@ -213,7 +213,7 @@ async fn run_device(
         options,
         backoff: Backoff::default(),
     };
-    sim::run(&bundle, &config, &mut app, &mut stats, stop, |e| {
+    sim::run(&bytes, &config, &mut app, &mut stats, stop, |e| {
         state.connected.store(false, Ordering::Relaxed);
         *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
     })

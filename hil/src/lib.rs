@@ -9,6 +9,7 @@ pub mod bench;
 pub mod fleet;
 pub mod qemu;
 pub mod refusals;
+pub mod rotation;
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]

@@ -87,7 +87,15 @@ pub async fn foreign_ca_device(
     let bundle = Bundle::parse(&buf[..n]).map_err(|e| Error::Tls(e.to_string()))?;
     let mut stats = Stats::default();
     let (mut app, options) = (Silent, Options::default());
-    let attempt = sim::connect_once(&bundle, Some(gateway), &mut app, &options, &mut stats);
+    let mut buffers = Box::new(fleet_firmware::device::Buffers::new());
+    let attempt = sim::connect_once(
+        &bundle,
+        Some(gateway),
+        &mut app,
+        &options,
+        &mut stats,
+        &mut buffers,
+    );
     let seen = match tokio::time::timeout(Duration::from_secs(15), attempt).await {
         Ok(e) => e.to_string(),
         Err(_) => "no answer within 15 s".into(),

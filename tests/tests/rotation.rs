@@ -1,0 +1,126 @@
+//! Certificate rotation without a device clock, end to end: the gateway tells the device its
+//! certificate nears its end, the device makes a new key and a CSR, the gateway relays it to
+//! the station's renewal API, the device stores the new identity in its other slot,
+//! reconnects with it and confirms it. The simulated device runs the firmware core.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_firmware::device::{App, Options, RotationEvent, Stats};
+use fleet_firmware::sim::{self, SimConfig};
+use fleet_hil::rotation::RotationRig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Default)]
+struct Recorder {
+    events: Arc<Mutex<Vec<String>>>,
+}
+
+impl App for Recorder {
+    fn telemetry(&mut self, seq: u32, out: &mut [u8]) -> usize {
+        let text = format!("{{\"seq\":{seq}}}");
+        out[..text.len()].copy_from_slice(text.as_bytes());
+        text.len()
+    }
+
+    fn on_command(&mut self, _topic: &str, _payload: &[u8], _reply: &mut [u8]) -> Option<usize> {
+        None
+    }
+
+    fn on_rotation(&mut self, event: RotationEvent<'_>) {
+        self.events.lock().unwrap().push(format!("{event:?}"));
+    }
+}
+
+async fn sessions(admin: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /v1/sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certificate() {
+    let rig = RotationRig::start("localhost", 10, 30).await.expect("rig");
+    let bytes = std::fs::read(&rig.bundle).unwrap();
+    let recorder = Recorder::default();
+    let events = recorder.events.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = SimConfig {
+        to: Some(rig.gateway),
+        options: Options {
+            telemetry_period_ms: 200,
+            ..Options::default()
+        },
+        backoff: Default::default(),
+    };
+    let device = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut app = recorder;
+        let mut stats = Stats::default();
+        rt.block_on(sim::run(
+            &bytes,
+            &config,
+            &mut app,
+            &mut stats,
+            stop_rx,
+            |_| {},
+        ));
+        stats
+    });
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e == "Status { renew: false }")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no confirmed renewal; events {:?}, gateway {:?}",
+            events.lock().unwrap(),
+            rig.gateway_log(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "Status { renew: true }",
+            "Requested",
+            "Renewed { generation: 2 }",
+            "Stored { slot: 1 }",
+            "Confirmed { slot: 1 }",
+            "Status { renew: false }",
+        ],
+        "the whole rotation, once"
+    );
+    // The station superseded the old certificate; the gateway sees the new one.
+    let certs = rig.certificates().unwrap();
+    let statuses: Vec<&str> = certs.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(statuses, ["superseded", "active"]);
+    let live = sessions(rig.admin).await;
+    assert!(
+        live.contains(&certs[1].0),
+        "session with the new serial: {live}"
+    );
+    assert!(!live.contains(&certs[0].0));
+
+    stop_tx.send(true).unwrap();
+    let stats = tokio::task::spawn_blocking(move || device.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stats.connects, 2, "one connection per identity");
+    rig.stop().await;
+}
