@@ -14,6 +14,16 @@ use fleet_provision::serve::{Options, Server};
 use fleet_provision::{BatchRequest, KeyProtection, Station};
 use tokio::sync::oneshot;
 
+/// Who answers the gateway's renewal requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewer {
+    /// The station's real API (`fleet-provision serve`).
+    Station,
+    /// A stand-in that signs every request with a CA the gateway does not trust: the renewed
+    /// identity is refused and the device must roll back.
+    ForeignCa,
+}
+
 /// The running pieces.
 pub struct RotationRig {
     pub dir: tempfile::TempDir,
@@ -35,6 +45,7 @@ impl RotationRig {
         device_host: &str,
         validity_days: u32,
         threshold_days: u32,
+        renewer: Renewer,
     ) -> anyhow::Result<RotationRig> {
         let dir = tempfile::tempdir()?;
         let d = dir.path().to_owned();
@@ -56,27 +67,39 @@ impl RotationRig {
         let mut stops = Vec::new();
         let mut tasks = Vec::new();
 
-        let server = Server::bind(
-            station,
-            Options {
-                listen: "127.0.0.1:0".parse()?,
-                hosts: vec!["localhost".into()],
-                grace: time::Duration::hours(1),
-                validity_days: 365,
-            },
-        )
-        .await?;
-        let station_api = server.local_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        stops.push(tx);
-        tasks.push(tokio::spawn(async move {
-            let _ = server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await;
-        }));
-
+        let station_api = match renewer {
+            Renewer::Station => {
+                let server = Server::bind(
+                    station,
+                    Options {
+                        listen: "127.0.0.1:0".parse()?,
+                        hosts: vec!["localhost".into()],
+                        grace: time::Duration::hours(1),
+                        validity_days: 365,
+                    },
+                )
+                .await?;
+                let addr = server.local_addr();
+                let (tx, rx) = oneshot::channel::<()>();
+                stops.push(tx);
+                tasks.push(tokio::spawn(async move {
+                    let _ = server
+                        .run(async {
+                            let _ = rx.await;
+                        })
+                        .await;
+                }));
+                addr
+            }
+            Renewer::ForeignCa => {
+                let (chain, key) = station.issue_server_identity(&["localhost"])?;
+                drop(station);
+                let (addr, tx, task) = foreign_renewer(&d, chain, key).await?;
+                stops.push(tx);
+                tasks.push(task);
+                addr
+            }
+        };
         let mut config = Config::new(
             "127.0.0.1:0".parse()?,
             TlsFiles {
@@ -169,4 +192,101 @@ pub fn with_port(bundle: &Path, port: u16) -> anyhow::Result<PathBuf> {
     let path = bundle.with_extension("port.bin");
     std::fs::write(&path, out)?;
     Ok(path)
+}
+
+/// An HTTPS endpoint answering `POST /v1/devices/{id}/renew` with a certificate for the
+/// request's key, signed by a CA nobody trusts. Returns its address and how to stop it.
+async fn foreign_renewer(
+    dir: &Path,
+    chain_pem: String,
+    key_pem: String,
+) -> anyhow::Result<(SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let foreign = Station::init(
+        &dir.join("foreign-ca"),
+        "Nobody Trusts Me",
+        KeyProtection::InsecurePlaintext,
+    )?;
+    let chain =
+        CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, mut rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                _ = &mut rx => return,
+            };
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            // One request per connection; the body is small JSON with the CSR PEM.
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let Ok(n) = tls.read(&mut chunk).await else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body[..len].to_owned());
+                    }
+                }
+            };
+            let answer = body
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .and_then(|v| {
+                    let pem = v["csr_pem"].as_str()?.to_owned();
+                    let der = fleet_provision::pki::csr_der(pem.as_bytes()).ok()?;
+                    let key = fleet_provision::pki::check_csr(&der).ok()?;
+                    let signed = fleet_provision::pki::sign_device_key(
+                        foreign.issuing_ca(),
+                        &key,
+                        "acme-000001",
+                        "acme",
+                        365,
+                        &fleet_provision::pki::random_serial(),
+                    )
+                    .ok()?;
+                    Some(serde_json::json!({
+                        "certificate_pem": fleet_provision::pki::cert_to_pem(&signed.der)
+                    }))
+                });
+            let (status, body) = match answer {
+                Some(json) => ("200 OK", json.to_string()),
+                None => ("400 Bad Request", "{\"error\":\"bad request\"}".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.write_all(response.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    Ok((addr, tx, task))
 }

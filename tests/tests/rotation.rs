@@ -44,7 +44,9 @@ async fn sessions(admin: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certificate() {
-    let rig = RotationRig::start("localhost", 10, 30).await.expect("rig");
+    let rig = RotationRig::start("localhost", 10, 30, fleet_hil::rotation::Renewer::Station)
+        .await
+        .expect("rig");
     let bytes = std::fs::read(&rig.bundle).unwrap();
     let recorder = Recorder::default();
     let events = recorder.events.clone();
@@ -122,5 +124,80 @@ async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certifi
         .await
         .unwrap();
     assert_eq!(stats.connects, 2, "one connection per identity");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_identity_the_gateway_refuses_is_rolled_back() {
+    let rig = RotationRig::start("localhost", 10, 30, fleet_hil::rotation::Renewer::ForeignCa)
+        .await
+        .expect("rig");
+    let bytes = std::fs::read(&rig.bundle).unwrap();
+    let recorder = Recorder::default();
+    let events = recorder.events.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = SimConfig {
+        to: Some(rig.gateway),
+        options: Options::default(),
+        backoff: fleet_firmware::backoff::Backoff {
+            base_ms: 20,
+            cap_ms: 100,
+        },
+    };
+    let device = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut app = recorder;
+        let mut stats = Stats::default();
+        rt.block_on(sim::run(
+            &bytes,
+            &config,
+            &mut app,
+            &mut stats,
+            stop_rx,
+            |_| {},
+        ));
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let rolled_back_and_back = || {
+        let e = events.lock().unwrap();
+        let at = e.iter().position(|x| x.starts_with("RolledBack"));
+        at.is_some_and(|i| e[i + 1..].iter().any(|x| x == "Status { renew: true }"))
+    };
+    while !rolled_back_and_back() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rollback; events {:?}",
+            events.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(
+        seen[..6],
+        [
+            "Status { renew: true }",
+            "Requested",
+            "Renewed { generation: 2 }",
+            "Stored { slot: 1 }",
+            "RolledBack { from: 1, to: 0 }",
+            "Status { renew: true }",
+        ],
+        "{seen:?}"
+    );
+    // The gateway refused the foreign certificate at the handshake each time (three times
+    // before the rollback; the device may have started its next attempt since).
+    let refusals = rig
+        .gateway_log(100)
+        .iter()
+        .filter(|l| l.contains("unknown_ca"))
+        .count();
+    assert!(refusals >= 3, "{:?}", rig.gateway_log(20));
+    stop_tx.send(true).unwrap();
+    tokio::task::spawn_blocking(move || device.join().unwrap())
+        .await
+        .unwrap();
     rig.stop().await;
 }

@@ -147,7 +147,10 @@ impl Lan9118 {
         if mac == [0; 6] || mac == [0xff; 6] {
             // No EEPROM address: a locally administered one.
             mac = [0x02, 0x00, 0x00, 0x12, 0x34, 0x56];
-            regs.mac_write(MAC_ADDRL, u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]))?;
+            regs.mac_write(
+                MAC_ADDRL,
+                u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]),
+            )?;
             regs.mac_write(MAC_ADDRH, u32::from(mac[4]) | u32::from(mac[5]) << 8)?;
         }
         regs.write(RX_CFG, 0);
@@ -239,10 +242,18 @@ impl embassy_net_driver::Driver for Lan9118 {
                 return None;
             }
             if let Some(len) = self.pop_frame() {
-                let Lan9118 { regs, rx, tx, tag, .. } = self;
+                let Lan9118 {
+                    regs, rx, tx, tag, ..
+                } = self;
                 return Some((
-                    RxToken { frame: &mut rx[..len] },
-                    TxToken { regs: *regs, buf: tx, tag },
+                    RxToken {
+                        frame: &mut rx[..len],
+                    },
+                    TxToken {
+                        regs: *regs,
+                        buf: tx,
+                        tag,
+                    },
                 ));
             }
         }

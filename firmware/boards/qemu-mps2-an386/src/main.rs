@@ -19,7 +19,9 @@ use embassy_net::{Ipv4Address, Stack, StackResources};
 use embassy_time::{Duration, Instant, Timer};
 use fleet_firmware::backoff::Backoff;
 use fleet_firmware::bundle::{self, Bundle};
-use fleet_firmware::device::{self, App, Buffers, Clock, Options, Stats};
+use fleet_firmware::device::{self, App, Buffers, Clock, Options, RotationEvent, Stats};
+use fleet_firmware::slots::{Outcome, SlotStore, Slots};
+use fleet_firmware::Error;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use static_cell::StaticCell;
@@ -33,8 +35,50 @@ const SLOT_LEN: usize = 0x8000;
 
 fn slot(addr: usize) -> &'static [u8] {
     // SAFETY: the slots are the last 64 KiB of SSRAM1, outside the image (memory.x ends FLASH
-    // below them) and never written by the firmware.
+    // below them); the firmware writes them only through `FlashSlots`, never while a bundle
+    // parsed from the slot being written is in use.
     unsafe { core::slice::from_raw_parts(addr as *const u8, SLOT_LEN) }
+}
+
+/// The identity slots. On mps2-an386 "flash" is SSRAM, so writing is a copy (emulation
+/// only; a real board erases and programs its flash sectors here).
+struct FlashSlots;
+
+const SLOTS: [usize; 2] = [SLOT_A, SLOT_B];
+
+impl SlotStore for FlashSlots {
+    fn read(&self, slot: usize) -> &[u8] {
+        self::slot(SLOTS[slot & 1])
+    }
+
+    fn write(&mut self, slot: usize, bytes: &[u8]) -> bool {
+        if bytes.len() > SLOT_LEN {
+            return false;
+        }
+        let base = SLOTS[slot & 1] as *mut u8;
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: inside the slot (checked above), which nothing else borrows now.
+            unsafe { core::ptr::write_volatile(base.add(i), *b) };
+        }
+        true
+    }
+
+    fn erase(&mut self, slot: usize) -> bool {
+        let base = SLOTS[slot & 1] as *mut u8;
+        for i in 0..64 {
+            // SAFETY: the first bytes of the slot: the header becomes invalid.
+            unsafe { core::ptr::write_volatile(base.add(i), 0xff) };
+        }
+        true
+    }
+}
+
+fn slot_name(slot: usize) -> &'static str {
+    if slot == 0 {
+        "A"
+    } else {
+        "B"
+    }
 }
 
 /// embassy-time as the firmware core's clock.
@@ -50,9 +94,11 @@ impl Clock for EmbassyClock {
     }
 }
 
-/// What this board reports and how it answers commands.
+/// What this board reports and how it answers commands; it owns the identity slots so a
+/// renewed identity is confirmed the moment the gateway accepts it.
 struct BoardApp {
     id: &'static str,
+    slots: Slots<FlashSlots>,
 }
 
 impl App for BoardApp {
@@ -71,12 +117,36 @@ impl App for BoardApp {
         let text = core::str::from_utf8(payload).unwrap_or("<binary>");
         log!("command topic={topic} payload={text}");
         let mut w = SliceWriter { buf: reply, len: 0 };
-        let _ = write!(w, "{{\"ok\":true,\"device\":\"{}\",\"echo\":{}}}", self.id, payload.len());
+        let _ = write!(
+            w,
+            "{{\"ok\":true,\"device\":\"{}\",\"echo\":{}}}",
+            self.id,
+            payload.len()
+        );
         Some(w.len)
     }
 
     fn on_connected(&mut self) {
         log!("connected as {}", self.id);
+        if let Outcome::Confirmed { slot } = self.slots.connected() {
+            log!(
+                "rotation: confirmed the identity in slot {}",
+                slot_name(slot)
+            );
+        }
+    }
+
+    fn on_rotation(&mut self, event: RotationEvent<'_>) {
+        match event {
+            RotationEvent::Status { renew } => log!("rotation: status renew={renew}"),
+            RotationEvent::Requested => log!("rotation: new key made, CSR sent"),
+            RotationEvent::Refused(why) => log!("rotation: refused: {why}"),
+            RotationEvent::Renewed { generation } => {
+                log!("rotation: new certificate, generation {generation}")
+            }
+            RotationEvent::Rejected => log!("rotation: the certificate is not for our new key"),
+            other => log!("rotation: {other:?}"),
+        }
     }
 }
 
@@ -130,7 +200,10 @@ async fn main(spawner: Spawner) {
         fatal("core peripherals taken twice")
     };
     time::init(&mut core.SYST);
-    log!("boot qemu-mps2-an386 fleet-firmware {}", env!("CARGO_PKG_VERSION"));
+    log!(
+        "boot qemu-mps2-an386 fleet-firmware {}",
+        env!("CARGO_PKG_VERSION")
+    );
 
     let (slot_index, bundle) = match bundle::newest(slot(SLOT_A), slot(SLOT_B)) {
         Ok(found) => found,
@@ -144,12 +217,15 @@ async fn main(spawner: Spawner) {
         bundle.device_id,
         bundle.tenant,
         bundle.generation,
-        if slot_index == 0 { "A" } else { "B" },
+        slot_name(slot_index),
         bundle.gateway_host,
         bundle.gateway_port
     );
     let Ok(gateway) = bundle.gateway_host.parse::<Ipv4Address>() else {
-        log!("gateway host {} is not an IPv4 address (this board has no DNS resolver)", bundle.gateway_host);
+        log!(
+            "gateway host {} is not an IPv4 address (this board has no DNS resolver)",
+            bundle.gateway_host
+        );
         fatal("gateway address")
     };
     let id = BUNDLE_ID.init(heapless::String::new());
@@ -168,7 +244,13 @@ async fn main(spawner: Spawner) {
     let mac = eth.mac();
     log!(
         "LAN9118 id {:#010x} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        eth.id_rev(), mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+        eth.id_rev(),
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5]
     );
     let (stack, runner) = embassy_net::new(
         eth,
@@ -183,58 +265,101 @@ async fn main(spawner: Spawner) {
     if let Some(cfg) = stack.config_v4() {
         log!("dhcp address {}", cfg.address);
     }
-    run(stack, &bundle, gateway, &mut rng, id).await
+    run(stack, gateway, bundle.gateway_port, &mut rng, id).await
 }
 
 async fn run(
     stack: Stack<'static>,
-    bundle: &Bundle<'_>,
     gateway: Ipv4Address,
+    port: u16,
     rng: &mut ChaCha20Rng,
     id: &'static str,
 ) -> ! {
     let tls = TLS.init(Buffers::new());
     let tcp_rx = TCP_RX.init([0; 2048]);
     let tcp_tx = TCP_TX.init([0; 2048]);
-    let mut app = BoardApp { id };
+    let mut app = BoardApp {
+        id,
+        slots: Slots::new(FlashSlots, ROLLBACK_AFTER),
+    };
     let mut stats = Stats::default();
     let options = Options::default();
     let backoff = Backoff::default();
     let mut attempt = 0u32;
     loop {
-        let connects = stats.connects;
-        let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
-        socket.set_timeout(Some(Duration::from_secs(90)));
-        let started = embassy_time::Instant::now();
-        match socket.connect((gateway, bundle.gateway_port)).await {
-            Err(e) => log!("tcp connect to {gateway}:{}: {e:?}", bundle.gateway_port),
-            Ok(()) => {
-                log!("tcp connected to {gateway}:{}", bundle.gateway_port);
-                let (rd, wr) = socket.split();
-                let Err(ended) = device::run_connection(
-                    rd,
-                    wr,
-                    bundle,
-                    &mut *rng,
-                    &EmbassyClock,
-                    &mut app,
-                    &options,
-                    tls,
-                    &mut stats,
-                )
-                .await;
+        // The slots are memory-mapped: the bundle borrows the slot itself, not `app`, and
+        // only inside this block; slots are written after it.
+        let (connected, renewed, slot_index) = {
+            let Ok((slot_index, bundle)) = bundle::newest(slot(SLOT_A), slot(SLOT_B)) else {
+                fatal("no identity left")
+            };
+            let connects = stats.connects;
+            let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
+            socket.set_timeout(Some(Duration::from_secs(90)));
+            let started = embassy_time::Instant::now();
+            let mut renewed = None;
+            match socket.connect((gateway, port)).await {
+                Err(e) => log!("tcp connect to {gateway}:{port}: {e:?}"),
+                Ok(()) => {
+                    log!(
+                        "tcp connected to {gateway}:{port} with slot {} generation {}",
+                        slot_name(slot_index),
+                        bundle.generation
+                    );
+                    let (rd, wr) = socket.split();
+                    let Err(ended) = device::run_connection(
+                        rd,
+                        wr,
+                        &bundle,
+                        &mut *rng,
+                        &EmbassyClock,
+                        &mut app,
+                        &options,
+                        tls,
+                        &mut stats,
+                    )
+                    .await;
+                    log!(
+                        "connection ended after {} ms: {ended}",
+                        started.elapsed().as_millis()
+                    );
+                    if let Error::Renewed(len) = ended {
+                        renewed = Some(len);
+                    }
+                }
+            }
+            socket.abort();
+            let _ = socket.flush().await;
+            drop(socket);
+            (stats.connects > connects, renewed, slot_index)
+        };
+        if !connected {
+            if let Outcome::RolledBack { from, to } = app.slots.failed() {
                 log!(
-                    "connection ended after {} ms: {ended}",
-                    started.elapsed().as_millis()
+                    "rotation: slot {} failed {ROLLBACK_AFTER} times, rolled back to slot {}",
+                    slot_name(from),
+                    slot_name(to)
                 );
             }
         }
-        socket.abort();
-        let _ = socket.flush().await;
-        drop(socket);
-        attempt = if stats.connects > connects { 0 } else { attempt + 1 };
+        if let Some(len) = renewed {
+            let bytes = &tls.bundle_out[..len.min(tls.bundle_out.len())];
+            if app.slots.store_renewed(bytes) {
+                log!(
+                    "rotation: stored the renewed identity in slot {}",
+                    slot_name(1 - slot_index)
+                );
+                attempt = 0;
+                continue;
+            }
+            log!("rotation: could not store the renewed identity");
+        }
+        attempt = if connected { 0 } else { attempt + 1 };
         let delay = backoff.delay_ms(attempt, rng);
         log!("reconnecting in {delay} ms (attempt {attempt})");
         Timer::after_millis(u64::from(delay)).await;
     }
 }
+
+/// Failed connections of a renewed identity before rolling back to the previous slot.
+const ROLLBACK_AFTER: u32 = 3;
