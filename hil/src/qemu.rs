@@ -7,6 +7,9 @@
 //! 2. `command`: a backend command reaches the device and is acknowledged;
 //! 3. `revocation`: `revoke` → the gateway kicks the device within 1 s → its reconnects are
 //!    refused and it backs off;
+//! 4. `rotation`: the gateway reports near-expiry → the device sends a CSR → gets a new
+//!    certificate → reconnects with it from slot B; `rollback`: the new certificate is
+//!    refused → the device rolls back to slot A;
 //! 5. `wrong-anchor`: a bundle whose trust anchor is another CA → the device refuses the
 //!    gateway.
 
@@ -39,14 +42,18 @@ pub enum Scenario {
     Telemetry,
     Command,
     Revocation,
+    Rotation,
+    Rollback,
     WrongAnchor,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Telemetry,
         Scenario::Command,
         Scenario::Revocation,
+        Scenario::Rotation,
+        Scenario::Rollback,
         Scenario::WrongAnchor,
     ];
 
@@ -55,6 +62,8 @@ impl Scenario {
             Scenario::Telemetry => "telemetry",
             Scenario::Command => "command",
             Scenario::Revocation => "revocation",
+            Scenario::Rotation => "rotation",
+            Scenario::Rollback => "rollback",
             Scenario::WrongAnchor => "wrong-anchor",
         }
     }
@@ -332,6 +341,9 @@ impl Rig {
 
 /// Boots the image and runs one scenario against a fresh station, gateway and backend.
 pub async fn run(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outcome, Box<Failure>> {
+    if matches!(scenario, Scenario::Rotation | Scenario::Rollback) {
+        return rotation(scenario, qemu, image).await;
+    }
     let fail = |step: String, vm: Option<&Qemu>, rig: Option<&Rig>| {
         Box::new(Failure {
             scenario,
@@ -392,6 +404,9 @@ async fn drive(
         ..Outcome::default()
     };
     let step = |what: &str| format!("{what}: not seen in time");
+    if matches!(scenario, Scenario::Rotation | Scenario::Rollback) {
+        return Err("rotation scenarios run on their own rig".into());
+    }
     vm.wait_for(0, "dhcp address", BOOT)
         .await
         .ok_or_else(|| step("boot and DHCP"))?;
@@ -457,7 +472,7 @@ async fn drive(
         .copied()
         .unwrap_or(0);
     match scenario {
-        Scenario::Telemetry | Scenario::WrongAnchor => {}
+        Scenario::Telemetry | Scenario::WrongAnchor | Scenario::Rotation | Scenario::Rollback => {}
         Scenario::Command => {
             rig.backend
                 .command(device, b"{\"blink\":3}")
@@ -575,4 +590,93 @@ fn foreign_anchor_bundle(bundle: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("wrong-anchor.bin");
     std::fs::write(&path, out)?;
     Ok(path)
+}
+
+/// Scenario 4: rotation through the gateway and the station, and rollback when the renewed
+/// certificate is refused.
+async fn rotation(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outcome, Box<Failure>> {
+    use crate::rotation::{Renewer, RotationRig};
+    let renewer = if scenario == Scenario::Rotation {
+        Renewer::Station
+    } else {
+        Renewer::ForeignCa
+    };
+    let fail = |step: String, vm: Option<&Qemu>, rig: Option<&RotationRig>| {
+        Box::new(Failure {
+            scenario,
+            step,
+            device_log: vm.map(|q| q.tail(50)).unwrap_or_default(),
+            gateway_log: rig.map(|r| r.gateway_log(50)).unwrap_or_default(),
+        })
+    };
+    // A 10-day certificate and a 30-day threshold: the gateway asks for renewal at once.
+    let rig = RotationRig::start(HOST_FROM_GUEST, 10, 30, renewer)
+        .await
+        .map_err(|e| fail(format!("setting up station, gateway: {e:#}"), None, None))?;
+    let started = Instant::now();
+    let vm = Qemu::boot(qemu, image, &rig.bundle).map_err(|e| {
+        fail(
+            format!("starting {}: {e}", qemu.display()),
+            None,
+            Some(&rig),
+        )
+    })?;
+    let result = async {
+        let step = |what: &str| format!("{what}: not seen in time");
+        let (_, _, at) = vm
+            .wait_for(0, "connected as", STEP)
+            .await
+            .ok_or_else(|| step("mTLS handshake and CONNECT"))?;
+        let mut out = Outcome {
+            scenario: Some(scenario),
+            connect: Some(at - started),
+            ..Outcome::default()
+        };
+        for needle in [
+            "rotation: status renew=true",
+            "rotation: new key made, CSR sent",
+            "rotation: new certificate, generation 2",
+            "rotation: stored the renewed identity in slot B",
+        ] {
+            vm.wait_for(0, needle, STEP)
+                .await
+                .ok_or_else(|| step(needle))?;
+        }
+        if scenario == Scenario::Rotation {
+            let (i, _, _) = vm
+                .wait_for(0, "with slot B generation 2", STEP)
+                .await
+                .ok_or_else(|| step("reconnecting from slot B"))?;
+            vm.wait_for(i, "rotation: confirmed the identity in slot B", STEP)
+                .await
+                .ok_or_else(|| step("the renewed identity confirmed"))?;
+            vm.wait_for(i, "rotation: status renew=false", STEP)
+                .await
+                .ok_or_else(|| step("the gateway satisfied with the new certificate"))?;
+            let certs = rig.certificates().map_err(|e| e.to_string())?;
+            let statuses: Vec<&str> = certs.iter().map(|(_, s)| s.as_str()).collect();
+            if statuses != ["superseded", "active"] {
+                return Err(format!("registry after renewal: {statuses:?}"));
+            }
+        } else {
+            let (i, _, _) = vm
+                .wait_for(0, "rolled back to slot A", Duration::from_secs(30))
+                .await
+                .ok_or_else(|| step("rollback to slot A"))?;
+            vm.wait_for(i, "with slot A generation 1", STEP)
+                .await
+                .ok_or_else(|| step("reconnecting from slot A"))?;
+            vm.wait_for(i, "connected as", STEP)
+                .await
+                .ok_or_else(|| step("the old identity accepted again"))?;
+            out.refused_attempts = 3;
+        }
+        out.backoff_ms = backoffs(&vm);
+        Ok::<_, String>(out)
+    }
+    .await;
+    let out = result.map_err(|step| fail(step, Some(&vm), Some(&rig)));
+    vm.stop().await;
+    rig.stop().await;
+    out
 }

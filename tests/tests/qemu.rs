@@ -74,3 +74,19 @@ async fn a_bundle_with_the_wrong_trust_anchor_refuses_the_gateway() {
         assert!(o.refused_attempts >= 2);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_renews_its_certificate_and_reconnects_from_slot_b() {
+    let o = scenario(Scenario::Rotation).await;
+    if o.scenario.is_some() {
+        assert!(o.connect.is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_renewal_rolls_the_board_back_to_slot_a() {
+    let o = scenario(Scenario::Rollback).await;
+    if o.scenario.is_some() {
+        assert_eq!(o.refused_attempts, 3);
+    }
+}
