@@ -212,10 +212,12 @@ async fn qemu_cmd(
         let started = Instant::now();
         match qemu::run(s, qemu, image).await {
             Ok(o) => println!(
-                "VERDICT: PASS qemu {} in {:.1} s: connect {} telemetry {} command rtt {} revocation {} refused attempts {} backoff {:?} ms",
+                "VERDICT: PASS qemu {} in {:.1} s: connect {} handshake {} instructions, peak stack {} B, telemetry {} command rtt {} revocation {} refused attempts {} backoff {:?} ms",
                 s.name(),
                 started.elapsed().as_secs_f64(),
                 o.connect.map_or("-".into(), |d| format!("{} ms", d.as_millis())),
+                o.handshake_instructions.map_or("-".into(), |n| n.to_string()),
+                o.peak_stack_bytes.map_or("-".into(), |n| n.to_string()),
                 o.telemetry,
                 o.command_rtt.map_or("-".into(), |d| format!("{} ms", d.as_millis())),
                 o.revocation.map_or("-".into(), |d| format!("{} ms", d.as_millis())),

@@ -3,6 +3,8 @@
 //! real gateway and a backend, checked from the device's log and the gateway's admin API.
 //!
 //! Scenarios:
+//! 0. `measure`: boot and connect under `-icount shift=0`; instructions per handshake and
+//!    peak stack from the device's `measure:` line;
 //! 1. `telemetry`: boot → DHCP → mTLS → CONNECT → telemetry seen by a backend subscriber;
 //! 2. `command`: a backend command reaches the device and is acknowledged;
 //! 3. `revocation`: `revoke` → the gateway kicks the device within 1 s → its reconnects are
@@ -39,6 +41,9 @@ const SERVICE: &str = "hil-backend";
 /// A scenario of the emulated board.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
+    /// Boot and connect under `-icount shift=0`: the handshake's instructions and the peak
+    /// stack.
+    Measure,
     Telemetry,
     Command,
     Revocation,
@@ -48,7 +53,8 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
+        Scenario::Measure,
         Scenario::Telemetry,
         Scenario::Command,
         Scenario::Revocation,
@@ -59,6 +65,7 @@ impl Scenario {
 
     pub fn name(self) -> &'static str {
         match self {
+            Scenario::Measure => "measure",
             Scenario::Telemetry => "telemetry",
             Scenario::Command => "command",
             Scenario::Revocation => "revocation",
@@ -115,6 +122,31 @@ pub struct Outcome {
     pub refused_attempts: u32,
     /// Backoff delays the device announced, in ms.
     pub backoff_ms: Vec<u64>,
+    /// Instructions the core executed from TCP connect to an accepted MQTT session (mutual
+    /// TLS handshake, CONNECT, SUBSCRIBE), and the peak stack then, from the device's log.
+    pub handshake_instructions: Option<u64>,
+    pub peak_stack_bytes: Option<u64>,
+}
+
+/// Reads the device's `measure:` line.
+fn measurements(vm: &Qemu, out: &mut Outcome) {
+    let Some(line) = vm
+        .log()
+        .into_iter()
+        .find(|l| l.contains("measure: handshake"))
+    else {
+        return;
+    };
+    let number_after = |key: &str| -> Option<u64> {
+        line.split(key)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    out.handshake_instructions = number_after("busy ");
+    out.peak_stack_bytes = number_after("peak stack ");
 }
 
 /// A running QEMU whose semihosting output is collected line by line.
@@ -126,9 +158,21 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// Boots `image` with `bundle` loaded at identity slot A.
-    pub fn boot(qemu: &Path, image: &Path, bundle: &Path) -> std::io::Result<Qemu> {
-        let mut child = Command::new(qemu)
+    /// Boots `image` with `bundle` loaded at identity slot A. With `count_instructions`,
+    /// QEMU runs with `-icount shift=0`: one instruction is one virtual nanosecond, so the
+    /// firmware's busy-time figures are instruction counts (idle time then runs slower than
+    /// real time, so only the measurement scenario uses it).
+    pub fn boot(
+        qemu: &Path,
+        image: &Path,
+        bundle: &Path,
+        count_instructions: bool,
+    ) -> std::io::Result<Qemu> {
+        let mut command = Command::new(qemu);
+        if count_instructions {
+            command.args(["-icount", "shift=0"]);
+        }
+        let mut child = command
             .args(["-machine", "mps2-an386", "-cpu", "cortex-m4", "-nographic"])
             .args(["-monitor", "none", "-serial", "null"])
             .args(["-semihosting-config", "enable=on,target=native"])
@@ -372,7 +416,7 @@ pub async fn run(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outcom
         })?;
     }
     let started = Instant::now();
-    let vm = Qemu::boot(qemu, image, &bundle).map_err(|e| {
+    let vm = Qemu::boot(qemu, image, &bundle, scenario == Scenario::Measure).map_err(|e| {
         fail(
             format!("starting {}: {e}", qemu.display()),
             None,
@@ -442,6 +486,13 @@ async fn drive(
         .await
         .ok_or_else(|| step("mTLS handshake and CONNECT"))?;
     out.connect = Some(at - started);
+    if scenario == Scenario::Measure {
+        measurements(vm, &mut out);
+        if out.handshake_instructions.is_none() || out.peak_stack_bytes.is_none() {
+            return Err("the device logged no `measure:` line".into());
+        }
+        return Ok(out);
+    }
     if !rig
         .admin_has_session(device)
         .await
@@ -472,7 +523,11 @@ async fn drive(
         .copied()
         .unwrap_or(0);
     match scenario {
-        Scenario::Telemetry | Scenario::WrongAnchor | Scenario::Rotation | Scenario::Rollback => {}
+        Scenario::Measure
+        | Scenario::Telemetry
+        | Scenario::WrongAnchor
+        | Scenario::Rotation
+        | Scenario::Rollback => {}
         Scenario::Command => {
             rig.backend
                 .command(device, b"{\"blink\":3}")
@@ -614,7 +669,7 @@ async fn rotation(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outco
         .await
         .map_err(|e| fail(format!("setting up station, gateway: {e:#}"), None, None))?;
     let started = Instant::now();
-    let vm = Qemu::boot(qemu, image, &rig.bundle).map_err(|e| {
+    let vm = Qemu::boot(qemu, image, &rig.bundle, false).map_err(|e| {
         fail(
             format!("starting {}: {e}", qemu.display()),
             None,

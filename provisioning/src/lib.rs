@@ -351,15 +351,24 @@ impl Station {
             .write(true)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::State(format!(
-                    "{} is in use by another fleet-provision (is `serve` running? use its API, or stop it first)",
-                    dir.display()
-                )))
+        // A lock held only for a moment (a process forked by this one between fork and exec
+        // shares the descriptor) is waited out; a running `serve` or batch is not.
+        let mut waited = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if waited < 50 => {
+                    waited += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::State(format!(
+                        "{} is in use by another fleet-provision (is `serve` running? use its API, or stop it first)",
+                        dir.display()
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
         let registry = SqliteRegistry::open(&dir.join("registry.sqlite3"))?;
         let (audit, torn_bytes) = AuditLog::open(dir)?;

@@ -366,7 +366,7 @@ fn chart(ours: &Results, theirs: &Results, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Replaces one bench's section of BENCHMARKS.md (between its markers), keeping the others.
-fn write_section(name: &str, body: &str) -> anyhow::Result<()> {
+pub fn write_section(name: &str, body: &str) -> anyhow::Result<()> {
     let (start, end) = (
         format!("<!-- bench:{name} -->"),
         format!("<!-- /bench:{name} -->"),

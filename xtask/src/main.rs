@@ -59,6 +59,9 @@ enum Command {
 enum FirmwareWhat {
     /// Build the no_std firmware crate for Cortex-M (thumbv7em) and ESP32-C3 (riscv32imc).
     Build,
+    /// Flash and static RAM of every board image against its budget, and the emulated
+    /// board's handshake instructions and peak stack; written to BENCHMARKS.md.
+    Size,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +101,9 @@ fn main() -> anyhow::Result<()> {
         Command::Firmware {
             what: FirmwareWhat::Build,
         } => firmware::build(),
+        Command::Firmware {
+            what: FirmwareWhat::Size,
+        } => firmware::size(),
         Command::Bench {
             what: BenchWhat::Provisioning { devices },
         } => bench::provisioning(devices),

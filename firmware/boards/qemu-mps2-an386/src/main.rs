@@ -9,6 +9,7 @@
 
 mod lan9118;
 mod log;
+mod measure;
 mod time;
 
 use core::fmt::Write as _;
@@ -99,6 +100,8 @@ impl Clock for EmbassyClock {
 struct BoardApp {
     id: &'static str,
     slots: Slots<FlashSlots>,
+    /// When the current connection's TCP connect completed.
+    connecting: Option<measure::Mark>,
 }
 
 impl App for BoardApp {
@@ -109,7 +112,11 @@ impl App for BoardApp {
             "{{\"seq\":{seq},\"uptime_ms\":{},\"board\":\"qemu-mps2-an386\"}}",
             Instant::now().as_millis()
         );
-        log!("telemetry seq={seq}");
+        let now = time::now_ns().max(1);
+        log!(
+            "telemetry seq={seq} (core busy {}% since boot)",
+            (now.saturating_sub(measure::idle_ns()) * 100) / now
+        );
         w.len
     }
 
@@ -127,6 +134,13 @@ impl App for BoardApp {
     }
 
     fn on_connected(&mut self) {
+        if let Some(m) = self.connecting.take() {
+            log!(
+                "measure: handshake+connect busy {} ns (instructions under -icount shift=0), peak stack {} bytes",
+                measure::busy_since(m),
+                measure::peak_stack()
+            );
+        }
         log!("connected as {}", self.id);
         if let Outcome::Confirmed { slot } = self.slots.connected() {
             log!(
@@ -194,8 +208,33 @@ static TLS: StaticCell<Buffers> = StaticCell::new();
 static TCP_RX: StaticCell<[u8; 2048]> = StaticCell::new();
 static TCP_TX: StaticCell<[u8; 2048]> = StaticCell::new();
 
-#[embassy_executor::main]
-async fn main(spawner: Spawner) {
+static EXECUTOR: StaticCell<embassy_executor::raw::Executor> = StaticCell::new();
+
+/// The thread-mode executor loop (WFE/SEV, as embassy's), counting the time spent asleep so
+/// the HIL can report CPU-busy time per handshake.
+#[cortex_m_rt::entry]
+fn entry() -> ! {
+    measure::paint_stack();
+    // `usize::MAX` is embassy's thread-mode pender context: waking a task executes SEV.
+    let executor = EXECUTOR.init(embassy_executor::raw::Executor::new(usize::MAX as *mut ()));
+    if executor
+        .spawner()
+        .spawn(main_task(executor.spawner()))
+        .is_err()
+    {
+        fatal("main task")
+    }
+    loop {
+        // SAFETY: polled only from this loop, on this one thread.
+        unsafe { executor.poll() };
+        let asleep = time::now_ns();
+        cortex_m::asm::wfe();
+        measure::add_idle(time::now_ns().saturating_sub(asleep));
+    }
+}
+
+#[embassy_executor::task]
+async fn main_task(spawner: Spawner) {
     let Some(mut core) = cortex_m::Peripherals::take() else {
         fatal("core peripherals taken twice")
     };
@@ -281,6 +320,7 @@ async fn run(
     let mut app = BoardApp {
         id,
         slots: Slots::new(FlashSlots, ROLLBACK_AFTER),
+        connecting: None,
     };
     let mut stats = Stats::default();
     let options = Options::default();
@@ -306,6 +346,7 @@ async fn run(
                         slot_name(slot_index),
                         bundle.generation
                     );
+                    app.connecting = Some(measure::mark());
                     let (rd, wr) = socket.split();
                     let Err(ended) = device::run_connection(
                         rd,

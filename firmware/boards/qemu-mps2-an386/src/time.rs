@@ -42,6 +42,25 @@ impl embassy_time_driver::Driver for SysTickDriver {
     }
 }
 
+/// Nanoseconds since boot at sub-tick resolution (SysTick counts down at the core clock).
+pub fn now_ns() -> u64 {
+    const NS_PER_CYCLE: u64 = 1_000_000_000 / CORE_HZ as u64;
+    critical_section::with(|cs| {
+        let ticks = DRIVER.ticks.borrow(cs).get();
+        let reload = u64::from(CORE_HZ / TICK_HZ - 1);
+        let current = u64::from(SYST::get_current());
+        // A wrap not yet counted by the (masked) interrupt.
+        let pending = cortex_m::peripheral::SCB::is_pendst_pending();
+        let ticks = if pending { ticks + 1 } else { ticks };
+        let current = if pending {
+            u64::from(SYST::get_current())
+        } else {
+            current
+        };
+        ticks * 1_000_000 + (reload - current) * NS_PER_CYCLE
+    })
+}
+
 /// Starts the tick.
 pub fn init(syst: &mut SYST) {
     syst.set_clock_source(SystClkSource::Core);
