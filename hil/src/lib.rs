@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bench;
 pub mod fleet;
+pub mod probe;
 pub mod qemu;
 pub mod refusals;
 pub mod rotation;

@@ -86,6 +86,23 @@ enum Command {
         #[arg(long, default_value = "qemu-system-arm")]
         qemu: PathBuf,
     },
+    /// The same scenarios on a real board, flashed and watched with probe-rs (STM32, RTT
+    /// log) or espflash (ESP32-C3, serial log). The gateway listens on all interfaces.
+    Probe {
+        /// stm32f767zi (probe-rs) or esp32c3 (espflash).
+        #[arg(long)]
+        board: String,
+        /// The board's firmware image (ELF) from firmware/boards/<board>.
+        #[arg(long)]
+        image: PathBuf,
+        /// This machine's address as the board reaches it (same LAN).
+        #[arg(long)]
+        gateway_ip: std::net::IpAddr,
+        /// telemetry, command, revocation, rotation, rollback or wrong-anchor (repeat;
+        /// default: all of them).
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+    },
     /// A device with a certificate from a foreign CA and a client without a certificate:
     /// both must be refused before CONNACK.
     Refusals {
@@ -138,7 +155,32 @@ fn main() -> ExitCode {
                 image,
                 scenarios,
                 qemu,
-            } => qemu_cmd(&image, &scenarios, &qemu).await,
+            } => {
+                if !image.is_file() {
+                    anyhow::bail!(
+                        "{}: no firmware image (cargo xtask firmware build)",
+                        image.display()
+                    );
+                }
+                let target = fleet_hil::qemu::Target::Qemu { qemu, image };
+                scenarios_cmd(&target, &scenarios).await
+            }
+            Command::Probe {
+                board,
+                image,
+                gateway_ip,
+                scenarios,
+            } => {
+                let board = fleet_hil::probe::ProbeBoard::parse(&board).ok_or_else(|| {
+                    anyhow::anyhow!("unknown board {board:?}: stm32f767zi or esp32c3")
+                })?;
+                let target = fleet_hil::qemu::Target::Probe {
+                    board,
+                    image,
+                    gateway_ip,
+                };
+                scenarios_cmd(&target, &scenarios).await
+            }
             Command::Bench {
                 target,
                 name,
@@ -180,14 +222,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn qemu_cmd(
-    image: &std::path::Path,
-    names: &[String],
-    qemu: &std::path::Path,
-) -> anyhow::Result<bool> {
+async fn scenarios_cmd(target: &fleet_hil::qemu::Target, names: &[String]) -> anyhow::Result<bool> {
     use fleet_hil::qemu::{self, Scenario};
     let scenarios = if names.is_empty() {
-        Scenario::ALL.to_vec()
+        let emulated = matches!(target, fleet_hil::qemu::Target::Qemu { .. });
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| emulated || *s != Scenario::Measure)
+            .collect()
     } else {
         names
             .iter()
@@ -201,16 +243,10 @@ async fn qemu_cmd(
             })
             .collect::<anyhow::Result<_>>()?
     };
-    if !image.is_file() {
-        anyhow::bail!(
-            "{}: no firmware image (cargo xtask firmware build)",
-            image.display()
-        );
-    }
     let mut all_passed = true;
     for s in scenarios {
         let started = Instant::now();
-        match qemu::run(s, qemu, image).await {
+        match qemu::run(s, target).await {
             Ok(o) => println!(
                 "VERDICT: PASS qemu {} in {:.1} s: connect {} handshake {} instructions, peak stack {} B, telemetry {} command rtt {} revocation {} refused attempts {} backoff {:?} ms",
                 s.name(),

@@ -30,6 +30,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, Notify};
 
 use crate::backend::{Backend, ServiceIdentity};
+use crate::probe;
 
 /// Where the guest sees the host's loopback (QEMU slirp).
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
@@ -77,6 +78,35 @@ impl Scenario {
 
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// Where the firmware runs.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// QEMU's mps2-an386 (the test command's target).
+    Qemu { qemu: PathBuf, image: PathBuf },
+    /// A real board flashed and run through probe-rs (STM32) or espflash (ESP32-C3); the
+    /// gateway listens on all interfaces and the board reaches it at `gateway_ip`.
+    Probe {
+        board: probe::ProbeBoard,
+        image: PathBuf,
+        gateway_ip: std::net::IpAddr,
+    },
+}
+
+impl Target {
+    /// The gateway address the device's bundle names, and where the gateway listens.
+    fn network(&self) -> (String, SocketAddr) {
+        match self {
+            Target::Qemu { .. } => (
+                HOST_FROM_GUEST.into(),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            ),
+            Target::Probe { gateway_ip, .. } => {
+                (gateway_ip.to_string(), SocketAddr::from(([0, 0, 0, 0], 0)))
+            }
+        }
     }
 }
 
@@ -129,7 +159,7 @@ pub struct Outcome {
 }
 
 /// Reads the device's `measure:` line.
-fn measurements(vm: &Qemu, out: &mut Outcome) {
+fn measurements(vm: &Device, out: &mut Outcome) {
     let Some(line) = vm
         .log()
         .into_iter()
@@ -149,39 +179,47 @@ fn measurements(vm: &Qemu, out: &mut Outcome) {
     out.peak_stack_bytes = number_after("peak stack ");
 }
 
-/// A running QEMU whose semihosting output is collected line by line.
-pub struct Qemu {
+/// A running device — QEMU, or a real board through probe-rs/espflash — whose log (semihosting,
+/// RTT or serial) is collected line by line.
+pub struct Device {
     child: Child,
     lines: Arc<Mutex<Vec<(Instant, String)>>>,
     more: Arc<Notify>,
     reader: tokio::task::JoinHandle<()>,
 }
 
-impl Qemu {
-    /// Boots `image` with `bundle` loaded at identity slot A. With `count_instructions`,
-    /// QEMU runs with `-icount shift=0`: one instruction is one virtual nanosecond, so the
-    /// firmware's busy-time figures are instruction counts (idle time then runs slower than
-    /// real time, so only the measurement scenario uses it).
-    pub fn boot(
-        qemu: &Path,
-        image: &Path,
+impl Device {
+    /// Starts the device on `target` with `bundle` as its identity (slot A). With
+    /// `count_instructions`, QEMU runs with `-icount shift=0`: one instruction is one virtual
+    /// nanosecond, so the firmware's busy-time figures are instruction counts (idle time
+    /// then runs slower than real time, so only the measurement scenario uses it).
+    pub async fn start(
+        target: &Target,
         bundle: &Path,
         count_instructions: bool,
-    ) -> std::io::Result<Qemu> {
-        let mut command = Command::new(qemu);
-        if count_instructions {
-            command.args(["-icount", "shift=0"]);
-        }
+    ) -> std::io::Result<Device> {
+        let mut command = match target {
+            Target::Qemu { qemu, image } => {
+                let mut c = Command::new(qemu);
+                if count_instructions {
+                    c.args(["-icount", "shift=0"]);
+                }
+                c.args(["-machine", "mps2-an386", "-cpu", "cortex-m4", "-nographic"])
+                    .args(["-monitor", "none", "-serial", "null"])
+                    .args(["-semihosting-config", "enable=on,target=native"])
+                    // User-mode networking only: no tap device, nothing leaves the machine.
+                    .args(["-nic", "user,model=lan9118"])
+                    .arg("-device")
+                    .arg(format!("loader,file={},addr={SLOT_A:#x}", bundle.display()))
+                    .arg("-kernel")
+                    .arg(image);
+                c
+            }
+            Target::Probe { board, image, .. } => {
+                probe::flash_and_run(board, image, bundle).await?
+            }
+        };
         let mut child = command
-            .args(["-machine", "mps2-an386", "-cpu", "cortex-m4", "-nographic"])
-            .args(["-monitor", "none", "-serial", "null"])
-            .args(["-semihosting-config", "enable=on,target=native"])
-            // User-mode networking only: no tap device, nothing leaves the machine.
-            .args(["-nic", "user,model=lan9118"])
-            .arg("-device")
-            .arg(format!("loader,file={},addr={SLOT_A:#x}", bundle.display()))
-            .arg("-kernel")
-            .arg(image)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -204,12 +242,12 @@ impl Qemu {
             loop {
                 tokio::select! {
                     Some(Ok(Some(line))) = async { match out.as_mut() { Some(o) => Some(o.next_line().await), None => None } } => push(line),
-                    Some(Ok(Some(line))) = async { match err.as_mut() { Some(e) => Some(e.next_line().await), None => None } } => push(format!("qemu: {line}")),
+                    Some(Ok(Some(line))) = async { match err.as_mut() { Some(e) => Some(e.next_line().await), None => None } } => push(format!("stderr: {line}")),
                     else => break,
                 }
             }
         });
-        Ok(Qemu {
+        Ok(Device {
             child,
             lines,
             more,
@@ -260,7 +298,7 @@ impl Qemu {
         }
     }
 
-    /// Stops the emulation (the QEMU process we started, by its handle).
+    /// Stops the device's process (QEMU or the probe tool we started, by its handle).
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
         self.reader.abort();
@@ -269,6 +307,7 @@ impl Qemu {
 
 /// A station, a gateway (with its admin API) and a backend, on 127.0.0.1.
 struct Rig {
+    device_host: String,
     dir: tempfile::TempDir,
     station: Station,
     gateway: SocketAddr,
@@ -279,15 +318,15 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start() -> anyhow::Result<Rig> {
+    async fn start(listen: SocketAddr, device_host: &str) -> anyhow::Result<Rig> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         let station = Station::init(d, "HIL", KeyProtection::InsecurePlaintext)?;
-        // The guest connects to 10.0.2.2; the backend to 127.0.0.1.
-        station.issue_server_cert(&[HOST_FROM_GUEST, "127.0.0.1", "localhost"])?;
+        // The device connects to `device_host`; the backend to 127.0.0.1.
+        station.issue_server_cert(&[device_host, "127.0.0.1", "localhost"])?;
         station.issue_service_cert(SERVICE, TENANT)?;
         let mut config = Config::new(
-            "127.0.0.1:0".parse()?,
+            listen,
             TlsFiles {
                 server_cert: d.join("gateway/server.pem"),
                 server_key: d.join("gateway/server.key"),
@@ -331,6 +370,7 @@ impl Rig {
         )
         .await?;
         Ok(Rig {
+            device_host: device_host.to_owned(),
             dir,
             station,
             gateway,
@@ -346,7 +386,7 @@ impl Rig {
         let issued = self.station.issue_devices(&BatchRequest {
             tenant: TENANT.into(),
             count: 1,
-            gateway_host: HOST_FROM_GUEST.into(),
+            gateway_host: self.device_host.clone(),
             gateway_port: self.gateway.port(),
             validity_days: 30,
         })?;
@@ -384,11 +424,19 @@ impl Rig {
 }
 
 /// Boots the image and runs one scenario against a fresh station, gateway and backend.
-pub async fn run(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outcome, Box<Failure>> {
+pub async fn run(scenario: Scenario, target: &Target) -> Result<Outcome, Box<Failure>> {
     if matches!(scenario, Scenario::Rotation | Scenario::Rollback) {
-        return rotation(scenario, qemu, image).await;
+        return rotation(scenario, target).await;
     }
-    let fail = |step: String, vm: Option<&Qemu>, rig: Option<&Rig>| {
+    if scenario == Scenario::Measure && !matches!(target, Target::Qemu { .. }) {
+        return Err(Box::new(Failure {
+            scenario,
+            step: "instruction counts need the emulator (-icount)".into(),
+            device_log: Vec::new(),
+            gateway_log: Vec::new(),
+        }));
+    }
+    let fail = |step: String, vm: Option<&Device>, rig: Option<&Rig>| {
         Box::new(Failure {
             scenario,
             step,
@@ -396,7 +444,8 @@ pub async fn run(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outcom
             gateway_log: rig.map(|r| r.gateway_log(50)).unwrap_or_default(),
         })
     };
-    let mut rig = Rig::start().await.map_err(|e| {
+    let (device_host, listen) = target.network();
+    let mut rig = Rig::start(listen, &device_host).await.map_err(|e| {
         fail(
             format!("setting up station, gateway and backend: {e:#}"),
             None,
@@ -416,13 +465,9 @@ pub async fn run(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outcom
         })?;
     }
     let started = Instant::now();
-    let vm = Qemu::boot(qemu, image, &bundle, scenario == Scenario::Measure).map_err(|e| {
-        fail(
-            format!("starting {}: {e}", qemu.display()),
-            None,
-            Some(&rig),
-        )
-    })?;
+    let vm = Device::start(target, &bundle, scenario == Scenario::Measure)
+        .await
+        .map_err(|e| fail(format!("starting the device: {e}"), None, Some(&rig)))?;
     let result = drive(scenario, &mut rig, &vm, &device, started).await;
     let out = match result {
         Ok(o) => Ok(o),
@@ -439,7 +484,7 @@ const STEP: Duration = Duration::from_secs(20);
 async fn drive(
     scenario: Scenario,
     rig: &mut Rig,
-    vm: &Qemu,
+    vm: &Device,
     device: &str,
     started: Instant,
 ) -> Result<Outcome, String> {
@@ -612,11 +657,11 @@ impl Rig {
     }
 }
 
-fn count(vm: &Qemu, needle: &str) -> u32 {
+fn count(vm: &Device, needle: &str) -> u32 {
     vm.log().iter().filter(|l| l.contains(needle)).count() as u32
 }
 
-fn backoffs(vm: &Qemu) -> Vec<u64> {
+fn backoffs(vm: &Device) -> Vec<u64> {
     vm.log()
         .iter()
         .filter_map(|l| {
@@ -649,14 +694,14 @@ fn foreign_anchor_bundle(bundle: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Scenario 4: rotation through the gateway and the station, and rollback when the renewed
 /// certificate is refused.
-async fn rotation(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outcome, Box<Failure>> {
+async fn rotation(scenario: Scenario, target: &Target) -> Result<Outcome, Box<Failure>> {
     use crate::rotation::{Renewer, RotationRig};
     let renewer = if scenario == Scenario::Rotation {
         Renewer::Station
     } else {
         Renewer::ForeignCa
     };
-    let fail = |step: String, vm: Option<&Qemu>, rig: Option<&RotationRig>| {
+    let fail = |step: String, vm: Option<&Device>, rig: Option<&RotationRig>| {
         Box::new(Failure {
             scenario,
             step,
@@ -665,17 +710,14 @@ async fn rotation(scenario: Scenario, qemu: &Path, image: &Path) -> Result<Outco
         })
     };
     // A 10-day certificate and a 30-day threshold: the gateway asks for renewal at once.
-    let rig = RotationRig::start(HOST_FROM_GUEST, 10, 30, renewer)
+    let (device_host, listen) = target.network();
+    let rig = RotationRig::start(listen, &device_host, 10, 30, renewer)
         .await
         .map_err(|e| fail(format!("setting up station, gateway: {e:#}"), None, None))?;
     let started = Instant::now();
-    let vm = Qemu::boot(qemu, image, &rig.bundle, false).map_err(|e| {
-        fail(
-            format!("starting {}: {e}", qemu.display()),
-            None,
-            Some(&rig),
-        )
-    })?;
+    let vm = Device::start(target, &rig.bundle, false)
+        .await
+        .map_err(|e| fail(format!("starting the device: {e}"), None, Some(&rig)))?;
     let result = async {
         let step = |what: &str| format!("{what}: not seen in time");
         let (_, _, at) = vm

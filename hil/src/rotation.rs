@@ -42,6 +42,7 @@ impl RotationRig {
     /// `10.0.2.2` from QEMU). The device's certificate is valid `validity_days`; the gateway
     /// asks for renewal below `threshold_days`; renewed certificates are valid 365 days.
     pub async fn start(
+        listen: SocketAddr,
         device_host: &str,
         validity_days: u32,
         threshold_days: u32,
@@ -101,7 +102,7 @@ impl RotationRig {
             }
         };
         let mut config = Config::new(
-            "127.0.0.1:0".parse()?,
+            listen,
             TlsFiles {
                 server_cert: d.join("gateway/server.pem"),
                 server_key: d.join("gateway/server.key"),

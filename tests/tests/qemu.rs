@@ -33,7 +33,11 @@ async fn scenario(s: Scenario) -> qemu::Outcome {
     let Some((qemu_bin, image)) = setup() else {
         return qemu::Outcome::default();
     };
-    match qemu::run(s, &qemu_bin, &image).await {
+    let target = qemu::Target::Qemu {
+        qemu: qemu_bin,
+        image,
+    };
+    match qemu::run(s, &target).await {
         Ok(o) => {
             eprintln!("{} passed: {o:?}", s.name());
             o

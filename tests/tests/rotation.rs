@@ -44,9 +44,15 @@ async fn sessions(admin: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certificate() {
-    let rig = RotationRig::start("localhost", 10, 30, fleet_hil::rotation::Renewer::Station)
-        .await
-        .expect("rig");
+    let rig = RotationRig::start(
+        "127.0.0.1:0".parse().unwrap(),
+        "localhost",
+        10,
+        30,
+        fleet_hil::rotation::Renewer::Station,
+    )
+    .await
+    .expect("rig");
     let bytes = std::fs::read(&rig.bundle).unwrap();
     let recorder = Recorder::default();
     let events = recorder.events.clone();
@@ -129,9 +135,15 @@ async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certifi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_identity_the_gateway_refuses_is_rolled_back() {
-    let rig = RotationRig::start("localhost", 10, 30, fleet_hil::rotation::Renewer::ForeignCa)
-        .await
-        .expect("rig");
+    let rig = RotationRig::start(
+        "127.0.0.1:0".parse().unwrap(),
+        "localhost",
+        10,
+        30,
+        fleet_hil::rotation::Renewer::ForeignCa,
+    )
+    .await
+    .expect("rig");
     let bytes = std::fs::read(&rig.bundle).unwrap();
     let recorder = Recorder::default();
     let events = recorder.events.clone();
