@@ -229,7 +229,7 @@ async fn scenarios_cmd(target: &fleet_hil::qemu::Target, names: &[String]) -> an
         Scenario::ALL
             .into_iter()
             .filter(|s| emulated || *s != Scenario::Measure)
-            .collect()
+            .collect::<Vec<_>>()
     } else {
         names
             .iter()
