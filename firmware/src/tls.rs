@@ -17,10 +17,16 @@ use crate::bundle::Bundle;
 /// Largest server certificate chain (all certificates' DER together) the verifier keeps.
 pub const SERVER_CHAIN_MAX: usize = 2048;
 
-/// TLS record buffer sizes. The read buffer must hold a whole TLS record (16 KiB + overhead);
-/// the write buffer only needs the largest MQTT packet the device sends plus record overhead,
-/// but also encodes the handshake (client certificate), so keep it above 2 KiB.
-pub const READ_BUFFER: usize = 16_640;
+/// Largest TLS record payload the gateway sends to devices (`fleet-gateway` sets rustls'
+/// `max_fragment_size` to this). TLS allows 16 KiB records;
+/// a device that had to buffer one would need 12 KiB more RAM than the MQTT packets it
+/// accepts (at most [`crate::device::MAX_PACKET`]) ever call for.
+pub const MAX_RECORD: usize = 4096;
+
+/// TLS record buffer sizes. The read buffer holds one whole record from the gateway
+/// ([`MAX_RECORD`] plus the AEAD tag and content type); the write buffer the largest MQTT
+/// packet the device sends plus record overhead, and the handshake's client certificate.
+pub const READ_BUFFER: usize = MAX_RECORD + 64;
 pub const WRITE_BUFFER: usize = 4096;
 
 /// The cipher suite the device offers.

@@ -169,12 +169,14 @@ pub fn load(files: &TlsFiles) -> Result<TlsState, Error> {
     let (verifier, revoked) = client_verifier(&files.client_ca, &files.crl)?;
     let chain = load_certs(&files.server_cert)?;
     let key = load_key(&files.server_key)?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(format!("server certificate and key: {e}")))?;
+    // Small records, so a device needs a 4 KiB TLS read buffer instead of 16 KiB.
+    config.max_fragment_size = Some(fleet_firmware::tls::MAX_RECORD);
     Ok(TlsState {
         server_config: Arc::new(config),
         revoked,
