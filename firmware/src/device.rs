@@ -21,6 +21,7 @@ use crate::bundle::Bundle;
 use crate::mqtt::{
     Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters,
 };
+use crate::outbox::Outbox;
 use crate::socket::SplitSocket;
 use crate::tls::{DeviceCrypto, Suite};
 use crate::Error;
@@ -69,6 +70,8 @@ pub enum RotationEvent<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub keep_alive_secs: u16,
+    /// How often `App::telemetry` is asked for a message; 0: never (the caller queues
+    /// messages in the outbox itself).
     pub telemetry_period_ms: u64,
     pub telemetry_qos: QoS,
     /// How long to wait for CONNACK and SUBACK.
@@ -93,7 +96,8 @@ impl Default for Options {
 pub const MAX_PACKET: usize = 1024;
 /// Largest topic the device builds.
 pub const MAX_TOPIC: usize = 160;
-const MAX_PAYLOAD: usize = 512;
+/// Largest telemetry payload, command reply and queued QoS 1 message.
+pub const MAX_PAYLOAD: usize = 512;
 /// Largest identity bundle the device writes when it renews.
 pub const MAX_BUNDLE: usize = 2048;
 
@@ -145,8 +149,11 @@ struct Pending {
 /// Runs one connection until it ends. It never ends well: the `Err` says why it ended —
 /// [`Error::Renewed`] when a renewed identity is waiting in `buffers.bundle_out` to be stored
 /// and used for the next connection.
+///
+/// QoS 1 telemetry goes through `outbox`, which the caller keeps across connections: what
+/// the gateway has not acknowledged is sent again (DUP) on the next connection.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_connection<R, W, C, A, G>(
+pub async fn run_connection<R, W, C, A, G, const Q: usize>(
     rd: R,
     wr: W,
     bundle: &Bundle<'_>,
@@ -154,6 +161,7 @@ pub async fn run_connection<R, W, C, A, G>(
     clock: &C,
     app: &mut A,
     options: &Options,
+    outbox: &mut Outbox<Q, MAX_PAYLOAD>,
     buffers: &mut Buffers,
     stats: &mut Stats,
 ) -> Result<Infallible, Error>
@@ -228,6 +236,8 @@ where
     }
     app.on_connected();
 
+    outbox.reconnected();
+    let outbox = RefCell::new(outbox);
     let pending = RefCell::new(Pending::default());
     let wake = Signal::<NoopRawMutex, ()>::new();
     let app = RefCell::new(app);
@@ -251,7 +261,7 @@ where
                 Packet::parse(&rx[used..rx_len], MAX_PACKET).map_err(Error::Mqtt)?
             {
                 used += n;
-                handle(packet, &topics, &pending, &app, &stats)?;
+                handle(packet, &topics, &pending, &app, &stats, &outbox)?;
                 wake.signal(());
             }
             consume(&mut rx, &mut rx_len, used);
@@ -263,7 +273,6 @@ where
         let mut next_telemetry = clock.now_ms();
         let mut next_ping = clock.now_ms() + keep_alive_ms;
         let mut seq: u32 = 0;
-        let mut packet_id: u16 = 1;
         let mut payload = [0u8; MAX_PAYLOAD];
         let mut new_key: Option<p256::SecretKey> = None;
         if options.rotation {
@@ -329,27 +338,49 @@ where
                 .await?;
             }
             let now = clock.now_ms();
-            if now >= next_telemetry {
+            if options.telemetry_period_ms > 0 && now >= next_telemetry {
                 let len = app
                     .borrow_mut()
                     .telemetry(seq, &mut payload)
                     .min(MAX_PAYLOAD);
                 seq = seq.wrapping_add(1);
-                let id = (options.telemetry_qos != QoS::AtMostOnce).then(|| {
-                    packet_id = packet_id.checked_add(1).unwrap_or(2);
-                    packet_id
-                });
-                publish(
-                    &mut writer,
-                    &mut tx,
-                    topics.telemetry.as_str(),
-                    &payload[..len],
-                    options.telemetry_qos,
-                    id,
-                )
-                .await?;
-                stats.borrow_mut().published += 1;
+                if options.telemetry_qos == QoS::AtMostOnce {
+                    publish(
+                        &mut writer,
+                        &mut tx,
+                        topics.telemetry.as_str(),
+                        &payload[..len],
+                        QoS::AtMostOnce,
+                        None,
+                    )
+                    .await?;
+                    stats.borrow_mut().published += 1;
+                } else {
+                    // Fits by construction (len <= MAX_PAYLOAD): the error cannot happen.
+                    let _ = outbox.borrow_mut().push(&payload[..len]);
+                }
                 next_telemetry = now + options.telemetry_period_ms;
+            }
+            // Everything queued and not yet sent on this connection, oldest first.
+            loop {
+                let due = outbox.borrow_mut().next_due().map(|d| {
+                    (
+                        d.packet_id,
+                        d.dup,
+                        Vec::<u8, MAX_PAYLOAD>::from_slice(d.payload).unwrap_or_default(),
+                    )
+                });
+                let Some((id, dup, body)) = due else { break };
+                let p = Packet::Publish(Publish {
+                    dup,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: topics.telemetry.as_str(),
+                    packet_id: Some(id),
+                    payload: &body,
+                });
+                send(&mut writer, &mut tx, &p).await?;
+                stats.borrow_mut().published += 1;
             }
             if keep_alive_ms > 0 && now >= next_ping {
                 if pending.borrow().ping_outstanding {
@@ -361,10 +392,15 @@ where
                 send(&mut writer, &mut tx, &Packet::PingReq).await?;
                 next_ping = now + keep_alive_ms;
             }
-            let at = if keep_alive_ms > 0 {
-                next_telemetry.min(next_ping)
-            } else {
+            let telemetry_at = if options.telemetry_period_ms > 0 {
                 next_telemetry
+            } else {
+                u64::MAX
+            };
+            let at = if keep_alive_ms > 0 {
+                telemetry_at.min(next_ping)
+            } else {
+                telemetry_at
             };
             select(clock.sleep_until(at), wake.wait()).await;
         }
@@ -375,12 +411,13 @@ where
     }
 }
 
-fn handle<A: App>(
+fn handle<A: App, const Q: usize>(
     packet: Packet<'_>,
     topics: &Topics,
     pending: &RefCell<Pending>,
     app: &RefCell<&mut A>,
     stats: &RefCell<&mut Stats>,
+    outbox: &RefCell<&mut Outbox<Q, MAX_PAYLOAD>>,
 ) -> Result<(), Error> {
     match packet {
         Packet::Publish(p) if p.topic.starts_with(topics.cert_prefix.as_str()) => {
@@ -426,8 +463,10 @@ fn handle<A: App>(
             }
             Ok(())
         }
-        Packet::PubAck(_) => {
-            stats.borrow_mut().acked += 1;
+        Packet::PubAck(id) => {
+            if outbox.borrow_mut().acked(id) {
+                stats.borrow_mut().acked += 1;
+            }
             Ok(())
         }
         Packet::PingResp => {

@@ -10,6 +10,7 @@ pub mod csr;
 pub mod device;
 pub mod error;
 pub mod mqtt;
+pub mod outbox;
 pub mod slots;
 pub mod socket;
 pub mod tls;

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::bundle::Bundle;
-use crate::device::{self, App, Buffers, Clock, Options, RotationEvent, Stats};
+use crate::device::{self, App, Buffers, Clock, Options, RotationEvent, Stats, MAX_PAYLOAD};
+use crate::outbox::Outbox;
 use crate::slots::{Outcome, SlotStore, Slots};
 use crate::Error;
 
@@ -53,11 +54,13 @@ pub async fn connect_tcp(
 
 /// One connection attempt, run until it ends. Returns why it ended; for
 /// [`Error::Renewed`] the new bundle is in `buffers.bundle_out`.
-pub async fn connect_once<A: App>(
+#[allow(clippy::too_many_arguments)]
+pub async fn connect_once<A: App, const Q: usize>(
     bundle: &Bundle<'_>,
     to: Option<SocketAddr>,
     app: &mut A,
     options: &Options,
+    outbox: &mut Outbox<Q, MAX_PAYLOAD>,
     stats: &mut Stats,
     buffers: &mut Buffers,
 ) -> Error {
@@ -76,6 +79,7 @@ pub async fn connect_once<A: App>(
         &clock,
         app,
         options,
+        outbox,
         buffers,
         stats,
     )
@@ -111,6 +115,9 @@ pub struct SimConfig {
     pub backoff: Backoff,
 }
 
+/// QoS 1 messages a simulated device keeps for the gateway across reconnects.
+pub const SIM_OUTBOX: usize = 32;
+
 /// Failed connections of a renewed identity before the device rolls back to the previous one.
 pub const ROLLBACK_AFTER: u32 = 3;
 
@@ -128,6 +135,7 @@ pub async fn run<A: App>(
 ) {
     let mut slots = Slots::new(MemSlots([identity.to_vec(), Vec::new()]), ROLLBACK_AFTER);
     let mut buffers = Box::new(Buffers::new());
+    let mut outbox = Box::new(Outbox::<SIM_OUTBOX, MAX_PAYLOAD>::new());
     let mut attempt = 0;
     while !*stop.borrow() {
         let connects_before = stats.connects;
@@ -147,7 +155,7 @@ pub async fn run<A: App>(
             slots: &mut slots,
         };
         let ended = tokio::select! {
-            e = connect_once(&bundle, config.to, &mut confirming, &config.options, stats, &mut buffers) => e,
+            e = connect_once(&bundle, config.to, &mut confirming, &config.options, &mut outbox, stats, &mut buffers) => e,
             _ = stop.changed() => return,
         };
         on_end(&ended);

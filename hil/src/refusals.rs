@@ -88,11 +88,14 @@ pub async fn foreign_ca_device(
     let mut stats = Stats::default();
     let (mut app, options) = (Silent, Options::default());
     let mut buffers = Box::new(fleet_firmware::device::Buffers::new());
+    let mut outbox =
+        fleet_firmware::outbox::Outbox::<1, { fleet_firmware::device::MAX_PAYLOAD }>::new();
     let attempt = sim::connect_once(
         &bundle,
         Some(gateway),
         &mut app,
         &options,
+        &mut outbox,
         &mut stats,
         &mut buffers,
     );

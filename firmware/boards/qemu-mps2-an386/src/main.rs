@@ -20,7 +20,10 @@ use embassy_net::{Ipv4Address, Stack, StackResources};
 use embassy_time::{Duration, Instant, Timer};
 use fleet_firmware::backoff::Backoff;
 use fleet_firmware::bundle::{self, Bundle};
-use fleet_firmware::device::{self, App, Buffers, Clock, Options, RotationEvent, Stats};
+use fleet_firmware::device::{
+    self, App, Buffers, Clock, Options, RotationEvent, Stats, MAX_PAYLOAD,
+};
+use fleet_firmware::outbox::Outbox;
 use fleet_firmware::slots::{Outcome, SlotStore, Slots};
 use fleet_firmware::Error;
 use rand_chacha::ChaCha20Rng;
@@ -205,6 +208,8 @@ async fn net_task(mut runner: embassy_net::Runner<'static, lan9118::Lan9118>) ->
 static BUNDLE_ID: StaticCell<heapless::String<64>> = StaticCell::new();
 static NET: StaticCell<StackResources<3>> = StaticCell::new();
 static TLS: StaticCell<Buffers> = StaticCell::new();
+/// QoS 1 telemetry kept across reconnects (4 messages: the RAM budget is 40 KiB).
+static OUTBOX: StaticCell<Outbox<4, MAX_PAYLOAD>> = StaticCell::new();
 static TCP_RX: StaticCell<[u8; 2048]> = StaticCell::new();
 static TCP_TX: StaticCell<[u8; 2048]> = StaticCell::new();
 
@@ -315,6 +320,7 @@ async fn run(
     id: &'static str,
 ) -> ! {
     let tls = TLS.init(Buffers::new());
+    let outbox = OUTBOX.init(Outbox::new());
     let tcp_rx = TCP_RX.init([0; 2048]);
     let tcp_tx = TCP_TX.init([0; 2048]);
     let mut app = BoardApp {
@@ -356,6 +362,7 @@ async fn run(
                         &EmbassyClock,
                         &mut app,
                         &options,
+                        &mut *outbox,
                         tls,
                         &mut stats,
                     )
