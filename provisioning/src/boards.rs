@@ -33,10 +33,10 @@ pub const BOARDS: [Board; 3] = [
     },
     Board {
         name: "stm32f767zi",
-        slot_a: 0x081C_0000,
-        slot_b: 0x081E_0000,
-        slot_size: 0x2_0000,
-        note: "last 256 KiB sector of the 2 MiB flash, split in two",
+        slot_a: 0x0818_0000,
+        slot_b: 0x081C_0000,
+        slot_size: 0x4_0000,
+        note: "the last two 256 KiB sectors (10 and 11) of the 2 MiB flash in its default single-bank mode, so each slot erases on its own",
     },
 ];
 
