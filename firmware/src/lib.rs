@@ -5,6 +5,8 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod backoff;
+#[cfg(feature = "embassy")]
+pub mod board;
 pub mod bundle;
 pub mod csr;
 pub mod device;

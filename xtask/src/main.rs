@@ -170,6 +170,17 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    sh::step("cargo clippy -p fleet-firmware --features embassy (the loop the boards share)");
+    sh::cargo(&[
+        "clippy",
+        "-p",
+        "fleet-firmware",
+        "--features",
+        "embassy",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     sh::step("cargo test --workspace");
     // The interop and emulator tests must not skip themselves here: mosquitto_pub, QEMU and
     // the board image were all provided above.

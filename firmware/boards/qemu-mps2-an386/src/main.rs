@@ -12,20 +12,13 @@ mod log;
 mod measure;
 mod time;
 
-use core::fmt::Write as _;
-
 use embassy_executor::Spawner;
-use embassy_net::tcp::TcpSocket;
 use embassy_net::{Ipv4Address, Stack, StackResources};
-use embassy_time::{Duration, Instant, Timer};
-use fleet_firmware::backoff::Backoff;
-use fleet_firmware::bundle::{self, Bundle};
-use fleet_firmware::device::{
-    self, App, Buffers, Clock, Options, RotationEvent, Stats, MAX_PAYLOAD,
-};
+use fleet_firmware::board::{slot_name, Board, Resources};
+use fleet_firmware::bundle::{self, Bundle, BundleError};
+use fleet_firmware::device::{Buffers, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
-use fleet_firmware::slots::{Outcome, SlotStore, Slots};
-use fleet_firmware::Error;
+use fleet_firmware::slots::SlotStore;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use static_cell::StaticCell;
@@ -77,66 +70,28 @@ impl SlotStore for FlashSlots {
     }
 }
 
-fn slot_name(slot: usize) -> &'static str {
-    if slot == 0 {
-        "A"
-    } else {
-        "B"
-    }
-}
-
-/// embassy-time as the firmware core's clock.
-struct EmbassyClock;
-
-impl Clock for EmbassyClock {
-    fn now_ms(&self) -> u64 {
-        Instant::now().as_millis()
-    }
-
-    async fn sleep_until(&self, at_ms: u64) {
-        Timer::at(Instant::from_millis(at_ms)).await
-    }
-}
-
-/// What this board reports and how it answers commands; it owns the identity slots so a
-/// renewed identity is confirmed the moment the gateway accepts it.
-struct BoardApp {
-    id: &'static str,
-    slots: Slots<FlashSlots>,
-    /// When the current connection's TCP connect completed.
+/// The emulated board for the shared loop: semihosting log, memory-mapped slots, and the
+/// handshake measurement.
+struct Qemu {
     connecting: Option<measure::Mark>,
 }
 
-impl App for BoardApp {
-    fn telemetry(&mut self, seq: u32, out: &mut [u8]) -> usize {
-        let mut w = SliceWriter { buf: out, len: 0 };
-        let _ = write!(
-            w,
-            "{{\"seq\":{seq},\"uptime_ms\":{},\"board\":\"qemu-mps2-an386\"}}",
-            Instant::now().as_millis()
-        );
-        let now = time::now_ns().max(1);
-        log!(
-            "telemetry seq={seq} (core busy {}% since boot)",
-            (now.saturating_sub(measure::idle_ns()) * 100) / now
-        );
-        w.len
+impl Board for Qemu {
+    const NAME: &'static str = "qemu-mps2-an386";
+
+    fn log(&mut self, line: core::fmt::Arguments<'_>) {
+        cortex_m_semihosting::hprintln!("{}", line);
     }
 
-    fn on_command(&mut self, topic: &str, payload: &[u8], reply: &mut [u8]) -> Option<usize> {
-        let text = core::str::from_utf8(payload).unwrap_or("<binary>");
-        log!("command topic={topic} payload={text}");
-        let mut w = SliceWriter { buf: reply, len: 0 };
-        let _ = write!(
-            w,
-            "{{\"ok\":true,\"device\":\"{}\",\"echo\":{}}}",
-            self.id,
-            payload.len()
-        );
-        Some(w.len)
+    fn identity(&self) -> Result<(usize, Bundle<'static>), BundleError> {
+        bundle::newest(slot(SLOT_A), slot(SLOT_B))
     }
 
-    fn on_connected(&mut self) {
+    fn tcp_connected(&mut self) {
+        self.connecting = Some(measure::mark());
+    }
+
+    fn session_accepted(&mut self) {
         if let Some(m) = self.connecting.take() {
             log!(
                 "measure: handshake+connect busy {} ns (instructions under -icount shift=0), peak stack {} bytes",
@@ -144,46 +99,15 @@ impl App for BoardApp {
                 measure::peak_stack()
             );
         }
-        log!("connected as {}", self.id);
-        if let Outcome::Confirmed { slot } = self.slots.connected() {
-            log!(
-                "rotation: confirmed the identity in slot {}",
-                slot_name(slot)
-            );
-        }
     }
 
-    fn on_rotation(&mut self, event: RotationEvent<'_>) {
-        match event {
-            RotationEvent::Status { renew } => log!("rotation: status renew={renew}"),
-            RotationEvent::Requested => log!("rotation: new key made, CSR sent"),
-            RotationEvent::Refused(why) => log!("rotation: refused: {why}"),
-            RotationEvent::Renewed { generation } => {
-                log!("rotation: new certificate, generation {generation}")
-            }
-            RotationEvent::Rejected => log!("rotation: the certificate is not for our new key"),
-            other => log!("rotation: {other:?}"),
-        }
-    }
-}
-
-/// `core::fmt::Write` into a byte slice, truncating.
-struct SliceWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl core::fmt::Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let room = self.buf.len() - self.len;
-        let n = s.len().min(room);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        if n < s.len() {
-            Err(core::fmt::Error)
-        } else {
-            Ok(())
-        }
+    fn telemetry_note(&mut self, out: &mut dyn core::fmt::Write) {
+        let now = time::now_ns().max(1);
+        let _ = write!(
+            out,
+            " (core busy {}% since boot)",
+            (now.saturating_sub(measure::idle_ns()) * 100) / now
+        );
     }
 }
 
@@ -205,7 +129,6 @@ async fn net_task(mut runner: embassy_net::Runner<'static, lan9118::Lan9118>) ->
     runner.run().await
 }
 
-static BUNDLE_ID: StaticCell<heapless::String<64>> = StaticCell::new();
 static NET: StaticCell<StackResources<3>> = StaticCell::new();
 static TLS: StaticCell<Buffers> = StaticCell::new();
 /// QoS 1 telemetry kept across reconnects (4 messages: the RAM budget is 40 KiB).
@@ -272,8 +195,6 @@ async fn main_task(spawner: Spawner) {
         );
         fatal("gateway address")
     };
-    let id = BUNDLE_ID.init(heapless::String::new());
-    let _ = id.push_str(bundle.device_id);
     log!("WARNING: emulation RNG seeded from the bundle's per-device seed; real boards use their hardware TRNG");
     let mut rng = emulation_rng(&bundle);
 
@@ -309,105 +230,16 @@ async fn main_task(spawner: Spawner) {
     if let Some(cfg) = stack.config_v4() {
         log!("dhcp address {}", cfg.address);
     }
-    run(stack, gateway, bundle.gateway_port, &mut rng, id).await
+    run(stack, gateway, bundle.gateway_port, &mut rng).await
 }
 
-async fn run(
-    stack: Stack<'static>,
-    gateway: Ipv4Address,
-    port: u16,
-    rng: &mut ChaCha20Rng,
-    id: &'static str,
-) -> ! {
-    let tls = TLS.init(Buffers::new());
-    let outbox = OUTBOX.init(Outbox::new());
-    let tcp_rx = TCP_RX.init([0; 2048]);
-    let tcp_tx = TCP_TX.init([0; 2048]);
-    let mut app = BoardApp {
-        id,
-        slots: Slots::new(FlashSlots, ROLLBACK_AFTER),
-        connecting: None,
+async fn run(stack: Stack<'static>, gateway: Ipv4Address, port: u16, rng: &mut ChaCha20Rng) -> ! {
+    let resources = Resources {
+        tls: TLS.init(Buffers::new()),
+        outbox: OUTBOX.init(Outbox::new()),
+        tcp_rx: TCP_RX.init([0; 2048]),
+        tcp_tx: TCP_TX.init([0; 2048]),
     };
-    let mut stats = Stats::default();
-    let options = Options::default();
-    let backoff = Backoff::default();
-    let mut attempt = 0u32;
-    loop {
-        // The slots are memory-mapped: the bundle borrows the slot itself, not `app`, and
-        // only inside this block; slots are written after it.
-        let (connected, renewed, slot_index) = {
-            let Ok((slot_index, bundle)) = bundle::newest(slot(SLOT_A), slot(SLOT_B)) else {
-                fatal("no identity left")
-            };
-            let connects = stats.connects;
-            let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
-            socket.set_timeout(Some(Duration::from_secs(90)));
-            let started = embassy_time::Instant::now();
-            let mut renewed = None;
-            match socket.connect((gateway, port)).await {
-                Err(e) => log!("tcp connect to {gateway}:{port}: {e:?}"),
-                Ok(()) => {
-                    log!(
-                        "tcp connected to {gateway}:{port} with slot {} generation {}",
-                        slot_name(slot_index),
-                        bundle.generation
-                    );
-                    app.connecting = Some(measure::mark());
-                    let (rd, wr) = socket.split();
-                    let Err(ended) = device::run_connection(
-                        rd,
-                        wr,
-                        &bundle,
-                        &mut *rng,
-                        &EmbassyClock,
-                        &mut app,
-                        &options,
-                        &mut *outbox,
-                        tls,
-                        &mut stats,
-                    )
-                    .await;
-                    log!(
-                        "connection ended after {} ms: {ended}",
-                        started.elapsed().as_millis()
-                    );
-                    if let Error::Renewed(len) = ended {
-                        renewed = Some(len);
-                    }
-                }
-            }
-            socket.abort();
-            let _ = socket.flush().await;
-            drop(socket);
-            (stats.connects > connects, renewed, slot_index)
-        };
-        if !connected {
-            if let Outcome::RolledBack { from, to } = app.slots.failed() {
-                log!(
-                    "rotation: slot {} failed {ROLLBACK_AFTER} times, rolled back to slot {}",
-                    slot_name(from),
-                    slot_name(to)
-                );
-            }
-        }
-        if let Some(len) = renewed {
-            let bytes = &tls.bundle_out[..len.min(tls.bundle_out.len())];
-            if app.slots.store_renewed(bytes) {
-                log!(
-                    "rotation: stored the renewed identity in slot {}",
-                    slot_name(1 - slot_index)
-                );
-                attempt = 0;
-                continue;
-            }
-            log!("rotation: could not store the renewed identity");
-        }
-        attempt = if connected { 0 } else { attempt + 1 };
-        let delay = backoff.delay_ms(attempt, rng);
-        log!("reconnecting in {delay} ms (attempt {attempt})");
-        Timer::after_millis(u64::from(delay)).await;
-    }
+    let mut board = Qemu { connecting: None };
+    fleet_firmware::board::run(&mut board, FlashSlots, stack, gateway, port, rng, resources).await
 }
-
-/// Failed connections of a renewed identity before rolling back to the previous slot.
-const ROLLBACK_AFTER: u32 = 3;

@@ -5,25 +5,19 @@
 #![no_std]
 #![no_main]
 
-use core::fmt::Write as _;
-
 use embassy_executor::Spawner;
-use embassy_net::tcp::TcpSocket;
 use embassy_net::{Ipv4Address, Stack, StackResources};
 use embassy_stm32::eth::{Ethernet, GenericPhy, PacketQueue, Sma};
 use embassy_stm32::flash::Flash;
 use embassy_stm32::peripherals::{ETH, ETH_SMA};
 use embassy_stm32::rng::Rng;
 use embassy_stm32::{bind_interrupts, eth, peripherals, rng, Config};
-use embassy_time::{Duration, Instant, Timer};
-use fleet_firmware::backoff::Backoff;
-use fleet_firmware::bundle;
-use fleet_firmware::device::{
-    self, App, Buffers, Clock, Options, RotationEvent, Stats, MAX_PAYLOAD,
-};
+use embassy_time::Instant;
+use fleet_firmware::board::{slot_name, Board, Resources};
+use fleet_firmware::bundle::{self, Bundle, BundleError};
+use fleet_firmware::device::{Buffers, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
-use fleet_firmware::slots::{Outcome, SlotStore, Slots};
-use fleet_firmware::Error;
+use fleet_firmware::slots::SlotStore;
 use rtt_target::{rprintln, rtt_init_print};
 use static_cell::StaticCell;
 
@@ -37,8 +31,6 @@ const FLASH_BASE: usize = 0x0800_0000;
 const SLOTS: [usize; 2] = [0x0818_0000, 0x081C_0000];
 /// One flash sector per slot.
 const SLOT_LEN: usize = 0x4_0000;
-/// Failed connections of a renewed identity before rolling back.
-const ROLLBACK_AFTER: u32 = 3;
 
 macro_rules! log {
     ($($arg:tt)*) => {
@@ -98,89 +90,18 @@ impl SlotStore for FlashSlots {
     }
 }
 
-struct EmbassyClock;
+/// The NUCLEO board for the shared loop: RTT log, memory-mapped flash slots.
+struct Nucleo;
 
-impl Clock for EmbassyClock {
-    fn now_ms(&self) -> u64 {
-        Instant::now().as_millis()
+impl Board for Nucleo {
+    const NAME: &'static str = "nucleo-f767zi";
+
+    fn log(&mut self, line: core::fmt::Arguments<'_>) {
+        rprintln!("{}", line);
     }
 
-    async fn sleep_until(&self, at_ms: u64) {
-        Timer::at(Instant::from_millis(at_ms)).await
-    }
-}
-
-struct BoardApp {
-    id: &'static str,
-    slots: Slots<FlashSlots>,
-}
-
-struct SliceWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl core::fmt::Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        if n < s.len() {
-            Err(core::fmt::Error)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl App for BoardApp {
-    fn telemetry(&mut self, seq: u32, out: &mut [u8]) -> usize {
-        let mut w = SliceWriter { buf: out, len: 0 };
-        let _ = write!(
-            w,
-            "{{\"seq\":{seq},\"uptime_ms\":{},\"board\":\"nucleo-f767zi\"}}",
-            Instant::now().as_millis()
-        );
-        log!("telemetry seq={seq}");
-        w.len
-    }
-
-    fn on_command(&mut self, topic: &str, payload: &[u8], reply: &mut [u8]) -> Option<usize> {
-        log!(
-            "command topic={topic} payload={}",
-            core::str::from_utf8(payload).unwrap_or("<binary>")
-        );
-        let mut w = SliceWriter { buf: reply, len: 0 };
-        let _ = write!(w, "{{\"ok\":true,\"device\":\"{}\",\"echo\":{}}}", self.id, payload.len());
-        Some(w.len)
-    }
-
-    fn on_connected(&mut self) {
-        log!("connected as {}", self.id);
-        if let Outcome::Confirmed { slot } = self.slots.connected() {
-            log!("rotation: confirmed the identity in slot {}", slot_name(slot));
-        }
-    }
-
-    fn on_rotation(&mut self, event: RotationEvent<'_>) {
-        match event {
-            RotationEvent::Status { renew } => log!("rotation: status renew={renew}"),
-            RotationEvent::Requested => log!("rotation: new key made, CSR sent"),
-            RotationEvent::Refused(why) => log!("rotation: refused: {why}"),
-            RotationEvent::Renewed { generation } => {
-                log!("rotation: new certificate, generation {generation}")
-            }
-            RotationEvent::Rejected => log!("rotation: the certificate is not for our new key"),
-            other => log!("rotation: {other:?}"),
-        }
-    }
-}
-
-fn slot_name(slot: usize) -> &'static str {
-    if slot == 0 {
-        "A"
-    } else {
-        "B"
+    fn identity(&self) -> Result<(usize, Bundle<'static>), BundleError> {
+        bundle::newest(slot(SLOTS[0]), slot(SLOTS[1]))
     }
 }
 
@@ -197,7 +118,6 @@ static TLS: StaticCell<Buffers> = StaticCell::new();
 static OUTBOX: StaticCell<Outbox<4, MAX_PAYLOAD>> = StaticCell::new();
 static TCP_RX: StaticCell<[u8; 2048]> = StaticCell::new();
 static TCP_TX: StaticCell<[u8; 2048]> = StaticCell::new();
-static ID: StaticCell<heapless::String<64>> = StaticCell::new();
 
 fn halt(what: &str) -> ! {
     rprintln!("fleet: FATAL {}", what);
@@ -240,12 +160,19 @@ async fn main(spawner: Spawner) {
         config.rcc.sys = Sysclk::PLL1_P;
     }
     let p = embassy_stm32::init(config);
-    log!("boot nucleo-f767zi fleet-firmware {}", env!("CARGO_PKG_VERSION"));
+    log!(
+        "boot nucleo-f767zi fleet-firmware {}",
+        env!("CARGO_PKG_VERSION")
+    );
 
     let (slot_index, bundle) = match bundle::newest(slot(SLOTS[0]), slot(SLOTS[1])) {
         Ok(found) => found,
         Err(e) => {
-            log!("no valid identity bundle at {:#x} or {:#x}: {e}", SLOTS[0], SLOTS[1]);
+            log!(
+                "no valid identity bundle at {:#x} or {:#x}: {e}",
+                SLOTS[0],
+                SLOTS[1]
+            );
             halt("no identity")
         }
     };
@@ -259,11 +186,12 @@ async fn main(spawner: Spawner) {
         bundle.gateway_port
     );
     let Ok(gateway) = bundle.gateway_host.parse::<Ipv4Address>() else {
-        log!("gateway host {} is not an IPv4 address (no DNS resolver on this board yet)", bundle.gateway_host);
+        log!(
+            "gateway host {} is not an IPv4 address (no DNS resolver on this board yet)",
+            bundle.gateway_host
+        );
         halt("gateway address")
     };
-    let id = ID.init(heapless::String::new());
-    let _ = id.push_str(bundle.device_id);
 
     let mut rng = Rng::new(p.RNG, Irqs);
     // A locally administered MAC from the chip's unique id.
@@ -299,7 +227,14 @@ async fn main(spawner: Spawner) {
         log!("dhcp address {}", cfg.address);
     }
     let flash = Flash::new_blocking(p.FLASH);
-    run(stack, gateway, bundle.gateway_port, &mut rng, id, FlashSlots { flash }).await
+    run(
+        stack,
+        gateway,
+        bundle.gateway_port,
+        &mut rng,
+        FlashSlots { flash },
+    )
+    .await
 }
 
 async fn run(
@@ -307,84 +242,13 @@ async fn run(
     gateway: Ipv4Address,
     port: u16,
     rng: &mut Rng<'static, peripherals::RNG>,
-    id: &'static str,
     store: FlashSlots,
 ) -> ! {
-    let tls = TLS.init(Buffers::new());
-    let outbox = OUTBOX.init(Outbox::new());
-    let tcp_rx = TCP_RX.init([0; 2048]);
-    let tcp_tx = TCP_TX.init([0; 2048]);
-    let mut app = BoardApp {
-        id,
-        slots: Slots::new(store, ROLLBACK_AFTER),
+    let resources = Resources {
+        tls: TLS.init(Buffers::new()),
+        outbox: OUTBOX.init(Outbox::new()),
+        tcp_rx: TCP_RX.init([0; 2048]),
+        tcp_tx: TCP_TX.init([0; 2048]),
     };
-    let mut stats = Stats::default();
-    let options = Options::default();
-    let backoff = Backoff::default();
-    let mut attempt = 0u32;
-    loop {
-        let (connected, renewed, slot_index) = {
-            let Ok((slot_index, bundle)) = bundle::newest(slot(SLOTS[0]), slot(SLOTS[1])) else {
-                halt("no identity left")
-            };
-            let connects = stats.connects;
-            let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
-            socket.set_timeout(Some(Duration::from_secs(90)));
-            let mut renewed = None;
-            match socket.connect((gateway, port)).await {
-                Err(e) => log!("tcp connect to {gateway}:{port}: {e:?}"),
-                Ok(()) => {
-                    log!(
-                        "tcp connected to {gateway}:{port} with slot {} generation {}",
-                        slot_name(slot_index),
-                        bundle.generation
-                    );
-                    let (rd, wr) = socket.split();
-                    let Err(ended) = device::run_connection(
-                        rd,
-                        wr,
-                        &bundle,
-                        &mut *rng,
-                        &EmbassyClock,
-                        &mut app,
-                        &options,
-                        &mut *outbox,
-                        tls,
-                        &mut stats,
-                    )
-                    .await;
-                    log!("connection ended: {ended}");
-                    if let Error::Renewed(len) = ended {
-                        renewed = Some(len);
-                    }
-                }
-            }
-            socket.abort();
-            let _ = socket.flush().await;
-            drop(socket);
-            (stats.connects > connects, renewed, slot_index)
-        };
-        if !connected {
-            if let Outcome::RolledBack { from, to } = app.slots.failed() {
-                log!(
-                    "rotation: slot {} failed {ROLLBACK_AFTER} times, rolled back to slot {}",
-                    slot_name(from),
-                    slot_name(to)
-                );
-            }
-        }
-        if let Some(len) = renewed {
-            let bytes = &tls.bundle_out[..len.min(tls.bundle_out.len())];
-            if app.slots.store_renewed(bytes) {
-                log!("rotation: stored the renewed identity in slot {}", slot_name(1 - slot_index));
-                attempt = 0;
-                continue;
-            }
-            log!("rotation: could not store the renewed identity");
-        }
-        attempt = if connected { 0 } else { attempt + 1 };
-        let delay = backoff.delay_ms(attempt, rng);
-        log!("reconnecting in {delay} ms (attempt {attempt})");
-        Timer::after_millis(u64::from(delay)).await;
-    }
+    fleet_firmware::board::run(&mut Nucleo, store, stack, gateway, port, rng, resources).await
 }

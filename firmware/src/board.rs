@@ -1,0 +1,325 @@
+//! What every embassy-net board runs (feature `embassy`): the reconnect loop with backoff and
+//! full jitter, the A/B identity slots with rotation and rollback, telemetry and command
+//! replies, and one `fleet:` log line per event. A board supplies its network stack, RNG,
+//! slot storage and log output through [`Board`].
+
+use core::fmt::{self, Write as _};
+
+use embassy_net::tcp::TcpSocket;
+use embassy_net::{Ipv4Address, Stack};
+use embassy_time::{Duration, Instant, Timer};
+use embedded_tls::CryptoRngCore;
+
+use crate::backoff::Backoff;
+use crate::bundle::{Bundle, BundleError};
+use crate::device::{self, App, Buffers, Clock, Options, RotationEvent, Stats, MAX_PAYLOAD};
+use crate::outbox::Outbox;
+use crate::slots::{Outcome, SlotStore, Slots};
+use crate::Error;
+
+/// Failed connections of a renewed identity before rolling back to the previous slot.
+pub const ROLLBACK_AFTER: u32 = 3;
+
+/// What a board provides.
+pub trait Board {
+    /// Board name in telemetry.
+    const NAME: &'static str;
+    /// Writes one log line.
+    fn log(&mut self, line: fmt::Arguments<'_>);
+    /// The newest valid identity, read from the memory-mapped slots.
+    fn identity(&self) -> Result<(usize, Bundle<'static>), BundleError>;
+    /// A TCP connection to the gateway is up (measurements start here).
+    fn tcp_connected(&mut self) {}
+    /// The gateway accepted the session.
+    fn session_accepted(&mut self) {}
+    /// Extra text for the telemetry log line.
+    fn telemetry_note(&mut self, _out: &mut dyn fmt::Write) {}
+}
+
+/// embassy-time as the firmware core's clock.
+pub struct EmbassyClock;
+
+impl Clock for EmbassyClock {
+    fn now_ms(&self) -> u64 {
+        Instant::now().as_millis()
+    }
+
+    async fn sleep_until(&self, at_ms: u64) {
+        Timer::at(Instant::from_millis(at_ms)).await
+    }
+}
+
+/// "A" or "B".
+pub fn slot_name(slot: usize) -> &'static str {
+    if slot == 0 {
+        "A"
+    } else {
+        "B"
+    }
+}
+
+/// Formats a `fleet: [uptime ms] …` line through the board.
+fn line<B: Board>(board: &mut B, args: fmt::Arguments<'_>) {
+    board.log(format_args!(
+        "fleet: [{:>8}] {}",
+        Instant::now().as_millis(),
+        args
+    ));
+}
+
+/// `core::fmt::Write` into a byte slice, truncating.
+struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() {
+            Err(fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A small fixed buffer for the telemetry note.
+struct Note {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl fmt::Write for Note {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// The device's application: telemetry, command replies, rotation log; it owns the identity
+/// slots so a renewed identity is confirmed the moment the gateway accepts it.
+struct BoardApp<'a, B: Board, S> {
+    board: &'a mut B,
+    id: &'a str,
+    slots: Slots<S>,
+}
+
+impl<B: Board, S: SlotStore> App for BoardApp<'_, B, S> {
+    fn telemetry(&mut self, seq: u32, out: &mut [u8]) -> usize {
+        let mut w = SliceWriter { buf: out, len: 0 };
+        let _ = write!(
+            w,
+            "{{\"seq\":{seq},\"uptime_ms\":{},\"board\":\"{}\"}}",
+            Instant::now().as_millis(),
+            B::NAME
+        );
+        let mut note = Note {
+            buf: [0; 64],
+            len: 0,
+        };
+        self.board.telemetry_note(&mut note);
+        let note = core::str::from_utf8(&note.buf[..note.len]).unwrap_or("");
+        line(self.board, format_args!("telemetry seq={seq}{note}"));
+        w.len
+    }
+
+    fn on_command(&mut self, topic: &str, payload: &[u8], reply: &mut [u8]) -> Option<usize> {
+        let text = core::str::from_utf8(payload).unwrap_or("<binary>");
+        line(
+            self.board,
+            format_args!("command topic={topic} payload={text}"),
+        );
+        let mut w = SliceWriter { buf: reply, len: 0 };
+        let _ = write!(
+            w,
+            "{{\"ok\":true,\"device\":\"{}\",\"echo\":{}}}",
+            self.id,
+            payload.len()
+        );
+        Some(w.len)
+    }
+
+    fn on_connected(&mut self) {
+        self.board.session_accepted();
+        line(self.board, format_args!("connected as {}", self.id));
+        if let Outcome::Confirmed { slot } = self.slots.connected() {
+            line(
+                self.board,
+                format_args!(
+                    "rotation: confirmed the identity in slot {}",
+                    slot_name(slot)
+                ),
+            );
+        }
+    }
+
+    fn on_rotation(&mut self, event: RotationEvent<'_>) {
+        match event {
+            RotationEvent::Status { renew } => {
+                line(self.board, format_args!("rotation: status renew={renew}"))
+            }
+            RotationEvent::Requested => {
+                line(self.board, format_args!("rotation: new key made, CSR sent"))
+            }
+            RotationEvent::Refused(why) => {
+                line(self.board, format_args!("rotation: refused: {why}"))
+            }
+            RotationEvent::Renewed { generation } => line(
+                self.board,
+                format_args!("rotation: new certificate, generation {generation}"),
+            ),
+            RotationEvent::Rejected => line(
+                self.board,
+                format_args!("rotation: the certificate is not for our new key"),
+            ),
+            other => line(self.board, format_args!("rotation: {other:?}")),
+        }
+    }
+}
+
+/// Buffers the loop needs; keep them in `static`s.
+pub struct Resources<'a, const Q: usize> {
+    pub tls: &'a mut Buffers,
+    pub outbox: &'a mut Outbox<Q, MAX_PAYLOAD>,
+    pub tcp_rx: &'a mut [u8],
+    pub tcp_tx: &'a mut [u8],
+}
+
+/// Keeps the device connected to `gateway:port` forever.
+pub async fn run<B: Board, S: SlotStore, R: CryptoRngCore, const Q: usize>(
+    board: &mut B,
+    slots: S,
+    stack: Stack<'static>,
+    gateway: Ipv4Address,
+    port: u16,
+    rng: &mut R,
+    res: Resources<'_, Q>,
+) -> ! {
+    let Resources {
+        tls,
+        outbox,
+        tcp_rx,
+        tcp_tx,
+    } = res;
+    let mut id_buf = heapless::String::<64>::new();
+    let mut slots = Slots::new(slots, ROLLBACK_AFTER);
+    let mut stats = Stats::default();
+    let options = Options::default();
+    let backoff = Backoff::default();
+    let mut attempt = 0u32;
+    loop {
+        // The slots are memory-mapped: the bundle borrows the slot itself and only inside this
+        // block; slots are written after it.
+        let (connected, renewed, slot_index) = {
+            let (slot_index, bundle) = match board.identity() {
+                Ok(found) => found,
+                Err(e) => {
+                    line(board, format_args!("FATAL no valid identity bundle: {e}"));
+                    loop {
+                        Timer::after_secs(3600).await;
+                    }
+                }
+            };
+            id_buf.clear();
+            let _ = id_buf.push_str(bundle.device_id);
+            let connects = stats.connects;
+            let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
+            socket.set_timeout(Some(Duration::from_secs(90)));
+            let started = Instant::now();
+            let mut renewed = None;
+            match socket.connect((gateway, port)).await {
+                Err(e) => line(
+                    board,
+                    format_args!("tcp connect to {gateway}:{port}: {e:?}"),
+                ),
+                Ok(()) => {
+                    line(
+                        board,
+                        format_args!(
+                            "tcp connected to {gateway}:{port} with slot {} generation {}",
+                            slot_name(slot_index),
+                            bundle.generation
+                        ),
+                    );
+                    board.tcp_connected();
+                    let (rd, wr) = socket.split();
+                    let mut app = BoardApp {
+                        board: &mut *board,
+                        id: &id_buf,
+                        slots,
+                    };
+                    let Err(ended) = device::run_connection(
+                        rd,
+                        wr,
+                        &bundle,
+                        &mut *rng,
+                        &EmbassyClock,
+                        &mut app,
+                        &options,
+                        &mut *outbox,
+                        &mut *tls,
+                        &mut stats,
+                    )
+                    .await;
+                    slots = app.slots;
+                    line(
+                        board,
+                        format_args!(
+                            "connection ended after {} ms: {ended}",
+                            started.elapsed().as_millis()
+                        ),
+                    );
+                    if let Error::Renewed(len) = ended {
+                        renewed = Some(len);
+                    }
+                }
+            }
+            socket.abort();
+            let _ = socket.flush().await;
+            drop(socket);
+            (stats.connects > connects, renewed, slot_index)
+        };
+        if !connected {
+            if let Outcome::RolledBack { from, to } = slots.failed() {
+                line(
+                    board,
+                    format_args!(
+                        "rotation: slot {} failed {ROLLBACK_AFTER} times, rolled back to slot {}",
+                        slot_name(from),
+                        slot_name(to)
+                    ),
+                );
+            }
+        }
+        if let Some(len) = renewed {
+            let bytes = &tls.bundle_out[..len.min(tls.bundle_out.len())];
+            if slots.store_renewed(bytes) {
+                line(
+                    board,
+                    format_args!(
+                        "rotation: stored the renewed identity in slot {}",
+                        slot_name(1 - slot_index)
+                    ),
+                );
+                attempt = 0;
+                continue;
+            }
+            line(
+                board,
+                format_args!("rotation: could not store the renewed identity"),
+            );
+        }
+        attempt = if connected { 0 } else { attempt + 1 };
+        let delay = backoff.delay_ms(attempt, rng);
+        line(
+            board,
+            format_args!("reconnecting in {delay} ms (attempt {attempt})"),
+        );
+        Timer::after_millis(u64::from(delay)).await;
+    }
+}
