@@ -42,28 +42,26 @@ async fn sessions(admin: std::net::SocketAddr) -> String {
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certificate() {
-    let rig = RotationRig::start(
-        "127.0.0.1:0".parse().unwrap(),
-        "localhost",
-        10,
-        30,
-        fleet_hil::rotation::Renewer::Station,
-    )
-    .await
-    .expect("rig");
+/// A rig and a simulated device running on its own thread (the firmware core's futures are
+/// not `Send`), recording its rotation events.
+struct Running {
+    rig: RotationRig,
+    events: Arc<Mutex<Vec<String>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    device: std::thread::JoinHandle<Stats>,
+}
+
+async fn start(renewer: fleet_hil::rotation::Renewer, config: SimConfig) -> Running {
+    let rig = RotationRig::start("127.0.0.1:0".parse().unwrap(), "localhost", 10, 30, renewer)
+        .await
+        .expect("rig");
     let bytes = std::fs::read(&rig.bundle).unwrap();
     let recorder = Recorder::default();
     let events = recorder.events.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let config = SimConfig {
         to: Some(rig.gateway),
-        options: Options {
-            telemetry_period_ms: 200,
-            ..Options::default()
-        },
-        backoff: Default::default(),
+        ..config
     };
     let device = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -82,7 +80,40 @@ async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certifi
         ));
         stats
     });
+    Running {
+        rig,
+        events,
+        stop,
+        device,
+    }
+}
 
+impl Running {
+    async fn finish(self) -> Stats {
+        self.stop.send(true).unwrap();
+        let device = self.device;
+        let stats = tokio::task::spawn_blocking(move || device.join().unwrap())
+            .await
+            .unwrap();
+        self.rig.stop().await;
+        stats
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certificate() {
+    let run = start(
+        fleet_hil::rotation::Renewer::Station,
+        SimConfig {
+            options: Options {
+                telemetry_period_ms: 200,
+                ..Options::default()
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let (rig, events) = (&run.rig, run.events.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if events
@@ -125,53 +156,24 @@ async fn a_device_renews_through_the_gateway_and_reconnects_with_the_new_certifi
     );
     assert!(!live.contains(&certs[0].0));
 
-    stop_tx.send(true).unwrap();
-    let stats = tokio::task::spawn_blocking(move || device.join().unwrap())
-        .await
-        .unwrap();
+    let stats = run.finish().await;
     assert_eq!(stats.connects, 2, "one connection per identity");
-    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_identity_the_gateway_refuses_is_rolled_back() {
-    let rig = RotationRig::start(
-        "127.0.0.1:0".parse().unwrap(),
-        "localhost",
-        10,
-        30,
+    let run = start(
         fleet_hil::rotation::Renewer::ForeignCa,
-    )
-    .await
-    .expect("rig");
-    let bytes = std::fs::read(&rig.bundle).unwrap();
-    let recorder = Recorder::default();
-    let events = recorder.events.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let config = SimConfig {
-        to: Some(rig.gateway),
-        options: Options::default(),
-        backoff: fleet_firmware::backoff::Backoff {
-            base_ms: 20,
-            cap_ms: 100,
+        SimConfig {
+            backoff: fleet_firmware::backoff::Backoff {
+                base_ms: 20,
+                cap_ms: 100,
+            },
+            ..SimConfig::default()
         },
-    };
-    let device = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut app = recorder;
-        let mut stats = Stats::default();
-        rt.block_on(sim::run(
-            &bytes,
-            &config,
-            &mut app,
-            &mut stats,
-            stop_rx,
-            |_| {},
-        ));
-    });
+    )
+    .await;
+    let (rig, events) = (&run.rig, run.events.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let rolled_back_and_back = || {
         let e = events.lock().unwrap();
@@ -207,9 +209,5 @@ async fn a_renewed_identity_the_gateway_refuses_is_rolled_back() {
         .filter(|l| l.contains("unknown_ca"))
         .count();
     assert!(refusals >= 3, "{:?}", rig.gateway_log(20));
-    stop_tx.send(true).unwrap();
-    tokio::task::spawn_blocking(move || device.join().unwrap())
-        .await
-        .unwrap();
-    rig.stop().await;
+    run.finish().await;
 }
