@@ -398,10 +398,7 @@ impl Rig {
     }
 
     fn gateway_log(&self, n: usize) -> Vec<String> {
-        let text = std::fs::read_to_string(self.dir.path().join("gateway-audit.jsonl"))
-            .unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        lines[lines.len().saturating_sub(n)..].to_vec()
+        crate::rotation::tail(&self.dir.path().join("gateway-audit.jsonl"), n)
     }
 
     /// `GET /v1/sessions` on the admin API: whether `device` has a live session.

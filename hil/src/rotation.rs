@@ -163,10 +163,7 @@ impl RotationRig {
 
     /// The gateway's audit lines.
     pub fn gateway_log(&self, n: usize) -> Vec<String> {
-        let text = std::fs::read_to_string(self.dir.path().join("gateway-audit.jsonl"))
-            .unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        lines[lines.len().saturating_sub(n)..].to_vec()
+        tail(&self.dir.path().join("gateway-audit.jsonl"), n)
     }
 
     /// Stops the gateway and the station API.
@@ -290,4 +287,11 @@ async fn foreign_renewer(
         }
     });
     Ok((addr, tx, task))
+}
+
+/// The last `n` lines of a text file (none when it cannot be read).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
 }

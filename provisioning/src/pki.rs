@@ -403,6 +403,17 @@ pub fn sign_device_key(
     })
 }
 
+/// Whether a public key is an EC key on P-256 (the only kind fleet devices use).
+fn is_p256(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> bool {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY && curve == Some(OID_EC_P256)
+}
+
 /// A PKCS#10 request that passed [`check_csr`]: only its public key is used.
 #[derive(Debug, Clone)]
 pub struct CheckedCsr {
@@ -418,7 +429,6 @@ pub struct CheckedCsr {
 pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, Error> {
     use x509_parser::certification_request::X509CertificationRequest;
     use x509_parser::extensions::ParsedExtension;
-    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
     use x509_parser::prelude::FromDer;
     let bad = |m: &str| Error::Csr(m.to_owned());
     let (rest, csr) = X509CertificationRequest::from_der(der)
@@ -430,12 +440,7 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, Error> {
         )));
     }
     let spki = &csr.certification_request_info.subject_pki;
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok());
-    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
+    if !is_p256(spki) {
         return Err(bad(
             "the key is not P-256 (fleet devices use ECDSA P-256 keys only)",
         ));
@@ -543,7 +548,6 @@ pub fn sign_server(ca: &Ca, hosts: &[&str], days: i64) -> Result<Issued, Error> 
 /// (basicConstraints CA:true; keyCertSign if key usage is present), currently valid, with a
 /// P-256 key that matches `ca.key`, signed by `root` (or self-signed when `root` is itself).
 pub fn check_importable(ca: &Ca, root: &CaCert) -> Result<(), Error> {
-    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
     let refuse = |m: String| Error::InvalidInput {
         field: "issuing CA",
         message: m,
@@ -578,12 +582,7 @@ pub fn check_importable(ca: &Ca, root: &CaCert) -> Result<(), Error> {
         )));
     }
     let spki = cert.public_key();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok());
-    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
+    if !is_p256(spki) {
         return Err(refuse(
             "its key is not P-256 (fleet devices verify ECDSA P-256 chains only)".into(),
         ));
