@@ -158,11 +158,8 @@ impl AuditLog {
         let path = dir.join("audit.log");
         let db_path = dir.join("registry.sqlite3");
         let db = Connection::open(&db_path).map_err(db_err(&db_path))?;
-        let mut text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_err(&path)(e)),
-        };
+        // Only the end of the log is needed here (a station opens it for every command).
+        let (offset, mut text) = read_tail(&path).map_err(io_err(&path))?;
         let mut torn = 0;
         if !text.is_empty() && !text.ends_with('\n') {
             let keep = text.rfind('\n').map_or(0, |i| i + 1);
@@ -172,7 +169,7 @@ impl AuditLog {
                 .write(true)
                 .open(&path)
                 .map_err(io_err(&path))?;
-            f.set_len(keep as u64)
+            f.set_len(offset + keep as u64)
                 .and_then(|()| f.sync_all())
                 .map_err(io_err(&path))?;
         }
@@ -196,10 +193,12 @@ impl AuditLog {
                 )))
             }
             Some((s, hash)) if s < seq => {
+                // After a crash: the anchored record is further back, so read the whole log.
+                let full = std::fs::read_to_string(&path).map_err(io_err(&path))?;
                 let at_anchor = (s as usize)
                     .checked_sub(1)
                     .map_or(Some(GENESIS.to_owned()), |i| {
-                        text.lines().nth(i).map(line_hash)
+                        full.lines().nth(i).map(line_hash)
                     });
                 if at_anchor.as_deref() != Some(hash.as_str()) {
                     return Err(Error::Audit(format!(
@@ -267,6 +266,36 @@ impl AuditLog {
         st.head = head;
         Ok(())
     }
+}
+
+/// How much of the log's end `open` reads (records are far smaller).
+const TAIL: u64 = 256 * 1024;
+
+/// The end of the log from a line boundary: (its offset in the file, the text). The whole
+/// log when it is short, or when the tail holds no complete record.
+fn read_tail(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, String::new())),
+        Err(e) => return Err(e),
+    };
+    let start = f.metadata()?.len().saturating_sub(TAIL);
+    f.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    if start == 0 {
+        return String::from_utf8(bytes).map(|t| (0, t)).map_err(invalid);
+    }
+    // Skip the line cut by `start`; what follows must still hold a complete record.
+    if let Some(i) = bytes.iter().position(|&b| b == b'\n') {
+        if bytes[i + 1..].contains(&b'\n') {
+            let text = String::from_utf8(bytes[i + 1..].to_vec()).map_err(invalid)?;
+            return Ok((start + i as u64 + 1, text));
+        }
+    }
+    Ok((0, std::fs::read_to_string(path)?))
 }
 
 fn set_anchor(db: &Connection, db_path: &Path, seq: u64, hash: &str) -> Result<(), Error> {

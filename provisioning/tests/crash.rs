@@ -170,8 +170,10 @@ fn a_torn_audit_record_is_cut_off_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut st = common::station(d);
-    st.issue_devices(&request("acme", 2)).unwrap();
+    // Enough records that the station reads only the end of the log when it opens.
+    st.issue_devices(&request("acme", 1000)).unwrap();
     drop(st);
+    assert!(std::fs::metadata(d.join("audit.log")).unwrap().len() > 256 * 1024);
     // A crash in the middle of writing a record: half a line, no newline, never anchored.
     use std::io::Write;
     let mut log = std::fs::OpenOptions::new()
