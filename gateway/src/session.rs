@@ -269,17 +269,26 @@ impl Session {
             }
             _ => {}
         }
-        if leaf == "csr" {
-            return Some(Inbound::Renew {
-                csr: p.payload.to_vec(),
-                ack,
-            });
-        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         // Without a station to renew through, never ask for a renewal.
         let threshold = self.renew_threshold.unwrap_or(i64::MIN / 2);
+        if leaf == "csr" {
+            // Only certificates near their end are renewed through the gateway: a device
+            // cannot churn the registry and the CRL by asking again and again.
+            if self.identity.not_after - now > threshold {
+                ack.extend(self.cert_message(
+                    "error",
+                    b"not due for renewal: the certificate is not near its end",
+                ));
+                return Some(Inbound::Reply(ack));
+            }
+            return Some(Inbound::Renew {
+                csr: p.payload.to_vec(),
+                ack,
+            });
+        }
         let status = crate::renewal::status_payload(&self.identity, now, threshold);
         ack.extend(self.cert_message("status", &status));
         Some(Inbound::Reply(ack))
@@ -695,6 +704,21 @@ mod tests {
         assert!(std::str::from_utf8(status.payload)
             .unwrap()
             .ends_with("\"renew\":false}"));
+        // A request when the certificate is not due is answered with cert/error.
+        let Inbound::Reply(bytes) = plain.inbound(
+            Packet::Publish(publish_from(
+                &format!("{prefix}csr"),
+                QoS::AtMostOnce,
+                b"DER",
+            )),
+            Instant::now(),
+        ) else {
+            panic!("an early CSR is refused by the gateway itself")
+        };
+        let Packet::Publish(error) = decode(&bytes) else {
+            panic!("expected cert/error")
+        };
+        assert_eq!(error.topic, format!("{prefix}error"));
     }
 
     #[test]
