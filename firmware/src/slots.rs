@@ -99,10 +99,6 @@ impl<S: SlotStore> Slots<S> {
             to: 1 - current,
         }
     }
-
-    pub fn store(&self) -> &S {
-        &self.store
-    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,6 @@ pub struct RenewalClient {
     tls: tokio_rustls::TlsConnector,
     station: String,
     server_name: ServerName<'static>,
-    threshold_secs: i64,
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, Error> {
@@ -91,13 +90,7 @@ impl RenewalClient {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             station: r.station.clone(),
             server_name,
-            threshold_secs: r.threshold.as_secs() as i64,
         })
-    }
-
-    /// The `cert/status` payload for a device at Unix time `now`.
-    pub fn status(&self, who: &Identity, now: i64) -> Vec<u8> {
-        status_payload(who, now, self.threshold_secs)
     }
 
     /// Asks the station for a new certificate; returns its DER, or why not.

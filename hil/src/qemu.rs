@@ -136,6 +136,23 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+impl Failure {
+    /// A failed step with the last 50 lines of the device's log and the gateway's audit.
+    fn at(
+        scenario: Scenario,
+        step: String,
+        vm: Option<&Device>,
+        gateway_log: Vec<String>,
+    ) -> Box<Failure> {
+        Box::new(Failure {
+            scenario,
+            step,
+            device_log: vm.map(|q| q.tail(50)).unwrap_or_default(),
+            gateway_log,
+        })
+    }
+}
+
 /// What a passed scenario measured.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
@@ -426,20 +443,20 @@ pub async fn run(scenario: Scenario, target: &Target) -> Result<Outcome, Box<Fai
         return rotation(scenario, target).await;
     }
     if scenario == Scenario::Measure && !matches!(target, Target::Qemu { .. }) {
-        return Err(Box::new(Failure {
+        return Err(Failure::at(
             scenario,
-            step: "instruction counts need the emulator (-icount)".into(),
-            device_log: Vec::new(),
-            gateway_log: Vec::new(),
-        }));
+            "instruction counts need the emulator (-icount)".into(),
+            None,
+            Vec::new(),
+        ));
     }
     let fail = |step: String, vm: Option<&Device>, rig: Option<&Rig>| {
-        Box::new(Failure {
+        Failure::at(
             scenario,
             step,
-            device_log: vm.map(|q| q.tail(50)).unwrap_or_default(),
-            gateway_log: rig.map(|r| r.gateway_log(50)).unwrap_or_default(),
-        })
+            vm,
+            rig.map(|r| r.gateway_log(50)).unwrap_or_default(),
+        )
     };
     let (device_host, listen) = target.network();
     let mut rig = Rig::start(listen, &device_host).await.map_err(|e| {
@@ -699,12 +716,12 @@ async fn rotation(scenario: Scenario, target: &Target) -> Result<Outcome, Box<Fa
         Renewer::ForeignCa
     };
     let fail = |step: String, vm: Option<&Device>, rig: Option<&RotationRig>| {
-        Box::new(Failure {
+        Failure::at(
             scenario,
             step,
-            device_log: vm.map(|q| q.tail(50)).unwrap_or_default(),
-            gateway_log: rig.map(|r| r.gateway_log(50)).unwrap_or_default(),
-        })
+            vm,
+            rig.map(|r| r.gateway_log(50)).unwrap_or_default(),
+        )
     };
     // A 10-day certificate and a 30-day threshold: the gateway asks for renewal at once.
     let (device_host, listen) = target.network();

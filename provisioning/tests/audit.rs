@@ -1,25 +1,18 @@
 //! The audit log detects every edit, removal, reordering and cut, and bad manifests.
 
+mod common;
+
 use std::path::Path;
 
-use fleet_provision::{BatchRequest, KeyProtection, Reason, Station};
-
-fn batch(tenant: &str, count: u32) -> BatchRequest {
-    BatchRequest {
-        tenant: tenant.into(),
-        count,
-        gateway_host: "localhost".into(),
-        gateway_port: 8883,
-        validity_days: 30,
-    }
-}
+use common::request;
+use fleet_provision::{KeyProtection, Reason, Station};
 
 /// A station with some history: CA, server cert, two batches, a revocation.
 fn station(dir: &Path) -> Station {
     let mut st = Station::init(dir, "Acme", KeyProtection::InsecurePlaintext).unwrap();
     st.issue_server_cert(&["localhost"]).unwrap();
-    st.issue_devices(&batch("acme", 3)).unwrap();
-    st.issue_devices(&batch("acme", 2)).unwrap();
+    st.issue_devices(&request("acme", 3)).unwrap();
+    st.issue_devices(&request("acme", 2)).unwrap();
     st.revoke("acme-000002", Reason::KeyCompromise).unwrap();
     st
 }
@@ -64,7 +57,7 @@ fn an_untouched_log_verifies() {
     // Reopening continues the same chain.
     drop(st);
     let mut st = Station::open(dir.path(), None).unwrap();
-    st.issue_devices(&batch("acme", 1)).unwrap();
+    st.issue_devices(&request("acme", 1)).unwrap();
     assert_eq!(st.verify_audit().unwrap().records, 14);
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{cli, request, stderr, stdout};
+use common::{init_cli, request, stderr, stdout};
 use fleet_provision::registry::Status;
 use fleet_provision::Station;
 use sha2::Digest;
@@ -97,12 +97,7 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
 fn kill_dash_nine_mid_batch_loses_nothing_and_reuses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(cli(
-        d,
-        &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"]
-    )
-    .status
-    .success());
+    init_cli(d);
     let mut all_ids = HashSet::new();
     let mut killed_mid_batch = 0;
     let mut aborted_total = 0;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cli, openssl, openssl_csr, station, stderr, stdout};
+use common::{cli, init_cli, openssl, openssl_csr, station, stderr, stdout};
 use fleet_provision::{CsrInput, CsrRequest, Error};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -257,12 +257,7 @@ fn mutated_requests_never_panic_and_accepted_ones_are_still_checked() {
 fn command_line_signs_csrs_into_certificates_and_keyless_bundles() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(cli(
-        d,
-        &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"]
-    )
-    .status
-    .success());
+    init_cli(d);
     openssl_csr(d, "a", "prime256v1", &[]);
     openssl(
         d,

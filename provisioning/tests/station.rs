@@ -1,27 +1,16 @@
 //! The station against a real SQLite file and real certificates in a temp directory.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::{cli, init_cli, request, station};
 use fleet_firmware::bundle::Bundle;
 use fleet_provision::registry::Status;
 use fleet_provision::{hex, BatchRequest, Error, KeyProtection, Station};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
-
-fn request(tenant: &str, count: u32) -> BatchRequest {
-    BatchRequest {
-        tenant: tenant.into(),
-        count,
-        gateway_host: "gw.example.com".into(),
-        gateway_port: 8883,
-        validity_days: 30,
-    }
-}
-
-fn station(dir: &Path) -> Station {
-    Station::init(dir, "Acme Corp", KeyProtection::InsecurePlaintext).expect("init")
-}
 
 fn pem_der(path: &Path) -> Vec<Vec<u8>> {
     let data = std::fs::read(path).unwrap();
@@ -60,7 +49,7 @@ fn devices_chain_to_the_root_and_bundles_match_their_certificates() {
         let bytes = std::fs::read(&d.bundle_path).unwrap();
         let b = Bundle::parse(&bytes).expect("bundle parses");
         assert_eq!((b.device_id, b.tenant), (d.device_id.as_str(), "acme"));
-        assert_eq!((b.gateway_host, b.gateway_port), ("gw.example.com", 8883));
+        assert_eq!((b.gateway_host, b.gateway_port), ("gateway.test", 8883));
         assert_eq!(b.trust_anchor_der, &root[..], "devices trust the root");
         assert!(b.seed.is_some());
         let (_, cert) = X509Certificate::from_der(b.cert_der).unwrap();
@@ -204,15 +193,6 @@ fn bad_requests_get_clear_errors() {
     assert!(st.issue_service_cert("a b", "acme").is_err());
 }
 
-fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fleet-provision"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
 #[test]
 fn command_line_walkthrough_and_openssl_verifies_the_export() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,12 +201,7 @@ fn command_line_walkthrough_and_openssl_verifies_the_export() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--insecure-plaintext-keys"));
 
-    assert!(cli(
-        d,
-        &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"]
-    )
-    .status
-    .success());
+    init_cli(d);
     let batch = cli(
         d,
         &[
@@ -322,12 +297,7 @@ fn command_line_walkthrough_and_openssl_verifies_the_export() {
 fn batch_output_goes_where_the_line_wants_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(cli(
-        d,
-        &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"]
-    )
-    .status
-    .success());
+    init_cli(d);
     let out = d.join("line-7");
     let batch = cli(
         d,

@@ -25,6 +25,15 @@ pub fn cli(dir: &Path, args: &[&str]) -> Output {
     cli_env(dir, args, &[])
 }
 
+/// `ca init` through the command line, with development (plaintext) keys.
+pub fn init_cli(dir: &Path) {
+    let out = cli(
+        dir,
+        &["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"],
+    );
+    assert!(out.status.success(), "ca init: {}", stderr(&out));
+}
+
 pub fn cli_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-provision"));
     cmd.arg("--dir").arg(dir).args(args);
