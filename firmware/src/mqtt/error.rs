@@ -52,6 +52,16 @@ pub enum MqttError {
     TooLong { field: &'static str },
     /// PUBLISH with QoS > 0 lacks a packet identifier, or QoS 0 has one (emit only).
     PacketIdMismatch,
+    /// Version 5: a property identifier the specification does not define.
+    UnknownProperty(u8),
+    /// Version 5: a property this packet may not carry.
+    PropertyNotAllowed { packet: &'static str, id: u8 },
+    /// Version 5: a property given twice that may appear only once.
+    DuplicateProperty { packet: &'static str, id: u8 },
+    /// Version 5: a property value the specification forbids (e.g. receive maximum 0).
+    BadPropertyValue { packet: &'static str, id: u8 },
+    /// Version 5: a reason code this packet does not define.
+    BadReasonCode { packet: &'static str, code: u8 },
 }
 
 impl fmt::Display for MqttError {
@@ -105,6 +115,25 @@ impl fmt::Display for MqttError {
                 write!(f, "buffer of {available} bytes is too small for {needed}")
             }
             TooLong { field } => write!(f, "{field} is too long to encode"),
+            UnknownProperty(id) => write!(f, "property identifier {id:#04x} is not defined"),
+            PropertyNotAllowed { packet, id } => {
+                write!(f, "{packet}: property {id:#04x} is not allowed here")
+            }
+            DuplicateProperty { packet, id } => {
+                write!(f, "{packet}: property {id:#04x} appears more than once")
+            }
+            BadPropertyValue { packet, id } => {
+                write!(
+                    f,
+                    "{packet}: property {id:#04x} has a value outside its range"
+                )
+            }
+            BadReasonCode { packet, code } => {
+                write!(
+                    f,
+                    "{packet}: reason code {code:#04x} is not defined for this packet"
+                )
+            }
             PacketIdMismatch => {
                 write!(
                     f,

@@ -4,7 +4,7 @@ use super::packet::{QoS, SubAckCode};
 use super::wire::Reader;
 
 #[derive(Debug, Clone, Copy)]
-enum Source<'a, T> {
+pub(crate) enum Source<'a, T> {
     /// Already validated by `parse`.
     Wire(&'a [u8]),
     Slice(&'a [T]),
@@ -47,6 +47,22 @@ impl<'a> SubscribeFilters<'a> {
             Some((filter, qos))
         });
         from_wire.chain(slice.iter().copied())
+    }
+
+    /// The filters with their whole options byte (version 5 adds bits above the QoS).
+    pub fn iter_options(&self) -> impl Iterator<Item = (&'a str, u8)> + 'a {
+        let (wire, slice): (&'a [u8], &'a [(&'a str, QoS)]) = match self.0 {
+            Source::Wire(b) => (b, &[]),
+            Source::Slice(s) => (&[], s),
+        };
+        let mut r = Reader::new(wire, "SUBSCRIBE");
+        let from_wire = core::iter::from_fn(move || {
+            if r.is_empty() {
+                return None;
+            }
+            Some((r.string("topic filter").ok()?, r.u8("options").ok()?))
+        });
+        from_wire.chain(slice.iter().map(|&(f, q)| (f, q as u8)))
     }
 
     pub fn len(&self) -> usize {

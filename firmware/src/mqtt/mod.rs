@@ -1,4 +1,5 @@
-//! MQTT 3.1.1 wire format: every control packet, both directions, parse and emit.
+//! MQTT wire format: every control packet, both directions, parse and emit — 3.1.1 here,
+//! version 5 in [`v5`] as a layer over the same packet views.
 //!
 //! [`Packet::parse`] borrows from the input and allocates nothing; it validates everything the
 //! specification calls malformed, so a parsed packet can be trusted by the caller (the device
@@ -10,6 +11,7 @@ mod error;
 mod list;
 mod packet;
 pub mod topic;
+pub mod v5;
 mod wire;
 
 pub use error::MqttError;

@@ -48,6 +48,26 @@ impl<'a> Reader<'a> {
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
+    pub fn u32(&mut self, field: &'static str) -> Result<u32, MqttError> {
+        let b = self.bytes(4, field)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A variable byte integer inside the packet body.
+    pub fn varint(&mut self, field: &'static str) -> Result<usize, MqttError> {
+        let rest = self.buf.get(self.pos..).unwrap_or(&[]);
+        match read_varint(rest)? {
+            Some((value, used)) => {
+                self.pos += used;
+                Ok(value)
+            }
+            None => Err(MqttError::Truncated {
+                packet: self.packet,
+                field,
+            }),
+        }
+    }
+
     /// A non-zero packet identifier.
     pub fn packet_id(&mut self) -> Result<u16, MqttError> {
         match self.u16("packet identifier")? {
