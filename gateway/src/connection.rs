@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fleet_firmware::mqtt::{ConnectReturnCode, MqttError, Packet};
+use fleet_firmware::mqtt::v5::{reason, Packet5};
+use fleet_firmware::mqtt::{MqttError, Packet};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol as r;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,7 +19,9 @@ use crate::identity::Identity;
 use crate::metrics::{DirectionLabels, ReasonLabels, TenantLabels};
 use crate::registry::{Kick, SessionInfo};
 use crate::server::Shared;
-use crate::session::{self, Accepted, Close, Inbound, Outbound, Refusal, Session, SessionStats};
+use crate::session::{
+    self, Accepted, Close, Inbound, Outbound, Refusal, Session, SessionStats, Version,
+};
 use crate::tls;
 
 /// How a session that got past CONNECT ended.
@@ -47,6 +50,9 @@ impl Ended {
     fn label(&self) -> &'static str {
         match self {
             Ended::Client(Close::ClientDisconnect) => "client_disconnect",
+            Ended::Client(Close::ClientDisconnectWithWill) => "client_disconnect_with_will",
+            Ended::Client(Close::TopicAliasInvalid) => "topic_alias_invalid",
+            Ended::Client(Close::SubscriptionIdentifiers) => "subscription_identifiers",
             Ended::Client(Close::ProtocolViolation(_)) => "protocol_violation",
             Ended::Client(Close::RateLimited) => "rate_limited",
             Ended::Kicked(k) => k.label(),
@@ -56,6 +62,37 @@ impl Ended {
             Ended::RouterClosed => "router_closed",
             Ended::WriteTimeout => "write_timeout",
         }
+    }
+
+    /// The DISCONNECT a version 5 client is sent when the gateway ends the session: reason
+    /// code and text. `None` when the client ended it or cannot be written to.
+    fn disconnect5(&self) -> Option<(u8, String)> {
+        let code = match self {
+            Ended::Client(Close::ProtocolViolation(_)) => reason::PROTOCOL_ERROR,
+            Ended::Client(Close::RateLimited) => reason::MESSAGE_RATE_TOO_HIGH,
+            Ended::Client(Close::TopicAliasInvalid) => reason::TOPIC_ALIAS_INVALID,
+            Ended::Client(Close::SubscriptionIdentifiers) => {
+                reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED
+            }
+            Ended::Kicked(Kick::Takeover) => reason::SESSION_TAKEN_OVER,
+            Ended::Kicked(Kick::Admin) => reason::ADMINISTRATIVE_ACTION,
+            Ended::Kicked(Kick::Revoked) => reason::NOT_AUTHORIZED,
+            Ended::Kicked(Kick::Shutdown) => reason::SERVER_SHUTTING_DOWN,
+            Ended::KeepAliveTimeout => reason::KEEP_ALIVE_TIMEOUT,
+            Ended::Malformed(MqttError::PacketTooLarge { .. }) => reason::PACKET_TOO_LARGE,
+            Ended::Malformed(_) => reason::MALFORMED_PACKET,
+            Ended::Client(Close::ClientDisconnect | Close::ClientDisconnectWithWill)
+            | Ended::ConnectionLost
+            | Ended::RouterClosed
+            | Ended::WriteTimeout => return None,
+        };
+        let why = match self {
+            Ended::Client(Close::ProtocolViolation(what)) => what.to_string(),
+            Ended::Malformed(e) => e.to_string(),
+            Ended::Kicked(Kick::Revoked) => "the client certificate has been revoked".into(),
+            other => other.label().replace('_', " "),
+        };
+        Some((code, why))
     }
 
     /// Whether the client's will message must be published (MQTT 3.1.1 §3.1.2.5).
@@ -152,12 +189,12 @@ async fn run(
         read_connect(&mut rd, &mut buf, limits.max_packet_size, &identity, shared),
     )
     .await
-    .unwrap_or(Err(Refusal::ConnectTimeout));
+    .unwrap_or(Err((Version::V311, Refusal::ConnectTimeout)));
     let accepted = match connect {
         Ok(a) => a,
-        Err(refusal) => {
-            if let Some(code) = refusal.connack_code() {
-                let _ = wr.write_all(&session::connack(code, false)).await;
+        Err((version, refusal)) => {
+            if let Some(connack) = refusal.connack(version) {
+                let _ = wr.write_all(&connack).await;
                 let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
             }
             return Err(refused(refusal));
@@ -178,20 +215,15 @@ async fn run(
         match shared.router.open(&identity, accepted.clean_session).await {
             Some(link) => link,
             None => {
-                let _ = wr
-                    .write_all(&session::connack(
-                        ConnectReturnCode::ServerUnavailable,
-                        false,
-                    ))
-                    .await;
-                return Err(refused(Refusal::RouterUnavailable));
+                let refusal = Refusal::RouterUnavailable;
+                if let Some(connack) = refusal.connack(accepted.version) {
+                    let _ = wr.write_all(&connack).await;
+                }
+                return Err(refused(refusal));
             }
         };
     if wr
-        .write_all(&session::connack(
-            ConnectReturnCode::Accepted,
-            session_present,
-        ))
+        .write_all(&accepted.connack(session_present, limits.max_packet_size))
         .await
         .is_err()
     {
@@ -215,7 +247,8 @@ async fn run(
         shared.policy.clone(),
         &limits,
         std::time::Instant::now(),
-    );
+    )
+    .for_client(&accepted);
     if let Some(r) = &shared.config.renewal {
         session = session.with_renewal(r.threshold);
     }
@@ -242,37 +275,76 @@ async fn run(
     // The session is over for everyone else now, whether or not the client reads our
     // close_notify: a client that stopped reading gets a bounded goodbye.
     drop(registration);
+    if let (Version::V5, Some((code, why))) = (accepted.version, ended.disconnect5()) {
+        let _ = timeout(
+            CLOSE_TIMEOUT,
+            wr.write_all(&session::disconnect5(code, &why)),
+        )
+        .await;
+    }
     let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
     Ok((identity, ended))
 }
 
-/// Reads the first packet, which must be a CONNECT, and checks it.
+/// Reads the first packet, which must be a CONNECT of MQTT 3.1.1 or 5, and checks it. A
+/// refusal carries the version to answer it in.
 async fn read_connect<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
     identity: &Identity,
     shared: &Shared,
-) -> Result<Accepted, Refusal> {
+) -> Result<Accepted, (Version, Refusal)> {
+    let v311 = |r| (Version::V311, r);
     loop {
-        match Packet::parse(buf, max) {
-            Ok(Some((Packet::Connect(c), n))) => {
-                let accepted = session::on_connect(identity, &shared.policy, &c);
-                buf.drain(..n);
-                return accepted;
-            }
-            Ok(Some(_)) => return Err(Refusal::BadConnect("not a CONNECT".into())),
+        let parsed = match Packet::parse(buf, max) {
+            Ok(Some((Packet::Connect(c), n))) => Some((
+                session::on_connect(identity, &shared.policy, &c).map_err(v311),
+                n,
+            )),
+            Ok(Some(_)) => return Err(v311(Refusal::BadConnect("not a CONNECT".into()))),
+            Err(MqttError::UnsupportedProtocolLevel(5)) => match Packet5::parse(buf, max) {
+                Ok(Some((Packet5::Connect(c), n))) => Some((
+                    session::on_connect5(identity, &shared.policy, &c)
+                        .map_err(|r| (Version::V5, r)),
+                    n,
+                )),
+                Ok(_) => None,
+                Err(e) => return Err(v311(Refusal::BadConnect(e.to_string()))),
+            },
             Err(MqttError::UnsupportedProtocolLevel(level)) => {
-                return Err(Refusal::UnsupportedProtocol(level))
+                return Err(v311(Refusal::UnsupportedProtocol(level)))
             }
-            Err(e) => return Err(Refusal::BadConnect(e.to_string())),
-            Ok(None) => {}
+            Err(e) => return Err(v311(Refusal::BadConnect(e.to_string()))),
+            Ok(None) => None,
+        };
+        if let Some((accepted, n)) = parsed {
+            buf.drain(..n);
+            return accepted;
         }
         match rd.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(Refusal::BadConnect("connection closed".into())),
+            Ok(0) | Err(_) => return Err(v311(Refusal::BadConnect("connection closed".into()))),
             Ok(_) => {}
         }
     }
+}
+
+/// Parses the next whole packet in the client's version and lets the session decide on it:
+/// `Ok(None)` when more bytes are needed.
+fn next_inbound(
+    session: &mut Session,
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(Inbound, usize)>, MqttError> {
+    let now = std::time::Instant::now();
+    Ok(match session.version() {
+        Version::V311 => {
+            Packet::parse(buf, max)?.map(|(packet, n)| (session.inbound(packet, now), n))
+        }
+        Version::V5 => {
+            Packet5::parse(buf, max)?.map(|(packet, n)| (session.inbound5(packet, now), n))
+        }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -303,10 +375,10 @@ where
         // Act on every whole packet already buffered.
         let mut used = 0;
         loop {
-            match Packet::parse(&buf[used..], max) {
-                Ok(Some((packet, n))) => {
+            match next_inbound(session, &buf[used..], max) {
+                Ok(Some((inbound, n))) => {
                     used += n;
-                    match session.inbound(packet, std::time::Instant::now()) {
+                    match inbound {
                         Inbound::Router(p) => {
                             if link_tx.send(*p).await.is_err() {
                                 return Ended::RouterClosed;
@@ -385,6 +457,11 @@ where
                         }
                     }
                     Outbound::Disconnect => return Ended::RouterClosed,
+                    Outbound::Router(p) => {
+                        if link_tx.send(*p).await.is_err() {
+                            return Ended::RouterClosed;
+                        }
+                    }
                 },
                 Ok(None) => {}
                 Err(_) => return Ended::RouterClosed,

@@ -14,7 +14,7 @@ pub enum QoS {
 }
 
 impl QoS {
-    pub(crate) fn from_bits(b: u8) -> Option<QoS> {
+    pub fn from_bits(b: u8) -> Option<QoS> {
         match b {
             0 => Some(QoS::AtMostOnce),
             1 => Some(QoS::AtLeastOnce),
