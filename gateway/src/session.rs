@@ -378,8 +378,13 @@ impl Session {
 
     /// Speaks the version the client connected with, within its limits.
     pub fn for_client(mut self, accepted: &Accepted) -> Session {
-        self.version = accepted.version;
         self.client_max_packet = accepted.client_max_packet.unwrap_or(usize::MAX);
+        self.speaking(accepted.version)
+    }
+
+    /// Encodes what it sends in `version`.
+    pub fn speaking(mut self, version: Version) -> Session {
+        self.version = version;
         self
     }
 

@@ -2,11 +2,14 @@
 //!
 //! - `demo`: a dev PKI, N provisioned devices, the gateway, the simulated fleet and a backend,
 //!   a live summary, and the refusals of a foreign-CA device and a certificate-less client.
-//! - `test`: installs what the suites need, then format, lint and every test.
+//! - `test`: installs what the suites need, then format, lint, every test and a short run of
+//!   every fuzz target.
+//! - `fuzz`: the cargo-fuzz targets, each for a bounded time.
 
 mod bench;
 mod demo;
 mod firmware;
+mod fuzz;
 mod sh;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +50,15 @@ enum Command {
         /// telemetry, command, revocation, wrong-anchor (repeat; default: all).
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
+    },
+    /// Run every cargo-fuzz target (or the named ones) for a bounded time each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// mqtt_decode, gateway_session, bundle, gateway_config (repeat; default: all).
+        #[arg(long = "target")]
+        targets: Vec<String>,
     },
     /// Benchmarks, written to BENCHMARKS.md.
     Bench {
@@ -97,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             port,
         } => demo::run(devices, seconds, &dir, port),
         Command::Test => test(),
+        Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets).map(|_| ()),
         Command::Hil { scenarios } => hil(&scenarios),
         Command::Firmware {
             what: FirmwareWhat::Build,
@@ -191,6 +204,9 @@ fn test() -> anyhow::Result<()> {
         std::path::absolute(firmware::BOARDS[0].image())?,
     );
     sh::cargo(&["test", "--workspace"])?;
+    // Every decoder that takes outside bytes, briefly: enough to catch a regression that
+    // panics on the seeds or near them; `cargo xtask fuzz --seconds 600` goes deep.
+    fuzz::run(15, &[])?;
     sh::step(&format!(
         "all checks passed in {:.0} s",
         started.elapsed().as_secs_f64()

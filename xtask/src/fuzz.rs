@@ -1,0 +1,189 @@
+//! `cargo xtask fuzz`: every cargo-fuzz target in `fuzz/` for a bounded time each.
+//!
+//! Each target starts from its committed seeds (`fuzz/seeds/<target>`, read only) plus the
+//! corpus earlier runs grew (`target/fuzz-corpus/<target>`); crash inputs land in
+//! `target/fuzz-artifacts/<target>/`. cargo-fuzz is installed from crates.io when missing, and
+//! the instrumented build uses the stable toolchain with `RUSTC_BOOTSTRAP=1` (the sanitizer
+//! flags are unstable; no nightly toolchain is needed).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::sh;
+
+/// Every target in `fuzz/Cargo.toml`.
+pub const TARGETS: [&str; 4] = ["mqtt_decode", "gateway_session", "bundle", "gateway_config"];
+
+/// What one target's run did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub target: String,
+    pub seconds: u64,
+    pub executions: u64,
+    pub crashed: bool,
+    /// Inputs in the grown corpus after the run.
+    pub corpus: usize,
+}
+
+/// Where the last run's outcomes are kept (for the security report).
+pub fn results_path() -> PathBuf {
+    PathBuf::from("target/fuzz-results.json")
+}
+
+fn cargo_fuzz(args: &[&str]) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("fuzz").args(args).env("RUSTC_BOOTSTRAP", "1");
+    cmd
+}
+
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let installed = cargo_fuzz(&["--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        sh::step("installing cargo-fuzz from crates.io");
+        sh::cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    Ok(())
+}
+
+/// Builds every target, then runs `targets` (all when empty) for `seconds` each. Fails if any
+/// target crashed, after running the others.
+pub fn run(seconds: u64, targets: &[String]) -> anyhow::Result<Vec<Outcome>> {
+    for t in targets {
+        if !TARGETS.contains(&t.as_str()) {
+            bail!("unknown fuzz target {t:?}; targets: {}", TARGETS.join(", "));
+        }
+    }
+    let chosen: Vec<&str> = if targets.is_empty() {
+        TARGETS.to_vec()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
+    ensure_cargo_fuzz()?;
+    sh::step("cargo fuzz build -O (address sanitizer, coverage instrumentation)");
+    sh::run(&mut cargo_fuzz(&["build", "-O"]))?;
+    let mut outcomes = Vec::new();
+    for target in chosen {
+        sh::step(&format!("fuzz {target} for {seconds} s"));
+        outcomes.push(run_one(target, seconds)?);
+    }
+    println!("\n| target | seconds | executions | exec/s | corpus | crashes |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for o in &outcomes {
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} |",
+            o.target,
+            o.seconds,
+            o.executions,
+            o.executions as f64 / o.seconds.max(1) as f64,
+            o.corpus,
+            u8::from(o.crashed)
+        );
+    }
+    std::fs::create_dir_all("target")?;
+    std::fs::write(results_path(), serde_json::to_vec_pretty(&outcomes)?)?;
+    let crashed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.crashed)
+        .map(|o| o.target.as_str())
+        .collect();
+    if !crashed.is_empty() {
+        bail!(
+            "fuzz targets crashed: {} (inputs in target/fuzz-artifacts/)",
+            crashed.join(", ")
+        );
+    }
+    Ok(outcomes)
+}
+
+fn run_one(target: &str, seconds: u64) -> anyhow::Result<Outcome> {
+    let corpus = PathBuf::from("target/fuzz-corpus").join(target);
+    let artifacts = PathBuf::from("target/fuzz-artifacts").join(target);
+    let seeds = PathBuf::from("fuzz/seeds").join(target);
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    let log_path = PathBuf::from("target/fuzz-logs").join(format!("{target}.log"));
+    std::fs::create_dir_all("target/fuzz-logs")?;
+    let mut child = cargo_fuzz(&["run", "-O", target])
+        .arg(std::path::absolute(&corpus)?)
+        .arg(std::path::absolute(&seeds)?)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!(
+            "-artifact_prefix={}/",
+            std::path::absolute(&artifacts)?.display()
+        ))
+        .arg("-rss_limit_mb=4096")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo fuzz run")?;
+    let bar = ProgressBar::new(seconds);
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:40} {pos}/{len} s  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let stderr = child.stderr.take().context("no stderr from cargo fuzz")?;
+    let mut log = Vec::new();
+    let mut executions = 0;
+    for line in BufReader::new(stderr).lines() {
+        let line = line?;
+        // libFuzzer's status lines: "#123456\tpulse  cov: … exec/s: …".
+        if let Some(n) = line
+            .strip_prefix('#')
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            executions = executions.max(n);
+            bar.set_message(format!("{executions} executions"));
+        }
+        if let Some(rest) = line.strip_prefix("Done ") {
+            if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
+                executions = n;
+            }
+        }
+        bar.set_position(started.elapsed().as_secs().min(seconds));
+        log.push(line);
+    }
+    let status = child.wait()?;
+    bar.finish_and_clear();
+    std::fs::write(&log_path, log.join("\n"))?;
+    let crashed = !status.success();
+    if crashed {
+        eprintln!("  {target} CRASHED; last lines of {}:", log_path.display());
+        for line in log
+            .iter()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            eprintln!("    {line}");
+        }
+    }
+    let corpus_len = std::fs::read_dir(&corpus).map_or(0, |d| d.count());
+    println!(
+        "  {target}: {executions} executions in {:.0} s, corpus {corpus_len}, {}",
+        started.elapsed().as_secs_f64(),
+        if crashed { "CRASH" } else { "no crash" }
+    );
+    Ok(Outcome {
+        target: target.into(),
+        seconds,
+        executions,
+        crashed,
+        corpus: corpus_len,
+    })
+}
