@@ -3,6 +3,9 @@
 //! `#![no_std]` and allocation-free. The `std` feature runs the same core on a host over
 //! tokio; that is the "simulated device" the demo, the tests and the load generators use.
 #![cfg_attr(not(feature = "std"), no_std)]
+// Network, file and user input never reach an unwrap or expect: every failure is a typed
+// error (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backoff;
 #[cfg(feature = "embassy")]

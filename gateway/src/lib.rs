@@ -9,6 +9,10 @@
 //!        → rumqttd local link → socket ⇄ Session (ACL) ⇄ router
 //! ```
 
+// Network, file and user input never reach an unwrap or expect: every failure is a typed
+// error (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod acl;
 pub mod admin;
 pub mod audit;
