@@ -159,17 +159,36 @@ async fn run(
     conn: u64,
 ) -> Result<(Arc<Identity>, Ended), Refused> {
     let limits = shared.config.limits;
-    let acceptor = shared.acceptor();
-    // Handshakes wait for a slot, but only within their own timeout.
+    let config = shared.acceptor().config().clone();
+    // The ClientHello is awaited without a handshake slot: a client that connects and sends
+    // nothing, or trickles, waits only on its own timeout and never in front of others. The
+    // slot bounds the handshakes doing work; they wait for one within their own timeout too.
     let handshake = async {
+        // No TLS state at all until the client sends something.
+        tcp.readable().await?;
+        let hello =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
         let _slot = shared.handshakes.acquire().await;
-        acceptor.accept(tcp).await
+        hello.into_stream(config).await
     };
     let tls = match timeout(limits.handshake_timeout, handshake).await {
         Err(_) => return Err((Refusal::HandshakeTimeout, None)),
         Ok(Err(e)) => return Err((Refusal::Handshake(tls::failure_reason(&e)), None)),
         Ok(Ok(s)) => s,
     };
+    // Everything after the handshake lives in its own allocation, made only now: a
+    // connection still waiting for its handshake costs just the handshake's state.
+    Box::pin(after_handshake(shared, tls, peer, conn)).await
+}
+
+/// Identity, CONNECT, router link and the session, for a client whose handshake succeeded.
+async fn after_handshake(
+    shared: &Shared,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    conn: u64,
+) -> Result<(Arc<Identity>, Ended), Refused> {
+    let limits = shared.config.limits;
     let cert = tls
         .get_ref()
         .1

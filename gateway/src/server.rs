@@ -227,12 +227,10 @@ impl Gateway {
     /// port: see [`Gateway::local_addr`]).
     pub async fn bind(config: Config) -> Result<Gateway, Error> {
         let tls = tls::load(&config.tls)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let admin = match &config.admin {
             Some(a) => Some(
                 TcpListener::bind(a.listen)
@@ -368,6 +366,20 @@ impl Gateway {
             let _ = task.await;
         }
     }
+}
+
+/// The MQTT listener, with a deep accept queue: a burst of connections (a fleet reconnecting,
+/// or a flood) waits in the kernel instead of having its handshakes dropped and retried a
+/// second later. The kernel caps the depth at `net.core.somaxconn`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }
 
 /// SIGHUP as a stream of `()` (never yields where signals are unavailable).

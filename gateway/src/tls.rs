@@ -8,10 +8,12 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -160,7 +162,7 @@ pub fn client_verifier(
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
-    Ok((verifier, revoked))
+    Ok((Arc::new(KeyPolicy(verifier)), revoked))
 }
 
 /// Loads the TLS material: mutual TLS required, trust anchors from every client CA file,
@@ -199,6 +201,18 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
     };
     match tls {
         E::NoCertificatesPresented => "no_client_certificate",
+        E::InvalidCertificate(rustls::CertificateError::Other(o)) => {
+            if o.0.downcast_ref::<WeakKey>().is_some() {
+                "weak_key"
+            } else if matches!(
+                o.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::EndEntityUsedAsCa)
+            ) {
+                "issuer_not_a_ca"
+            } else {
+                "bad_certificate"
+            }
+        }
         E::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer => "unknown_ca",
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
@@ -212,8 +226,103 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
             CertificateError::BadSignature => "bad_signature",
             _ => "bad_certificate",
         },
-        E::PeerIncompatible(_) => "incompatible_client",
+        E::PeerIncompatible(p) => match p {
+            rustls::PeerIncompatible::NoCipherSuitesInCommon => "no_shared_cipher_suite",
+            rustls::PeerIncompatible::Tls12NotOffered
+            | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled
+            | rustls::PeerIncompatible::SupportedVersionsExtensionRequired => {
+                "unsupported_tls_version"
+            }
+            _ => "incompatible_client",
+        },
         E::InvalidMessage(_) => "malformed_handshake",
         _ => "tls_error",
+    }
+}
+
+/// Why a client certificate's key is refused before its chain is even looked at.
+#[derive(Debug)]
+pub struct WeakKey(pub String);
+
+impl std::fmt::Display for WeakKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client certificate key is too weak: {}", self.0)
+    }
+}
+
+impl std::error::Error for WeakKey {}
+
+/// The keys a client certificate may carry: EC of at least 256 bits, RSA of at least 2048
+/// bits, or Ed25519. `Err` says what the key is.
+pub fn check_client_key(der: &[u8]) -> Result<(), WeakKey> {
+    use x509_parser::public_key::PublicKey;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| WeakKey(format!("the certificate cannot be parsed ({e})")))?;
+    let spki = cert.public_key();
+    match spki.parsed() {
+        Ok(PublicKey::EC(point)) if point.key_size() >= 256 => Ok(()),
+        Ok(PublicKey::EC(point)) => Err(WeakKey(format!("EC key of {} bits", point.key_size()))),
+        Ok(PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(()),
+        Ok(PublicKey::RSA(rsa)) => Err(WeakKey(format!("RSA key of {} bits", rsa.key_size()))),
+        _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => Ok(()),
+        _ => Err(WeakKey(format!(
+            "key algorithm {} is not accepted",
+            spki.algorithm.algorithm.to_id_string()
+        ))),
+    }
+}
+
+/// rustls' WebPKI client verifier behind a key policy: a certificate with a weak key is
+/// refused as such ("weak_key") rather than failing later on its signature.
+#[derive(Debug)]
+struct KeyPolicy(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for KeyPolicy {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        check_client_key(end_entity).map_err(|weak| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(weak),
+            )))
+        })?;
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }

@@ -1,5 +1,5 @@
-//! Every kind of bad client credential is refused before CONNACK, each with its own audit
-//! reason and metric label.
+//! Every kind of bad client credential and every outdated TLS offer is refused before CONNACK,
+//! each with its own audit reason and metric label: one table of cases.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,15 @@ async fn got_connack(
     root: &std::path::Path,
     identity: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
 ) -> bool {
+    got_connack_chain(gw, root, identity.map(|(c, k)| (vec![c], k))).await
+}
+
+/// [`got_connack`] with a whole chain (leaf first).
+async fn got_connack_chain(
+    gw: &RunningGateway,
+    root: &std::path::Path,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> bool {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(root).unwrap() {
@@ -53,7 +62,7 @@ async fn got_connack(
     .unwrap()
     .with_root_certificates(roots);
     let config = match identity {
-        Some((cert, key)) => builder.with_client_auth_cert(vec![cert], key).unwrap(),
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
         None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -75,18 +84,108 @@ async fn got_connack(
     )
 }
 
-/// A TLS 1.1 ClientHello (no supported_versions extension), assembled from RFC 4346.
-fn tls11_client_hello() -> Vec<u8> {
-    let mut hello = vec![0x03, 0x02]; // client_version TLS 1.1
+/// A ClientHello no rustls client would send (RFC 5246 layout, no supported_versions
+/// extension): `minor` 1 = TLS 1.0, 2 = TLS 1.1, 3 = TLS 1.2, offering `suites`, with the
+/// P-256 group, uncompressed points and ECDSA/PSS signature algorithms.
+fn client_hello(minor: u8, suites: &[u16]) -> Vec<u8> {
+    let mut hello = vec![0x03, minor];
     hello.extend_from_slice(&[0x42; 32]); // random
     hello.push(0); // session id
-    hello.extend_from_slice(&[0, 4, 0xC0, 0x13, 0x00, 0x2F]); // ECDHE-RSA-AES128-SHA, AES128-SHA
+    hello.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        hello.extend_from_slice(&s.to_be_bytes());
+    }
     hello.extend_from_slice(&[1, 0]); // compression: null
+    let extensions = [
+        &[0x00, 0x0a, 0, 4, 0, 2, 0x00, 0x17][..], // supported_groups: secp256r1
+        &[0x00, 0x0b, 0, 2, 1, 0],                 // ec_point_formats: uncompressed
+        &[0x00, 0x0d, 0, 6, 0, 4, 0x04, 0x03, 0x08, 0x04], // signature_algorithms
+    ]
+    .concat();
+    hello.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    hello.extend_from_slice(&extensions);
     let mut handshake = vec![1, 0, 0, hello.len() as u8];
     handshake.extend_from_slice(&hello);
     let mut record = vec![0x16, 0x03, 0x01, 0, handshake.len() as u8];
     record.extend_from_slice(&handshake);
     record
+}
+
+/// Sends a hand-made ClientHello; the gateway must answer with an alert or close.
+async fn refused_hello(gw: &RunningGateway, hello: &[u8], what: &str) {
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut reply = [0u8; 7];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        n == 0 || reply[0] == 0x15,
+        "{what} must get an alert or a close, got {:?}",
+        &reply[..n]
+    );
+}
+
+/// A client certificate for an RSA-1024 key, signed by the real issuing CA; the handshake is
+/// made by `openssl s_client` (ring refuses to sign with a key that small).
+async fn rsa1024_handshake(gw: &RunningGateway, pki: &Pki, issuer: &rcgen::Issuer<'_, KeyPair>) {
+    let dir = pki.path("rsa1024");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.pem");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs (cargo xtask test installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        out.stdout
+    };
+    let key_s = key.to_str().unwrap();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        key_s,
+    ]);
+    let spki = openssl(&["pkey", "-in", key_s, "-pubout", "-outform", "DER"]);
+    let public = rcgen::SubjectPublicKeyInfo::from_der(&spki).unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "d-rsa1024");
+    p.distinguished_name.push(DnType::OrganizationName, TENANT);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = dir.join("cert.pem");
+    std::fs::write(&cert, p.signed_by(&public, issuer).unwrap().pem()).unwrap();
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &gw.addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        // OpenSSL's own default security level would refuse to load a key this small.
+        .args(["-cipher", "DEFAULT:@SECLEVEL=0"])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .arg("-CAfile")
+        .arg(pki.path("ca/root.pem"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl s_client runs");
+    // TLS 1.3 reports a refused client certificate after the client's own handshake ends, so
+    // the verdict is the gateway's audit record, checked with the others.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CONNECTED"),
+        "openssl s_client did not reach the gateway: {out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +216,24 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         )
     };
     let client = ExtendedKeyUsagePurpose::ClientAuth;
+    // An end-entity certificate (CA:false) of the real issuing CA, used to sign another.
+    let not_a_ca = {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "d-not-a-ca");
+        p.distinguished_name.push(DnType::OrganizationName, TENANT);
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.extended_key_usages = vec![client.clone()];
+        let cert = p.signed_by(&key, issuer).unwrap();
+        (cert.der().clone(), rcgen::Issuer::new(p, key))
+    };
+    let (leaf, leaf_key) = client_cert(
+        &not_a_ca.1,
+        "d-under-a-leaf",
+        now - Days::days(1),
+        now + Days::days(30),
+        client.clone(),
+    );
     let cases: Vec<(
         &str,
         Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
@@ -164,6 +281,7 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         ("revoked", Some(revoked)),
         ("no_client_certificate", None),
     ];
+
     let mut expected = Vec::new();
     for (reason, identity) in cases {
         assert!(
@@ -173,20 +291,24 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         expected.push(reason);
     }
 
-    // TLS 1.1 is not offered by any rustls client: send the ClientHello by hand.
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(&tls11_client_hello()).await.unwrap();
-    let mut reply = [0u8; 7];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut reply))
-        .await
-        .unwrap()
-        .unwrap_or(0);
+    // A chain whose leaf was signed by an end entity (CA:false) of the real issuing CA.
     assert!(
-        n == 0 || reply[0] == 0x15,
-        "TLS 1.1 must get an alert or a close, got {:?}",
-        &reply[..n]
+        !got_connack_chain(&gw, &root, Some((vec![leaf, not_a_ca.0], leaf_key))).await,
+        "issuer_not_a_ca: got CONNACK"
     );
-    expected.push("incompatible_client");
+    expected.push("issuer_not_a_ca");
+    // An RSA-1024 key in an otherwise valid certificate.
+    rsa1024_handshake(&gw, &pki, issuer).await;
+    expected.push("weak_key");
+    // Offers no rustls client makes: TLS 1.0, TLS 1.1, and TLS 1.2 with only CBC (non-AEAD)
+    // suites (ECDHE-ECDSA/RSA with AES-CBC, plain RSA with AES-CBC).
+    let cbc = [0xC009, 0xC013, 0xC00A, 0xC014, 0x002F, 0x0035];
+    refused_hello(&gw, &client_hello(1, &cbc), "TLS 1.0").await;
+    expected.push("unsupported_tls_version");
+    refused_hello(&gw, &client_hello(2, &cbc), "TLS 1.1").await;
+    expected.push("unsupported_tls_version");
+    refused_hello(&gw, &client_hello(3, &cbc), "TLS 1.2 without AEAD").await;
+    expected.push("no_shared_cipher_suite");
 
     wait_for("one audit record per case", Duration::from_secs(5), || {
         std::fs::read_to_string(&audit).is_ok_and(|t| t.lines().count() >= expected.len())
@@ -203,6 +325,14 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         })
         .collect();
     assert_eq!(reasons, expected);
+    // The same reasons label the refusal metric.
+    let metrics = gw.shared.metrics.render(&[]);
+    for reason in &expected {
+        assert!(
+            metrics.contains(&format!("result=\"refused\",reason=\"{reason}\"")),
+            "no metric for {reason}:\n{metrics}"
+        );
+    }
     assert!(gw.sessions.is_empty());
     gw.stop().await;
 }
