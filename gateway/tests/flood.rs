@@ -101,12 +101,35 @@ async fn open_from(source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStrea
     socket.connect(to).await
 }
 
+/// Raises this process's open-file limit to its hard limit (the gateway child inherits it);
+/// the flood needs one descriptor per connection on each side.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    let ok = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    assert!(
+        ok && lim.rlim_cur as usize > IDLE + TRICKLE + 1000,
+        "the flood needs more than {} open files; the hard limit is {}",
+        IDLE + TRICKLE + 1000,
+        lim.rlim_max
+    );
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_handshake_flood_does_not_delay_a_real_device() {
+    raise_fd_limit();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ca_key = KeyPair::generate().unwrap();
