@@ -18,7 +18,13 @@ use serde::{Deserialize, Serialize};
 use crate::sh;
 
 /// Every target in `fuzz/Cargo.toml`.
-pub const TARGETS: [&str; 4] = ["mqtt_decode", "gateway_session", "bundle", "gateway_config"];
+pub const TARGETS: [&str; 5] = [
+    "mqtt_decode",
+    "gateway_session",
+    "bundle",
+    "gateway_config",
+    "csr_intake",
+];
 
 /// What one target's run did.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -56,7 +56,8 @@ enum Command {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// mqtt_decode, gateway_session, bundle, gateway_config (repeat; default: all).
+        /// mqtt_decode, gateway_session, bundle, gateway_config, csr_intake (repeat; default:
+        /// all).
         #[arg(long = "target")]
         targets: Vec<String>,
     },
