@@ -19,6 +19,7 @@
 //! ip_connect_burst = 1000
 //! publish_rate = 100                      # PUBLISH/s per session; above: disconnected
 //! publish_burst = 200
+//! max_subscriptions = 100                 # filters per session; more get SUBACK refusals
 //! router_segment_bytes = 4194304          # per-filter message log: 4 segments of 4 MiB
 //! router_segments = 4
 //!
@@ -96,6 +97,9 @@ pub struct Limits {
     /// is closed with reason `rate_limited`.
     pub publish_rate: f64,
     pub publish_burst: f64,
+    /// Subscription filters one session may hold; further filters are refused in the SUBACK
+    /// (0x80, or 0x97 "quota exceeded" in MQTT 5).
+    pub max_subscriptions: usize,
     /// The router keeps messages per subscription filter in a log of this many segments of
     /// this many bytes. A subscriber that falls further behind than the log loses the
     /// oldest messages, so size it for the backlog of the slowest online subscriber.
@@ -115,6 +119,7 @@ impl Default for Limits {
             ip_connect_burst: 1000.0,
             publish_rate: 100.0,
             publish_burst: 200.0,
+            max_subscriptions: 100,
             router_segment_bytes: 4 * 1024 * 1024,
             router_segments: 4,
         }
@@ -273,6 +278,11 @@ impl Config {
                 file.limits.publish_burst,
                 defaults.publish_burst,
             )?,
+            max_subscriptions: positive(
+                "max_subscriptions",
+                file.limits.max_subscriptions,
+                defaults.max_subscriptions,
+            )?,
             router_segment_bytes: positive(
                 "router_segment_bytes",
                 file.limits.router_segment_bytes,
@@ -423,6 +433,7 @@ struct FileLimits {
     ip_connect_burst: Option<f64>,
     publish_rate: Option<f64>,
     publish_burst: Option<f64>,
+    max_subscriptions: Option<usize>,
     router_segment_bytes: Option<usize>,
     router_segments: Option<usize>,
 }

@@ -344,6 +344,9 @@ pub struct Session {
     pending_subacks: HashMap<u16, Vec<Option<u8>>>,
     /// QoS 2 publishes the ACL dropped: their PUBREL is answered here, not by the router.
     dropped_qos2: HashSet<u16>,
+    /// The filters this session holds, and how many it may.
+    subscriptions: HashSet<String>,
+    max_subscriptions: usize,
     publish_rate: TokenBucket,
     /// `tenants/{tenant}/devices/{device}/cert/` for devices: the rotation topics the
     /// gateway answers itself.
@@ -369,6 +372,8 @@ impl Session {
             client_max_packet: usize::MAX,
             pending_subacks: HashMap::new(),
             dropped_qos2: HashSet::new(),
+            subscriptions: HashSet::new(),
+            max_subscriptions: limits.max_subscriptions,
             publish_rate: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
             cert_prefix,
             renew_threshold: None,
@@ -550,13 +555,18 @@ impl Session {
                 None,
             )),
             Packet::Subscribe(s) => self.subscribe(s),
-            Packet::Unsubscribe(u) => to_router(r::Packet::Unsubscribe(
-                r::Unsubscribe {
-                    pkid: u.packet_id,
-                    filters: u.filters.iter().map(str::to_owned).collect(),
-                },
-                None,
-            )),
+            Packet::Unsubscribe(u) => {
+                for f in u.filters.iter() {
+                    self.subscriptions.remove(f);
+                }
+                to_router(r::Packet::Unsubscribe(
+                    r::Unsubscribe {
+                        pkid: u.packet_id,
+                        filters: u.filters.iter().map(str::to_owned).collect(),
+                    },
+                    None,
+                ))
+            }
             Packet::PingReq => {
                 let mut out = Vec::new();
                 self.put_ack(&mut out, Packet::PingResp, reason::SUCCESS);
@@ -679,7 +689,21 @@ impl Session {
         let mut allowed = Vec::new();
         // 3.1.1 options hold only the QoS, so the version 5 bits read as their defaults.
         for (filter, options) in s.filters.iter_options() {
-            if self.policy.may_subscribe(&self.identity, filter) {
+            let full = self.subscriptions.len() >= self.max_subscriptions
+                && !self.subscriptions.contains(filter);
+            if full && self.policy.may_subscribe(&self.identity, filter) {
+                tracing::warn!(
+                    target: "audit",
+                    device = %self.identity.id,
+                    tenant = %self.identity.tenant,
+                    filter,
+                    reason = "subscription_quota",
+                    "subscribe refused: {} filters held",
+                    self.subscriptions.len()
+                );
+                codes.push(Some(reason::QUOTA_EXCEEDED));
+            } else if self.policy.may_subscribe(&self.identity, filter) {
+                self.subscriptions.insert(filter.to_owned());
                 codes.push(None);
                 let qos = QoS::from_bits(options & 0b11).unwrap_or(QoS::AtMostOnce);
                 allowed.push(r::Filter {
@@ -1614,6 +1638,60 @@ mod tests {
         let mut plain = session();
         plain.outbound(note(b"small", QoS::AtMostOnce), &mut out);
         assert!(matches!(decode(&out), Packet::Publish(p) if p.payload == b"small"));
+    }
+
+    #[test]
+    fn subscriptions_per_session_are_capped() {
+        let limits = Limits {
+            max_subscriptions: 2,
+            ..Limits::default()
+        };
+        let mut s = Session::new(
+            Arc::new(device("d1")),
+            Arc::new(Policy::default()),
+            &limits,
+            Instant::now(),
+        )
+        .speaking(Version::V5);
+        let now = Instant::now();
+        let sub = |s: &mut Session, id, filter: &'static str| {
+            let filters = [(filter, QoS::AtLeastOnce)];
+            let p = Packet5::Subscribe(
+                mqtt::Subscribe {
+                    packet_id: id,
+                    filters: mqtt::SubscribeFilters::from_slice(&filters),
+                },
+                Properties::EMPTY,
+            );
+            match s.inbound5(p, now) {
+                Inbound::Router(_) => None,
+                Inbound::Reply(b) => match decode5(&b) {
+                    Packet5::SubAck(l) => Some(l.reasons[0]),
+                    o => panic!("{o:?}"),
+                },
+                o => panic!("{o:?}"),
+            }
+        };
+        assert_eq!(sub(&mut s, 1, "tenants/acme/devices/d1/cmd/a"), None);
+        assert_eq!(sub(&mut s, 2, "tenants/acme/devices/d1/cmd/b"), None);
+        assert_eq!(
+            sub(&mut s, 3, "tenants/acme/devices/d1/cmd/c"),
+            Some(reason::QUOTA_EXCEEDED)
+        );
+        // The same filter again is a replacement, not a new one.
+        assert_eq!(sub(&mut s, 4, "tenants/acme/devices/d1/cmd/a"), None);
+        let gone = ["tenants/acme/devices/d1/cmd/a"];
+        s.inbound5(
+            Packet5::Unsubscribe(
+                mqtt::Unsubscribe {
+                    packet_id: 5,
+                    filters: mqtt::UnsubscribeFilters::from_slice(&gone),
+                },
+                Properties::EMPTY,
+            ),
+            now,
+        );
+        assert_eq!(sub(&mut s, 6, "tenants/acme/devices/d1/cmd/c"), None);
     }
 
     #[test]

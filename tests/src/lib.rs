@@ -245,3 +245,65 @@ pub fn export_pem(bundle: &DeviceBundle, dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&key, key_pem).expect("write key");
     (cert, key)
 }
+
+/// A raw MQTT 3.1.1 client over mutual TLS, for tests that need exact bytes on the wire.
+pub mod raw {
+    use std::time::Duration;
+
+    use fleet_firmware::mqtt::{Connect, Packet, Publish, QoS};
+    use fleet_hil::fleet::DeviceBundle;
+    use rustls_pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::{device_client_config, Pki, RunningGateway};
+
+    pub type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+    pub fn encode(p: &Packet<'_>) -> Vec<u8> {
+        let mut out = vec![0u8; p.encoded_len()];
+        p.emit(&mut out).unwrap();
+        out
+    }
+
+    /// Connects with a device identity, sends CONNECT and waits for an accepting CONNACK.
+    pub async fn connect(gw: &RunningGateway, pki: &Pki, b: &DeviceBundle, keep_alive: u16) -> Tls {
+        let connector =
+            tokio_rustls::TlsConnector::from(device_client_config(b, &pki.path("ca/root.pem")));
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let connect = Packet::Connect(Connect {
+            clean_session: true,
+            keep_alive,
+            client_id: &b.device_id,
+            will: None,
+            username: None,
+            password: None,
+        });
+        tls.write_all(&encode(&connect)).await.unwrap();
+        let mut ack = [0u8; 4];
+        tls.read_exact(&mut ack).await.unwrap();
+        assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK accepted");
+        tls
+    }
+
+    /// Waits until the gateway closes the connection; returns how long it took.
+    pub async fn closed_within(tls: &mut Tls) -> Duration {
+        fleet_hil::bench::wait_closed(tls, Duration::from_secs(10))
+            .await
+            .expect("the gateway did not close the connection")
+    }
+
+    pub fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+        encode(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic,
+            packet_id: None,
+            payload,
+        }))
+    }
+}
