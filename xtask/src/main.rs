@@ -5,11 +5,13 @@
 //! - `test`: installs what the suites need, then format, lint, every test and a short run of
 //!   every fuzz target.
 //! - `fuzz`: the cargo-fuzz targets, each for a bounded time.
+//! - `report`: the hardening tests and the fuzz targets, written up in SECURITY.md.
 
 mod bench;
 mod demo;
 mod firmware;
 mod fuzz;
+mod report;
 mod sh;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +63,12 @@ enum Command {
         #[arg(long = "target")]
         targets: Vec<String>,
     },
+    /// Run the hardening tests and the fuzz targets and write SECURITY.md.
+    Report {
+        /// Seconds per fuzz target; 0 reuses the last `cargo xtask fuzz` results.
+        #[arg(long, default_value_t = 120)]
+        fuzz_seconds: u64,
+    },
     /// Benchmarks, written to BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -111,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         } => demo::run(devices, seconds, &dir, port),
         Command::Test => test(),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets).map(|_| ()),
+        Command::Report { fuzz_seconds } => report::run(fuzz_seconds),
         Command::Hil { scenarios } => hil(&scenarios),
         Command::Firmware {
             what: FirmwareWhat::Build,
