@@ -50,10 +50,23 @@ impl TestPki {
     }
 
     fn leaf(&self, cn: &str, eku: ExtendedKeyUsagePurpose) -> (rcgen::Certificate, KeyPair) {
+        self.leaf_in(cn, None, eku)
+    }
+
+    fn leaf_in(
+        &self,
+        cn: &str,
+        ou: Option<&str>,
+        eku: ExtendedKeyUsagePurpose,
+    ) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec!["localhost".into()]).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.distinguished_name.push(DnType::OrganizationName, "acme");
+        if let Some(ou) = ou {
+            p.distinguished_name
+                .push(DnType::OrganizationalUnitName, ou);
+        }
         p.extended_key_usages = vec![eku];
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         (cert, key)
@@ -61,7 +74,16 @@ impl TestPki {
 
     /// A TLS client config for device `id` of tenant acme.
     pub fn device(&self, id: &str) -> Arc<rustls::ClientConfig> {
-        let (cert, key) = self.leaf(id, ExtendedKeyUsagePurpose::ClientAuth);
+        self.client(id, None)
+    }
+
+    /// A TLS client config for backend service `name` of tenant acme (subject OU=service).
+    pub fn service(&self, name: &str) -> Arc<rustls::ClientConfig> {
+        self.client(name, Some("service"))
+    }
+
+    fn client(&self, cn: &str, ou: Option<&str>) -> Arc<rustls::ClientConfig> {
+        let (cert, key) = self.leaf_in(cn, ou, ExtendedKeyUsagePurpose::ClientAuth);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).unwrap();
         Arc::new(
@@ -83,6 +105,7 @@ impl TestPki {
 /// The gateway binary serving on 127.0.0.1; killed when dropped, however the test ends.
 pub struct GatewayProcess {
     child: std::process::Child,
+    config: PathBuf,
     pub addr: SocketAddr,
     pub audit: PathBuf,
     pub log: PathBuf,
@@ -115,27 +138,37 @@ impl GatewayProcess {
         )
         .unwrap();
         let log = d.join("gateway.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-gateway"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("gateway starts");
-        let gw = GatewayProcess {
-            child,
+        let mut gw = GatewayProcess {
+            child: spawn(&config, &log),
+            config,
             addr: ([127, 0, 0, 1], port).into(),
             audit,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while device_connect(gw.addr, probe.clone(), None).await.is_err() {
-            assert!(Instant::now() < deadline, "gateway did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        gw.wait_up(probe).await;
         gw
+    }
+
+    async fn wait_up(&mut self, probe: Arc<rustls::ClientConfig>) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while device_connect(self.addr, probe.clone(), None)
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "gateway did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, then the same binary and config again on the same port.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn restart(&mut self, probe: Arc<rustls::ClientConfig>) {
+        self.child = spawn(&self.config, &self.log);
+        self.wait_up(probe).await;
     }
 
     pub fn pid(&self) -> u32 {
@@ -163,6 +196,24 @@ impl GatewayProcess {
         tail.reverse();
         tail
     }
+}
+
+fn spawn(config: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fleet-gateway"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .expect("gateway starts")
 }
 
 impl Drop for GatewayProcess {
