@@ -873,22 +873,22 @@ fn to_router(packet: r::Packet) -> Inbound {
 /// Appends an encoded packet. Packets built here from validated parts always encode; a
 /// failure would be a bug, so it is logged and the packet skipped rather than panicking.
 fn append(out: &mut Vec<u8>, packet: &Packet<'_>) {
-    let start = out.len();
-    out.resize(start + packet.encoded_len(), 0);
-    match packet.emit(&mut out[start..]) {
-        Ok(n) => out.truncate(start + n),
-        Err(e) => {
-            out.truncate(start);
-            tracing::error!(error = %e, "could not encode an outbound packet");
-        }
-    }
+    append_with(out, packet.encoded_len(), |buf| packet.emit(buf));
 }
 
 /// Appends an encoded version 5 packet (see [`append`]).
 fn append5(out: &mut Vec<u8>, packet: &Packet5<'_>) {
+    append_with(out, packet.encoded_len(), |buf| packet.emit(buf));
+}
+
+fn append_with(
+    out: &mut Vec<u8>,
+    len: usize,
+    emit: impl FnOnce(&mut [u8]) -> Result<usize, mqtt::MqttError>,
+) {
     let start = out.len();
-    out.resize(start + packet.encoded_len(), 0);
-    match packet.emit(&mut out[start..]) {
+    out.resize(start + len, 0);
+    match emit(&mut out[start..]) {
         Ok(n) => out.truncate(start + n),
         Err(e) => {
             out.truncate(start);

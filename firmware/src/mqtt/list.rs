@@ -31,22 +31,10 @@ impl<'a> SubscribeFilters<'a> {
         SubscribeFilters(Source::Wire(b))
     }
 
-    /// The filters in order.
+    /// The filters in order, with their requested QoS.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, QoS)> + 'a {
-        let (wire, slice): (&'a [u8], &'a [(&'a str, QoS)]) = match self.0 {
-            Source::Wire(b) => (b, &[]),
-            Source::Slice(s) => (&[], s),
-        };
-        let mut r = Reader::new(wire, "SUBSCRIBE");
-        let from_wire = core::iter::from_fn(move || {
-            if r.is_empty() {
-                return None;
-            }
-            let filter = r.string("topic filter").ok()?;
-            let qos = QoS::from_bits(r.u8("options").ok()? & 0b11)?;
-            Some((filter, qos))
-        });
-        from_wire.chain(slice.iter().copied())
+        self.iter_options()
+            .filter_map(|(f, o)| QoS::from_bits(o & 0b11).map(|q| (f, q)))
     }
 
     /// The filters with their whole options byte (version 5 adds bits above the QoS).

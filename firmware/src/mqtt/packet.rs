@@ -2,8 +2,8 @@
 
 use super::list::{SubAckCodes, SubscribeFilters, UnsubscribeFilters};
 use super::topic::{valid_topic_filter, valid_topic_name};
-use super::wire::{read_varint, varint_len, Reader, Writer};
-use super::{MqttError, MAX_REMAINING_LENGTH};
+use super::wire::{emit_framed, frame, varint_len, Reader, Writer, NAMES};
+use super::MqttError;
 
 /// Quality of service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -152,25 +152,6 @@ pub enum Packet<'a> {
     Disconnect,
 }
 
-const NAMES: [&str; 16] = [
-    "reserved",
-    "CONNECT",
-    "CONNACK",
-    "PUBLISH",
-    "PUBACK",
-    "PUBREC",
-    "PUBREL",
-    "PUBCOMP",
-    "SUBSCRIBE",
-    "SUBACK",
-    "UNSUBSCRIBE",
-    "UNSUBACK",
-    "PINGREQ",
-    "PINGRESP",
-    "DISCONNECT",
-    "reserved",
-];
-
 impl<'a> Packet<'a> {
     /// Parses one packet from the front of `buf`.
     ///
@@ -181,40 +162,12 @@ impl<'a> Packet<'a> {
         buf: &'a [u8],
         max_packet_size: usize,
     ) -> Result<Option<(Packet<'a>, usize)>, MqttError> {
-        let Some(&first) = buf.first() else {
+        let Some(framed) = frame(buf, max_packet_size, false)? else {
             return Ok(None);
         };
-        let kind = first >> 4;
-        let flags = first & 0x0F;
+        let (kind, flags, total) = (framed.kind, framed.flags, framed.total);
         let name = NAMES[usize::from(kind)];
-        if kind == 0 || kind == 15 {
-            return Err(MqttError::ReservedPacketType(kind));
-        }
-        let required_flags = match kind {
-            3 => None,
-            6 | 8 | 10 => Some(0b0010),
-            _ => Some(0),
-        };
-        if required_flags.is_some_and(|f| f != flags) {
-            return Err(MqttError::BadFlags {
-                packet: name,
-                flags,
-            });
-        }
-        let Some((remaining, len_bytes)) = read_varint(&buf[1..])? else {
-            return Ok(None);
-        };
-        let total = 1 + len_bytes + remaining;
-        if total > max_packet_size {
-            return Err(MqttError::PacketTooLarge {
-                size: total,
-                max: max_packet_size,
-            });
-        }
-        let Some(body) = buf.get(1 + len_bytes..total) else {
-            return Ok(None);
-        };
-        let mut r = Reader::new(body, name);
+        let mut r = Reader::new(framed.body, name);
         let packet = match kind {
             1 => Packet::Connect(parse_connect(&mut r)?),
             2 => Packet::ConnAck(parse_connack(&mut r)?),
@@ -244,22 +197,9 @@ impl<'a> Packet<'a> {
     /// Writes the packet into `out` and returns the number of bytes written.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
         self.check()?;
-        let body = self.body_len();
-        if body > MAX_REMAINING_LENGTH {
-            return Err(MqttError::TooLong { field: "packet" });
-        }
-        let needed = 1 + varint_len(body) + body;
-        if out.len() < needed {
-            return Err(MqttError::BufferTooSmall {
-                needed,
-                available: out.len(),
-            });
-        }
-        let mut w = Writer::new(out);
-        w.u8(self.first_byte())?;
-        w.varint(body)?;
-        self.emit_body(&mut w)?;
-        Ok(w.pos)
+        emit_framed(out, self.first_byte(), self.body_len(), |w| {
+            self.emit_body(w)
+        })
     }
 
     fn first_byte(&self) -> u8 {

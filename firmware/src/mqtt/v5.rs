@@ -14,8 +14,8 @@
 use super::list::{Source, SubscribeFilters, UnsubscribeFilters};
 use super::packet::{Connect, Publish, QoS, Subscribe, Unsubscribe, Will};
 use super::topic::{valid_topic_filter, valid_topic_name};
-use super::wire::{read_varint, varint_len, Reader, Writer};
-use super::{MqttError, MAX_REMAINING_LENGTH};
+use super::wire::{emit_framed, frame, varint_len, Reader, Writer, NAMES};
+use super::MqttError;
 
 /// Largest value of a variable byte integer (subscription identifiers, lengths).
 const MAX_VARINT: u32 = 268_435_455;
@@ -166,6 +166,25 @@ impl<'a> Property<'a> {
             TopicAlias(_) => C::Publish as u16,
             UserProperty(..) => ALL,
         }
+    }
+
+    /// Checks the property may appear in `context`, is not a forbidden repeat (`seen` holds
+    /// one bit per identifier already met) and has an allowed value.
+    fn validate(&self, context: Context, seen: &mut u64) -> Result<(), MqttError> {
+        let (packet, id) = (context.name(), self.id());
+        if self.contexts() & context as u16 == 0 {
+            return Err(MqttError::PropertyNotAllowed { packet, id });
+        }
+        let repeatable = matches!(self, Property::UserProperty(..))
+            || (matches!(self, Property::SubscriptionIdentifier(_)) && context == Context::Publish);
+        if *seen & (1 << id) != 0 && !repeatable {
+            return Err(MqttError::DuplicateProperty { packet, id });
+        }
+        *seen |= 1 << id;
+        if !self.value_ok() {
+            return Err(MqttError::BadPropertyValue { packet, id });
+        }
+        Ok(())
     }
 
     /// Values the specification forbids (a zero receive maximum, a boolean of 2, …).
@@ -338,30 +357,7 @@ impl<'a> Properties<'a> {
         let mut items = Reader::new(wire, context.name());
         let mut seen = 0u64;
         while !items.is_empty() {
-            let p = Property::read(&mut items)?;
-            let id = p.id();
-            if p.contexts() & context as u16 == 0 {
-                return Err(MqttError::PropertyNotAllowed {
-                    packet: context.name(),
-                    id,
-                });
-            }
-            let repeatable = matches!(p, Property::UserProperty(..))
-                || (matches!(p, Property::SubscriptionIdentifier(_))
-                    && context == Context::Publish);
-            if seen & (1 << id) != 0 && !repeatable {
-                return Err(MqttError::DuplicateProperty {
-                    packet: context.name(),
-                    id,
-                });
-            }
-            seen |= 1 << id;
-            if !p.value_ok() {
-                return Err(MqttError::BadPropertyValue {
-                    packet: context.name(),
-                    id,
-                });
-            }
+            Property::read(&mut items)?.validate(context, &mut seen)?;
         }
         Ok(Properties(Source::Wire(wire)))
     }
@@ -539,25 +535,6 @@ pub mod options {
     pub const RETAIN_HANDLING_SHIFT: u8 = 4;
 }
 
-const NAMES: [&str; 16] = [
-    "reserved",
-    "CONNECT",
-    "CONNACK",
-    "PUBLISH",
-    "PUBACK",
-    "PUBREC",
-    "PUBREL",
-    "PUBCOMP",
-    "SUBSCRIBE",
-    "SUBACK",
-    "UNSUBSCRIBE",
-    "UNSUBACK",
-    "PINGREQ",
-    "PINGRESP",
-    "DISCONNECT",
-    "AUTH",
-];
-
 impl<'a> Packet5<'a> {
     /// Parses one packet from the front of `buf`, with the same contract as
     /// [`Packet::parse`](super::Packet::parse).
@@ -565,40 +542,12 @@ impl<'a> Packet5<'a> {
         buf: &'a [u8],
         max_packet_size: usize,
     ) -> Result<Option<(Packet5<'a>, usize)>, MqttError> {
-        let Some(&first) = buf.first() else {
+        let Some(framed) = frame(buf, max_packet_size, true)? else {
             return Ok(None);
         };
-        let kind = first >> 4;
-        let flags = first & 0x0F;
+        let (kind, flags, total) = (framed.kind, framed.flags, framed.total);
         let name = NAMES[usize::from(kind)];
-        if kind == 0 {
-            return Err(MqttError::ReservedPacketType(kind));
-        }
-        let required_flags = match kind {
-            3 => None,
-            6 | 8 | 10 => Some(0b0010),
-            _ => Some(0),
-        };
-        if required_flags.is_some_and(|f| f != flags) {
-            return Err(MqttError::BadFlags {
-                packet: name,
-                flags,
-            });
-        }
-        let Some((remaining, len_bytes)) = read_varint(&buf[1..])? else {
-            return Ok(None);
-        };
-        let total = 1 + len_bytes + remaining;
-        if total > max_packet_size {
-            return Err(MqttError::PacketTooLarge {
-                size: total,
-                max: max_packet_size,
-            });
-        }
-        let Some(body) = buf.get(1 + len_bytes..total) else {
-            return Ok(None);
-        };
-        let mut r = Reader::new(body, name);
+        let mut r = Reader::new(framed.body, name);
         let packet = match kind {
             1 => Packet5::Connect(parse_connect(&mut r)?),
             2 => {
@@ -682,22 +631,9 @@ impl<'a> Packet5<'a> {
     /// [`Packet5::parse`] would refuse are refused here too.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
         self.check()?;
-        let body = self.body_len();
-        if body > MAX_REMAINING_LENGTH {
-            return Err(MqttError::TooLong { field: "packet" });
-        }
-        let needed = 1 + varint_len(body) + body;
-        if out.len() < needed {
-            return Err(MqttError::BufferTooSmall {
-                needed,
-                available: out.len(),
-            });
-        }
-        let mut w = Writer::new(out);
-        w.u8(self.first_byte())?;
-        w.varint(body)?;
-        self.emit_body(&mut w)?;
-        Ok(w.pos)
+        emit_framed(out, self.first_byte(), self.body_len(), |w| {
+            self.emit_body(w)
+        })
     }
 
     fn first_byte(&self) -> u8 {
@@ -731,32 +667,8 @@ impl<'a> Packet5<'a> {
         let name = NAMES[usize::from(self.kind())];
         let props = |p: &Properties<'_>, context: Context| -> Result<(), MqttError> {
             let mut seen = 0u64;
-            for prop in p.iter() {
-                let id = prop.id();
-                if prop.contexts() & context as u16 == 0 {
-                    return Err(MqttError::PropertyNotAllowed {
-                        packet: context.name(),
-                        id,
-                    });
-                }
-                let repeatable = matches!(prop, Property::UserProperty(..))
-                    || (matches!(prop, Property::SubscriptionIdentifier(_))
-                        && context == Context::Publish);
-                if seen & (1 << id) != 0 && !repeatable {
-                    return Err(MqttError::DuplicateProperty {
-                        packet: context.name(),
-                        id,
-                    });
-                }
-                seen |= 1 << id;
-                if !prop.value_ok() {
-                    return Err(MqttError::BadPropertyValue {
-                        packet: context.name(),
-                        id,
-                    });
-                }
-            }
-            Ok(())
+            p.iter()
+                .try_for_each(|prop| prop.validate(context, &mut seen))
         };
         let code = |reason: u8| {
             if reason_allowed(self.kind(), reason) {

@@ -1,6 +1,6 @@
 //! Bounds-checked reading and writing of MQTT's primitive fields.
 
-use super::MqttError;
+use super::{MqttError, MAX_REMAINING_LENGTH};
 
 /// Reads fields from one packet's body; every read is bounds-checked.
 pub(crate) struct Reader<'a> {
@@ -193,4 +193,104 @@ pub(crate) fn read_varint(buf: &[u8]) -> Result<Option<(usize, usize)>, MqttErro
         }
     }
     Err(MqttError::MalformedRemainingLength)
+}
+
+/// One packet's fixed header, split from the front of a buffer.
+pub(crate) struct Framed<'a> {
+    /// Packet type, 1–15.
+    pub kind: u8,
+    pub flags: u8,
+    pub body: &'a [u8],
+    /// Bytes the whole packet takes.
+    pub total: usize,
+}
+
+/// Each packet type's name, for errors (type 15 exists only in version 5).
+pub(crate) const NAMES: [&str; 16] = [
+    "reserved",
+    "CONNECT",
+    "CONNACK",
+    "PUBLISH",
+    "PUBACK",
+    "PUBREC",
+    "PUBREL",
+    "PUBCOMP",
+    "SUBSCRIBE",
+    "SUBACK",
+    "UNSUBSCRIBE",
+    "UNSUBACK",
+    "PINGREQ",
+    "PINGRESP",
+    "DISCONNECT",
+    "AUTH",
+];
+
+/// Splits the packet at the front of `buf` (`Ok(None)`: not all there yet), checking the
+/// fixed-header rules both protocol versions share. Type 15
+/// is AUTH when `auth` (version 5) and reserved otherwise.
+pub(crate) fn frame<'a>(
+    buf: &'a [u8],
+    max_packet_size: usize,
+    auth: bool,
+) -> Result<Option<Framed<'a>>, MqttError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let kind = first >> 4;
+    let flags = first & 0x0F;
+    if kind == 0 || (kind == 15 && !auth) {
+        return Err(MqttError::ReservedPacketType(kind));
+    }
+    let required_flags = match kind {
+        3 => None,
+        6 | 8 | 10 => Some(0b0010),
+        _ => Some(0),
+    };
+    if required_flags.is_some_and(|f| f != flags) {
+        return Err(MqttError::BadFlags {
+            packet: NAMES[usize::from(kind)],
+            flags,
+        });
+    }
+    let Some((remaining, len_bytes)) = read_varint(&buf[1..])? else {
+        return Ok(None);
+    };
+    let total = 1 + len_bytes + remaining;
+    if total > max_packet_size {
+        return Err(MqttError::PacketTooLarge {
+            size: total,
+            max: max_packet_size,
+        });
+    }
+    Ok(buf.get(1 + len_bytes..total).map(|body| Framed {
+        kind,
+        flags,
+        body,
+        total,
+    }))
+}
+
+/// Writes a packet: fixed header (`first_byte`, remaining length `body`), then the body
+/// `emit_body` writes. Returns the bytes written.
+pub(crate) fn emit_framed(
+    out: &mut [u8],
+    first_byte: u8,
+    body: usize,
+    emit_body: impl FnOnce(&mut Writer<'_>) -> Result<(), MqttError>,
+) -> Result<usize, MqttError> {
+    if body > MAX_REMAINING_LENGTH {
+        return Err(MqttError::TooLong { field: "packet" });
+    }
+    let needed = 1 + varint_len(body) + body;
+    if out.len() < needed {
+        return Err(MqttError::BufferTooSmall {
+            needed,
+            available: out.len(),
+        });
+    }
+    let mut w = Writer::new(out);
+    w.u8(first_byte)?;
+    w.varint(body)?;
+    emit_body(&mut w)?;
+    Ok(w.pos)
 }
