@@ -26,6 +26,18 @@ pub const TARGETS: [&str; 5] = [
     "csr_intake",
 ];
 
+/// The fuzz crate feature a target needs (its crate's whole dependency tree), if any.
+fn feature(target: &str) -> Option<&'static str> {
+    match target {
+        "gateway_session" | "gateway_config" => Some("gateway"),
+        "csr_intake" => Some("station"),
+        _ => None,
+    }
+}
+
+/// Targets that need only the firmware crate: quick to build, run by the test command.
+pub const LIGHT: [&str; 2] = ["mqtt_decode", "bundle"];
+
 /// What one target's run did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
@@ -76,12 +88,27 @@ pub fn run(seconds: u64, targets: &[String]) -> anyhow::Result<Vec<Outcome>> {
         targets.iter().map(String::as_str).collect()
     };
     ensure_cargo_fuzz()?;
-    sh::step("cargo fuzz build -O (address sanitizer, coverage instrumentation)");
-    sh::run(&mut cargo_fuzz(&["build", "-O"]))?;
+    let mut features: Vec<&str> = chosen.iter().filter_map(|t| feature(t)).collect();
+    features.sort_unstable();
+    features.dedup();
+    let features = features.join(",");
+    sh::step(&format!(
+        "cargo fuzz build -O {} (address sanitizer, coverage instrumentation)",
+        chosen.join(" ")
+    ));
+    for target in &chosen {
+        sh::run(&mut cargo_fuzz(&[
+            "build",
+            "-O",
+            "--features",
+            &features,
+            target,
+        ]))?;
+    }
     let mut outcomes = Vec::new();
     for target in chosen {
         sh::step(&format!("fuzz {target} for {seconds} s"));
-        outcomes.push(run_one(target, seconds)?);
+        outcomes.push(run_one(target, seconds, &features)?);
     }
     println!("\n| target | seconds | executions | exec/s | corpus | crashes |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -112,7 +139,7 @@ pub fn run(seconds: u64, targets: &[String]) -> anyhow::Result<Vec<Outcome>> {
     Ok(outcomes)
 }
 
-fn run_one(target: &str, seconds: u64) -> anyhow::Result<Outcome> {
+fn run_one(target: &str, seconds: u64, features: &str) -> anyhow::Result<Outcome> {
     let corpus = PathBuf::from("target/fuzz-corpus").join(target);
     let artifacts = PathBuf::from("target/fuzz-artifacts").join(target);
     let seeds = PathBuf::from("fuzz/seeds").join(target);
@@ -120,7 +147,7 @@ fn run_one(target: &str, seconds: u64) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&artifacts)?;
     let log_path = PathBuf::from("target/fuzz-logs").join(format!("{target}.log"));
     std::fs::create_dir_all("target/fuzz-logs")?;
-    let mut child = cargo_fuzz(&["run", "-O", target])
+    let mut child = cargo_fuzz(&["run", "-O", "--features", features, target])
         .arg(std::path::absolute(&corpus)?)
         .arg(std::path::absolute(&seeds)?)
         .arg("--")
