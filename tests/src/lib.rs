@@ -250,6 +250,7 @@ pub fn export_pem(bundle: &DeviceBundle, dir: &Path) -> (PathBuf, PathBuf) {
 pub mod raw {
     use std::time::Duration;
 
+    use fleet_firmware::mqtt::v5::{Connect5, Packet5, Properties, Property};
     use fleet_firmware::mqtt::{Connect, Packet, Publish, QoS};
     use fleet_hil::fleet::DeviceBundle;
     use rustls_pki_types::ServerName;
@@ -259,6 +260,81 @@ pub mod raw {
 
     pub type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
+    /// Mutual TLS to the gateway with a device identity, nothing sent yet.
+    pub async fn open(gw: &RunningGateway, pki: &Pki, b: &DeviceBundle) -> Tls {
+        let connector =
+            tokio_rustls::TlsConnector::from(device_client_config(b, &pki.path("ca/root.pem")));
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// A raw version 5 client: packets are written with our codec and read back as bytes.
+    pub struct Client5 {
+        pub tls: Tls,
+        buf: Vec<u8>,
+    }
+
+    impl Client5 {
+        pub async fn open(gw: &RunningGateway, pki: &Pki, b: &DeviceBundle) -> Client5 {
+            Client5 {
+                tls: open(gw, pki, b).await,
+                buf: Vec::new(),
+            }
+        }
+
+        pub async fn send(&mut self, p: &Packet5<'_>) {
+            let mut out = vec![0u8; p.encoded_len()];
+            p.emit(&mut out).unwrap();
+            self.tls.write_all(&out).await.unwrap();
+        }
+
+        /// The bytes of the next whole packet from the gateway, which must be valid version 5.
+        pub async fn next(&mut self) -> Vec<u8> {
+            loop {
+                if let Some((_, n)) = Packet5::parse(&self.buf, 1 << 20).expect("valid MQTT 5") {
+                    return self.buf.drain(..n).collect();
+                }
+                let mut chunk = [0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(5), self.tls.read(&mut chunk))
+                    .await
+                    .expect("the gateway answered in time")
+                    .unwrap_or(0);
+                assert!(n > 0, "connection closed while waiting for a packet");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        /// Whether the gateway closed the connection within 5 s (after anything it still sent).
+        pub async fn closed(&mut self) -> bool {
+            let mut chunk = [0u8; 256];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(5), self.tls.read(&mut chunk)).await,
+                Ok(Ok(0) | Err(_))
+            )
+        }
+
+        /// Sends CONNECT (level 5) and returns the CONNACK's bytes.
+        pub async fn connect(&mut self, client_id: &str, props: &[Property<'_>]) -> Vec<u8> {
+            self.send(&Packet5::Connect(Connect5 {
+                connect: Connect {
+                    clean_session: true,
+                    keep_alive: 60,
+                    client_id,
+                    will: None,
+                    username: None,
+                    password: None,
+                },
+                properties: Properties::from_slice(props),
+                will_properties: Properties::EMPTY,
+            }))
+            .await;
+            self.next().await
+        }
+    }
+
     pub fn encode(p: &Packet<'_>) -> Vec<u8> {
         let mut out = vec![0u8; p.encoded_len()];
         p.emit(&mut out).unwrap();
@@ -267,13 +343,7 @@ pub mod raw {
 
     /// Connects with a device identity, sends CONNECT and waits for an accepting CONNACK.
     pub async fn connect(gw: &RunningGateway, pki: &Pki, b: &DeviceBundle, keep_alive: u16) -> Tls {
-        let connector =
-            tokio_rustls::TlsConnector::from(device_client_config(b, &pki.path("ca/root.pem")));
-        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        let mut tls = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let mut tls = open(gw, pki, b).await;
         let connect = Packet::Connect(Connect {
             clean_session: true,
             keep_alive,

@@ -6,12 +6,9 @@
 use std::time::Duration;
 
 use fleet_firmware::mqtt::v5::{self, Packet5, Properties, Property};
-use fleet_firmware::mqtt::{
-    Connect, Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters,
-};
-use fleet_tests::raw::{closed_within, connect, encode, publish, Tls};
-use fleet_tests::{device_client_config, wait_for, Pki, RunningGateway, TENANT};
-use rustls_pki_types::ServerName;
+use fleet_firmware::mqtt::{Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters};
+use fleet_tests::raw::{closed_within, connect, encode, publish, Client5, Tls};
+use fleet_tests::{wait_for, Pki, RunningGateway, TENANT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Messages the bystander publishes (QoS 1, 40 per second: inside its rate limit).
@@ -159,25 +156,12 @@ async fn an_abusive_device_is_contained_and_a_bystander_loses_nothing() {
     closed_within(&mut tls).await;
 
     // 6. A topic alias in MQTT 5 (none offered): DISCONNECT 0x94, closed.
-    let connector =
-        tokio_rustls::TlsConnector::from(device_client_config(attacker, &pki.path("ca/root.pem")));
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let connect5 = Packet5::Connect(v5::Connect5 {
-        connect: Connect {
-            clean_session: true,
-            keep_alive: 60,
-            client_id: &attacker.device_id,
-            will: None,
-            username: None,
-            password: None,
-        },
-        properties: Properties::EMPTY,
-        will_properties: Properties::EMPTY,
-    });
+    let mut v5client = Client5::open(&gw, &pki, attacker).await;
+    let connack = v5client.connect(&attacker.device_id, &[]).await;
+    assert!(matches!(
+        Packet5::parse(&connack, 1 << 20).unwrap(),
+        Some((Packet5::ConnAck(a), _)) if a.reason == v5::reason::SUCCESS
+    ));
     let topic = own("telemetry");
     let alias = [Property::TopicAlias(3)];
     let aliased = Packet5::Publish(
@@ -191,21 +175,16 @@ async fn an_abusive_device_is_contained_and_a_bystander_loses_nothing() {
         },
         Properties::from_slice(&alias),
     );
-    for p in [connect5, aliased] {
-        let mut out = vec![0u8; p.encoded_len()];
-        p.emit(&mut out).unwrap();
-        tls.write_all(&out).await.unwrap();
-    }
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
-    let (_, n) = Packet5::parse(&got, 1 << 20).unwrap().expect("CONNACK");
+    v5client.send(&aliased).await;
+    let bye = v5client.next().await;
     assert!(
         matches!(
-            Packet5::parse(&got[n..], 1 << 20).unwrap(),
+            Packet5::parse(&bye, 1 << 20).unwrap(),
             Some((Packet5::Disconnect(d), _)) if d.reason == v5::reason::TOPIC_ALIAS_INVALID
         ),
-        "expected DISCONNECT 0x94 after CONNACK, got {got:02x?}"
+        "expected DISCONNECT 0x94, got {bye:02x?}"
     );
+    assert!(v5client.closed().await);
 
     // The bystander: every message acknowledged and delivered, its session never touched.
     let (acked, _still_open) = steady_task.await.unwrap();

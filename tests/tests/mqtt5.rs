@@ -3,86 +3,11 @@
 
 use std::time::Duration;
 
-use fleet_firmware::mqtt::v5::{reason, Ack5, Connect5, Packet5, Properties, Property, ReasonList};
-use fleet_firmware::mqtt::{Connect, Publish, QoS, Subscribe, SubscribeFilters};
-use fleet_hil::fleet::DeviceBundle;
-use fleet_tests::{device_client_config, export_pem, wait_for, Pki, RunningGateway, TENANT};
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use fleet_firmware::mqtt::v5::{reason, Ack5, Packet5, Properties, Property, ReasonList};
+use fleet_firmware::mqtt::{Publish, QoS, Subscribe, SubscribeFilters};
+use fleet_tests::raw::Client5;
+use fleet_tests::{export_pem, wait_for, Pki, RunningGateway, TENANT};
 use tokio::time::timeout;
-
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-/// A raw version 5 client: packets are written with our codec and read back as bytes.
-struct Client {
-    tls: Tls,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    async fn open(gw: &RunningGateway, pki: &Pki, b: &DeviceBundle) -> Client {
-        let connector =
-            tokio_rustls::TlsConnector::from(device_client_config(b, &pki.path("ca/root.pem")));
-        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        let tls = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        Client {
-            tls,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, p: &Packet5<'_>) {
-        let mut out = vec![0u8; p.encoded_len()];
-        p.emit(&mut out).unwrap();
-        self.tls.write_all(&out).await.unwrap();
-    }
-
-    /// The bytes of the next whole packet from the gateway, which must be valid version 5.
-    async fn next(&mut self) -> Vec<u8> {
-        loop {
-            if let Some((_, n)) = Packet5::parse(&self.buf, 1 << 20).expect("valid MQTT 5") {
-                return self.buf.drain(..n).collect();
-            }
-            let mut chunk = [0u8; 4096];
-            let n = timeout(Duration::from_secs(5), self.tls.read(&mut chunk))
-                .await
-                .expect("the gateway answered in time")
-                .unwrap_or(0);
-            assert!(n > 0, "connection closed while waiting for a packet");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Whether the gateway closed the connection within 5 s (after anything it still sent).
-    async fn closed(&mut self) -> bool {
-        let mut chunk = [0u8; 256];
-        matches!(
-            timeout(Duration::from_secs(5), self.tls.read(&mut chunk)).await,
-            Ok(Ok(0) | Err(_))
-        )
-    }
-
-    /// Sends CONNECT (level 5) and returns the CONNACK's bytes.
-    async fn connect(&mut self, client_id: &str, props: &[Property<'_>]) -> Vec<u8> {
-        self.send(&Packet5::Connect(Connect5 {
-            connect: Connect {
-                clean_session: true,
-                keep_alive: 60,
-                client_id,
-                will: None,
-                username: None,
-                password: None,
-            },
-            properties: Properties::from_slice(props),
-            will_properties: Properties::EMPTY,
-        }))
-        .await;
-        self.next().await
-    }
-}
 
 fn connack(bytes: &[u8]) -> (u8, Vec<Property<'_>>) {
     match Packet5::parse(bytes, 1 << 20).unwrap().unwrap().0 {
@@ -115,7 +40,7 @@ async fn version_5_reason_codes_and_both_versions_on_one_gateway() {
 
     // An empty client id is accepted and told the certificate's device id; the CONNACK says
     // what the gateway does not offer and its packet size limit.
-    let mut dev = Client::open(&gw, &pki, a).await;
+    let mut dev = Client5::open(&gw, &pki, a).await;
     let ack = dev.connect("", &[]).await;
     let (code, props) = connack(&ack);
     assert_eq!(code, reason::SUCCESS);
@@ -190,7 +115,7 @@ async fn version_5_reason_codes_and_both_versions_on_one_gateway() {
         .await;
 
     // CONNECT refusals carry version 5 reason codes and say why.
-    let mut wrong_id = Client::open(&gw, &pki, b).await;
+    let mut wrong_id = Client5::open(&gw, &pki, b).await;
     let ack = wrong_id.connect(&a.device_id, &[]).await;
     let (code, props) = connack(&ack);
     assert_eq!(code, reason::NOT_AUTHORIZED);
@@ -199,7 +124,7 @@ async fn version_5_reason_codes_and_both_versions_on_one_gateway() {
         "{props:?}"
     );
     assert!(wrong_id.closed().await);
-    let mut auth = Client::open(&gw, &pki, b).await;
+    let mut auth = Client5::open(&gw, &pki, b).await;
     let ack = auth
         .connect(
             &b.device_id,
@@ -209,7 +134,7 @@ async fn version_5_reason_codes_and_both_versions_on_one_gateway() {
     assert_eq!(connack(&ack).0, reason::BAD_AUTHENTICATION_METHOD);
 
     // A topic alias (none offered): DISCONNECT 0x94, then the connection closes.
-    let mut alias = Client::open(&gw, &pki, b).await;
+    let mut alias = Client5::open(&gw, &pki, b).await;
     assert_eq!(connack(&alias.connect(&b.device_id, &[]).await).0, 0);
     let own_b = format!("tenants/{TENANT}/devices/{}/telemetry", b.device_id);
     alias
@@ -223,7 +148,7 @@ async fn version_5_reason_codes_and_both_versions_on_one_gateway() {
     assert!(alias.closed().await);
 
     // Takeover: the first connection is told why it ends.
-    let mut again = Client::open(&gw, &pki, a).await;
+    let mut again = Client5::open(&gw, &pki, a).await;
     assert_eq!(connack(&again.connect(&a.device_id, &[]).await).0, 0);
     let bye = dev.next().await;
     assert!(matches!(
