@@ -22,6 +22,10 @@
 //! max_subscriptions = 100                 # filters per session; more get SUBACK refusals
 //! router_segment_bytes = 4194304          # per-filter message log: 4 segments of 4 MiB
 //! router_segments = 4
+//! audit_source_per_minute = 30            # refusal records per source IP written to the
+//! audit_source_burst = 20                 #   audit log; beyond: counted in a summary record
+//! audit_per_minute = 3000                 # refusal records from all sources together
+//! audit_burst = 500
 //!
 //! [identity]
 //! service_ou = "service"
@@ -105,6 +109,13 @@ pub struct Limits {
     /// oldest messages, so size it for the backlog of the slowest online subscriber.
     pub router_segment_bytes: usize,
     pub router_segments: usize,
+    /// Refusal records written to the audit log per minute per source IP, and the burst;
+    /// further refusals from that source are counted and summarised (see [`crate::audit`]).
+    pub audit_source_per_minute: f64,
+    pub audit_source_burst: f64,
+    /// Refusal records written per minute from all sources together, and the burst.
+    pub audit_per_minute: f64,
+    pub audit_burst: f64,
 }
 
 impl Default for Limits {
@@ -122,6 +133,10 @@ impl Default for Limits {
             max_subscriptions: 100,
             router_segment_bytes: 4 * 1024 * 1024,
             router_segments: 4,
+            audit_source_per_minute: 30.0,
+            audit_source_burst: 20.0,
+            audit_per_minute: 3000.0,
+            audit_burst: 500.0,
         }
     }
 }
@@ -293,6 +308,22 @@ impl Config {
                 file.limits.router_segments,
                 defaults.router_segments,
             )?,
+            audit_source_per_minute: rate(
+                "audit_source_per_minute",
+                file.limits.audit_source_per_minute,
+                defaults.audit_source_per_minute,
+            )?,
+            audit_source_burst: rate(
+                "audit_source_burst",
+                file.limits.audit_source_burst,
+                defaults.audit_source_burst,
+            )?,
+            audit_per_minute: rate(
+                "audit_per_minute",
+                file.limits.audit_per_minute,
+                defaults.audit_per_minute,
+            )?,
+            audit_burst: rate("audit_burst", file.limits.audit_burst, defaults.audit_burst)?,
         };
         let admin = match file.admin {
             Some(a) if a.enabled == Some(false) => None,
@@ -436,6 +467,10 @@ struct FileLimits {
     max_subscriptions: Option<usize>,
     router_segment_bytes: Option<usize>,
     router_segments: Option<usize>,
+    audit_source_per_minute: Option<f64>,
+    audit_source_burst: Option<f64>,
+    audit_per_minute: Option<f64>,
+    audit_burst: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]

@@ -139,7 +139,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: 
         }
         Err((refusal, identity)) => {
             shared.metrics.connect(Some(refusal.label()));
-            shared.audit.record(&AuditEvent::new(
+            shared.audit_refusal(&AuditEvent::new(
                 "refused",
                 refusal.label(),
                 refusal.to_string(),

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub session_ends: Family<ReasonLabels, Counter>,
     pub revocation_kicks: Counter,
     pub malformed_packets: Counter,
+    /// Refusals over the audit rate limit: counted in a summary record, not written alone.
+    pub audit_suppressed: Counter,
 }
 
 /// Upper bounds (days) of the certificate-expiry histogram of connected devices.
@@ -65,6 +67,7 @@ impl Default for Metrics {
             session_ends: Family::default(),
             revocation_kicks: Counter::default(),
             malformed_packets: Counter::default(),
+            audit_suppressed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -102,6 +105,11 @@ impl Default for Metrics {
             "malformed_packets",
             "Connections closed for sending bytes that are not MQTT",
             m.malformed_packets.clone(),
+        );
+        registry.register(
+            "audit_suppressed",
+            "Refusals over the audit log's rate limit, written only as counts in a summary record",
+            m.audit_suppressed.clone(),
         );
         Metrics { registry, ..m }
     }

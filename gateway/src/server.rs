@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use crate::acl::Policy;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLimits, AuditLog};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::limits::PerIp;
@@ -154,13 +154,20 @@ impl Shared {
 
     fn refuse_at_accept(&self, peer: SocketAddr, reason: &'static str) {
         self.metrics.connect(Some(reason));
-        self.audit.record(&crate::audit::AuditEvent::new(
+        self.audit_refusal(&crate::audit::AuditEvent::new(
             "refused",
             reason,
             "connection closed at accept".into(),
             peer,
             None,
         ));
+    }
+
+    /// Audits a refusal (rate limited per source; see [`crate::audit`]).
+    pub fn audit_refusal(&self, event: &crate::audit::AuditEvent<'_>) {
+        if !self.audit.refusal(event) {
+            self.metrics.audit_suppressed.inc();
+        }
     }
 
     /// Reloads and logs the outcome (for the watcher and SIGHUP).
@@ -242,9 +249,10 @@ impl Gateway {
             ),
             None => None,
         };
+        let audit_limits = AuditLimits::from_limits(&config.limits);
         let audit = match &config.audit_log {
-            Some(path) => AuditLog::open(path)?,
-            None => AuditLog::default(),
+            Some(path) => AuditLog::open(path, audit_limits)?,
+            None => AuditLog::without_file(audit_limits),
         };
         let limits = config.limits;
         let renewal = config
@@ -328,9 +336,14 @@ impl Gateway {
             })
         });
         tokio::pin!(shutdown);
+        let mut summaries = tokio::time::interval(crate::audit::SUMMARY_INTERVAL);
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some(()) = hangup.recv() => self.shared.reload_logged("SIGHUP"),
+                _ = summaries.tick() => {
+                    self.shared.audit.flush_suppressed();
+                }
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         if let Some(reason) = self.shared.admit(peer, tasks.len()) {
@@ -365,6 +378,7 @@ impl Gateway {
         if let Some(task) = admin_task {
             let _ = task.await;
         }
+        self.shared.audit.flush_suppressed();
     }
 }
 

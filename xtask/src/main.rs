@@ -5,10 +5,12 @@
 //! - `test`: installs what the suites need, then format, lint, every test and a short run of
 //!   every fuzz target.
 //! - `fuzz`: the cargo-fuzz targets, each for a bounded time.
+//! - `deny`: cargo-deny (advisories, licenses, bans, sources) on every dependency graph.
 //! - `report`: the hardening tests and the fuzz targets, written up in SECURITY.md.
 
 mod bench;
 mod demo;
+mod deny;
 mod firmware;
 mod fuzz;
 mod report;
@@ -53,11 +55,16 @@ enum Command {
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
     },
+    /// cargo-deny on the workspace, the board images and the fuzz targets (policy: deny.toml).
+    Deny,
     /// Run every cargo-fuzz target (or the named ones) for a bounded time each.
     Fuzz {
-        /// Seconds per target.
+        /// Seconds per target (at most, with --executions).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Stop each target once it has run this many inputs.
+        #[arg(long)]
+        executions: Option<u64>,
         /// mqtt_decode, gateway_session, bundle, gateway_config, csr_intake (repeat; default:
         /// all).
         #[arg(long = "target")]
@@ -118,7 +125,20 @@ fn main() -> anyhow::Result<()> {
             port,
         } => demo::run(devices, seconds, &dir, port),
         Command::Test => test(),
-        Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets).map(|_| ()),
+        Command::Deny => deny::run().map(|_| ()),
+        Command::Fuzz {
+            seconds,
+            executions,
+            targets,
+        } => fuzz::run(
+            fuzz::Budget {
+                seconds,
+                executions,
+            },
+            &targets,
+            fuzz::Build::Thorough,
+        )
+        .map(|_| ()),
         Command::Report { fuzz_seconds } => report::run(fuzz_seconds),
         Command::Hil { scenarios } => hil(&scenarios),
         Command::Firmware {
@@ -204,6 +224,7 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    deny::run()?;
     sh::step("cargo test --workspace");
     // The interop and emulator tests must not skip themselves here: mosquitto_pub, QEMU and
     // the board image were all provided above.
@@ -214,12 +235,14 @@ fn test() -> anyhow::Result<()> {
         std::path::absolute(firmware::BOARDS[0].image())?,
     );
     sh::cargo(&["test", "--workspace"])?;
-    // The fuzz targets that need only the firmware crate (the MQTT codec the gateway and the
-    // device share, and the identity bundle), briefly: enough to catch a regression that
-    // panics on the seeds or near them. The gateway and station targets need a sanitizer
-    // build of their whole dependency trees (~8 minutes cold): `cargo xtask fuzz` runs all.
-    let light: Vec<String> = fuzz::LIGHT.iter().map(|t| t.to_string()).collect();
-    fuzz::run(15, &light)?;
+    // Every fuzz target briefly: enough to catch a regression that panics on the seeds or
+    // near them. A debug build without a sanitizer (~3 minutes cold, where the sanitizer
+    // build of the gateway and station trees takes ~10); `cargo xtask fuzz` runs long.
+    let brief = fuzz::Budget {
+        seconds: 15,
+        executions: None,
+    };
+    fuzz::run(brief, &[], fuzz::Build::Quick)?;
     sh::step(&format!(
         "all checks passed in {:.0} s",
         started.elapsed().as_secs_f64()

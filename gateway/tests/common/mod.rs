@@ -175,18 +175,33 @@ impl GatewayProcess {
         self.child.id()
     }
 
-    /// Audit records by reason.
-    pub fn audit_reasons(&self) -> std::collections::BTreeMap<String, usize> {
-        let audit = std::fs::read_to_string(&self.audit).unwrap_or_default();
+    /// Refusals and session ends in the audit log by reason: records written one by one plus
+    /// those the `suppressed` summaries stand for.
+    pub fn audit_reasons(&self) -> std::collections::BTreeMap<String, u64> {
         let mut reasons = std::collections::BTreeMap::new();
-        for line in audit.lines() {
-            let reason = line
-                .split("\"reason\":\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next());
-            *reasons.entry(reason.unwrap_or("?").to_owned()).or_default() += 1;
+        for record in self.audit_records() {
+            match record["suppressed"].as_object() {
+                Some(counts) => {
+                    for (reason, n) in counts {
+                        *reasons.entry(reason.clone()).or_default() += n.as_u64().unwrap_or(0);
+                    }
+                }
+                None => {
+                    let reason = record["reason"].as_str().unwrap_or("?").to_owned();
+                    *reasons.entry(reason).or_default() += 1;
+                }
+            }
         }
         reasons
+    }
+
+    /// Every record of the audit log.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The last lines of the gateway's log, for failure messages.
