@@ -3,15 +3,19 @@
 //! Written by hand: the RustCrypto `x509-cert` builder needs `alloc`, and a device request
 //! has one fixed shape — subject CN=device id, O=tenant, a P-256 key, no attributes, signed
 //! with ECDSA-SHA256. The station ignores everything but the key anyway. The same small DER
-//! writer also encodes the new key as SEC1 `ECPrivateKey` for the identity bundle.
+//! writer ([`crate::asn1`]) also encodes the new key as SEC1 `ECPrivateKey` for the identity
+//! bundle.
 
 use p256::ecdsa::signature::Signer;
-use p256::ecdsa::{DerSignature, SigningKey};
+use p256::ecdsa::{Signature, SigningKey};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::SecretKey;
 
+use crate::asn1::tag::{context, INTEGER, OCTET_STRING, OID, SEQUENCE, SET, UTF8_STRING};
+use crate::asn1::{EcdsaDer, Full, Writer as Der, NESTED_MAX};
+
 /// Largest request this module writes (two 64-byte names, key and signature fit easily).
-pub const MAX_CSR: usize = 512;
+pub const MAX_CSR: usize = NESTED_MAX;
 /// Size of an `ECPrivateKey` with the curve OID and public key.
 pub const SEC1_KEY_LEN: usize = 121;
 
@@ -33,71 +37,19 @@ impl core::fmt::Display for CsrError {
     }
 }
 
+impl From<Full> for CsrError {
+    fn from(_: Full) -> Self {
+        CsrError::Space
+    }
+}
+
 const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
 
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const INTEGER: u8 = 0x02;
-const BIT_STRING: u8 = 0x03;
-const OCTET_STRING: u8 = 0x04;
-const OID: u8 = 0x06;
-const UTF8_STRING: u8 = 0x0c;
-const CONTEXT_0: u8 = 0xa0;
-const CONTEXT_1: u8 = 0xa1;
-
-/// Appends DER to a slice. Lengths up to 65535.
-struct Der<'a> {
-    out: &'a mut [u8],
-    len: usize,
-}
-
-impl<'a> Der<'a> {
-    fn new(out: &'a mut [u8]) -> Self {
-        Der { out, len: 0 }
-    }
-
-    fn bytes(&mut self, b: &[u8]) -> Result<(), CsrError> {
-        let end = self.len + b.len();
-        self.out
-            .get_mut(self.len..end)
-            .ok_or(CsrError::Space)?
-            .copy_from_slice(b);
-        self.len = end;
-        Ok(())
-    }
-
-    fn header(&mut self, tag: u8, len: usize) -> Result<(), CsrError> {
-        match len {
-            0..=0x7f => self.bytes(&[tag, len as u8]),
-            0x80..=0xff => self.bytes(&[tag, 0x81, len as u8]),
-            _ => self.bytes(&[tag, 0x82, (len >> 8) as u8, len as u8]),
-        }
-    }
-
-    fn tlv(&mut self, tag: u8, content: &[u8]) -> Result<(), CsrError> {
-        self.header(tag, content.len())?;
-        self.bytes(content)
-    }
-
-    /// A constructed value whose content `f` writes into scratch space first.
-    fn nested(
-        &mut self,
-        tag: u8,
-        f: impl FnOnce(&mut Der<'_>) -> Result<(), CsrError>,
-    ) -> Result<(), CsrError> {
-        let mut scratch = [0u8; MAX_CSR];
-        let mut inner = Der::new(&mut scratch);
-        f(&mut inner)?;
-        let n = inner.len;
-        self.tlv(tag, &scratch[..n])
-    }
-}
-
-fn name(der: &mut Der<'_>, device_id: &str, tenant: &str) -> Result<(), CsrError> {
+fn name(der: &mut Der<'_>, device_id: &str, tenant: &str) -> Result<(), Full> {
     der.nested(SEQUENCE, |d| {
         for (oid, value) in [(OID_CN, device_id), (OID_O, tenant)] {
             d.nested(SET, |d| {
@@ -111,20 +63,14 @@ fn name(der: &mut Der<'_>, device_id: &str, tenant: &str) -> Result<(), CsrError
     })
 }
 
-fn public_key_info(der: &mut Der<'_>, point: &[u8]) -> Result<(), CsrError> {
+fn public_key_info(der: &mut Der<'_>, point: &[u8]) -> Result<(), Full> {
     der.nested(SEQUENCE, |d| {
         d.nested(SEQUENCE, |d| {
             d.tlv(OID, OID_EC_PUBLIC_KEY)?;
             d.tlv(OID, OID_P256)
         })?;
-        bit_string(d, point)
+        d.bit_string(point)
     })
-}
-
-fn bit_string(der: &mut Der<'_>, bits: &[u8]) -> Result<(), CsrError> {
-    der.header(BIT_STRING, bits.len() + 1)?;
-    der.bytes(&[0])?;
-    der.bytes(bits)
 }
 
 /// Writes a PKCS#10 request for `key` (CN = `device_id`, O = `tenant`), signed with it, into
@@ -146,17 +92,17 @@ pub fn write_csr(
         name(d, device_id, tenant)?;
         public_key_info(d, point.as_bytes())?;
         // attributes [0] IMPLICIT SET OF: none.
-        d.tlv(CONTEXT_0, &[])
+        d.tlv(context(0), &[])
     })?;
-    let info_len = info.len;
-    let signature: DerSignature = SigningKey::from(key).sign(&info_buf[..info_len]);
+    let info_len = info.len();
+    let signature: Signature = SigningKey::from(key).sign(&info_buf[..info_len]);
     let mut der = Der::new(out);
     der.nested(SEQUENCE, |d| {
         d.bytes(&info_buf[..info_len])?;
         d.nested(SEQUENCE, |d| d.tlv(OID, OID_ECDSA_SHA256))?;
-        bit_string(d, signature.as_bytes())
+        d.bit_string(EcdsaDer::encode(&signature).as_ref())
     })?;
-    Ok(der.len)
+    Ok(der.len())
 }
 
 /// Writes `key` as a SEC1 `ECPrivateKey` (with the P-256 OID and the public key), the form
@@ -168,15 +114,16 @@ pub fn write_sec1_key(key: &SecretKey, out: &mut [u8]) -> Result<usize, CsrError
     der.nested(SEQUENCE, |d| {
         d.tlv(INTEGER, &[1])?;
         d.tlv(OCTET_STRING, &scalar)?;
-        d.nested(CONTEXT_0, |d| d.tlv(OID, OID_P256))?;
-        d.nested(CONTEXT_1, |d| bit_string(d, point.as_bytes()))
+        d.nested(context(0), |d| d.tlv(OID, OID_P256))?;
+        d.nested(context(1), |d| d.bit_string(point.as_bytes()))
     })?;
-    Ok(der.len)
+    Ok(der.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asn1::tag::BIT_STRING;
 
     fn key() -> SecretKey {
         SecretKey::from_bytes(&[7u8; 32].into()).unwrap()
@@ -187,7 +134,7 @@ mod tests {
         let mut out = [0u8; 200];
         let n = write_sec1_key(&key(), &mut out).unwrap();
         assert_eq!(n, SEC1_KEY_LEN);
-        let back = SecretKey::from_sec1_der(&out[..n]).unwrap();
+        let back = crate::asn1::sec1_private_key(&out[..n]).unwrap();
         assert_eq!(back.to_bytes(), key().to_bytes());
     }
 
@@ -212,7 +159,7 @@ mod tests {
         let bits = &csr[3 + info_len + 12..];
         assert_eq!(bits[0], BIT_STRING);
         assert_eq!(bits[2], 0, "no unused bits");
-        let sig = p256::ecdsa::DerSignature::try_from(&bits[3..]).unwrap();
+        let sig = EcdsaDer::decode(&bits[3..]).unwrap();
         let vk = p256::ecdsa::VerifyingKey::from(&SigningKey::from(&key()));
         vk.verify(info, &sig).unwrap();
         // The names are in there.

@@ -6,7 +6,7 @@
 //! acknowledgements — because embedded-tls reads cannot be cancelled halfway. Whichever loop
 //! ends first ends the connection; the caller reconnects.
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use core::convert::Infallible;
 use core::future::Future;
 
@@ -173,14 +173,18 @@ where
     G: CryptoRngCore,
 {
     let socket = SplitSocket::new(rd, wr);
-    let crypto = DeviceCrypto::new(bundle, &mut *rng).map_err(Error::Tls)?;
+    let refused = Cell::new(None);
+    let crypto = DeviceCrypto::new(bundle, &mut *rng, &refused).map_err(Error::Tls)?;
     let config = TlsConfig::new().with_server_name(bundle.gateway_host);
     let bundle_out = &mut buffers.bundle_out;
     let mut tls: TlsConnection<'_, _, Suite> =
         TlsConnection::new(&socket, &mut buffers.tls_read, &mut buffers.tls_write);
     tls.open(TlsContext::new(&config, crypto))
         .await
-        .map_err(Error::Tls)?;
+        .map_err(|e| match refused.get() {
+            Some(why) => Error::Certificate(why),
+            None => Error::Tls(e),
+        })?;
 
     let topics = Topics::new(bundle)?;
     let mut rx = [0u8; MAX_PACKET];

@@ -13,8 +13,10 @@ use crate::mqtt::{ConnectReturnCode, MqttError};
 pub enum Error {
     /// The identity bundle in flash is unusable.
     Bundle(BundleError),
-    /// TLS failed: handshake refused, gateway certificate not trusted, I/O error inside TLS.
+    /// TLS failed: handshake refused, I/O error inside TLS.
     Tls(TlsError),
+    /// The gateway's certificate chain was refused, and why.
+    Certificate(crate::x509::CertError),
     /// The gateway sent bytes that are not valid MQTT, or a packet could not be encoded.
     Mqtt(MqttError),
     /// The gateway answered CONNECT with a refusal.
@@ -34,7 +36,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Bundle(e) => e.fmt(f),
-            Error::Tls(e) => write!(f, "TLS: {e:?}"),
+            Error::Tls(e) => write!(f, "TLS: {}", tls_error_text(e)),
+            Error::Certificate(e) => write!(f, "TLS: gateway certificate refused: {e}"),
             Error::Mqtt(e) => write!(f, "MQTT: {e}"),
             Error::Refused(code) => write!(f, "gateway refused CONNECT: {code:?}"),
             Error::Protocol(what) => write!(f, "protocol: {what}"),
@@ -61,3 +64,31 @@ impl From<TlsError> for Error {
 }
 
 impl core::error::Error for Error {}
+
+/// A TLS error in words. Written out rather than `Debug`-formatted: board images are built
+/// without `Debug` output to save flash.
+fn tls_error_text(e: &TlsError) -> &'static str {
+    match e {
+        TlsError::ConnectionClosed => "connection closed",
+        TlsError::HandshakeAborted(..) => "the gateway aborted the handshake (alert)",
+        TlsError::AbortHandshake(..) => "handshake aborted by the device",
+        TlsError::IoError | TlsError::Io(_) => "I/O error",
+        TlsError::InvalidCertificate | TlsError::InvalidCertificateEntry => {
+            "gateway certificate refused"
+        }
+        TlsError::InvalidSignature => "gateway handshake signature does not verify",
+        TlsError::InvalidSignatureScheme => "gateway signs with an unsupported scheme",
+        TlsError::InvalidCipherSuite | TlsError::InvalidKeyShare => {
+            "no common cipher suite or key share"
+        }
+        TlsError::InvalidPrivateKey => "device private key unusable",
+        TlsError::InsufficientSpace | TlsError::OutOfMemory => "TLS buffer too small",
+        TlsError::InvalidRecord
+        | TlsError::UnknownContentType
+        | TlsError::InvalidHandshake
+        | TlsError::InvalidApplicationData
+        | TlsError::ParseError(_)
+        | TlsError::DecodeError => "malformed TLS data from the gateway",
+        _ => "TLS failure",
+    }
+}

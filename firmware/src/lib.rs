@@ -7,6 +7,7 @@
 // error (tests may unwrap).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod asn1;
 pub mod backoff;
 #[cfg(feature = "embassy")]
 pub mod board;
@@ -19,6 +20,7 @@ pub mod outbox;
 pub mod slots;
 pub mod socket;
 pub mod tls;
+pub mod x509;
 
 #[cfg(feature = "std")]
 pub mod sim;

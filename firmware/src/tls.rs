@@ -4,18 +4,23 @@
 //! and a verifier that checks the gateway's chain against the bundle's trust anchor and the
 //! gateway host name. There is no way to build it without verification.
 
-use embedded_tls::pki::CertVerifier;
+use core::cell::Cell;
+
 use embedded_tls::{
-    Aes128GcmSha256, Certificate, CryptoProvider, CryptoRngCore, NoClock, SignatureScheme,
-    TlsError, TlsVerifier,
+    Aes128GcmSha256, Certificate, CertificateEntryRef, CertificateRef, CertificateVerifyRef,
+    CryptoProvider, CryptoRngCore, SignatureScheme, TlsCipherSuite, TlsError, TlsVerifier,
 };
-use p256::ecdsa::SigningKey;
+use p256::ecdsa::signature::{Error as SignatureError, Signer, SignerMut, Verifier};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::SecretKey;
+use sha2::Digest;
 
+use crate::asn1::{self, EcdsaDer};
 use crate::bundle::Bundle;
+use crate::x509::{self, CertError, PublicKey};
 
-/// Largest server certificate chain (all certificates' DER together) the verifier keeps.
-pub const SERVER_CHAIN_MAX: usize = 2048;
+/// Longest gateway host name (DNS: 253).
+pub const HOST_MAX: usize = 253;
 
 /// Largest TLS record payload the gateway sends to devices (`fleet-gateway` sets rustls'
 /// `max_fragment_size` to this). TLS allows 16 KiB records;
@@ -38,21 +43,26 @@ pub type Suite = Aes128GcmSha256;
 /// gateway, which knows the time, tells the device when its certificate nears expiry.
 pub struct DeviceCrypto<'a, R> {
     rng: R,
-    verifier: CertVerifier<'a, Suite, NoClock, SERVER_CHAIN_MAX>,
-    key_der: &'a [u8],
+    verifier: ServerVerifier<'a>,
+    key: SecretKey,
     cert_der: &'a [u8],
 }
 
 impl<'a, R: CryptoRngCore> DeviceCrypto<'a, R> {
     /// Fails with [`TlsError::InvalidPrivateKey`] when the bundle has no key (a secure
     /// element holds it; that path needs a board-specific signer).
-    pub fn new(bundle: &Bundle<'a>, rng: R) -> Result<Self, TlsError> {
+    /// Why the gateway's chain was refused goes to `refused`.
+    pub fn new(
+        bundle: &Bundle<'a>,
+        rng: R,
+        refused: &'a Cell<Option<CertError>>,
+    ) -> Result<Self, TlsError> {
         let key_der = bundle.private_key_der.ok_or(TlsError::InvalidPrivateKey)?;
-        SecretKey::from_sec1_der(key_der).map_err(|_| TlsError::InvalidPrivateKey)?;
+        let key = asn1::sec1_private_key(key_der).map_err(|_| TlsError::InvalidPrivateKey)?;
         Ok(DeviceCrypto {
             rng,
-            verifier: CertVerifier::new(Certificate::X509(bundle.trust_anchor_der)),
-            key_der,
+            verifier: ServerVerifier::new(bundle.trust_anchor_der, refused),
+            key,
             cert_der: bundle.cert_der,
         })
     }
@@ -60,7 +70,7 @@ impl<'a, R: CryptoRngCore> DeviceCrypto<'a, R> {
 
 impl<R: CryptoRngCore> CryptoProvider for DeviceCrypto<'_, R> {
     type CipherSuite = Suite;
-    type Signature = p256::ecdsa::DerSignature;
+    type Signature = EcdsaDer;
 
     fn rng(&mut self) -> impl CryptoRngCore {
         &mut self.rng
@@ -70,24 +80,99 @@ impl<R: CryptoRngCore> CryptoProvider for DeviceCrypto<'_, R> {
         Ok(&mut self.verifier)
     }
 
-    fn signer(
-        &mut self,
-    ) -> Result<
-        (
-            impl p256::ecdsa::signature::SignerMut<Self::Signature>,
-            SignatureScheme,
-        ),
-        TlsError,
-    > {
-        let secret =
-            SecretKey::from_sec1_der(self.key_der).map_err(|_| TlsError::InvalidPrivateKey)?;
+    fn signer(&mut self) -> Result<(impl SignerMut<Self::Signature>, SignatureScheme), TlsError> {
         Ok((
-            SigningKey::from(&secret),
+            DerSigner(SigningKey::from(&self.key)),
             SignatureScheme::EcdsaSecp256r1Sha256,
         ))
     }
 
     fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
         Some(Certificate::X509(self.cert_der))
+    }
+}
+
+/// ECDSA P-256 signatures in the DER form TLS carries.
+struct DerSigner(SigningKey);
+
+impl SignerMut<EcdsaDer> for DerSigner {
+    fn try_sign(&mut self, msg: &[u8]) -> Result<EcdsaDer, SignatureError> {
+        let signature: Signature = self.0.try_sign(msg)?;
+        Ok(EcdsaDer::encode(&signature))
+    }
+}
+
+/// The gateway's side of the handshake, checked: its chain against the bundle's trust
+/// anchor and host name ([`x509::verify_server`]), then its `CertificateVerify` signature
+/// over the handshake with the key of the certificate that passed.
+pub struct ServerVerifier<'a> {
+    anchor_der: &'a [u8],
+    host: heapless::String<HOST_MAX>,
+    /// Set once the chain passed: the server's key and the transcript up to its Certificate.
+    verified: Option<(PublicKey, <Suite as TlsCipherSuite>::Hash)>,
+    /// Why the last chain was refused (embedded-tls reports only `InvalidCertificate`).
+    refused: &'a Cell<Option<CertError>>,
+}
+
+impl<'a> ServerVerifier<'a> {
+    pub fn new(anchor_der: &'a [u8], refused: &'a Cell<Option<CertError>>) -> Self {
+        ServerVerifier {
+            anchor_der,
+            host: heapless::String::new(),
+            verified: None,
+            refused,
+        }
+    }
+}
+
+impl TlsVerifier<Suite> for ServerVerifier<'_> {
+    fn set_hostname_verification(&mut self, hostname: &str) -> Result<(), TlsError> {
+        self.host.clear();
+        self.host
+            .push_str(hostname)
+            .map_err(|_| TlsError::InsufficientSpace)
+    }
+
+    fn verify_certificate(
+        &mut self,
+        transcript: &<Suite as TlsCipherSuite>::Hash,
+        cert: CertificateRef,
+    ) -> Result<(), TlsError> {
+        self.verified = None;
+        // No host name, no connection: a certificate is only ever checked against one.
+        if self.host.is_empty() {
+            self.refused.set(Some(CertError::HostMismatch));
+            return Err(TlsError::InvalidCertificate);
+        }
+        let chain = cert.entries.iter().filter_map(|e| match e {
+            CertificateEntryRef::X509(der) => Some(*der),
+            CertificateEntryRef::RawPublicKey(_) => None,
+        });
+        match x509::verify_server(self.anchor_der, chain, &self.host) {
+            Ok(key) => {
+                self.refused.set(None);
+                self.verified = Some((key, transcript.clone()));
+                Ok(())
+            }
+            Err(e) => {
+                self.refused.set(Some(e));
+                Err(TlsError::InvalidCertificate)
+            }
+        }
+    }
+
+    fn verify_signature(&mut self, verify: CertificateVerifyRef) -> Result<(), TlsError> {
+        let (key, transcript) = self.verified.take().ok_or(TlsError::InvalidCertificate)?;
+        if verify.signature_scheme != SignatureScheme::EcdsaSecp256r1Sha256 {
+            return Err(TlsError::InvalidSignatureScheme);
+        }
+        // RFC 8446 §4.4.3: 64 spaces, the context string, a zero byte, the transcript hash.
+        let mut message = [0x20u8; 64 + 34 + 32];
+        message[64..98].copy_from_slice(b"TLS 1.3, server CertificateVerify\0");
+        message[98..].copy_from_slice(&transcript.finalize());
+        let key = VerifyingKey::from_sec1_bytes(&key).map_err(|_| TlsError::DecodeError)?;
+        let signature = EcdsaDer::decode(verify.signature).map_err(|_| TlsError::DecodeError)?;
+        key.verify(&message, &signature)
+            .map_err(|_| TlsError::InvalidSignature)
     }
 }

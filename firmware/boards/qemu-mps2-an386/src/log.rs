@@ -36,3 +36,11 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     cortex_m_semihosting::hprintln!("fleet: PANIC {}", info);
     exit(101)
 }
+
+/// Built with `-C panic=immediate-abort` (`.cargo/config.toml`), a panic is a trap
+/// instruction rather than a call to [`panic`]: it ends here, as does any other fault.
+#[cortex_m_rt::exception]
+unsafe fn HardFault(_frame: &cortex_m_rt::ExceptionFrame) -> ! {
+    cortex_m_semihosting::hprintln!("fleet: PANIC (hard fault)");
+    exit(101)
+}

@@ -134,6 +134,16 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     }
 }
 
+/// Built with `-C panic=immediate-abort` (`.cargo/config.toml`), a panic is a trap
+/// instruction rather than a call to [`panic`]: it ends here, as does any other fault.
+#[cortex_m_rt::exception]
+unsafe fn HardFault(_frame: &cortex_m_rt::ExceptionFrame) -> ! {
+    rprintln!("fleet: PANIC (hard fault)");
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     rtt_init_print!();
