@@ -67,6 +67,17 @@ fn line<B: Board>(board: &mut B, args: fmt::Arguments<'_>) {
     ));
 }
 
+/// A TCP connect error in words (board images print no `Debug` output).
+fn connect_error(e: embassy_net::tcp::ConnectError) -> &'static str {
+    use embassy_net::tcp::ConnectError;
+    match e {
+        ConnectError::InvalidState => "socket in the wrong state",
+        ConnectError::ConnectionReset => "connection refused or reset",
+        ConnectError::TimedOut => "timed out",
+        ConnectError::NoRoute => "no route to the gateway",
+    }
+}
+
 /// `core::fmt::Write` into a byte slice, truncating.
 struct SliceWriter<'a> {
     buf: &'a mut [u8],
@@ -177,7 +188,22 @@ impl<B: Board, S: SlotStore> App for BoardApp<'_, B, S> {
                 self.board,
                 format_args!("rotation: the certificate is not for our new key"),
             ),
-            other => line(self.board, format_args!("rotation: {other:?}")),
+            RotationEvent::Stored { slot } => line(
+                self.board,
+                format_args!("rotation: stored in slot {}", slot_name(slot)),
+            ),
+            RotationEvent::Confirmed { slot } => line(
+                self.board,
+                format_args!("rotation: confirmed slot {}", slot_name(slot)),
+            ),
+            RotationEvent::RolledBack { from, to } => line(
+                self.board,
+                format_args!(
+                    "rotation: rolled back from slot {} to slot {}",
+                    slot_name(from),
+                    slot_name(to)
+                ),
+            ),
         }
     }
 }
@@ -235,7 +261,7 @@ pub async fn run<B: Board, S: SlotStore, R: CryptoRngCore, const Q: usize>(
             match socket.connect((gateway, port)).await {
                 Err(e) => line(
                     board,
-                    format_args!("tcp connect to {gateway}:{port}: {e:?}"),
+                    format_args!("tcp connect to {gateway}:{port}: {}", connect_error(e)),
                 ),
                 Ok(()) => {
                     line(
