@@ -149,8 +149,17 @@ pub fn run(budget: Budget, targets: &[String], build: Build) -> anyhow::Result<V
             u8::from(o.crashed)
         );
     }
+    // The results file keeps every target's latest run: a run of some targets replaces
+    // theirs and keeps the others'.
     std::fs::create_dir_all("target")?;
-    std::fs::write(results_path(build), serde_json::to_vec_pretty(&outcomes)?)?;
+    let mut kept: Vec<Outcome> = std::fs::read(results_path(build))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    kept.retain(|k| !outcomes.iter().any(|o| o.target == k.target));
+    kept.extend(outcomes.iter().cloned());
+    kept.sort_by_key(|o| TARGETS.iter().position(|t| *t == o.target));
+    std::fs::write(results_path(build), serde_json::to_vec_pretty(&kept)?)?;
     let crashed: Vec<&str> = outcomes
         .iter()
         .filter(|o| o.crashed)
