@@ -106,10 +106,14 @@ pub async fn flash_and_run(
         }
         ProbeBoard::Esp32c3 => {
             let mut c = Command::new("espflash");
+            // The board crate's partition table reserves the identity partition, so flashing
+            // the application never touches the bundle written above.
             c.args([
                 "flash",
                 "--chip",
                 "esp32c3",
+                "--partition-table",
+                "firmware/boards/esp32c3/partitions.csv",
                 "--monitor",
                 "--non-interactive",
             ])
