@@ -97,7 +97,8 @@ pub fn sections(board: &Board) -> anyhow::Result<(u64, u64)> {
 /// `cargo xtask firmware size`: builds the boards, measures, writes BENCHMARKS.md.
 pub fn size() -> anyhow::Result<()> {
     sh::ensure_debian_packages(&[("size", "binutils"), ("qemu-system-arm", "qemu-system-arm")])?;
-    build_boards()?;
+    let all = selected(None)?;
+    build_boards(&all)?;
     step("handshake instructions and peak stack on the emulated board (fleet-hil qemu --scenario measure)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let qemu = &BOARDS[0];
@@ -185,9 +186,13 @@ fn ensure_toolchain() -> anyhow::Result<()> {
 
 /// Installs Debian's Rust when missing, builds the `#![no_std]` firmware crate for every
 /// embedded target (core and alloc built from source with `-Zbuild-std`), then every board.
-pub fn build() -> anyhow::Result<()> {
+pub fn build(only: Option<&str>) -> anyhow::Result<()> {
     ensure_toolchain()?;
-    for target in TARGETS {
+    let boards = selected(only)?;
+    for target in TARGETS
+        .iter()
+        .filter(|t| only.is_none() || boards.iter().any(|b| b.target == **t))
+    {
         step(&format!(
             "fleet-firmware for {target} (Debian rustc, -Zbuild-std)"
         ));
@@ -201,8 +206,22 @@ pub fn build() -> anyhow::Result<()> {
                 .env("CARGO_TARGET_DIR", "target/cross"),
         )?;
     }
-    build_boards()?;
-    check_budgets()
+    build_boards(&boards)?;
+    check_budgets(&boards)
+}
+
+/// Every board, or the one named.
+pub fn selected(only: Option<&str>) -> anyhow::Result<Vec<&'static Board>> {
+    match only {
+        None => Ok(BOARDS.iter().collect()),
+        Some(name) => match BOARDS.iter().find(|b| b.name == name) {
+            Some(b) => Ok(vec![b]),
+            None => anyhow::bail!(
+                "unknown board {name:?}; boards: {}",
+                BOARDS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+            ),
+        },
+    }
 }
 
 /// How far over its budget a board image may be before the test command fails.
@@ -210,11 +229,11 @@ const BUDGET_TOLERANCE: f64 = 1.10;
 
 /// Prints every board's flash and static RAM against its budget; fails if one is more than
 /// 10 % over.
-pub fn check_budgets() -> anyhow::Result<()> {
+pub fn check_budgets(boards: &[&Board]) -> anyhow::Result<()> {
     sh::ensure_debian_packages(&[("size", "binutils")])?;
     step("firmware size budgets (fail above budget + 10 %)");
     let mut over = Vec::new();
-    for board in &BOARDS {
+    for board in boards {
         let (flash, ram) = sections(board)?;
         for (what, used, budget) in [
             ("flash", flash, board.flash_budget),
@@ -249,10 +268,10 @@ pub fn check_budgets() -> anyhow::Result<()> {
 
 /// Builds each board crate (standalone, with its own `.cargo/config.toml`: target, linker,
 /// `-Zbuild-std`, release profile for size).
-pub fn build_boards() -> anyhow::Result<()> {
+pub fn build_boards(boards: &[&Board]) -> anyhow::Result<()> {
     ensure_toolchain()?;
     let root = std::env::current_dir()?;
-    for board in &BOARDS {
+    for board in boards {
         step(&format!("board {} ({})", board.name, board.target));
         sh::run(
             Command::new("/usr/bin/cargo")
