@@ -36,6 +36,48 @@ pub trait Board {
     fn telemetry_note(&mut self, _out: &mut dyn fmt::Write) {}
 }
 
+/// At boot: the newest valid identity, logged with its slot and gateway; the gateway's
+/// IPv4 address and port, or (logged) why the board cannot start.
+pub fn boot_identity<B: Board>(
+    board: &mut B,
+) -> Result<(Bundle<'static>, Ipv4Address), &'static str> {
+    let (slot_index, bundle) = match board.identity() {
+        Ok(found) => found,
+        Err(e) => {
+            line(
+                board,
+                format_args!("no valid identity bundle in slot A or B: {e}"),
+            );
+            return Err("no identity");
+        }
+    };
+    line(
+        board,
+        format_args!(
+            "identity {} tenant {} generation {} from slot {} gateway {}:{}",
+            bundle.device_id,
+            bundle.tenant,
+            bundle.generation,
+            slot_name(slot_index),
+            bundle.gateway_host,
+            bundle.gateway_port
+        ),
+    );
+    match bundle.gateway_host.parse::<Ipv4Address>() {
+        Ok(gateway) => Ok((bundle, gateway)),
+        Err(_) => {
+            line(
+                board,
+                format_args!(
+                    "gateway host {} is not an IPv4 address (no DNS resolver on the boards yet)",
+                    bundle.gateway_host
+                ),
+            );
+            Err("gateway address")
+        }
+    }
+}
+
 /// embassy-time as the firmware core's clock.
 pub struct EmbassyClock;
 

@@ -11,7 +11,7 @@
 use core::cell::UnsafeCell;
 
 use embassy_executor::Spawner;
-use embassy_net::{Ipv4Address, Runner, StackResources};
+use embassy_net::{Runner, StackResources};
 use embassy_time::Instant;
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use esp_hal::clock::CpuClock;
@@ -22,7 +22,7 @@ use esp_println::println;
 use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{Config as WifiConfig, ControllerConfig, Interface, WifiController};
 use esp_storage::FlashStorage;
-use fleet_firmware::board::{slot_name, Board, Resources};
+use fleet_firmware::board::{Board, Resources};
 use fleet_firmware::bundle::{self, Bundle, BundleError};
 use fleet_firmware::device::{Buffers, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
@@ -198,32 +198,9 @@ async fn main(spawner: Spawner) -> ! {
     log!("boot esp32c3 fleet-firmware {}", env!("CARGO_PKG_VERSION"));
 
     let slots = FlashSlots::load(FlashStorage::new(peripherals.FLASH));
-    let (slot_index, bundle) = match bundle::newest(mirror(0), mirror(1)) {
+    let (bundle, gateway) = match fleet_firmware::board::boot_identity(&mut Esp32c3) {
         Ok(found) => found,
-        Err(e) => {
-            log!(
-                "no valid identity bundle at flash {:#x} or {:#x}: {e}",
-                SLOTS[0],
-                SLOTS[1]
-            );
-            halt("no identity")
-        }
-    };
-    log!(
-        "identity {} tenant {} generation {} from slot {} gateway {}:{}",
-        bundle.device_id,
-        bundle.tenant,
-        bundle.generation,
-        slot_name(slot_index),
-        bundle.gateway_host,
-        bundle.gateway_port
-    );
-    let Ok(gateway) = bundle.gateway_host.parse::<Ipv4Address>() else {
-        log!(
-            "gateway host {} is not an IPv4 address (no DNS resolver on this board yet)",
-            bundle.gateway_host
-        );
-        halt("gateway address")
+        Err(what) => halt(what),
     };
     let port = bundle.gateway_port;
     let (Some(ssid), Some(password)) = (WIFI_SSID, WIFI_PASSWORD) else {
@@ -272,6 +249,14 @@ async fn main(spawner: Spawner) -> ! {
         tcp_rx: TCP_RX.init([0; 2048]),
         tcp_tx: TCP_TX.init([0; 2048]),
     };
-    fleet_firmware::board::run(&mut Esp32c3, slots, stack, gateway, port, &mut trng, resources)
-        .await
+    fleet_firmware::board::run(
+        &mut Esp32c3,
+        slots,
+        stack,
+        gateway,
+        port,
+        &mut trng,
+        resources,
+    )
+    .await
 }

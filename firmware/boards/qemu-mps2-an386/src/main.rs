@@ -14,7 +14,7 @@ mod time;
 
 use embassy_executor::Spawner;
 use embassy_net::{Ipv4Address, Stack, StackResources};
-use fleet_firmware::board::{slot_name, Board, Resources};
+use fleet_firmware::board::{Board, Resources};
 use fleet_firmware::bundle::{self, Bundle, BundleError};
 use fleet_firmware::device::{Buffers, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
@@ -172,29 +172,11 @@ async fn main_task(spawner: Spawner) {
         env!("CARGO_PKG_VERSION")
     );
 
-    let (slot_index, bundle) = match bundle::newest(slot(SLOT_A), slot(SLOT_B)) {
-        Ok(found) => found,
-        Err(e) => {
-            log!("no valid identity bundle at {SLOT_A:#x} or {SLOT_B:#x}: {e}");
-            fatal("no identity")
-        }
-    };
-    log!(
-        "identity {} tenant {} generation {} from slot {} gateway {}:{}",
-        bundle.device_id,
-        bundle.tenant,
-        bundle.generation,
-        slot_name(slot_index),
-        bundle.gateway_host,
-        bundle.gateway_port
-    );
-    let Ok(gateway) = bundle.gateway_host.parse::<Ipv4Address>() else {
-        log!(
-            "gateway host {} is not an IPv4 address (this board has no DNS resolver)",
-            bundle.gateway_host
-        );
-        fatal("gateway address")
-    };
+    let (bundle, gateway) =
+        match fleet_firmware::board::boot_identity(&mut Qemu { connecting: None }) {
+            Ok(found) => found,
+            Err(what) => fatal(what),
+        };
     log!("WARNING: emulation RNG seeded from the bundle's per-device seed; real boards use their hardware TRNG");
     let mut rng = emulation_rng(&bundle);
 

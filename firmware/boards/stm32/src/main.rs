@@ -13,7 +13,7 @@ use embassy_stm32::peripherals::{ETH, ETH_SMA};
 use embassy_stm32::rng::Rng;
 use embassy_stm32::{bind_interrupts, eth, peripherals, rng, Config};
 use embassy_time::Instant;
-use fleet_firmware::board::{slot_name, Board, Resources};
+use fleet_firmware::board::{Board, Resources};
 use fleet_firmware::bundle::{self, Bundle, BundleError};
 use fleet_firmware::device::{Buffers, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
@@ -175,32 +175,9 @@ async fn main(spawner: Spawner) {
         env!("CARGO_PKG_VERSION")
     );
 
-    let (slot_index, bundle) = match bundle::newest(slot(SLOTS[0]), slot(SLOTS[1])) {
+    let (bundle, gateway) = match fleet_firmware::board::boot_identity(&mut Nucleo) {
         Ok(found) => found,
-        Err(e) => {
-            log!(
-                "no valid identity bundle at {:#x} or {:#x}: {e}",
-                SLOTS[0],
-                SLOTS[1]
-            );
-            halt("no identity")
-        }
-    };
-    log!(
-        "identity {} tenant {} generation {} from slot {} gateway {}:{}",
-        bundle.device_id,
-        bundle.tenant,
-        bundle.generation,
-        slot_name(slot_index),
-        bundle.gateway_host,
-        bundle.gateway_port
-    );
-    let Ok(gateway) = bundle.gateway_host.parse::<Ipv4Address>() else {
-        log!(
-            "gateway host {} is not an IPv4 address (no DNS resolver on this board yet)",
-            bundle.gateway_host
-        );
-        halt("gateway address")
+        Err(what) => halt(what),
     };
 
     let mut rng = Rng::new(p.RNG, Irqs);
