@@ -26,6 +26,15 @@ pub mod tag {
     }
 }
 
+/// Object identifiers (content bytes) the device writes or compares, in one place.
+pub mod oid {
+    pub const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    pub const ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
+    pub const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    pub const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    pub const ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+}
+
 /// Bytes that are not DER of the expected shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DerError;
@@ -284,7 +293,6 @@ impl AsRef<[u8]> for EcdsaDer {
 
 /// The 32-byte scalar of a SEC1 `ECPrivateKey` (version 1; if it names a curve, P-256).
 pub fn sec1_private_key(der: &[u8]) -> Result<p256::SecretKey, DerError> {
-    const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
     let mut outer = Reader::new(der);
     let mut key = outer.enter(tag::SEQUENCE)?;
     outer.finish()?;
@@ -294,7 +302,7 @@ pub fn sec1_private_key(der: &[u8]) -> Result<p256::SecretKey, DerError> {
     let scalar = key.expect(tag::OCTET_STRING)?.value;
     if let Some(params) = key.optional(tag::context(0))? {
         let mut params = Reader::new(params.value);
-        if params.expect(tag::OID)?.value != OID_P256 {
+        if params.expect(tag::OID)?.value != oid::P256 {
             return Err(DerError);
         }
         params.finish()?;

@@ -43,11 +43,10 @@ impl From<Full> for CsrError {
     }
 }
 
-const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
-const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+use crate::asn1::oid::{
+    COMMON_NAME as OID_CN, ECDSA_SHA256 as OID_ECDSA_SHA256, EC_PUBLIC_KEY as OID_EC_PUBLIC_KEY,
+    ORGANIZATION as OID_O, P256 as OID_P256,
+};
 
 fn name(der: &mut Der<'_>, device_id: &str, tenant: &str) -> Result<(), Full> {
     der.nested(SEQUENCE, |d| {

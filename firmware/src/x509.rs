@@ -65,11 +65,13 @@ impl From<DerError> for CertError {
     }
 }
 
-/// `SEQUENCE { OID ecdsa-with-SHA256 }`.
+/// `SEQUENCE { OID ecdsa-with-SHA256 }` ([`asn1::oid::ECDSA_SHA256`] with its header): the
+/// whole AlgorithmIdentifier, compared as encoded.
 const ECDSA_SHA256: &[u8] = &[
     0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
 ];
-/// `SEQUENCE { OID id-ecPublicKey, OID prime256v1 }`.
+/// `SEQUENCE { OID id-ecPublicKey, OID prime256v1 }` ([`asn1::oid::EC_PUBLIC_KEY`],
+/// [`asn1::oid::P256`]), compared as encoded.
 const EC_P256: &[u8] = &[
     0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
     0xce, 0x3d, 0x03, 0x01, 0x07,
@@ -79,7 +81,6 @@ const OID_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
 const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 const OID_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 
 /// keyUsage bits, in the first content byte of the BIT STRING.
 const KU_DIGITAL_SIGNATURE: u8 = 0x80;
@@ -279,7 +280,7 @@ impl<'a> Cert<'a> {
                 let mut attribute = set.enter(tag::SEQUENCE)?;
                 let oid = attribute.expect(tag::OID)?.value;
                 let value = attribute.read()?.value;
-                if oid == OID_COMMON_NAME && host_matches(value, host) {
+                if oid == asn1::oid::COMMON_NAME && host_matches(value, host) {
                     return Ok(true);
                 }
             }
