@@ -7,7 +7,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{init_cli, request, stderr, stdout};
 use fleet_provision::registry::Status;
@@ -93,6 +93,21 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
     (ids, aborted)
 }
 
+/// `fleet-provision batch` of 1,000 devices into `dir`.
+fn batch(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-provision"));
+    cmd.arg("--dir").arg(dir).args([
+        "batch",
+        "--count",
+        "1000",
+        "--tenant",
+        "acme",
+        "--gateway-host",
+        "gw.test",
+    ]);
+    cmd
+}
+
 #[test]
 fn kill_dash_nine_mid_batch_loses_nothing_and_reuses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,36 +116,39 @@ fn kill_dash_nine_mid_batch_loses_nothing_and_reuses_nothing() {
     let mut all_ids = HashSet::new();
     let mut killed_mid_batch = 0;
     let mut aborted_total = 0;
-    // 20 batches of 1,000 devices, each killed at a different moment between 5 and 500 ms
-    // (a fixed pseudo-random sequence, so a failure replays): before the first chunk
-    // commits, between reservation and delivery, mid-signing, late.
+    // 20 batches of 1,000 devices, each killed at a different point of its progress: once it
+    // has written `files` of its 2,000 files (0 = as soon as it runs), plus `extra` ms. The
+    // points come from a fixed pseudo-random sequence, so a failure replays, and they follow
+    // the batch's progress rather than the clock, so a faster or slower machine kills at the
+    // same places: before the first chunk commits, between reservation and delivery,
+    // mid-signing, mid-writing, late.
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let delays: Vec<u64> = (0..20)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            5 + seed % 496
-        })
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let points: Vec<(usize, u64)> = (0..20)
+        .map(|_| ((next() % 2000) as usize, next() % 30))
         .collect();
-    for (round, delay_ms) in delays.into_iter().enumerate() {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-provision"))
-            .arg("--dir")
-            .arg(d)
-            .args([
-                "batch",
-                "--count",
-                "1000",
-                "--tenant",
-                "acme",
-                "--gateway-host",
-                "gw.test",
-            ])
+    let devices = d.join("devices");
+    let files_in = |dir: &Path| std::fs::read_dir(dir).map_or(0, |e| e.count());
+    for (round, (files, extra)) in points.into_iter().enumerate() {
+        let before = files_in(&devices);
+        let mut child = batch(d)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none()
+            && files_in(&devices) < before + files
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(extra));
         // SIGKILL: no destructor, no flush, exactly like a power cut for the process.
         child.kill().unwrap();
         let status = child.wait().unwrap();
@@ -143,7 +161,12 @@ fn kill_dash_nine_mid_batch_loses_nothing_and_reuses_nothing() {
             all_ids.insert(id);
         }
         eprintln!(
-            "round {round}: killed after {delay_ms} ms, {} device ids so far",
+            "round {round}: {} after {files} files + {extra} ms, {} device ids so far",
+            if status.success() {
+                "finished"
+            } else {
+                "killed"
+            },
             all_ids.len()
         );
     }
