@@ -6,13 +6,11 @@
 //! writer ([`crate::asn1`]) also encodes the new key as SEC1 `ECPrivateKey` for the identity
 //! bundle.
 
-use p256::ecdsa::signature::Signer;
-use p256::ecdsa::{Signature, SigningKey};
-use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::SecretKey;
 
 use crate::asn1::tag::{context, INTEGER, OCTET_STRING, OID, SEQUENCE, SET, UTF8_STRING};
 use crate::asn1::{EcdsaDer, Full, Writer as Der, NESTED_MAX};
+use crate::ec;
 
 /// Largest request this module writes (two 64-byte names, key and signature fit easily).
 pub const MAX_CSR: usize = NESTED_MAX;
@@ -26,6 +24,8 @@ pub enum CsrError {
     Space,
     /// Device id or tenant longer than 64 bytes.
     NameTooLong,
+    /// ECDSA refused the nonce (r or s zero; probability 2^-256).
+    Signature,
 }
 
 impl core::fmt::Display for CsrError {
@@ -33,6 +33,7 @@ impl core::fmt::Display for CsrError {
         match self {
             CsrError::Space => f.write_str("CSR buffer too small"),
             CsrError::NameTooLong => f.write_str("device id or tenant longer than 64 bytes"),
+            CsrError::Signature => f.write_str("signing the request failed"),
         }
     }
 }
@@ -83,18 +84,19 @@ pub fn write_csr(
     if device_id.len() > 64 || tenant.len() > 64 {
         return Err(CsrError::NameTooLong);
     }
-    let point = key.public_key().to_encoded_point(false);
+    let point = ec::public_key(key);
     let mut info_buf = [0u8; MAX_CSR];
     let mut info = Der::new(&mut info_buf);
     info.nested(SEQUENCE, |d| {
         d.tlv(INTEGER, &[0])?;
         name(d, device_id, tenant)?;
-        public_key_info(d, point.as_bytes())?;
+        public_key_info(d, &point)?;
         // attributes [0] IMPLICIT SET OF: none.
         d.tlv(context(0), &[])
     })?;
     let info_len = info.len();
-    let signature: Signature = SigningKey::from(key).sign(&info_buf[..info_len]);
+    let signature =
+        ec::sign(key, &ec::digest(&info_buf[..info_len])).map_err(|_| CsrError::Signature)?;
     let mut der = Der::new(out);
     der.nested(SEQUENCE, |d| {
         d.bytes(&info_buf[..info_len])?;
@@ -107,14 +109,14 @@ pub fn write_csr(
 /// Writes `key` as a SEC1 `ECPrivateKey` (with the P-256 OID and the public key), the form
 /// the identity bundle stores; returns its length ([`SEC1_KEY_LEN`]).
 pub fn write_sec1_key(key: &SecretKey, out: &mut [u8]) -> Result<usize, CsrError> {
-    let point = key.public_key().to_encoded_point(false);
+    let point = ec::public_key(key);
     let scalar = key.to_bytes();
     let mut der = Der::new(out);
     der.nested(SEQUENCE, |d| {
         d.tlv(INTEGER, &[1])?;
         d.tlv(OCTET_STRING, &scalar)?;
         d.nested(context(0), |d| d.tlv(OID, OID_P256))?;
-        d.nested(context(1), |d| d.bit_string(point.as_bytes()))
+        d.nested(context(1), |d| d.bit_string(&point))
     })?;
     Ok(der.len())
 }
@@ -159,7 +161,7 @@ mod tests {
         assert_eq!(bits[0], BIT_STRING);
         assert_eq!(bits[2], 0, "no unused bits");
         let sig = EcdsaDer::decode(&bits[3..]).unwrap();
-        let vk = p256::ecdsa::VerifyingKey::from(&SigningKey::from(&key()));
+        let vk = p256::ecdsa::VerifyingKey::from(&p256::ecdsa::SigningKey::from(&key()));
         vk.verify(info, &sig).unwrap();
         // The names are in there.
         let find = |needle: &[u8]| info.windows(needle.len()).any(|w| w == needle);

@@ -490,10 +490,9 @@ fn renewed_bundle(
     key: &p256::SecretKey,
     out: &mut [u8],
 ) -> Option<(u32, usize)> {
-    use p256::elliptic_curve::sec1::ToEncodedPoint;
     // The certificate must carry our new public key (its uncompressed point).
-    let point = key.public_key().to_encoded_point(false);
-    if !cert.windows(65).any(|w| w == point.as_bytes()) {
+    let point = crate::ec::public_key(key);
+    if !cert.windows(65).any(|w| w == point) {
         return None;
     }
     let mut key_der = [0u8; crate::csr::SEC1_KEY_LEN];

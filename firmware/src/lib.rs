@@ -14,6 +14,7 @@ pub mod board;
 pub mod bundle;
 pub mod csr;
 pub mod device;
+pub mod ec;
 pub mod error;
 pub mod mqtt;
 pub mod outbox;

@@ -10,13 +10,13 @@ use embedded_tls::{
     Aes128GcmSha256, Certificate, CertificateEntryRef, CertificateRef, CertificateVerifyRef,
     CryptoProvider, CryptoRngCore, SignatureScheme, TlsCipherSuite, TlsError, TlsVerifier,
 };
-use p256::ecdsa::signature::{Error as SignatureError, Signer, SignerMut, Verifier};
-use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use p256::ecdsa::signature::{Error as SignatureError, SignerMut};
 use p256::SecretKey;
 use sha2::Digest;
 
 use crate::asn1::{self, EcdsaDer};
 use crate::bundle::Bundle;
+use crate::ec;
 use crate::x509::{self, CertError, PublicKey};
 
 /// Longest gateway host name (DNS: 253).
@@ -81,10 +81,7 @@ impl<R: CryptoRngCore> CryptoProvider for DeviceCrypto<'_, R> {
     }
 
     fn signer(&mut self) -> Result<(impl SignerMut<Self::Signature>, SignatureScheme), TlsError> {
-        Ok((
-            DerSigner(SigningKey::from(&self.key)),
-            SignatureScheme::EcdsaSecp256r1Sha256,
-        ))
+        Ok((DerSigner(&self.key), SignatureScheme::EcdsaSecp256r1Sha256))
     }
 
     fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
@@ -92,12 +89,12 @@ impl<R: CryptoRngCore> CryptoProvider for DeviceCrypto<'_, R> {
     }
 }
 
-/// ECDSA P-256 signatures in the DER form TLS carries.
-struct DerSigner(SigningKey);
+/// ECDSA P-256 signatures ([`ec::sign`]) in the DER form TLS carries.
+struct DerSigner<'k>(&'k SecretKey);
 
-impl SignerMut<EcdsaDer> for DerSigner {
+impl SignerMut<EcdsaDer> for DerSigner<'_> {
     fn try_sign(&mut self, msg: &[u8]) -> Result<EcdsaDer, SignatureError> {
-        let signature: Signature = self.0.try_sign(msg)?;
+        let signature = ec::sign(self.0, &ec::digest(msg))?;
         Ok(EcdsaDer::encode(&signature))
     }
 }
@@ -170,9 +167,11 @@ impl TlsVerifier<Suite> for ServerVerifier<'_> {
         let mut message = [0x20u8; 64 + 34 + 32];
         message[64..98].copy_from_slice(b"TLS 1.3, server CertificateVerify\0");
         message[98..].copy_from_slice(&transcript.finalize());
-        let key = VerifyingKey::from_sec1_bytes(&key).map_err(|_| TlsError::DecodeError)?;
         let signature = EcdsaDer::decode(verify.signature).map_err(|_| TlsError::DecodeError)?;
-        key.verify(&message, &signature)
-            .map_err(|_| TlsError::InvalidSignature)
+        if ec::verify(&key, &ec::digest(&message), &signature) {
+            Ok(())
+        } else {
+            Err(TlsError::InvalidSignature)
+        }
     }
 }

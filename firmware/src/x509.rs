@@ -11,10 +11,8 @@
 //! Not checked: validity times. Boards have no trustworthy clock; the gateway, which knows
 //! the time, refuses expired device certificates and tells devices when theirs near expiry.
 
-use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::VerifyingKey;
-
 use crate::asn1::{self, tag, DerError, EcdsaDer, Reader};
+use crate::ec;
 
 /// Intermediates at most between the server certificate and the trust anchor.
 pub const MAX_INTERMEDIATES: usize = 3;
@@ -237,10 +235,12 @@ impl<'a> Cert<'a> {
 
     /// Whether `key` signed this certificate.
     fn signed_by(&self, key: &[u8]) -> Result<(), CertError> {
-        let key = VerifyingKey::from_sec1_bytes(key).map_err(|_| CertError::Unsupported)?;
         let signature = EcdsaDer::decode(self.signature)?;
-        key.verify(self.tbs, &signature)
-            .map_err(|_| CertError::BadSignature)
+        if ec::verify(key, &ec::digest(self.tbs), &signature) {
+            Ok(())
+        } else {
+            Err(CertError::BadSignature)
+        }
     }
 
     /// Whether this certificate may issue one with `below` intermediates under it.

@@ -40,7 +40,22 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 /// Built with `-C panic=immediate-abort` (`.cargo/config.toml`), a panic is a trap
 /// instruction rather than a call to [`panic`]: it ends here, as does any other fault.
 #[cortex_m_rt::exception]
-unsafe fn HardFault(_frame: &cortex_m_rt::ExceptionFrame) -> ! {
-    cortex_m_semihosting::hprintln!("fleet: PANIC (hard fault)");
+unsafe fn HardFault(frame: &cortex_m_rt::ExceptionFrame) -> ! {
+    // The faulting instruction's address, to look up in the image (`llvm-objdump -d`), and
+    // why (SCB's configurable fault status and bus fault address, ARMv7-M B3.2.15-18).
+    let (cfsr, bfar) = unsafe {
+        (
+            core::ptr::read_volatile(0xE000_ED28 as *const u32),
+            core::ptr::read_volatile(0xE000_ED38 as *const u32),
+        )
+    };
+    cortex_m_semihosting::hprintln!(
+        "fleet: PANIC (hard fault) at pc {:#010x} cfsr {:#010x} bfar {:#010x} lr {:#010x} r0 {:#010x}",
+        frame.pc(),
+        cfsr,
+        bfar,
+        frame.lr(),
+        frame.r0()
+    );
     exit(101)
 }
