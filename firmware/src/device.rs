@@ -19,7 +19,8 @@ use heapless::{String, Vec};
 
 use crate::bundle::Bundle;
 use crate::mqtt::{
-    Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters,
+    Connect, ConnectReturnCode, Control, Emit, Packet, Publish, QoS, SubAckCode, Subscribe,
+    SubscribeFilters,
 };
 use crate::outbox::Outbox;
 use crate::socket::SplitSocket;
@@ -195,14 +196,14 @@ where
     send(
         &mut tls,
         &mut tx,
-        &Packet::Connect(Connect {
+        &Connect {
             clean_session: true,
             keep_alive: options.keep_alive_secs,
             client_id: bundle.device_id,
             will: None,
             username: None,
             password: None,
-        }),
+        },
     )
     .await?;
     let deadline = clock.now_ms() + options.ack_timeout_ms;
@@ -224,10 +225,10 @@ where
     send(
         &mut tls,
         &mut tx,
-        &Packet::Subscribe(Subscribe {
+        &Subscribe {
             packet_id: 1,
             filters: SubscribeFilters::from_slice(&filters),
-        }),
+        },
     )
     .await?;
     let (refused, n) = match expect(&mut tls, &mut rx, &mut rx_len, clock, deadline).await? {
@@ -328,7 +329,7 @@ where
                 )
             };
             for id in acks {
-                send(&mut writer, &mut tx, &Packet::PubAck(id)).await?;
+                send(&mut writer, &mut tx, &Control::PubAck(id)).await?;
             }
             for reply in replies {
                 publish(
@@ -375,14 +376,14 @@ where
                     )
                 });
                 let Some((id, dup, body)) = due else { break };
-                let p = Packet::Publish(Publish {
+                let p = Publish {
                     dup,
                     qos: QoS::AtLeastOnce,
                     retain: false,
                     topic: topics.telemetry.as_str(),
                     packet_id: Some(id),
                     payload: &body,
-                });
+                };
                 send(&mut writer, &mut tx, &p).await?;
                 stats.borrow_mut().published += 1;
             }
@@ -393,7 +394,7 @@ where
                     ));
                 }
                 pending.borrow_mut().ping_outstanding = true;
-                send(&mut writer, &mut tx, &Packet::PingReq).await?;
+                send(&mut writer, &mut tx, &Control::PingReq).await?;
                 next_ping = now + keep_alive_ms;
             }
             let telemetry_at = if options.telemetry_period_ms > 0 {
@@ -553,23 +554,32 @@ async fn publish<W: Write>(
 where
     Error: From<W::Error>,
 {
-    let p = Packet::Publish(Publish {
+    let p = Publish {
         dup: false,
         qos,
         retain: false,
         topic,
         packet_id,
         payload,
-    });
+    };
     send(w, tx, &p).await
 }
 
-async fn send<W: Write>(w: &mut W, tx: &mut [u8], packet: &Packet<'_>) -> Result<(), Error>
+/// Writes one packet. Generic over the packet type, so the device carries the encoders of
+/// the packets it sends and no others.
+async fn send<W: Write>(w: &mut W, tx: &mut [u8], packet: &impl Emit) -> Result<(), Error>
 where
     Error: From<W::Error>,
 {
     let n = packet.emit(tx).map_err(Error::Mqtt)?;
-    w.write_all(&tx[..n]).await?;
+    write_all(w, &tx[..n]).await
+}
+
+async fn write_all<W: Write>(w: &mut W, bytes: &[u8]) -> Result<(), Error>
+where
+    Error: From<W::Error>,
+{
+    w.write_all(bytes).await?;
     w.flush().await?;
     Ok(())
 }

@@ -17,8 +17,8 @@ mod wire;
 pub use error::MqttError;
 pub use list::{SubAckCodes, SubscribeFilters, UnsubscribeFilters};
 pub use packet::{
-    ConnAck, Connect, ConnectReturnCode, Packet, Publish, QoS, SubAck, SubAckCode, Subscribe,
-    Unsubscribe, Will,
+    ConnAck, Connect, ConnectReturnCode, Control, Emit, Packet, Publish, QoS, SubAck, SubAckCode,
+    Subscribe, Unsubscribe, Will,
 };
 pub use topic::{matches, valid_topic_filter, valid_topic_name};
 

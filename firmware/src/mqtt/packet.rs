@@ -2,7 +2,7 @@
 
 use super::list::{SubAckCodes, SubscribeFilters, UnsubscribeFilters};
 use super::topic::{valid_topic_filter, valid_topic_name};
-use super::wire::{emit_framed, frame, varint_len, Reader, Writer, NAMES};
+use super::wire::{emit_framed, frame, varint_len, Reader, NAMES};
 use super::MqttError;
 
 /// Quality of service.
@@ -194,219 +194,287 @@ impl<'a> Packet<'a> {
         1 + varint_len(body) + body
     }
 
-    /// Writes the packet into `out` and returns the number of bytes written.
+    /// Writes the packet into `out` and returns the number of bytes written. Values that
+    /// [`Packet::parse`] would refuse are refused here, so nothing malformed is ever sent.
+    ///
+    /// Each packet type also writes itself ([`Emit`]): code that knows what it sends (the
+    /// device) then carries only those types' encoders.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
-        self.check()?;
-        emit_framed(out, self.first_byte(), self.body_len(), |w| {
-            self.emit_body(w)
-        })
-    }
-
-    fn first_byte(&self) -> u8 {
         match self {
-            Packet::Connect(_) => 0x10,
-            Packet::ConnAck(_) => 0x20,
-            Packet::Publish(p) => {
-                0x30 | u8::from(p.dup) << 3 | (p.qos as u8) << 1 | u8::from(p.retain)
-            }
-            Packet::PubAck(_) => 0x40,
-            Packet::PubRec(_) => 0x50,
-            Packet::PubRel(_) => 0x62,
-            Packet::PubComp(_) => 0x70,
-            Packet::Subscribe(_) => 0x82,
-            Packet::SubAck(_) => 0x90,
-            Packet::Unsubscribe(_) => 0xA2,
-            Packet::UnsubAck(_) => 0xB0,
-            Packet::PingReq => 0xC0,
-            Packet::PingResp => 0xD0,
-            Packet::Disconnect => 0xE0,
-        }
-    }
-
-    /// Rejects values that parse would reject, so nothing malformed is ever sent.
-    fn check(&self) -> Result<(), MqttError> {
-        let nonzero = |id: u16, packet| {
-            if id == 0 {
-                Err(MqttError::ZeroPacketId { packet })
-            } else {
-                Ok(())
-            }
-        };
-        match self {
-            Packet::Connect(c) => {
-                if c.client_id.contains('\0') {
-                    return Err(MqttError::BadString {
-                        packet: "CONNECT",
-                        field: "client id",
-                    });
-                }
-                if c.password.is_some() && c.username.is_none() {
-                    return Err(MqttError::BadConnectFlags("password without user name"));
-                }
-                if let Some(w) = &c.will {
-                    if !valid_topic_name(w.topic) {
-                        return Err(MqttError::BadTopicName { packet: "CONNECT" });
-                    }
-                }
-                Ok(())
-            }
-            Packet::Publish(p) => {
-                if !valid_topic_name(p.topic) {
-                    return Err(MqttError::BadTopicName { packet: "PUBLISH" });
-                }
-                match (p.qos, p.packet_id) {
-                    (QoS::AtMostOnce, None) if !p.dup => Ok(()),
-                    (QoS::AtMostOnce, None) => Err(MqttError::BadFlags {
-                        packet: "PUBLISH",
-                        flags: 0b1000,
-                    }),
-                    (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => nonzero(id, "PUBLISH"),
-                    _ => Err(MqttError::PacketIdMismatch),
-                }
-            }
-            Packet::PubAck(id)
-            | Packet::PubRec(id)
-            | Packet::PubRel(id)
-            | Packet::PubComp(id)
-            | Packet::UnsubAck(id) => nonzero(*id, "acknowledgement"),
-            Packet::Subscribe(s) => {
-                nonzero(s.packet_id, "SUBSCRIBE")?;
-                if s.filters.is_empty() {
-                    return Err(MqttError::EmptyList {
-                        packet: "SUBSCRIBE",
-                    });
-                }
-                match s.filters.iter().position(|(f, _)| !valid_topic_filter(f)) {
-                    Some(i) => Err(MqttError::BadTopicFilter {
-                        packet: "SUBSCRIBE",
-                        index: i + 1,
-                    }),
-                    None => Ok(()),
-                }
-            }
-            Packet::SubAck(a) => {
-                nonzero(a.packet_id, "SUBACK")?;
-                if a.return_codes.is_empty() {
-                    return Err(MqttError::EmptyList { packet: "SUBACK" });
-                }
-                Ok(())
-            }
-            Packet::Unsubscribe(u) => {
-                nonzero(u.packet_id, "UNSUBSCRIBE")?;
-                if u.filters.is_empty() {
-                    return Err(MqttError::EmptyList {
-                        packet: "UNSUBSCRIBE",
-                    });
-                }
-                match u.filters.iter().position(|f| !valid_topic_filter(f)) {
-                    Some(i) => Err(MqttError::BadTopicFilter {
-                        packet: "UNSUBSCRIBE",
-                        index: i + 1,
-                    }),
-                    None => Ok(()),
-                }
-            }
-            Packet::ConnAck(_) | Packet::PingReq | Packet::PingResp | Packet::Disconnect => Ok(()),
+            Packet::Connect(c) => c.emit(out),
+            Packet::ConnAck(a) => a.emit(out),
+            Packet::Publish(p) => p.emit(out),
+            Packet::PubAck(id) => Control::PubAck(*id).emit(out),
+            Packet::PubRec(id) => Control::PubRec(*id).emit(out),
+            Packet::PubRel(id) => Control::PubRel(*id).emit(out),
+            Packet::PubComp(id) => Control::PubComp(*id).emit(out),
+            Packet::Subscribe(s) => s.emit(out),
+            Packet::SubAck(a) => a.emit(out),
+            Packet::Unsubscribe(u) => u.emit(out),
+            Packet::UnsubAck(id) => Control::UnsubAck(*id).emit(out),
+            Packet::PingReq => Control::PingReq.emit(out),
+            Packet::PingResp => Control::PingResp.emit(out),
+            Packet::Disconnect => Control::Disconnect.emit(out),
         }
     }
 
     fn body_len(&self) -> usize {
         match self {
-            Packet::Connect(c) => {
-                let mut n = 2 + 4 + 1 + 1 + 2 + 2 + c.client_id.len();
-                if let Some(w) = &c.will {
-                    n += 2 + w.topic.len() + 2 + w.payload.len();
-                }
-                n += c.username.map_or(0, |u| 2 + u.len());
-                n + c.password.map_or(0, |p| 2 + p.len())
-            }
+            Packet::Connect(c) => c.body_len(),
             Packet::ConnAck(_) => 2,
-            Packet::Publish(p) => {
-                2 + p.topic.len() + usize::from(p.packet_id.is_some()) * 2 + p.payload.len()
-            }
+            Packet::Publish(p) => p.body_len(),
+            Packet::Subscribe(s) => s.body_len(),
+            Packet::SubAck(a) => a.body_len(),
+            Packet::Unsubscribe(u) => u.body_len(),
             Packet::PubAck(_)
             | Packet::PubRec(_)
             | Packet::PubRel(_)
             | Packet::PubComp(_)
             | Packet::UnsubAck(_) => 2,
-            Packet::Subscribe(s) => {
-                2 + s
-                    .filters
-                    .iter()
-                    .map(|(f, _)| 2 + f.len() + 1)
-                    .sum::<usize>()
-            }
-            Packet::SubAck(a) => 2 + a.return_codes.len(),
-            Packet::Unsubscribe(u) => 2 + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>(),
             Packet::PingReq | Packet::PingResp | Packet::Disconnect => 0,
         }
     }
+}
 
-    fn emit_body(&self, w: &mut Writer<'_>) -> Result<(), MqttError> {
-        match self {
-            Packet::Connect(c) => {
-                w.string("MQTT", "protocol name")?;
-                w.u8(4)?;
-                let mut flags = u8::from(c.clean_session) << 1;
-                if let Some(will) = &c.will {
-                    flags |= 0b100 | (will.qos as u8) << 3 | u8::from(will.retain) << 5;
-                }
-                flags |= u8::from(c.password.is_some()) << 6 | u8::from(c.username.is_some()) << 7;
-                w.u8(flags)?;
-                w.u16(c.keep_alive)?;
-                w.string(c.client_id, "client id")?;
-                if let Some(will) = &c.will {
-                    w.string(will.topic, "will topic")?;
-                    w.binary(will.payload, "will payload")?;
-                }
-                if let Some(u) = c.username {
-                    w.string(u, "user name")?;
-                }
-                if let Some(p) = c.password {
-                    w.binary(p, "password")?;
-                }
-                Ok(())
+/// A packet that writes itself into a buffer and returns the number of bytes written.
+pub trait Emit {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError>;
+}
+
+impl Emit for Packet<'_> {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
+        Packet::emit(self, out)
+    }
+}
+
+/// The packets that are a type and at most a packet id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    PubAck(u16),
+    PubRec(u16),
+    PubRel(u16),
+    PubComp(u16),
+    UnsubAck(u16),
+    PingReq,
+    PingResp,
+    Disconnect,
+}
+
+impl Emit for Control {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
+        let (first_byte, id) = match *self {
+            Control::PubAck(id) => (0x40, Some(id)),
+            Control::PubRec(id) => (0x50, Some(id)),
+            Control::PubRel(id) => (0x62, Some(id)),
+            Control::PubComp(id) => (0x70, Some(id)),
+            Control::UnsubAck(id) => (0xB0, Some(id)),
+            Control::PingReq => (0xC0, None),
+            Control::PingResp => (0xD0, None),
+            Control::Disconnect => (0xE0, None),
+        };
+        match id {
+            Some(id) => {
+                nonzero(id, "acknowledgement")?;
+                emit_framed(out, first_byte, 2, |w| w.u16(id))
             }
-            Packet::ConnAck(a) => {
-                w.u8(u8::from(a.session_present))?;
-                w.u8(a.code as u8)
-            }
-            Packet::Publish(p) => {
-                w.string(p.topic, "topic")?;
-                if let Some(id) = p.packet_id {
-                    w.u16(id)?;
-                }
-                w.bytes(p.payload)
-            }
-            Packet::PubAck(id)
-            | Packet::PubRec(id)
-            | Packet::PubRel(id)
-            | Packet::PubComp(id)
-            | Packet::UnsubAck(id) => w.u16(*id),
-            Packet::Subscribe(s) => {
-                w.u16(s.packet_id)?;
-                for (f, q) in s.filters.iter() {
-                    w.string(f, "topic filter")?;
-                    w.u8(q as u8)?;
-                }
-                Ok(())
-            }
-            Packet::SubAck(a) => {
-                w.u16(a.packet_id)?;
-                for c in a.return_codes.iter() {
-                    w.u8(c.byte())?;
-                }
-                Ok(())
-            }
-            Packet::Unsubscribe(u) => {
-                w.u16(u.packet_id)?;
-                for f in u.filters.iter() {
-                    w.string(f, "topic filter")?;
-                }
-                Ok(())
-            }
-            Packet::PingReq | Packet::PingResp | Packet::Disconnect => Ok(()),
+            None => emit_framed(out, first_byte, 0, |_| Ok(())),
         }
+    }
+}
+
+fn nonzero(id: u16, packet: &'static str) -> Result<(), MqttError> {
+    if id == 0 {
+        Err(MqttError::ZeroPacketId { packet })
+    } else {
+        Ok(())
+    }
+}
+
+impl Connect<'_> {
+    fn body_len(&self) -> usize {
+        let mut n = 2 + 4 + 1 + 1 + 2 + 2 + self.client_id.len();
+        if let Some(w) = &self.will {
+            n += 2 + w.topic.len() + 2 + w.payload.len();
+        }
+        n += self.username.map_or(0, |u| 2 + u.len());
+        n + self.password.map_or(0, |p| 2 + p.len())
+    }
+}
+
+impl Emit for Connect<'_> {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
+        if self.client_id.contains('\0') {
+            return Err(MqttError::BadString {
+                packet: "CONNECT",
+                field: "client id",
+            });
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(MqttError::BadConnectFlags("password without user name"));
+        }
+        if let Some(w) = &self.will {
+            if !valid_topic_name(w.topic) {
+                return Err(MqttError::BadTopicName { packet: "CONNECT" });
+            }
+        }
+        emit_framed(out, 0x10, self.body_len(), |w| {
+            w.string("MQTT", "protocol name")?;
+            w.u8(4)?;
+            let mut flags = u8::from(self.clean_session) << 1;
+            if let Some(will) = &self.will {
+                flags |= 0b100 | (will.qos as u8) << 3 | u8::from(will.retain) << 5;
+            }
+            flags |=
+                u8::from(self.password.is_some()) << 6 | u8::from(self.username.is_some()) << 7;
+            w.u8(flags)?;
+            w.u16(self.keep_alive)?;
+            w.string(self.client_id, "client id")?;
+            if let Some(will) = &self.will {
+                w.string(will.topic, "will topic")?;
+                w.binary(will.payload, "will payload")?;
+            }
+            if let Some(u) = self.username {
+                w.string(u, "user name")?;
+            }
+            if let Some(p) = self.password {
+                w.binary(p, "password")?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Emit for ConnAck {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
+        emit_framed(out, 0x20, 2, |w| {
+            w.u8(u8::from(self.session_present))?;
+            w.u8(self.code as u8)
+        })
+    }
+}
+
+impl Publish<'_> {
+    fn body_len(&self) -> usize {
+        2 + self.topic.len() + usize::from(self.packet_id.is_some()) * 2 + self.payload.len()
+    }
+}
+
+impl Emit for Publish<'_> {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
+        if !valid_topic_name(self.topic) {
+            return Err(MqttError::BadTopicName { packet: "PUBLISH" });
+        }
+        match (self.qos, self.packet_id) {
+            (QoS::AtMostOnce, None) if !self.dup => {}
+            (QoS::AtMostOnce, None) => {
+                return Err(MqttError::BadFlags {
+                    packet: "PUBLISH",
+                    flags: 0b1000,
+                })
+            }
+            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => nonzero(id, "PUBLISH")?,
+            _ => return Err(MqttError::PacketIdMismatch),
+        }
+        let first_byte =
+            0x30 | u8::from(self.dup) << 3 | (self.qos as u8) << 1 | u8::from(self.retain);
+        emit_framed(out, first_byte, self.body_len(), |w| {
+            w.string(self.topic, "topic")?;
+            if let Some(id) = self.packet_id {
+                w.u16(id)?;
+            }
+            w.bytes(self.payload)
+        })
+    }
+}
+
+impl Subscribe<'_> {
+    fn body_len(&self) -> usize {
+        2 + self
+            .filters
+            .iter()
+            .map(|(f, _)| 2 + f.len() + 1)
+            .sum::<usize>()
+    }
+}
+
+impl Emit for Subscribe<'_> {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
+        nonzero(self.packet_id, "SUBSCRIBE")?;
+        if self.filters.is_empty() {
+            return Err(MqttError::EmptyList {
+                packet: "SUBSCRIBE",
+            });
+        }
+        if let Some(i) = self
+            .filters
+            .iter()
+            .position(|(f, _)| !valid_topic_filter(f))
+        {
+            return Err(MqttError::BadTopicFilter {
+                packet: "SUBSCRIBE",
+                index: i + 1,
+            });
+        }
+        emit_framed(out, 0x82, self.body_len(), |w| {
+            w.u16(self.packet_id)?;
+            for (f, q) in self.filters.iter() {
+                w.string(f, "topic filter")?;
+                w.u8(q as u8)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl SubAck<'_> {
+    fn body_len(&self) -> usize {
+        2 + self.return_codes.len()
+    }
+}
+
+impl Emit for SubAck<'_> {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
+        nonzero(self.packet_id, "SUBACK")?;
+        if self.return_codes.is_empty() {
+            return Err(MqttError::EmptyList { packet: "SUBACK" });
+        }
+        emit_framed(out, 0x90, self.body_len(), |w| {
+            w.u16(self.packet_id)?;
+            for c in self.return_codes.iter() {
+                w.u8(c.byte())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Unsubscribe<'_> {
+    fn body_len(&self) -> usize {
+        2 + self.filters.iter().map(|f| 2 + f.len()).sum::<usize>()
+    }
+}
+
+impl Emit for Unsubscribe<'_> {
+    fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
+        nonzero(self.packet_id, "UNSUBSCRIBE")?;
+        if self.filters.is_empty() {
+            return Err(MqttError::EmptyList {
+                packet: "UNSUBSCRIBE",
+            });
+        }
+        if let Some(i) = self.filters.iter().position(|f| !valid_topic_filter(f)) {
+            return Err(MqttError::BadTopicFilter {
+                packet: "UNSUBSCRIBE",
+                index: i + 1,
+            });
+        }
+        emit_framed(out, 0xA2, self.body_len(), |w| {
+            w.u16(self.packet_id)?;
+            for f in self.filters.iter() {
+                w.string(f, "topic filter")?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 mod lan9118;
 mod log;
 mod measure;
+mod rng;
 mod time;
 
 use embassy_executor::Spawner;
@@ -19,8 +20,7 @@ use fleet_firmware::bundle::{self, Bundle, BundleError};
 use fleet_firmware::device::{Buffers, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
 use fleet_firmware::slots::SlotStore;
-use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::RngCore;
 use static_cell::StaticCell;
 
 use crate::log::fatal;
@@ -113,7 +113,7 @@ impl Board for Qemu {
 
 /// Emulation only: QEMU has no TRNG, so the generator is seeded from the bundle's per-device
 /// seed and the LAN9118 free-running counter. Real boards use their hardware TRNG.
-fn emulation_rng(bundle: &Bundle<'_>) -> ChaCha20Rng {
+fn emulation_rng(bundle: &Bundle<'_>) -> rng::EmulationRng {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(b"fleet qemu-mps2-an386 emulation rng");
@@ -121,7 +121,7 @@ fn emulation_rng(bundle: &Bundle<'_>) -> ChaCha20Rng {
     // SAFETY: FREE_RUN (0x9c) is a read-only counter register of the LAN9118.
     let free_run = unsafe { core::ptr::read_volatile((lan9118::BASE + 0x9c) as *const u32) };
     h.update(free_run.to_le_bytes());
-    ChaCha20Rng::from_seed(h.finalize().into())
+    rng::EmulationRng::new(h.finalize().into())
 }
 
 #[embassy_executor::task]
@@ -215,7 +215,12 @@ async fn main_task(spawner: Spawner) {
     run(stack, gateway, bundle.gateway_port, &mut rng).await
 }
 
-async fn run(stack: Stack<'static>, gateway: Ipv4Address, port: u16, rng: &mut ChaCha20Rng) -> ! {
+async fn run(
+    stack: Stack<'static>,
+    gateway: Ipv4Address,
+    port: u16,
+    rng: &mut rng::EmulationRng,
+) -> ! {
     let resources = Resources {
         tls: TLS.init(Buffers::new()),
         outbox: OUTBOX.init(Outbox::new()),
