@@ -263,7 +263,7 @@ where
             rx_len += n;
             let mut used = 0;
             while let Some((packet, n)) =
-                Packet::parse(&rx[used..rx_len], MAX_PACKET).map_err(Error::Mqtt)?
+                Packet::parse_from_server(&rx[used..rx_len], MAX_PACKET).map_err(Error::Mqtt)?
             {
                 used += n;
                 handle(packet, &topics, &pending, &app, &stats, &outbox)?;
@@ -596,7 +596,7 @@ where
     Error: From<T::Error>,
 {
     loop {
-        if Packet::parse(&rx[..*rx_len], MAX_PACKET)
+        if Packet::parse_from_server(&rx[..*rx_len], MAX_PACKET)
             .map_err(Error::Mqtt)?
             .is_some()
         {
@@ -615,7 +615,7 @@ where
             }
         }
     }
-    match Packet::parse(&rx[..*rx_len], MAX_PACKET) {
+    match Packet::parse_from_server(&rx[..*rx_len], MAX_PACKET) {
         Ok(Some(found)) => Ok(found),
         Ok(None) => Err(Error::Protocol("incomplete packet")),
         Err(e) => Err(Error::Mqtt(e)),

@@ -10,6 +10,9 @@ pub enum MqttError {
     MalformedRemainingLength,
     /// Packet type 0 or 15.
     ReservedPacketType(u8),
+    /// A packet only clients send (CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT),
+    /// received from a server.
+    ClientOnly { packet: &'static str },
     /// Fixed-header flag bits that this packet type does not allow.
     BadFlags { packet: &'static str, flags: u8 },
     /// QoS 3 in a PUBLISH, a will, or a subscription.
@@ -73,6 +76,7 @@ impl fmt::Display for MqttError {
             }
             MalformedRemainingLength => write!(f, "remaining length uses more than 4 bytes"),
             ReservedPacketType(t) => write!(f, "reserved packet type {t}"),
+            ClientOnly { packet } => write!(f, "{packet} from a server (only clients send it)"),
             BadFlags { packet, flags } => {
                 write!(
                     f,

@@ -166,26 +166,38 @@ impl<'a> Packet<'a> {
             return Ok(None);
         };
         let (kind, flags, total) = (framed.kind, framed.flags, framed.total);
-        let name = NAMES[usize::from(kind)];
-        let mut r = Reader::new(framed.body, name);
-        let packet = match kind {
-            1 => Packet::Connect(parse_connect(&mut r)?),
-            2 => Packet::ConnAck(parse_connack(&mut r)?),
-            3 => Packet::Publish(parse_publish(&mut r, flags)?),
-            4 => Packet::PubAck(r.packet_id()?),
-            5 => Packet::PubRec(r.packet_id()?),
-            6 => Packet::PubRel(r.packet_id()?),
-            7 => Packet::PubComp(r.packet_id()?),
-            8 => Packet::Subscribe(parse_subscribe(&mut r)?),
-            9 => Packet::SubAck(parse_suback(&mut r)?),
-            10 => Packet::Unsubscribe(parse_unsubscribe(&mut r)?),
-            11 => Packet::UnsubAck(r.packet_id()?),
-            12 => Packet::PingReq,
-            13 => Packet::PingResp,
-            _ => Packet::Disconnect,
+        let mut r = Reader::new(framed.body, NAMES[usize::from(kind)]);
+        let packet = match from_server(kind, flags, &mut r)? {
+            Some(packet) => packet,
+            None => match kind {
+                1 => Packet::Connect(parse_connect(&mut r)?),
+                8 => Packet::Subscribe(parse_subscribe(&mut r)?),
+                10 => Packet::Unsubscribe(parse_unsubscribe(&mut r)?),
+                12 => Packet::PingReq,
+                _ => Packet::Disconnect,
+            },
         };
         r.finish()?;
         Ok(Some((packet, total)))
+    }
+
+    /// Parses one packet as a client receives it: like [`Packet::parse`], but the packets
+    /// only clients send (CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT) are refused
+    /// with [`MqttError::ClientOnly`]. The device parses with this, so its image carries no
+    /// decoder for them.
+    pub fn parse_from_server(
+        buf: &'a [u8],
+        max_packet_size: usize,
+    ) -> Result<Option<(Packet<'a>, usize)>, MqttError> {
+        let Some(framed) = frame(buf, max_packet_size, false)? else {
+            return Ok(None);
+        };
+        let packet = NAMES[usize::from(framed.kind)];
+        let mut r = Reader::new(framed.body, packet);
+        let parsed = from_server(framed.kind, framed.flags, &mut r)?;
+        let parsed = parsed.ok_or(MqttError::ClientOnly { packet })?;
+        r.finish()?;
+        Ok(Some((parsed, framed.total)))
     }
 
     /// Exact number of bytes [`Packet::emit`] writes for this packet.
@@ -476,6 +488,26 @@ impl Emit for Unsubscribe<'_> {
             Ok(())
         })
     }
+}
+
+/// The body of a packet type a server sends (`None` for the types only clients send).
+fn from_server<'a>(
+    kind: u8,
+    flags: u8,
+    r: &mut Reader<'a>,
+) -> Result<Option<Packet<'a>>, MqttError> {
+    Ok(Some(match kind {
+        2 => Packet::ConnAck(parse_connack(r)?),
+        3 => Packet::Publish(parse_publish(r, flags)?),
+        4 => Packet::PubAck(r.packet_id()?),
+        5 => Packet::PubRec(r.packet_id()?),
+        6 => Packet::PubRel(r.packet_id()?),
+        7 => Packet::PubComp(r.packet_id()?),
+        9 => Packet::SubAck(parse_suback(r)?),
+        11 => Packet::UnsubAck(r.packet_id()?),
+        13 => Packet::PingResp,
+        _ => return Ok(None),
+    }))
 }
 
 fn parse_connect<'a>(r: &mut Reader<'a>) -> Result<Connect<'a>, MqttError> {

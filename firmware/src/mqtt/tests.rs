@@ -541,3 +541,32 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_client_parses_what_servers_send_and_refuses_what_only_clients_send() {
+    let client_only = [
+        "CONNECT",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "PINGREQ",
+        "DISCONNECT",
+    ];
+    let mut refused = Vec::new();
+    for (bytes, packet) in vectors() {
+        match Packet::parse_from_server(&bytes, MAX) {
+            Ok(Some((parsed, n))) => {
+                assert_eq!((parsed, n), (packet, bytes.len()));
+            }
+            Err(MqttError::ClientOnly { packet: name }) => {
+                assert!(client_only.contains(&name), "{name} refused");
+                refused.push(name);
+            }
+            other => panic!("{packet:?}: {other:?}"),
+        }
+    }
+    refused.sort_unstable();
+    refused.dedup();
+    assert_eq!(refused.len(), client_only.len(), "{refused:?}");
+    // Still framed first: an incomplete packet is incomplete, whatever its type.
+    assert_eq!(Packet::parse_from_server(&[0x10, 12, 0], MAX), Ok(None));
+}
