@@ -3,7 +3,7 @@
 #![no_main]
 
 use fleet_firmware::mqtt::v5::Packet5;
-use fleet_firmware::mqtt::Packet;
+use fleet_firmware::mqtt::{MqttError, Packet};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: usize = 64 * 1024;
@@ -17,6 +17,12 @@ fuzz_target!(|data: &[u8]| {
             .expect("re-encoded 3.1.1 packet parses")
             .expect("whole");
         assert_eq!(again, p);
+        // The device's parser agrees, or refuses a packet only clients send.
+        match Packet::parse_from_server(rest, MAX) {
+            Ok(Some(from_server)) => assert_eq!(from_server, (p, n)),
+            Err(MqttError::ClientOnly { .. }) => {}
+            other => panic!("parse_from_server disagrees with parse: {other:?}"),
+        }
         rest = &rest[n..];
     }
     let mut rest = data;
