@@ -36,11 +36,23 @@ pub trait Board {
     fn telemetry_note(&mut self, _out: &mut dyn fmt::Write) {}
 }
 
-/// At boot: the newest valid identity, logged with its slot and gateway; the gateway's
-/// IPv4 address and port, or (logged) why the board cannot start.
+/// At boot: with the `p256-cm4` feature, the known-answer test of the device's ECDSA
+/// ([`crate::ec::self_test`]: the host tests cannot run that path); then the newest valid
+/// identity, logged with its slot and gateway; the gateway's IPv4 address and port, or
+/// (logged) why the board cannot start.
 pub fn boot_identity<B: Board>(
     board: &mut B,
 ) -> Result<(Bundle<'static>, Ipv4Address), &'static str> {
+    if cfg!(feature = "p256-cm4") {
+        if !crate::ec::self_test() {
+            line(
+                board,
+                format_args!("P-256 self-test failed: not connecting"),
+            );
+            return Err("P-256 self-test");
+        }
+        line(board, format_args!("P-256 (p256-cm4) self-test passed"));
+    }
     let (slot_index, bundle) = match board.identity() {
         Ok(found) => found,
         Err(e) => {

@@ -1,14 +1,15 @@
 //! The real firmware image on QEMU's mps2-an386 against a real gateway, station and backend
-//! (scenarios 1–3 and 5 of the HIL). `cargo xtask test` builds the image, installs QEMU and
-//! sets FLEET_REQUIRE_QEMU, so nothing is skipped there.
+//! (every HIL scenario but the measurement). `cargo xtask test` builds the images, installs
+//! QEMU and sets FLEET_REQUIRE_QEMU, so nothing is skipped there. FLEET_QEMU_IMAGE is the
+//! default image; FLEET_QEMU_IMAGE_CM4 the one whose ECDSA runs on `p256-cm4`.
 
 use std::path::PathBuf;
 
 use fleet_hil::qemu::{self, Scenario};
 
-fn setup() -> Option<(PathBuf, PathBuf)> {
+fn setup(image_var: &str) -> Option<(PathBuf, PathBuf)> {
     let required = std::env::var_os("FLEET_REQUIRE_QEMU").is_some();
-    let image = std::env::var_os("FLEET_QEMU_IMAGE").map(PathBuf::from);
+    let image = std::env::var_os(image_var).map(PathBuf::from);
     let qemu = PathBuf::from("qemu-system-arm");
     let have_qemu = std::process::Command::new(&qemu)
         .arg("--version")
@@ -17,12 +18,12 @@ fn setup() -> Option<(PathBuf, PathBuf)> {
     match image {
         Some(image) if image.is_file() && have_qemu => Some((qemu, image)),
         _ if required => panic!(
-            "FLEET_REQUIRE_QEMU is set but qemu-system-arm or FLEET_QEMU_IMAGE ({:?}) is missing",
-            std::env::var_os("FLEET_QEMU_IMAGE")
+            "FLEET_REQUIRE_QEMU is set but qemu-system-arm or {image_var} ({:?}) is missing",
+            std::env::var_os(image_var)
         ),
         _ => {
             eprintln!(
-                "skipped: run `cargo xtask test` (or set FLEET_QEMU_IMAGE) for the emulated board"
+                "skipped: run `cargo xtask test` (or set {image_var}) for the emulated board"
             );
             None
         }
@@ -30,7 +31,11 @@ fn setup() -> Option<(PathBuf, PathBuf)> {
 }
 
 async fn scenario(s: Scenario) -> qemu::Outcome {
-    let Some((qemu_bin, image)) = setup() else {
+    on_image("FLEET_QEMU_IMAGE", s).await
+}
+
+async fn on_image(image_var: &str, s: Scenario) -> qemu::Outcome {
+    let Some((qemu_bin, image)) = setup(image_var) else {
         return qemu::Outcome::default();
     };
     let target = qemu::Target::Qemu {
@@ -92,5 +97,34 @@ async fn a_refused_renewal_rolls_the_board_back_to_slot_a() {
     let o = scenario(Scenario::Rollback).await;
     if o.scenario.is_some() {
         assert_eq!(o.refused_attempts, 3);
+    }
+}
+
+/// The assembly P-256 image: its boot self-test passes (or it would not connect), the
+/// gateway accepts its client signature, and it accepts the gateway's chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assembly_p256_image_connects_and_publishes() {
+    let o = on_image("FLEET_QEMU_IMAGE_CM4", Scenario::Telemetry).await;
+    if o.scenario.is_some() {
+        assert!(o.telemetry >= 2 && o.connect.is_some());
+    }
+}
+
+/// The assembly P-256 image derives its new key's public point and signs its CSR with
+/// p256-cm4; the station checks the signature, the device the new certificate's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assembly_p256_image_renews_its_certificate() {
+    let o = on_image("FLEET_QEMU_IMAGE_CM4", Scenario::Rotation).await;
+    if o.scenario.is_some() {
+        assert!(o.connect.is_some());
+    }
+}
+
+/// A chain from another CA is refused by the assembly P-256 image too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assembly_p256_image_refuses_a_foreign_gateway() {
+    let o = on_image("FLEET_QEMU_IMAGE_CM4", Scenario::WrongAnchor).await;
+    if o.scenario.is_some() {
+        assert!(o.refused_attempts >= 2);
     }
 }

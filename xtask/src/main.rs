@@ -243,6 +243,10 @@ fn test() -> anyhow::Result<()> {
         "FLEET_QEMU_IMAGE",
         std::path::absolute(firmware::BOARDS[0].image())?,
     );
+    std::env::set_var(
+        "FLEET_QEMU_IMAGE_CM4",
+        std::path::absolute(firmware::BOARDS[1].image())?,
+    );
     sh::cargo(&["test", "--workspace"])?;
     // Every fuzz target briefly: enough to catch a regression that panics on the seeds or
     // near them. A debug build without a sanitizer (~3 minutes cold, where the sanitizer
