@@ -111,12 +111,15 @@ pub struct Stats {
     pub commands: u32,
 }
 
-/// Buffers one connection needs; keep them in a `static` on boards.
+/// Buffers one connection needs, and what connections pass on (the verified gateway chain);
+/// keep them in a `static` on boards.
 pub struct Buffers {
     pub tls_read: [u8; crate::tls::READ_BUFFER],
     pub tls_write: [u8; crate::tls::WRITE_BUFFER],
     /// A renewed identity bundle; valid for the length [`Error::Renewed`] reports.
     pub bundle_out: [u8; MAX_BUNDLE],
+    /// The gateway chain last verified (see [`crate::tls::ChainCache`]).
+    pub verified_chain: crate::tls::ChainCache,
 }
 
 impl Buffers {
@@ -125,6 +128,7 @@ impl Buffers {
             tls_read: [0; crate::tls::READ_BUFFER],
             tls_write: [0; crate::tls::WRITE_BUFFER],
             bundle_out: [0; MAX_BUNDLE],
+            verified_chain: Cell::new(None),
         }
     }
 }
@@ -175,7 +179,8 @@ where
 {
     let socket = SplitSocket::new(rd, wr);
     let refused = Cell::new(None);
-    let crypto = DeviceCrypto::new(bundle, &mut *rng, &refused).map_err(Error::Tls)?;
+    let crypto = DeviceCrypto::new(bundle, &mut *rng, &refused, &buffers.verified_chain)
+        .map_err(Error::Tls)?;
     let config = TlsConfig::new().with_server_name(bundle.gateway_host);
     let bundle_out = &mut buffers.bundle_out;
     let mut tls: TlsConnection<'_, _, Suite> =

@@ -52,16 +52,18 @@ impl<'a, R: CryptoRngCore> DeviceCrypto<'a, R> {
     /// Fails with [`TlsError::InvalidPrivateKey`] when the bundle has no key (a secure
     /// element holds it; that path needs a board-specific signer).
     /// Why the gateway's chain was refused goes to `refused`.
+    /// `cache` outlives connections: see [`ChainCache`].
     pub fn new(
         bundle: &Bundle<'a>,
         rng: R,
         refused: &'a Cell<Option<CertError>>,
+        cache: &'a ChainCache,
     ) -> Result<Self, TlsError> {
         let key_der = bundle.private_key_der.ok_or(TlsError::InvalidPrivateKey)?;
         let key = asn1::sec1_private_key(key_der).map_err(|_| TlsError::InvalidPrivateKey)?;
         Ok(DeviceCrypto {
             rng,
-            verifier: ServerVerifier::new(bundle.trust_anchor_der, refused),
+            verifier: ServerVerifier::new(bundle.trust_anchor_der, refused, cache),
             key,
             cert_der: bundle.cert_der,
         })
@@ -99,9 +101,40 @@ impl SignerMut<EcdsaDer> for DerSigner<'_> {
     }
 }
 
+/// The gateway chain that last passed [`x509::verify_server`]: a digest of everything that
+/// check read (trust anchor, host name, every certificate) and the server key it gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedChain {
+    digest: [u8; 32],
+    key: PublicKey,
+}
+
+/// Kept across connections (in [`crate::device::Buffers`]): a gateway that presents the very
+/// same certificates as last time, for the same anchor and host name, is not checked again.
+/// The check is deterministic (no clock), so the answer would be the same; its two chain
+/// signatures are most of a reconnect's cost with RustCrypto's P-256. The gateway's
+/// `CertificateVerify` is checked on every handshake: it proves the key is the gateway's.
+pub type ChainCache = Cell<Option<VerifiedChain>>;
+
+/// What [`ChainCache`] compares: SHA-256 over the anchor, the host name and each certificate,
+/// each preceded by its length.
+fn chain_digest<'c>(
+    anchor: &'c [u8],
+    host: &'c str,
+    chain: impl Iterator<Item = &'c [u8]>,
+) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    for part in [anchor, host.as_bytes()].into_iter().chain(chain) {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
 /// The gateway's side of the handshake, checked: its chain against the bundle's trust
-/// anchor and host name ([`x509::verify_server`]), then its `CertificateVerify` signature
-/// over the handshake with the key of the certificate that passed.
+/// anchor and host name ([`x509::verify_server`], or [`ChainCache`]), then its
+/// `CertificateVerify` signature over the handshake with the key of the certificate that
+/// passed.
 pub struct ServerVerifier<'a> {
     anchor_der: &'a [u8],
     host: heapless::String<HOST_MAX>,
@@ -109,15 +142,21 @@ pub struct ServerVerifier<'a> {
     verified: Option<(PublicKey, <Suite as TlsCipherSuite>::Hash)>,
     /// Why the last chain was refused (embedded-tls reports only `InvalidCertificate`).
     refused: &'a Cell<Option<CertError>>,
+    cache: &'a ChainCache,
 }
 
 impl<'a> ServerVerifier<'a> {
-    pub fn new(anchor_der: &'a [u8], refused: &'a Cell<Option<CertError>>) -> Self {
+    pub fn new(
+        anchor_der: &'a [u8],
+        refused: &'a Cell<Option<CertError>>,
+        cache: &'a ChainCache,
+    ) -> Self {
         ServerVerifier {
             anchor_der,
             host: heapless::String::new(),
             verified: None,
             refused,
+            cache,
         }
     }
 }
@@ -141,12 +180,20 @@ impl TlsVerifier<Suite> for ServerVerifier<'_> {
             self.refused.set(Some(CertError::HostMismatch));
             return Err(TlsError::InvalidCertificate);
         }
-        let chain = cert.entries.iter().filter_map(|e| match e {
-            CertificateEntryRef::X509(der) => Some(*der),
-            CertificateEntryRef::RawPublicKey(_) => None,
-        });
-        match x509::verify_server(self.anchor_der, chain, &self.host) {
+        let chain = || {
+            cert.entries.iter().filter_map(|e| match e {
+                CertificateEntryRef::X509(der) => Some(*der),
+                CertificateEntryRef::RawPublicKey(_) => None,
+            })
+        };
+        let digest = chain_digest(self.anchor_der, &self.host, chain());
+        let checked = match self.cache.get() {
+            Some(hit) if hit.digest == digest => Ok(hit.key),
+            _ => x509::verify_server(self.anchor_der, chain(), &self.host),
+        };
+        match checked {
             Ok(key) => {
+                self.cache.set(Some(VerifiedChain { digest, key }));
                 self.refused.set(None);
                 self.verified = Some((key, transcript.clone()));
                 Ok(())
@@ -175,3 +222,6 @@ impl TlsVerifier<Suite> for ServerVerifier<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -357,4 +357,4 @@ pub fn verify_server<'a>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

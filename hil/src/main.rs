@@ -248,11 +248,12 @@ async fn scenarios_cmd(target: &fleet_hil::qemu::Target, names: &[String]) -> an
         let started = Instant::now();
         match qemu::run(s, target).await {
             Ok(o) => println!(
-                "VERDICT: PASS qemu {} in {:.1} s: connect {} handshake {} instructions, peak stack {} B, telemetry {} command rtt {} revocation {} refused attempts {} backoff {:?} ms",
+                "VERDICT: PASS qemu {} in {:.1} s: connect {} handshake {} instructions, reconnect {} instructions, peak stack {} B, telemetry {} command rtt {} revocation {} refused attempts {} backoff {:?} ms",
                 s.name(),
                 started.elapsed().as_secs_f64(),
                 o.connect.map_or("-".into(), |d| format!("{} ms", d.as_millis())),
                 o.handshake_instructions.map_or("-".into(), |n| n.to_string()),
+                o.reconnect_instructions.map_or("-".into(), |n| n.to_string()),
                 o.peak_stack_bytes.map_or("-".into(), |n| n.to_string()),
                 o.telemetry,
                 o.command_rtt.map_or("-".into(), |d| format!("{} ms", d.as_millis())),

@@ -173,18 +173,19 @@ pub struct Outcome {
     /// TLS handshake, CONNECT, SUBSCRIBE), and the peak stack then, from the device's log.
     pub handshake_instructions: Option<u64>,
     pub peak_stack_bytes: Option<u64>,
+    /// The same for the reconnect after the gateway kicked the session: the device has
+    /// verified this gateway's chain before and checks only its `CertificateVerify`.
+    pub reconnect_instructions: Option<u64>,
 }
 
-/// Reads the device's `measure:` line.
+/// Reads the device's `measure:` lines: the first connection's, and a reconnect's.
 fn measurements(vm: &Device, out: &mut Outcome) {
-    let Some(line) = vm
+    let lines: Vec<String> = vm
         .log()
         .into_iter()
-        .find(|l| l.contains("measure: handshake"))
-    else {
-        return;
-    };
-    let number_after = |key: &str| -> Option<u64> {
+        .filter(|l| l.contains("measure: handshake"))
+        .collect();
+    let number_after = |line: &str, key: &str| -> Option<u64> {
         line.split(key)
             .nth(1)?
             .split_whitespace()
@@ -192,8 +193,11 @@ fn measurements(vm: &Device, out: &mut Outcome) {
             .parse()
             .ok()
     };
-    out.handshake_instructions = number_after("busy ");
-    out.peak_stack_bytes = number_after("peak stack ");
+    if let Some(first) = lines.first() {
+        out.handshake_instructions = number_after(first, "busy ");
+        out.peak_stack_bytes = number_after(first, "peak stack ");
+    }
+    out.reconnect_instructions = lines.get(1).and_then(|l| number_after(l, "busy "));
 }
 
 /// A running device — QEMU, or a real board through probe-rs/espflash — whose log (semihosting,
@@ -419,6 +423,23 @@ impl Rig {
     }
 
     /// `GET /v1/sessions` on the admin API: whether `device` has a live session.
+    /// Ends the device's session through the gateway's admin API.
+    async fn kick(&self, device: &str) -> anyhow::Result<()> {
+        let mut s = tokio::net::TcpStream::connect(self.admin).await?;
+        let request = format!(
+            "POST /v1/sessions/{device}/kick HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await?;
+        anyhow::ensure!(
+            reply.starts_with("HTTP/1.1 2"),
+            "kick {device}: {}",
+            reply.lines().next().unwrap_or("no reply")
+        );
+        Ok(())
+    }
+
     async fn admin_has_session(&self, device: &str) -> anyhow::Result<bool> {
         let mut s = tokio::net::TcpStream::connect(self.admin).await?;
         s.write_all(b"GET /v1/sessions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -550,9 +571,21 @@ async fn drive(
         .ok_or_else(|| step("mTLS handshake and CONNECT"))?;
     out.connect = Some(at - started);
     if scenario == Scenario::Measure {
+        // Then a reconnect: the gateway kicks the session, the device comes back.
+        let (first, _, _) = vm
+            .wait_for(0, "measure: handshake", STEP)
+            .await
+            .ok_or_else(|| step("the first `measure:` line"))?;
+        rig.kick(device).await.map_err(|e| e.to_string())?;
+        vm.wait_for(first + 1, "measure: handshake", STEP)
+            .await
+            .ok_or_else(|| step("a reconnect after the kick"))?;
         measurements(vm, &mut out);
-        if out.handshake_instructions.is_none() || out.peak_stack_bytes.is_none() {
-            return Err("the device logged no `measure:` line".into());
+        if out.handshake_instructions.is_none()
+            || out.peak_stack_bytes.is_none()
+            || out.reconnect_instructions.is_none()
+        {
+            return Err("the device logged no `measure:` lines".into());
         }
         return Ok(out);
     }

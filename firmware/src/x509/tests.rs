@@ -12,8 +12,8 @@ use rcgen::{
 
 use super::*;
 
-struct Ca {
-    der: Vec<u8>,
+pub(crate) struct Ca {
+    pub(crate) der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -49,7 +49,7 @@ fn sub_ca(parent: &Ca, name: &str, constraint: BasicConstraints) -> Ca {
     }
 }
 
-fn server_params(names: &[&str]) -> CertificateParams {
+pub(crate) fn server_params(names: &[&str]) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name
         .push(DnType::CommonName, "fleet gateway");
@@ -64,19 +64,19 @@ fn server_params(names: &[&str]) -> CertificateParams {
 }
 
 /// (certificate DER, its public key) signed by `ca`.
-fn sign(params: &CertificateParams, ca: &Ca) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn sign(params: &CertificateParams, ca: &Ca) -> (Vec<u8>, Vec<u8>) {
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
     (cert.der().to_vec(), key.public_key_raw().to_vec())
 }
 
 /// The station's shape: root → issuing CA (path length 0) → gateway certificate.
-struct Pki {
-    root: Ca,
-    issuing: Ca,
+pub(crate) struct Pki {
+    pub(crate) root: Ca,
+    pub(crate) issuing: Ca,
 }
 
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     let root = root("Root");
     let issuing = sub_ca(&root, "Issuing", BasicConstraints::Constrained(0));
     Pki { root, issuing }
