@@ -8,7 +8,7 @@ use core::fmt::{self, Write as _};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{Ipv4Address, Stack};
 use embassy_time::{Duration, Instant, Timer};
-use embedded_tls::CryptoRngCore;
+use rand_core::CryptoRngCore;
 
 use crate::backoff::Backoff;
 use crate::bundle::{Bundle, BundleError};

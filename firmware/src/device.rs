@@ -3,7 +3,7 @@
 //! Runtime-agnostic: the board (or the `std` simulation) supplies the socket halves, the RNG
 //! and a [`Clock`]. After CONNECT the connection runs as two loops raced against each other —
 //! a reader that handles what the gateway sends and a writer that sends telemetry, pings and
-//! acknowledgements — because embedded-tls reads cannot be cancelled halfway. Whichever loop
+//! acknowledgements — because a TLS read cannot be cancelled halfway through a record. Whichever loop
 //! ends first ends the connection; the caller reconnects.
 
 use core::cell::{Cell, RefCell};
@@ -14,8 +14,8 @@ use embassy_futures::select::{select, Either};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::signal::Signal;
 use embedded_io_async::{Read, Write};
-use embedded_tls::{CryptoRngCore, TlsConfig, TlsConnection, TlsContext};
 use heapless::{String, Vec};
+use rand_core::CryptoRngCore;
 
 use crate::bundle::Bundle;
 use crate::mqtt::{
@@ -24,7 +24,7 @@ use crate::mqtt::{
 };
 use crate::outbox::Outbox;
 use crate::socket::SplitSocket;
-use crate::tls::{DeviceCrypto, Suite};
+use crate::tls::Connection;
 use crate::Error;
 
 /// Milliseconds since some fixed start, and a way to wait.
@@ -178,19 +178,16 @@ where
     G: CryptoRngCore,
 {
     let socket = SplitSocket::new(rd, wr);
-    let refused = Cell::new(None);
-    let crypto = DeviceCrypto::new(bundle, &mut *rng, &refused, &buffers.verified_chain)
-        .map_err(Error::Tls)?;
-    let config = TlsConfig::new().with_server_name(bundle.gateway_host);
     let bundle_out = &mut buffers.bundle_out;
-    let mut tls: TlsConnection<'_, _, Suite> =
-        TlsConnection::new(&socket, &mut buffers.tls_read, &mut buffers.tls_write);
-    tls.open(TlsContext::new(&config, crypto))
-        .await
-        .map_err(|e| match refused.get() {
-            Some(why) => Error::Certificate(why),
-            None => Error::Tls(e),
-        })?;
+    let mut tls = Connection::open(
+        &socket,
+        &mut buffers.tls_read,
+        &mut buffers.tls_write,
+        bundle,
+        &buffers.verified_chain,
+        &mut *rng,
+    )
+    .await?;
 
     let topics = Topics::new(bundle)?;
     let mut rx = [0u8; MAX_PACKET];
@@ -261,7 +258,7 @@ where
                     "packet larger than the receive buffer",
                 ));
             }
-            let n = reader.read(&mut rx[rx_len..]).await.map_err(Error::Tls)?;
+            let n = reader.read(&mut rx[rx_len..]).await?;
             if n == 0 {
                 return Err(Error::Closed);
             }

@@ -12,7 +12,7 @@
 //! `p256`. Both produce the same signatures; [`self_test`] checks the path a board runs on
 //! against RFC 6979's vector.
 //!
-//! The TLS key exchange (ECDHE) is not here: embedded-tls computes it with RustCrypto itself.
+//! The TLS key exchange (ECDHE, [`ecdh`]) runs on the same two.
 
 use p256::ecdsa::signature::Error as SignatureError;
 use p256::ecdsa::Signature;
@@ -42,6 +42,15 @@ pub fn sign(key: &SecretKey, digest: &[u8; 32]) -> Result<Signature, SignatureEr
 /// `key`'s public point.
 pub fn public_key(key: &SecretKey) -> Point {
     imp::public_key(key)
+}
+
+/// The ECDH shared secret (the x coordinate of `key`·`peer`) with `peer`, an uncompressed
+/// SEC1 point as TLS 1.3 carries it; `None` when `peer` is not a point on the curve.
+pub fn ecdh(key: &SecretKey, peer: &[u8]) -> Option<[u8; 32]> {
+    if peer.len() != 65 || peer[0] != 4 {
+        return None;
+    }
+    imp::ecdh(key, peer)
 }
 
 /// RFC 6979 A.2.5 (P-256, SHA-256, message "sample"): the key and the signature.
@@ -74,6 +83,57 @@ pub fn self_test() -> bool {
     signed && verifies && !verify(&point, &d, &expected)
 }
 
+/// An affine point as two big-endian coordinates.
+type Affine = (p256::FieldBytes, p256::FieldBytes);
+
+/// The last step of ECDSA verification once u1·G (`None` for u1 = 0) and u2·Q are known as
+/// affine points: whether x(u1·G + u2·Q) mod n is `r`. Without a field inversion: with
+/// λ = dy/dx, x3 = λ² − x1 − x2, so x3 = c exactly when c·dx² = dy² − (x1 + x2)·dx², for the
+/// candidates c = r and, when below p, r + n. The rare dx = 0 (the points are equal or
+/// opposite) goes through RustCrypto's complete addition.
+#[cfg_attr(not(all(feature = "p256-cm4", target_arch = "arm")), allow(dead_code))]
+fn x_of_sum_is(p1: Option<&Affine>, p2: &Affine, r: &p256::Scalar) -> bool {
+    use p256::elliptic_curve::bigint::{Encoding, Limb};
+    use p256::elliptic_curve::ops::Reduce;
+    use p256::elliptic_curve::point::AffineCoordinates;
+    use p256::elliptic_curve::sec1::FromEncodedPoint;
+    use p256::elliptic_curve::{Curve, Group, PrimeField};
+    use p256::{AffinePoint, EncodedPoint, FieldElement, NistP256, ProjectivePoint, Scalar, U256};
+
+    let reduce = |x: &p256::FieldBytes| <Scalar as Reduce<U256>>::reduce_bytes(x);
+    let Some(p1) = p1 else {
+        return reduce(&p2.0) == *r;
+    };
+    let fe = |b: &p256::FieldBytes| Option::<FieldElement>::from(FieldElement::from_bytes(b));
+    let (Some(x1), Some(y1), Some(x2), Some(y2)) = (fe(&p1.0), fe(&p1.1), fe(&p2.0), fe(&p2.1))
+    else {
+        return false;
+    };
+    let dx = x2 - x1;
+    if bool::from(dx.is_zero()) {
+        let point = |p: &Affine| {
+            Option::<AffinePoint>::from(AffinePoint::from_encoded_point(
+                &EncodedPoint::from_affine_coordinates(&p.0, &p.1, false),
+            ))
+        };
+        let (Some(a), Some(b)) = (point(p1), point(p2)) else {
+            return false;
+        };
+        let sum = ProjectivePoint::from(a) + b;
+        return !bool::from(sum.is_identity()) && reduce(&sum.to_affine().x()) == *r;
+    }
+    let dy = y2 - y1;
+    let dx2 = dx.square();
+    let rhs = dy.square() - (x1 + x2) * dx2;
+    let r_uint = U256::from_be_slice(&r.to_repr());
+    let (r_plus_n, carry) = r_uint.adc(&NistP256::ORDER, Limb::ZERO);
+    let candidates = [Some(r_uint), (carry == Limb::ZERO).then_some(r_plus_n)];
+    candidates
+        .into_iter()
+        .flatten()
+        .any(|c| fe(&c.to_be_bytes().into()).is_some_and(|c| c * dx2 == rhs))
+}
+
 #[cfg(not(all(feature = "p256-cm4", target_arch = "arm")))]
 mod imp {
     use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
@@ -98,21 +158,23 @@ mod imp {
         point.copy_from_slice(key.public_key().to_encoded_point(false).as_bytes());
         point
     }
+
+    pub fn ecdh(key: &SecretKey, peer: &[u8]) -> Option<[u8; 32]> {
+        let peer = p256::PublicKey::from_sec1_bytes(peer).ok()?;
+        let shared = p256::ecdh::diffie_hellman(key.to_nonzero_scalar(), peer.as_affine());
+        Some((*shared.raw_secret_bytes()).into())
+    }
 }
 
 #[cfg(all(feature = "p256-cm4", target_arch = "arm"))]
 mod imp {
     use p256::ecdsa::signature::Error as SignatureError;
     use p256::ecdsa::Signature;
-    use p256::elliptic_curve::group::Group;
     use p256::elliptic_curve::ops::{Invert, Reduce};
     use p256::elliptic_curve::point::AffineCoordinates;
     use p256::elliptic_curve::sec1::FromEncodedPoint;
     use p256::elliptic_curve::PrimeField;
-    use p256::{
-        AffinePoint, EncodedPoint, FieldBytes, NonZeroScalar, ProjectivePoint, Scalar, SecretKey,
-        U256,
-    };
+    use p256::{AffinePoint, EncodedPoint, FieldBytes, NonZeroScalar, Scalar, SecretKey, U256};
 
     use super::Point;
 
@@ -169,26 +231,22 @@ mod imp {
             return false;
         }
         let (r, s) = signature.split_scalars();
-        let w = Invert::invert(&s);
-        let u1 = reduce(FieldBytes::from_slice(digest)) * *w;
-        let u2 = *r * *w;
-        // R = u1·G + u2·Q; u1 = 0 (a digest ≡ 0 mod n) leaves u2·Q, u2 is never 0.
-        let mut sum = ProjectivePoint::IDENTITY;
-        if let Some(p) = mul_base(&u1) {
-            sum += p;
-        }
+        // s is public: Stein's variable-time inversion (a fifth of the constant-time one's
+        // instructions) leaks nothing.
+        let Some(w) = Option::<Scalar>::from(Invert::invert_vartime(&*s)) else {
+            return false;
+        };
+        let u1 = reduce(FieldBytes::from_slice(digest)) * w;
+        let u2 = *r * w;
+        // R = u1·G + u2·Q; u1 = 0 (a digest ≡ 0 mod n) leaves u2·Q; u2 is never 0.
         let (mut x, mut y) = ([0u32; 8], [0u32; 8]);
         if !p256_cm4::scalarmult_generic(&mut x, &mut y, &words(&u2.to_repr()), &qx, &qy) {
             return false;
         }
-        let Some(p) = affine(&x, &y) else {
-            return false;
-        };
-        sum += p;
-        if bool::from(sum.is_identity()) {
-            return false;
-        }
-        reduce(&sum.to_affine().x()) == *r
+        let p2 = (bytes(&x), bytes(&y));
+        let p1 = p256_cm4::scalarmult_base(&mut x, &mut y, &words(&u1.to_repr()))
+            .then(|| (bytes(&x), bytes(&y)));
+        super::x_of_sum_is(p1.as_ref(), &p2, &r)
     }
 
     pub fn sign(key: &SecretKey, digest: &[u8; 32]) -> Result<Signature, SignatureError> {
@@ -218,6 +276,14 @@ mod imp {
         }
         point
     }
+
+    pub fn ecdh(key: &SecretKey, peer: &[u8]) -> Option<[u8; 32]> {
+        let (mut x, mut y) = ([0u32; 8], [0u32; 8]);
+        let mut shared = [0u8; 32];
+        let ok = p256_cm4::octet_string_to_point(&mut x, &mut y, peer)
+            && p256_cm4::ecdh_calc_shared_secret(&mut shared, &words(&key.to_bytes()), &x, &y);
+        ok.then_some(shared)
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +305,59 @@ mod tests {
         off_curve[64] ^= 1;
         assert!(!verify(&off_curve, &d, &signature));
         assert!(!verify(&point[..33], &d, &signature));
+    }
+
+    #[test]
+    fn both_sides_of_ecdh_agree_and_a_bad_point_gives_none() {
+        let (a, b) = (
+            SecretKey::from_slice(&[3u8; 32]).unwrap(),
+            SecretKey::from_slice(&[4u8; 32]).unwrap(),
+        );
+        let ab = ecdh(&a, &public_key(&b)).unwrap();
+        assert_eq!(Some(ab), ecdh(&b, &public_key(&a)));
+        // RustCrypto's ECDH is the reference.
+        let reference =
+            p256::ecdh::diffie_hellman(a.to_nonzero_scalar(), b.public_key().as_affine());
+        assert_eq!(&ab[..], &reference.raw_secret_bytes()[..]);
+        let mut off = public_key(&b);
+        off[64] ^= 1;
+        assert_eq!(ecdh(&a, &off), None);
+        assert_eq!(ecdh(&a, &public_key(&b)[..33]), None);
+    }
+
+    /// The inversion-free last step of verification agrees with RustCrypto's points,
+    /// including the equal, opposite and u1 = 0 cases.
+    #[test]
+    fn x_of_sum_matches_complete_addition() {
+        use p256::elliptic_curve::ops::Reduce;
+        use p256::elliptic_curve::point::AffineCoordinates;
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        use p256::{ProjectivePoint, Scalar, U256};
+
+        let affine = |p: ProjectivePoint| {
+            let e = p.to_affine().to_encoded_point(false);
+            (*e.x().unwrap(), *e.y().unwrap())
+        };
+        let x_mod_n =
+            |p: ProjectivePoint| <Scalar as Reduce<U256>>::reduce_bytes(&p.to_affine().x());
+        let g = ProjectivePoint::GENERATOR;
+        for (a, b) in [(3u64, 5u64), (7, 7), (11, 1 << 40), (0x1234_5678, 99)] {
+            let (pa, pb) = (g * Scalar::from(a), g * Scalar::from(b));
+            let r = x_mod_n(pa + pb);
+            assert!(x_of_sum_is(Some(&affine(pa)), &affine(pb), &r), "{a} {b}");
+            assert!(!x_of_sum_is(
+                Some(&affine(pa)),
+                &affine(pb),
+                &(r + Scalar::ONE)
+            ));
+            // u1 = 0: just the second point.
+            assert!(x_of_sum_is(None, &affine(pb), &x_mod_n(pb)));
+        }
+        // Opposite points sum to the identity, which verifies nothing.
+        let p = g * Scalar::from(17u64);
+        for r in [Scalar::ZERO, Scalar::ONE, x_mod_n(p)] {
+            assert!(!x_of_sum_is(Some(&affine(p)), &affine(-p), &r));
+        }
     }
 
     #[test]

@@ -2,10 +2,9 @@
 
 use core::fmt;
 
-use embedded_tls::TlsError;
-
 use crate::bundle::BundleError;
 use crate::mqtt::{ConnectReturnCode, MqttError};
+use crate::tls::TlsError;
 
 /// Everything that can go wrong on the device side.
 #[derive(Debug)]
@@ -36,7 +35,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Bundle(e) => e.fmt(f),
-            Error::Tls(e) => write!(f, "TLS: {}", tls_error_text(e)),
+            Error::Tls(e) => write!(f, "TLS: {e}"),
             Error::Certificate(e) => write!(f, "TLS: gateway certificate refused: {e}"),
             Error::Mqtt(e) => write!(f, "MQTT: {e}"),
             Error::Refused(code) => write!(f, "gateway refused CONNECT: {code:?}"),
@@ -57,38 +56,11 @@ impl From<BundleError> for Error {
 impl From<TlsError> for Error {
     fn from(e: TlsError) -> Self {
         match e {
-            TlsError::ConnectionClosed => Error::Closed,
+            TlsError::Closed => Error::Closed,
+            TlsError::Certificate(why) => Error::Certificate(why),
             e => Error::Tls(e),
         }
     }
 }
 
 impl core::error::Error for Error {}
-
-/// A TLS error in words. Written out rather than `Debug`-formatted: board images are built
-/// without `Debug` output to save flash.
-fn tls_error_text(e: &TlsError) -> &'static str {
-    match e {
-        TlsError::ConnectionClosed => "connection closed",
-        TlsError::HandshakeAborted(..) => "the gateway aborted the handshake (alert)",
-        TlsError::AbortHandshake(..) => "handshake aborted by the device",
-        TlsError::IoError | TlsError::Io(_) => "I/O error",
-        TlsError::InvalidCertificate | TlsError::InvalidCertificateEntry => {
-            "gateway certificate refused"
-        }
-        TlsError::InvalidSignature => "gateway handshake signature does not verify",
-        TlsError::InvalidSignatureScheme => "gateway signs with an unsupported scheme",
-        TlsError::InvalidCipherSuite | TlsError::InvalidKeyShare => {
-            "no common cipher suite or key share"
-        }
-        TlsError::InvalidPrivateKey => "device private key unusable",
-        TlsError::InsufficientSpace | TlsError::OutOfMemory => "TLS buffer too small",
-        TlsError::InvalidRecord
-        | TlsError::UnknownContentType
-        | TlsError::InvalidHandshake
-        | TlsError::InvalidApplicationData
-        | TlsError::ParseError(_)
-        | TlsError::DecodeError => "malformed TLS data from the gateway",
-        _ => "TLS failure",
-    }
-}

@@ -1,23 +1,30 @@
-//! The device side of mutual TLS (embedded-tls, TLS 1.3, P-256).
+//! The device side of mutual TLS 1.3: our own client, because the point of a device's
+//! handshake cost is its P-256 work and the client has to hand it to [`crate::ec`]
+//! (p256-cm4 on Cortex-M) — including the key exchange, which embedded-tls computes with
+//! RustCrypto itself, with no hook. One suite (TLS_AES_128_GCM_SHA256), one group
+//! (secp256r1), one signature scheme (ecdsa_secp256r1_sha256), a client certificate, no
+//! resumption, no early data: what the gateway speaks and a device needs.
 //!
-//! [`DeviceCrypto`] hands embedded-tls the device certificate and key from the identity bundle
-//! and a verifier that checks the gateway's chain against the bundle's trust anchor and the
-//! gateway host name. There is no way to build it without verification.
+//! [`handshake`] is the protocol without I/O, [`wire`] its messages, [`keys`] the key
+//! schedule and record protection (RustCrypto HKDF and AES-GCM); [`Connection`] moves the
+//! bytes over any `embedded-io-async` socket and splits into a reader and a writer.
+//! There is no way to connect without checking the gateway's chain and signature.
 
 use core::cell::Cell;
 
-use embedded_tls::{
-    Aes128GcmSha256, Certificate, CertificateEntryRef, CertificateRef, CertificateVerifyRef,
-    CryptoProvider, CryptoRngCore, SignatureScheme, TlsCipherSuite, TlsError, TlsVerifier,
-};
-use p256::ecdsa::signature::{Error as SignatureError, SignerMut};
-use p256::SecretKey;
-use sha2::Digest;
+use embedded_io::{ErrorKind, ErrorType};
+use embedded_io_async::{Read, Write};
 
-use crate::asn1::{self, EcdsaDer};
+use crate::asn1;
 use crate::bundle::Bundle;
-use crate::ec;
-use crate::x509::{self, CertError, PublicKey};
+use crate::x509::{CertError, PublicKey};
+
+pub mod handshake;
+pub mod keys;
+pub mod wire;
+
+use handshake::{Handshake, Peer, Step};
+use keys::{Protection, TAG_LEN};
 
 /// Longest gateway host name (DNS: 253).
 pub const HOST_MAX: usize = 253;
@@ -34,73 +41,6 @@ pub const MAX_RECORD: usize = 4096;
 pub const READ_BUFFER: usize = MAX_RECORD + 64;
 pub const WRITE_BUFFER: usize = 4096;
 
-/// The cipher suite the device offers.
-pub type Suite = Aes128GcmSha256;
-
-/// Crypto for one TLS connection of a device, built from its identity bundle.
-///
-/// Boards have no reliable clock, so certificate validity times are not checked here: the
-/// gateway, which knows the time, tells the device when its certificate nears expiry.
-pub struct DeviceCrypto<'a, R> {
-    rng: R,
-    verifier: ServerVerifier<'a>,
-    key: SecretKey,
-    cert_der: &'a [u8],
-}
-
-impl<'a, R: CryptoRngCore> DeviceCrypto<'a, R> {
-    /// Fails with [`TlsError::InvalidPrivateKey`] when the bundle has no key (a secure
-    /// element holds it; that path needs a board-specific signer).
-    /// Why the gateway's chain was refused goes to `refused`.
-    /// `cache` outlives connections: see [`ChainCache`].
-    pub fn new(
-        bundle: &Bundle<'a>,
-        rng: R,
-        refused: &'a Cell<Option<CertError>>,
-        cache: &'a ChainCache,
-    ) -> Result<Self, TlsError> {
-        let key_der = bundle.private_key_der.ok_or(TlsError::InvalidPrivateKey)?;
-        let key = asn1::sec1_private_key(key_der).map_err(|_| TlsError::InvalidPrivateKey)?;
-        Ok(DeviceCrypto {
-            rng,
-            verifier: ServerVerifier::new(bundle.trust_anchor_der, refused, cache),
-            key,
-            cert_der: bundle.cert_der,
-        })
-    }
-}
-
-impl<R: CryptoRngCore> CryptoProvider for DeviceCrypto<'_, R> {
-    type CipherSuite = Suite;
-    type Signature = EcdsaDer;
-
-    fn rng(&mut self) -> impl CryptoRngCore {
-        &mut self.rng
-    }
-
-    fn verifier(&mut self) -> Result<&mut impl TlsVerifier<Self::CipherSuite>, TlsError> {
-        Ok(&mut self.verifier)
-    }
-
-    fn signer(&mut self) -> Result<(impl SignerMut<Self::Signature>, SignatureScheme), TlsError> {
-        Ok((DerSigner(&self.key), SignatureScheme::EcdsaSecp256r1Sha256))
-    }
-
-    fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
-        Some(Certificate::X509(self.cert_der))
-    }
-}
-
-/// ECDSA P-256 signatures ([`ec::sign`]) in the DER form TLS carries.
-struct DerSigner<'k>(&'k SecretKey);
-
-impl SignerMut<EcdsaDer> for DerSigner<'_> {
-    fn try_sign(&mut self, msg: &[u8]) -> Result<EcdsaDer, SignatureError> {
-        let signature = ec::sign(self.0, &ec::digest(msg))?;
-        Ok(EcdsaDer::encode(&signature))
-    }
-}
-
 /// The gateway chain that last passed [`x509::verify_server`]: a digest of everything that
 /// check read (trust anchor, host name, every certificate) and the server key it gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,112 +56,485 @@ pub struct VerifiedChain {
 /// `CertificateVerify` is checked on every handshake: it proves the key is the gateway's.
 pub type ChainCache = Cell<Option<VerifiedChain>>;
 
-/// What [`ChainCache`] compares: SHA-256 over the anchor, the host name and each certificate,
-/// each preceded by its length.
-fn chain_digest<'c>(
-    anchor: &'c [u8],
-    host: &'c str,
-    chain: impl Iterator<Item = &'c [u8]>,
-) -> [u8; 32] {
-    let mut h = sha2::Sha256::new();
-    for part in [anchor, host.as_bytes()].into_iter().chain(chain) {
-        h.update((part.len() as u32).to_be_bytes());
-        h.update(part);
-    }
-    h.finalize().into()
+/// What went wrong in TLS, as the device sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The socket failed.
+    Io(ErrorKind),
+    /// The gateway closed the connection (TCP end or close_notify).
+    Closed,
+    /// The gateway sent this alert (RFC 8446 §6: 42 bad_certificate, 44 certificate_revoked,
+    /// 116 certificate_required, …).
+    Alert(u8),
+    /// Malformed TLS data from the gateway: where.
+    Decode(&'static str),
+    /// The gateway chose what the device does not offer.
+    Unsupported(&'static str),
+    /// The gateway's certificate chain was refused, and why.
+    Certificate(CertError),
+    /// The gateway's CertificateVerify does not verify with its certificate's key.
+    BadSignature,
+    /// The gateway's Finished does not match the handshake.
+    BadFinished,
+    /// A record failed authentication (tampered, or keys out of step).
+    BadRecordMac,
+    /// A record larger than the read buffer (the gateway caps records at [`MAX_RECORD`]).
+    RecordTooLarge,
+    /// What the device writes does not fit its buffer.
+    TooLarge,
+    /// The identity bundle's private key is unusable (or absent: held by a secure element).
+    Key,
+    /// 2^64 records under one key.
+    Exhausted,
 }
 
-/// The gateway's side of the handshake, checked: its chain against the bundle's trust
-/// anchor and host name ([`x509::verify_server`], or [`ChainCache`]), then its
-/// `CertificateVerify` signature over the handshake with the key of the certificate that
-/// passed.
-pub struct ServerVerifier<'a> {
-    anchor_der: &'a [u8],
-    host: heapless::String<HOST_MAX>,
-    /// Set once the chain passed: the server's key and the transcript up to its Certificate.
-    verified: Option<(PublicKey, <Suite as TlsCipherSuite>::Hash)>,
-    /// Why the last chain was refused (embedded-tls reports only `InvalidCertificate`).
-    refused: &'a Cell<Option<CertError>>,
-    cache: &'a ChainCache,
-}
-
-impl<'a> ServerVerifier<'a> {
-    pub fn new(
-        anchor_der: &'a [u8],
-        refused: &'a Cell<Option<CertError>>,
-        cache: &'a ChainCache,
-    ) -> Self {
-        ServerVerifier {
-            anchor_der,
-            host: heapless::String::new(),
-            verified: None,
-            refused,
-            cache,
+impl core::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TlsError::Io(kind) => write!(f, "socket error ({})", io_text(*kind)),
+            TlsError::Closed => f.write_str("connection closed"),
+            TlsError::Alert(code) => write!(f, "the gateway sent alert {code}"),
+            TlsError::Decode(what) => write!(f, "malformed TLS data from the gateway: {what}"),
+            TlsError::Unsupported(what) => write!(f, "gateway's choice not offered: {what}"),
+            TlsError::Certificate(e) => write!(f, "gateway certificate refused: {e}"),
+            TlsError::BadSignature => f.write_str("gateway handshake signature does not verify"),
+            TlsError::BadFinished => f.write_str("gateway Finished does not match the handshake"),
+            TlsError::BadRecordMac => f.write_str("record failed authentication"),
+            TlsError::RecordTooLarge => f.write_str("record larger than the read buffer"),
+            TlsError::TooLarge => f.write_str("message larger than the write buffer"),
+            TlsError::Key => f.write_str("device private key unusable"),
+            TlsError::Exhausted => f.write_str("record sequence numbers exhausted"),
         }
     }
 }
 
-impl TlsVerifier<Suite> for ServerVerifier<'_> {
-    fn set_hostname_verification(&mut self, hostname: &str) -> Result<(), TlsError> {
-        self.host.clear();
-        self.host
-            .push_str(hostname)
-            .map_err(|_| TlsError::InsufficientSpace)
+/// Socket error kinds in words (board images carry no `Debug` output).
+fn io_text(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ConnectionReset => "connection reset",
+        ErrorKind::ConnectionAborted => "connection aborted",
+        ErrorKind::NotConnected => "not connected",
+        ErrorKind::TimedOut => "timed out",
+        ErrorKind::BrokenPipe => "broken pipe",
+        _ => "other",
+    }
+}
+
+impl core::error::Error for TlsError {}
+
+impl embedded_io::Error for TlsError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            TlsError::Io(kind) => *kind,
+            TlsError::Closed => ErrorKind::ConnectionAborted,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+fn io(e: impl embedded_io::Error) -> TlsError {
+    TlsError::Io(e.kind())
+}
+
+/// Records from the gateway: raw bytes are read into `buf`; each record is decrypted in place
+/// and its content moved to the front, after content kept from earlier records (`plain`
+/// bytes: application data not yet read, or a handshake message not yet whole).
+struct Records<'b> {
+    buf: &'b mut [u8],
+    plain: usize,
+    filled: usize,
+}
+
+impl Records<'_> {
+    async fn fill<S: Read>(&mut self, socket: &mut S, upto: usize) -> Result<(), TlsError> {
+        while self.filled < upto {
+            match socket
+                .read(&mut self.buf[self.filled..])
+                .await
+                .map_err(io)?
+            {
+                0 => return Err(TlsError::Closed),
+                n => self.filled += n,
+            }
+        }
+        Ok(())
     }
 
-    fn verify_certificate(
+    /// Reads the next record and appends its content to the kept content; returns its
+    /// content type. Without `keys`, records are plaintext (before the key exchange).
+    async fn pull<S: Read>(
         &mut self,
-        transcript: &<Suite as TlsCipherSuite>::Hash,
-        cert: CertificateRef,
-    ) -> Result<(), TlsError> {
-        self.verified = None;
-        // No host name, no connection: a certificate is only ever checked against one.
-        if self.host.is_empty() {
-            self.refused.set(Some(CertError::HostMismatch));
-            return Err(TlsError::InvalidCertificate);
+        socket: &mut S,
+        keys: Option<&mut Protection>,
+    ) -> Result<u8, TlsError> {
+        let start = self.plain;
+        self.fill(socket, start + 5).await?;
+        let header = &self.buf[start..start + 5];
+        let outer = header[0];
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if len > wire::MAX_CIPHERTEXT {
+            return Err(TlsError::Decode("record longer than TLS allows"));
         }
-        let chain = || {
-            cert.entries.iter().filter_map(|e| match e {
-                CertificateEntryRef::X509(der) => Some(*der),
-                CertificateEntryRef::RawPublicKey(_) => None,
-            })
+        let end = start + 5 + len;
+        if end > self.buf.len() {
+            return Err(TlsError::RecordTooLarge);
+        }
+        self.fill(socket, end).await?;
+        let (kind, content) = match keys {
+            // A compatibility ChangeCipherSpec may come unprotected (RFC 8446 §5).
+            _ if outer == wire::CHANGE_CIPHER_SPEC => (outer, len),
+            Some(keys) if outer == wire::APPLICATION_DATA => {
+                keys.open(&mut self.buf[start..end])?
+            }
+            Some(_) => {
+                return Err(TlsError::Decode(
+                    "unprotected record after the key exchange",
+                ))
+            }
+            None => (outer, len),
         };
-        let digest = chain_digest(self.anchor_der, &self.host, chain());
-        let checked = match self.cache.get() {
-            Some(hit) if hit.digest == digest => Ok(hit.key),
-            _ => x509::verify_server(self.anchor_der, chain(), &self.host),
-        };
-        match checked {
-            Ok(key) => {
-                self.cache.set(Some(VerifiedChain { digest, key }));
-                self.refused.set(None);
-                self.verified = Some((key, transcript.clone()));
+        self.buf.copy_within(start + 5..start + 5 + content, start);
+        self.buf.copy_within(end..self.filled, start + content);
+        self.filled -= end - (start + content);
+        self.plain = start + content;
+        Ok(kind)
+    }
+
+    /// Drops the first `n` bytes of content.
+    fn consume(&mut self, n: usize) {
+        self.buf.copy_within(n..self.filled, 0);
+        self.plain -= n;
+        self.filled -= n;
+    }
+
+    /// The first whole handshake message in the kept content (`None` while incomplete).
+    fn message(&self) -> Option<usize> {
+        wire::parse_handshake(&self.buf[..self.plain]).map(|(_, n)| n)
+    }
+
+    /// Reads the alert in the kept content.
+    fn alert(&self) -> TlsError {
+        match self.buf[..self.plain] {
+            [_, wire::CLOSE_NOTIFY] => TlsError::Closed,
+            [_, code] => TlsError::Alert(code),
+            _ => TlsError::Decode("alert malformed"),
+        }
+    }
+}
+
+/// The gateway's records after the handshake: what [`Connection`] and [`Reader`] read.
+struct ReadHalf<'b> {
+    records: Records<'b>,
+    keys: Protection,
+    /// The content type of the kept content.
+    kept: u8,
+}
+
+impl ReadHalf<'_> {
+    async fn read<S: Read>(
+        &mut self,
+        socket: &mut S,
+        out: &mut [u8],
+        key_update: &Cell<bool>,
+    ) -> Result<usize, TlsError> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let kept = self.records.plain;
+            if kept > 0 && self.kept == wire::APPLICATION_DATA {
+                let n = kept.min(out.len());
+                out[..n].copy_from_slice(&self.records.buf[..n]);
+                self.records.consume(n);
+                return Ok(n);
+            }
+            let kind = self.records.pull(socket, Some(&mut self.keys)).await?;
+            if kept > 0 && kind != wire::HANDSHAKE {
+                return Err(TlsError::Decode(
+                    "handshake message split by another record",
+                ));
+            }
+            self.kept = kind;
+            match kind {
+                // Handed out at the top of the loop (an empty record: read the next).
+                wire::APPLICATION_DATA => {}
+                wire::HANDSHAKE => {
+                    while let Some(n) = self.records.message() {
+                        self.after_handshake(n, key_update)?;
+                        self.records.consume(n);
+                    }
+                }
+                wire::ALERT => return Err(self.records.alert()),
+                _ => return Err(TlsError::Decode("unexpected record type")),
+            }
+        }
+    }
+
+    /// A handshake message after the handshake (the first `n` kept bytes): session tickets
+    /// are ignored (no resumption), KeyUpdate moves the gateway's keys on and, when asked,
+    /// ours (the writer does it before its next record).
+    fn after_handshake(&mut self, n: usize, key_update: &Cell<bool>) -> Result<(), TlsError> {
+        match self.records.buf[..n] {
+            [wire::NEW_SESSION_TICKET, ..] => Ok(()),
+            [wire::KEY_UPDATE, 0, 0, 1, request @ (0 | 1)] => {
+                if self.records.plain != n {
+                    return Err(TlsError::Decode("KeyUpdate not at the end of its record"));
+                }
+                self.keys.update();
+                if request == 1 {
+                    key_update.set(true);
+                }
                 Ok(())
             }
-            Err(e) => {
-                self.refused.set(Some(e));
-                Err(TlsError::InvalidCertificate)
-            }
-        }
-    }
-
-    fn verify_signature(&mut self, verify: CertificateVerifyRef) -> Result<(), TlsError> {
-        let (key, transcript) = self.verified.take().ok_or(TlsError::InvalidCertificate)?;
-        if verify.signature_scheme != SignatureScheme::EcdsaSecp256r1Sha256 {
-            return Err(TlsError::InvalidSignatureScheme);
-        }
-        // RFC 8446 §4.4.3: 64 spaces, the context string, a zero byte, the transcript hash.
-        let mut message = [0x20u8; 64 + 34 + 32];
-        message[64..98].copy_from_slice(b"TLS 1.3, server CertificateVerify\0");
-        message[98..].copy_from_slice(&transcript.finalize());
-        let signature = EcdsaDer::decode(verify.signature).map_err(|_| TlsError::DecodeError)?;
-        if ec::verify(&key, &ec::digest(&message), &signature) {
-            Ok(())
-        } else {
-            Err(TlsError::InvalidSignature)
+            _ => Err(TlsError::Decode(
+                "unexpected handshake message after the handshake",
+            )),
         }
     }
 }
 
+/// The device's records after the handshake: application data is gathered in `buf` (after
+/// room for the record header) and sealed into one record on flush or when full.
+struct WriteHalf<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+    keys: Protection,
+}
+
+impl WriteHalf<'_> {
+    /// Room for content in one record: header, content type and tag take the rest.
+    fn capacity(&self) -> usize {
+        self.buf.len() - 5 - 1 - TAG_LEN
+    }
+
+    async fn write<S: Write>(
+        &mut self,
+        socket: &mut S,
+        data: &[u8],
+        key_update: &Cell<bool>,
+    ) -> Result<usize, TlsError> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.len == self.capacity() {
+            self.flush(socket, key_update).await?;
+        }
+        let n = data.len().min(self.capacity() - self.len);
+        self.buf[5 + self.len..5 + self.len + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        Ok(n)
+    }
+
+    async fn flush<S: Write>(
+        &mut self,
+        socket: &mut S,
+        key_update: &Cell<bool>,
+    ) -> Result<(), TlsError> {
+        if key_update.take() {
+            // Our KeyUpdate (update_not_requested) goes before any more data (§4.6.3).
+            let mut record = [0u8; 5 + 5 + 1 + TAG_LEN];
+            record[5..11].copy_from_slice(&[wire::KEY_UPDATE, 0, 0, 1, 0, wire::HANDSHAKE]);
+            let n = self.keys.seal(&mut record, 6)?;
+            socket.write_all(&record[..n]).await.map_err(io)?;
+            self.keys.update();
+        }
+        if self.len > 0 {
+            self.buf[5 + self.len] = wire::APPLICATION_DATA;
+            let n = self.keys.seal(self.buf, self.len + 1)?;
+            self.len = 0;
+            socket.write_all(&self.buf[..n]).await.map_err(io)?;
+        }
+        socket.flush().await.map_err(io)
+    }
+}
+
+/// An open TLS connection to the gateway.
+pub struct Connection<'b, S> {
+    socket: S,
+    reader: ReadHalf<'b>,
+    writer: WriteHalf<'b>,
+    /// The gateway asked for a KeyUpdate from us (set by the reader, done by the writer).
+    key_update: Cell<bool>,
+}
+
+impl<'b, S: Read + Write + Clone> Connection<'b, S> {
+    /// Runs the handshake over `socket` with the identity in `bundle`: the gateway's chain
+    /// is checked against the bundle's trust anchor and gateway host (or found in `cache`),
+    /// its CertificateVerify and Finished always. `read_buf` must hold a whole record from
+    /// the gateway ([`READ_BUFFER`]), `write_buf` the device's certificate flight.
+    pub async fn open(
+        mut socket: S,
+        read_buf: &'b mut [u8],
+        write_buf: &'b mut [u8],
+        bundle: &Bundle<'_>,
+        cache: &ChainCache,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Result<Self, TlsError> {
+        let key_der = bundle.private_key_der.ok_or(TlsError::Key)?;
+        let key = asn1::sec1_private_key(key_der).map_err(|_| TlsError::Key)?;
+        let peer = Peer {
+            cert_der: bundle.cert_der,
+            key: &key,
+            anchor_der: bundle.trust_anchor_der,
+            host: bundle.gateway_host,
+            cache,
+        };
+        let mut hs = Handshake::new(peer, rng);
+        let mut random = [0u8; 32];
+        rng.fill_bytes(&mut random);
+        let n = hs.client_hello(&random, write_buf.get_mut(5..).ok_or(TlsError::TooLarge)?)?;
+        write_buf[..5].copy_from_slice(&[wire::HANDSHAKE, 3, 1, (n >> 8) as u8, n as u8]);
+        socket.write_all(&write_buf[..5 + n]).await.map_err(io)?;
+        socket.flush().await.map_err(io)?;
+
+        let mut records = Records {
+            buf: read_buf,
+            plain: 0,
+            filled: 0,
+        };
+        let mut server_keys: Option<Protection> = None;
+        loop {
+            let kept = records.plain;
+            let kind = records.pull(&mut socket, server_keys.as_mut()).await?;
+            match kind {
+                wire::HANDSHAKE => {}
+                _ if kept > 0 => {
+                    return Err(TlsError::Decode(
+                        "handshake message split by another record",
+                    ))
+                }
+                wire::CHANGE_CIPHER_SPEC if records.buf[..records.plain] == [1] => {
+                    records.consume(1);
+                    continue;
+                }
+                wire::ALERT => return Err(records.alert()),
+                _ => return Err(TlsError::Decode("unexpected record during the handshake")),
+            }
+            while let Some(n) = records.message() {
+                let step = hs.receive(&records.buf[..n], &mut write_buf[5..])?;
+                records.consume(n);
+                // Keys change at record boundaries only (§5.1).
+                let boundary = || match records.plain {
+                    0 => Ok(()),
+                    _ => Err(TlsError::Decode("handshake data across a key change")),
+                };
+                match step {
+                    Step::Wait => {}
+                    Step::ServerKeys(keys) => {
+                        boundary()?;
+                        server_keys = Some(Protection::new(keys));
+                    }
+                    Step::Done {
+                        flight,
+                        handshake,
+                        client,
+                        server,
+                    } => {
+                        boundary()?;
+                        write_buf[5 + flight] = wire::HANDSHAKE;
+                        let n = Protection::new(handshake).seal(write_buf, flight + 1)?;
+                        socket.write_all(&write_buf[..n]).await.map_err(io)?;
+                        socket.flush().await.map_err(io)?;
+                        return Ok(Connection {
+                            socket,
+                            reader: ReadHalf {
+                                records,
+                                keys: Protection::new(server),
+                                kept: wire::APPLICATION_DATA,
+                            },
+                            writer: WriteHalf {
+                                buf: write_buf,
+                                len: 0,
+                                keys: Protection::new(client),
+                            },
+                            key_update: Cell::new(false),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// A reader and a writer that can be used at the same time (from two loops raced in
+    /// one task); the socket must be a pair of halves, like [`crate::socket::SplitSocket`].
+    pub fn split(&mut self) -> (Reader<'_, 'b, S>, Writer<'_, 'b, S>) {
+        (
+            Reader {
+                socket: self.socket.clone(),
+                half: &mut self.reader,
+                key_update: &self.key_update,
+            },
+            Writer {
+                socket: self.socket.clone(),
+                half: &mut self.writer,
+                key_update: &self.key_update,
+            },
+        )
+    }
+}
+
+/// The read half of a split [`Connection`].
+pub struct Reader<'c, 'b, S> {
+    socket: S,
+    half: &'c mut ReadHalf<'b>,
+    key_update: &'c Cell<bool>,
+}
+
+/// The write half of a split [`Connection`].
+pub struct Writer<'c, 'b, S> {
+    socket: S,
+    half: &'c mut WriteHalf<'b>,
+    key_update: &'c Cell<bool>,
+}
+
+impl<S> ErrorType for Connection<'_, S> {
+    type Error = TlsError;
+}
+
+impl<S> ErrorType for Reader<'_, '_, S> {
+    type Error = TlsError;
+}
+
+impl<S> ErrorType for Writer<'_, '_, S> {
+    type Error = TlsError;
+}
+
+impl<S: Read> Read for Connection<'_, S> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+        let c = self;
+        c.reader.read(&mut c.socket, buf, &c.key_update).await
+    }
+}
+
+impl<S: Write> Write for Connection<'_, S> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+        let c = self;
+        c.writer.write(&mut c.socket, buf, &c.key_update).await
+    }
+
+    async fn flush(&mut self) -> Result<(), TlsError> {
+        let c = self;
+        c.writer.flush(&mut c.socket, &c.key_update).await
+    }
+}
+
+impl<S: Read> Read for Reader<'_, '_, S> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+        self.half.read(&mut self.socket, buf, self.key_update).await
+    }
+}
+
+impl<S: Write> Write for Writer<'_, '_, S> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+        self.half
+            .write(&mut self.socket, buf, self.key_update)
+            .await
+    }
+
+    async fn flush(&mut self) -> Result<(), TlsError> {
+        self.half.flush(&mut self.socket, self.key_update).await
+    }
+}
 #[cfg(test)]
 mod tests;

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::sh;
 
 /// Every target in `fuzz/Cargo.toml`.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "mqtt_decode",
+    "tls_client",
     "gateway_session",
     "bundle",
     "gateway_config",

@@ -65,7 +65,7 @@ enum Command {
         /// Stop each target once it has run this many inputs.
         #[arg(long)]
         executions: Option<u64>,
-        /// mqtt_decode, gateway_session, bundle, gateway_config, csr_intake (repeat; default:
+        /// mqtt_decode, tls_client, gateway_session, bundle, gateway_config, csr_intake (repeat; default:
         /// all).
         #[arg(long = "target")]
         targets: Vec<String>,

@@ -185,6 +185,7 @@ fn security_md(dir: &Path, fuzz: &[Outcome], advisories: Option<&str>) -> anyhow
     for o in fuzz {
         let what = match o.target.as_str() {
             "mqtt_decode" => "MQTT 3.1.1 + 5 codec (gateway and device): no panic, parse → emit → parse round trip",
+            "tls_client" => "the device's TLS 1.3 client on a server byte stream: records, alerts, handshake messages",
             "gateway_session" => "client bytes through the gateway session's rules, both versions",
             "bundle" => "identity bundle parser (also with the CRC made right)",
             "gateway_config" => "gateway TOML config loader",

@@ -65,9 +65,15 @@ pub(crate) fn server_params(names: &[&str]) -> CertificateParams {
 
 /// (certificate DER, its public key) signed by `ca`.
 pub(crate) fn sign(params: &CertificateParams, ca: &Ca) -> (Vec<u8>, Vec<u8>) {
+    let (cert, key) = sign_keyed(params, ca);
+    (cert, key.public_key_raw().to_vec())
+}
+
+/// A certificate signed by `ca`, and its key pair.
+pub(crate) fn sign_keyed(params: &CertificateParams, ca: &Ca) -> (Vec<u8>, KeyPair) {
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.der().to_vec(), key.public_key_raw().to_vec())
+    (cert.der().to_vec(), key)
 }
 
 /// The station's shape: root → issuing CA (path length 0) → gateway certificate.
