@@ -1,8 +1,9 @@
-//! A socket split into halves that embedded-tls can share.
+//! A socket split into halves that a TLS connection's reader and writer can share.
 //!
-//! embedded-tls splits an open connection into a reader and a writer only when the socket is
-//! `Clone`. `&SplitSocket` is: the read half and the write half sit in separate cells, so the
-//! reader loop and the writer loop never contend for the same one.
+//! [`crate::tls::Connection::split`] gives its reader and its writer each a copy of the
+//! socket, so the socket must be `Clone`. `&SplitSocket` is: the read half and the write half
+//! sit in separate cells, so the reader loop and the writer loop never contend for the same
+//! one.
 
 use core::cell::RefCell;
 

@@ -185,7 +185,12 @@ impl Records<'_> {
             // A compatibility ChangeCipherSpec may come unprotected (RFC 8446 §5).
             _ if outer == wire::CHANGE_CIPHER_SPEC => (outer, len),
             Some(keys) if outer == wire::APPLICATION_DATA => {
-                keys.open(&mut self.buf[start..end])?
+                match keys.open(&mut self.buf[start..end])? {
+                    (wire::CHANGE_CIPHER_SPEC, _) => {
+                        return Err(TlsError::Decode("protected ChangeCipherSpec"))
+                    }
+                    opened => opened,
+                }
             }
             Some(_) => {
                 return Err(TlsError::Decode(

@@ -2,8 +2,9 @@
 //! SHA-256 throughout, a path from the server certificate through the intermediates the
 //! server sent to the bundle's trust anchor, and the gateway host name.
 //!
-//! Written by hand for flash (see [`crate::asn1`]): embedded-tls's own verifier, built on the
-//! `der` crate, cost ~30 KiB of the device image. It is also stricter than that verifier: an
+//! Written by hand for flash (see [`crate::asn1`]): the verifier of embedded-tls (the TLS
+//! stack the device used before its own), built on the `der` crate, cost ~30 KiB of the
+//! device image. It is also stricter than that verifier: an
 //! intermediate must be a CA allowed to sign certificates at its depth, the server
 //! certificate must not be a CA and, if it restricts its use, must be for TLS servers, and an
 //! unknown critical extension refuses the certificate (RFC 5280 §4.2).

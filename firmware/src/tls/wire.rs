@@ -282,7 +282,8 @@ pub fn parse_server_hello(body: &[u8]) -> Result<ServerHello<'_>, TlsError> {
                 }
                 key_share = Some(data.vec(2)?.rest());
             }
-            _ => continue,
+            // RFC 8446 §4.1.4: nothing the client did not offer (no PSK, no cookie).
+            _ => return Err(TlsError::Unsupported("ServerHello extension not offered")),
         }
         data.end()?;
     }
@@ -428,6 +429,10 @@ mod tests {
     }
 
     fn server_hello(suite: u16, version: u16, group: u16) -> std::vec::Vec<u8> {
+        server_hello_with(suite, version, group, &[])
+    }
+
+    fn server_hello_with(suite: u16, version: u16, group: u16, extra: &[u8]) -> std::vec::Vec<u8> {
         let mut b = std::vec![3, 3];
         b.extend_from_slice(&[0x11; 32]);
         b.push(0);
@@ -439,6 +444,7 @@ mod tests {
         exts.extend_from_slice(&group.to_be_bytes());
         exts.extend_from_slice(&[0, 65]);
         exts.extend_from_slice(&[4; 65]);
+        exts.extend_from_slice(extra);
         b.extend_from_slice(&(exts.len() as u16).to_be_bytes());
         b.extend_from_slice(&exts);
         b
@@ -460,6 +466,12 @@ mod tests {
             parse_server_hello(&server_hello(0x1301, 0x0304, 29)),
             Err(TlsError::Unsupported(_))
         ));
+        // An extension the device did not offer (pre_shared_key).
+        let psk = server_hello_with(0x1301, 0x0304, 23, &[0, 41, 0, 2, 0, 0]);
+        assert_eq!(
+            parse_server_hello(&psk),
+            Err(TlsError::Unsupported("ServerHello extension not offered"))
+        );
         let mut retry = ok.clone();
         retry[2..34].copy_from_slice(&HELLO_RETRY);
         assert!(matches!(
