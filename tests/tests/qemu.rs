@@ -43,7 +43,10 @@ async fn on_image(image_var: &str, s: Scenario) -> qemu::Outcome {
     let Some((qemu_bin, image)) = setup(image_var) else {
         return qemu::Outcome::default();
     };
-    let _turn = BOARDS.acquire().await.expect("the semaphore is never closed");
+    let _turn = BOARDS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let target = qemu::Target::Qemu {
         qemu: qemu_bin,
         image,
