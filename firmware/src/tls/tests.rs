@@ -128,9 +128,40 @@ type Socket = SplitSocket<
     FromTokio<tokio::net::tcp::OwnedWriteHalf>,
 >;
 
-async fn socket(addr: std::net::SocketAddr) -> Socket {
-    let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
-    SplitSocket::new(FromTokio::new(rd), FromTokio::new(wr))
+/// The device side of one test connection: its socket and its record buffers.
+struct Client {
+    socket: Socket,
+    rbuf: [u8; READ_BUFFER],
+    wbuf: [u8; WRITE_BUFFER],
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> Client {
+        let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
+        Client {
+            socket: SplitSocket::new(FromTokio::new(rd), FromTokio::new(wr)),
+            rbuf: [0; READ_BUFFER],
+            wbuf: [0; WRITE_BUFFER],
+        }
+    }
+
+    async fn open<'c>(
+        &'c mut self,
+        bundle: &Bundle<'_>,
+        cache: &ChainCache,
+        seed: u64,
+    ) -> Result<Connection<'c, &'c Socket>, TlsError> {
+        let rng = &mut TestRng(seed);
+        Connection::open(
+            &self.socket,
+            &mut self.rbuf,
+            &mut self.wbuf,
+            bundle,
+            cache,
+            rng,
+        )
+        .await
+    }
 }
 
 /// Accepts one connection on a port-0 listener and runs `serve` on it; returns the address
@@ -191,18 +222,9 @@ async fn exchange(
     cache: &ChainCache,
 ) -> Result<(), TlsError> {
     let (addr, server) = serve(setup.server(fragment), greet_update_echo).await;
-    let socket = socket(addr).await;
+    let mut client = Client::connect(addr).await;
     let bundle = setup.bundle(&setup.pki.root.der, "gateway.test");
-    let (mut rbuf, mut wbuf) = ([0u8; READ_BUFFER], [0u8; WRITE_BUFFER]);
-    let mut tls = Connection::open(
-        &socket,
-        &mut rbuf,
-        &mut wbuf,
-        &bundle,
-        cache,
-        &mut TestRng(1),
-    )
-    .await?;
+    let mut tls = client.open(&bundle, cache, 1).await?;
     assert_eq!(read_exact(&mut tls, 12).await?, b"helloupdated");
     // 4,000 bytes from the split halves (more than one record's room): the gateway can only
     // read them if the device's KeyUpdate went first.
@@ -259,19 +281,9 @@ async fn handshake(
     cache: &ChainCache,
 ) -> Result<(), TlsError> {
     let (addr, _server) = serve(setup.server(None), |_| async { Ok(()) }).await;
-    let socket = socket(addr).await;
+    let mut client = Client::connect(addr).await;
     let bundle = setup.bundle(anchor, host);
-    let (mut rbuf, mut wbuf) = ([0u8; READ_BUFFER], [0u8; WRITE_BUFFER]);
-    Connection::open(
-        &socket,
-        &mut rbuf,
-        &mut wbuf,
-        &bundle,
-        cache,
-        &mut TestRng(2),
-    )
-    .await
-    .map(|_| ())
+    client.open(&bundle, cache, 2).await.map(|_| ())
 }
 
 #[tokio::test]
@@ -301,22 +313,12 @@ async fn a_device_the_gateway_does_not_trust_reads_its_alert() {
     let foreign = pki();
     let (cert, key) = device(&foreign.issuing);
     let (addr, server) = serve(setup.server(None), |_| async { Ok(()) }).await;
-    let socket = socket(addr).await;
+    let mut client = Client::connect(addr).await;
     let mut bundle = setup.bundle(&setup.pki.root.der, "gateway.test");
     bundle.cert_der = &cert;
     bundle.private_key_der = Some(&key);
     let cache = ChainCache::new(None);
-    let (mut rbuf, mut wbuf) = ([0u8; READ_BUFFER], [0u8; WRITE_BUFFER]);
-    let mut tls = Connection::open(
-        &socket,
-        &mut rbuf,
-        &mut wbuf,
-        &bundle,
-        &cache,
-        &mut TestRng(3),
-    )
-    .await
-    .unwrap();
+    let mut tls = client.open(&bundle, &cache, 3).await.unwrap();
     let mut buf = [0u8; 16];
     // The foreign issuing CA has our issuing CA's name, so rustls finds an issuer whose
     // signature does not verify: decrypt_error (51).
@@ -330,19 +332,10 @@ async fn a_bundle_without_a_key_cannot_connect() {
     let mut bundle = setup.bundle(&setup.pki.root.der, "gateway.test");
     bundle.private_key_der = None;
     let (addr, _server) = serve(setup.server(None), |_| async { Ok(()) }).await;
-    let socket = socket(addr).await;
-    let (mut rbuf, mut wbuf) = ([0u8; READ_BUFFER], [0u8; WRITE_BUFFER]);
+    let mut client = Client::connect(addr).await;
     let cache = ChainCache::new(None);
     assert!(matches!(
-        Connection::open(
-            &socket,
-            &mut rbuf,
-            &mut wbuf,
-            &bundle,
-            &cache,
-            &mut TestRng(4)
-        )
-        .await,
+        client.open(&bundle, &cache, 4).await,
         Err(TlsError::Key)
     ));
 }
