@@ -1,18 +1,17 @@
-//! The P-256 operations the device's own code runs: checking the ECDSA signatures of the
-//! gateway's chain and `CertificateVerify`, signing the client `CertificateVerify` and the
+//! All of the device's P-256: the TLS key exchange (ECDHE), checking the ECDSA signatures of
+//! the gateway's chain and `CertificateVerify`, signing the client `CertificateVerify` and the
 //! certificate request (deterministic nonces, RFC 6979), and deriving a public key.
 //!
 //! With the `p256-cm4` feature on Cortex-M (`target_arch = "arm"`), the point
 //! multiplications — nearly all of the cost — run on `p256-cm4`, the Rust port of Emil
 //! Lundberg's P256-Cortex-M4 (UMAAL field arithmetic), and the few scalar operations mod n
-//! on RustCrypto `p256`: a third of the instructions per handshake for ~7 KiB of flash. Not
+//! and the last step of verification (`x_of_sum_is`) on RustCrypto `p256`: a sixth of the
+//! instructions per handshake for ~2 KiB of flash. Not
 //! `p256-cm4`'s own `sign`/`verify`: their mod-n multiplication uses a single-register
 //! `LDM.W`, an encoding ARMv7-M leaves UNPREDICTABLE and QEMU refuses as undefined.
-//! Otherwise (the default, the host simulation, RISC-V boards) all of it is RustCrypto
-//! `p256`. Both produce the same signatures; [`self_test`] checks the path a board runs on
-//! against RFC 6979's vector.
-//!
-//! The TLS key exchange (ECDHE, [`ecdh`]) runs on the same two.
+//! Otherwise (the host simulation, RISC-V boards, the portable emulated image) all of it is
+//! RustCrypto `p256`. Both produce the same signatures; [`self_test`] checks the path a board
+//! runs on against RFC 6979's vector.
 
 use p256::ecdsa::signature::Error as SignatureError;
 use p256::ecdsa::Signature;
@@ -87,51 +86,47 @@ pub fn self_test() -> bool {
 type Affine = (p256::FieldBytes, p256::FieldBytes);
 
 /// The last step of ECDSA verification once u1·G (`None` for u1 = 0) and u2·Q are known as
-/// affine points: whether x(u1·G + u2·Q) mod n is `r`. Without a field inversion: with
-/// λ = dy/dx, x3 = λ² − x1 − x2, so x3 = c exactly when c·dx² = dy² − (x1 + x2)·dx², for the
-/// candidates c = r and, when below p, r + n. The rare dx = 0 (the points are equal or
-/// opposite) goes through RustCrypto's complete addition.
+/// affine points on the curve: whether x(u1·G + u2·Q) mod n is `r`. Without a field
+/// inversion: the sum's x is λ² − x1 − x2 with λ = dy/dx, so it is c exactly when
+/// c·dx² = dy² − (x1 + x2)·dx²; for equal points (doubling) λ = (3x1² − 3)/(2y1) and the same
+/// holds with 2y1 for dx and 3x1² − 3 for dy. The candidates are c = r and, when below p,
+/// r + n. Opposite points sum to the identity, which verifies nothing.
 #[cfg_attr(not(all(feature = "p256-cm4", target_arch = "arm")), allow(dead_code))]
 fn x_of_sum_is(p1: Option<&Affine>, p2: &Affine, r: &p256::Scalar) -> bool {
     use p256::elliptic_curve::bigint::{Encoding, Limb};
     use p256::elliptic_curve::ops::Reduce;
-    use p256::elliptic_curve::point::AffineCoordinates;
-    use p256::elliptic_curve::sec1::FromEncodedPoint;
-    use p256::elliptic_curve::{Curve, Group, PrimeField};
-    use p256::{AffinePoint, EncodedPoint, FieldElement, NistP256, ProjectivePoint, Scalar, U256};
+    use p256::elliptic_curve::{Curve, PrimeField};
+    use p256::{FieldElement, NistP256, Scalar, U256};
 
-    let reduce = |x: &p256::FieldBytes| <Scalar as Reduce<U256>>::reduce_bytes(x);
     let Some(p1) = p1 else {
-        return reduce(&p2.0) == *r;
+        return <Scalar as Reduce<U256>>::reduce_bytes(&p2.0) == *r;
     };
     let fe = |b: &p256::FieldBytes| Option::<FieldElement>::from(FieldElement::from_bytes(b));
     let (Some(x1), Some(y1), Some(x2), Some(y2)) = (fe(&p1.0), fe(&p1.1), fe(&p2.0), fe(&p2.1))
     else {
         return false;
     };
-    let dx = x2 - x1;
-    if bool::from(dx.is_zero()) {
-        let point = |p: &Affine| {
-            Option::<AffinePoint>::from(AffinePoint::from_encoded_point(
-                &EncodedPoint::from_affine_coordinates(&p.0, &p.1, false),
-            ))
-        };
-        let (Some(a), Some(b)) = (point(p1), point(p2)) else {
-            return false;
-        };
-        let sum = ProjectivePoint::from(a) + b;
-        return !bool::from(sum.is_identity()) && reduce(&sum.to_affine().x()) == *r;
-    }
-    let dy = y2 - y1;
-    let dx2 = dx.square();
-    let rhs = dy.square() - (x1 + x2) * dx2;
+    let (num, den) = if x1 != x2 {
+        (y2 - y1, x2 - x1)
+    } else if y1 == y2 && !bool::from(y1.is_zero()) {
+        let x1_squared = x1.square();
+        (
+            x1_squared + x1_squared + x1_squared - FieldElement::from_u64(3),
+            y1 + y1,
+        )
+    } else {
+        // P + (−P), or the doubling of a point of order 2 (P-256 has none).
+        return false;
+    };
+    let den2 = den.square();
+    let rhs = num.square() - (x1 + x2) * den2;
     let r_uint = U256::from_be_slice(&r.to_repr());
     let (r_plus_n, carry) = r_uint.adc(&NistP256::ORDER, Limb::ZERO);
     let candidates = [Some(r_uint), (carry == Limb::ZERO).then_some(r_plus_n)];
     candidates
         .into_iter()
         .flatten()
-        .any(|c| fe(&c.to_be_bytes().into()).is_some_and(|c| c * dx2 == rhs))
+        .any(|c| fe(&c.to_be_bytes().into()).is_some_and(|c| c * den2 == rhs))
 }
 
 #[cfg(not(all(feature = "p256-cm4", target_arch = "arm")))]
@@ -171,10 +166,8 @@ mod imp {
     use p256::ecdsa::signature::Error as SignatureError;
     use p256::ecdsa::Signature;
     use p256::elliptic_curve::ops::{Invert, Reduce};
-    use p256::elliptic_curve::point::AffineCoordinates;
-    use p256::elliptic_curve::sec1::FromEncodedPoint;
     use p256::elliptic_curve::PrimeField;
-    use p256::{AffinePoint, EncodedPoint, FieldBytes, NonZeroScalar, Scalar, SecretKey, U256};
+    use p256::{FieldBytes, NonZeroScalar, Scalar, SecretKey, U256};
 
     use super::Point;
 
@@ -203,19 +196,10 @@ mod imp {
         out
     }
 
-    /// A p256-cm4 result as a RustCrypto point (which checks it is on the curve).
-    fn affine(x: &[u32; 8], y: &[u32; 8]) -> Option<AffinePoint> {
-        let point = EncodedPoint::from_affine_coordinates(&bytes(x), &bytes(y), false);
-        AffinePoint::from_encoded_point(&point).into()
-    }
-
-    /// `k`·G; `None` for k = 0 (p256-cm4 takes scalars in [1, n-1]).
-    fn mul_base(k: &Scalar) -> Option<AffinePoint> {
+    /// The x coordinate of `k`·G; `None` for k = 0 (p256-cm4 takes scalars in [1, n-1]).
+    fn mul_base_x(k: &Scalar) -> Option<FieldBytes> {
         let (mut x, mut y) = ([0u32; 8], [0u32; 8]);
-        if !p256_cm4::scalarmult_base(&mut x, &mut y, &words(&k.to_repr())) {
-            return None;
-        }
-        affine(&x, &y)
+        p256_cm4::scalarmult_base(&mut x, &mut y, &words(&k.to_repr())).then(|| bytes(&x))
     }
 
     /// `x` mod n.
@@ -260,8 +244,7 @@ mod imp {
         );
         let k = Option::<NonZeroScalar>::from(NonZeroScalar::from_repr(k))
             .ok_or_else(SignatureError::new)?;
-        let big_r = mul_base(&k).ok_or_else(SignatureError::new)?;
-        let r = reduce(&big_r.x());
+        let r = reduce(&mul_base_x(&k).ok_or_else(SignatureError::new)?);
         let s = *Invert::invert(&k) * (reduce(FieldBytes::from_slice(digest)) + r * *d);
         // Refuses r = 0 or s = 0.
         Signature::from_scalars(r, s)

@@ -1,7 +1,8 @@
 //! The real firmware image on QEMU's mps2-an386 against a real gateway, station and backend
 //! (every HIL scenario but the measurement). `cargo xtask test` builds the images, installs
 //! QEMU and sets FLEET_REQUIRE_QEMU, so nothing is skipped there. FLEET_QEMU_IMAGE is the
-//! default image; FLEET_QEMU_IMAGE_CM4 the one whose ECDSA runs on `p256-cm4`.
+//! default image (P-256 multiplications on `p256-cm4`); FLEET_QEMU_IMAGE_PORTABLE the one
+//! whose P-256 is all RustCrypto, as on RISC-V boards.
 
 use std::path::PathBuf;
 
@@ -109,30 +110,30 @@ async fn a_refused_renewal_rolls_the_board_back_to_slot_a() {
     }
 }
 
-/// The assembly P-256 image: its boot self-test passes (or it would not connect), the
-/// gateway accepts its client signature, and it accepts the gateway's chain.
+/// The portable P-256 image: the gateway accepts its key exchange and client signature, and
+/// it accepts the gateway's chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_assembly_p256_image_connects_and_publishes() {
-    let o = on_image("FLEET_QEMU_IMAGE_CM4", Scenario::Telemetry).await;
+async fn the_portable_p256_image_connects_and_publishes() {
+    let o = on_image("FLEET_QEMU_IMAGE_PORTABLE", Scenario::Telemetry).await;
     if o.scenario.is_some() {
         assert!(o.telemetry >= 2 && o.connect.is_some());
     }
 }
 
-/// The assembly P-256 image derives its new key's public point and signs its CSR with
-/// p256-cm4; the station checks the signature, the device the new certificate's key.
+/// The portable P-256 image derives its new key's public point and signs its CSR with
+/// RustCrypto; the station checks the signature, the device the new certificate's key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_assembly_p256_image_renews_its_certificate() {
-    let o = on_image("FLEET_QEMU_IMAGE_CM4", Scenario::Rotation).await;
+async fn the_portable_p256_image_renews_its_certificate() {
+    let o = on_image("FLEET_QEMU_IMAGE_PORTABLE", Scenario::Rotation).await;
     if o.scenario.is_some() {
         assert!(o.connect.is_some());
     }
 }
 
-/// A chain from another CA is refused by the assembly P-256 image too.
+/// A chain from another CA is refused by the portable P-256 image too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_assembly_p256_image_refuses_a_foreign_gateway() {
-    let o = on_image("FLEET_QEMU_IMAGE_CM4", Scenario::WrongAnchor).await;
+async fn the_portable_p256_image_refuses_a_foreign_gateway() {
+    let o = on_image("FLEET_QEMU_IMAGE_PORTABLE", Scenario::WrongAnchor).await;
     if o.scenario.is_some() {
         assert!(o.refused_attempts >= 2);
     }

@@ -244,7 +244,7 @@ fn test() -> anyhow::Result<()> {
         std::path::absolute(firmware::BOARDS[0].image())?,
     );
     std::env::set_var(
-        "FLEET_QEMU_IMAGE_CM4",
+        "FLEET_QEMU_IMAGE_PORTABLE",
         std::path::absolute(firmware::BOARDS[1].image())?,
     );
     sh::cargo(&["test", "--workspace"])?;

@@ -13,6 +13,8 @@ mod measure;
 mod rng;
 mod time;
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use embassy_executor::Spawner;
 use embassy_net::{Ipv4Address, Stack, StackResources};
 use fleet_firmware::board::{Board, Resources};
@@ -138,13 +140,26 @@ static TCP_TX: StaticCell<[u8; 2048]> = StaticCell::new();
 
 static EXECUTOR: StaticCell<embassy_executor::raw::Executor> = StaticCell::new();
 
-/// The thread-mode executor loop (WFE/SEV, as embassy's), counting the time spent asleep so
-/// the HIL can report CPU-busy time per handshake.
+/// Set when a task is woken (embassy calls [`pender`]); the executor loop sleeps only while
+/// it is clear.
+static PENDED: AtomicBool = AtomicBool::new(false);
+
+/// embassy's pender for the one executor: a task was woken, from a task or an interrupt.
+#[export_name = "__pender"]
+fn pender(_context: *mut ()) {
+    PENDED.store(true, Ordering::Release);
+}
+
+/// The executor loop, counting the time spent asleep so the HIL can report CPU-busy time per
+/// handshake. It sleeps in WFI, not WFE as embassy's own loop: QEMU runs WFE as a no-op, so a
+/// WFE loop spins, and the executor polls of that spinning counted as work — up to a million
+/// instructions per handshake, with the network's timing. Interrupts are masked from the
+/// check of [`PENDED`] through the WFI, so a wake in between is not lost: a pending interrupt
+/// ends WFI even while masked, and is taken as soon as they are unmasked.
 #[cortex_m_rt::entry]
 fn entry() -> ! {
     measure::paint_stack();
-    // `usize::MAX` is embassy's thread-mode pender context: waking a task executes SEV.
-    let executor = EXECUTOR.init(embassy_executor::raw::Executor::new(usize::MAX as *mut ()));
+    let executor = EXECUTOR.init(embassy_executor::raw::Executor::new(core::ptr::null_mut()));
     if executor
         .spawner()
         .spawn(main_task(executor.spawner()))
@@ -155,9 +170,13 @@ fn entry() -> ! {
     loop {
         // SAFETY: polled only from this loop, on this one thread.
         unsafe { executor.poll() };
-        let asleep = time::now_ns();
-        cortex_m::asm::wfe();
-        measure::add_idle(time::now_ns().saturating_sub(asleep));
+        cortex_m::interrupt::free(|_| {
+            if !PENDED.swap(false, Ordering::AcqRel) {
+                let asleep = time::now_ns();
+                cortex_m::asm::wfi();
+                measure::add_idle(time::now_ns().saturating_sub(asleep));
+            }
+        });
     }
 }
 
