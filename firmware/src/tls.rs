@@ -109,6 +109,24 @@ impl core::fmt::Display for TlsError {
     }
 }
 
+impl TlsError {
+    /// The alert the device sends when it aborts the handshake for this (RFC 8446 §6.2);
+    /// none for what the gateway or the socket ended.
+    fn alert(&self) -> Option<u8> {
+        Some(match self {
+            TlsError::Certificate(CertError::UntrustedIssuer) => 48, // unknown_ca
+            TlsError::Certificate(_) => 42,                          // bad_certificate
+            TlsError::BadSignature | TlsError::BadFinished => 51,    // decrypt_error
+            TlsError::BadRecordMac => 20,                            // bad_record_mac
+            TlsError::RecordTooLarge => 22,                          // record_overflow
+            TlsError::Decode(_) => 50,                               // decode_error
+            TlsError::Unsupported(_) => 47,                          // illegal_parameter
+            TlsError::TooLarge | TlsError::Key | TlsError::Exhausted => 80, // internal_error
+            TlsError::Io(_) | TlsError::Closed | TlsError::Alert(_) => return None,
+        })
+    }
+}
+
 /// Socket error kinds in words (board images carry no `Debug` output).
 fn io_text(kind: ErrorKind) -> &'static str {
     match kind {
@@ -388,75 +406,42 @@ impl<'b, S: Read + Write + Clone> Connection<'b, S> {
         let mut hs = Handshake::new(peer, rng);
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
-        let n = hs.client_hello(&random, write_buf.get_mut(5..).ok_or(TlsError::TooLarge)?)?;
-        write_buf[..5].copy_from_slice(&[wire::HANDSHAKE, 3, 1, (n >> 8) as u8, n as u8]);
-        socket.write_all(&write_buf[..5 + n]).await.map_err(io)?;
-        socket.flush().await.map_err(io)?;
-
         let mut records = Records {
             buf: read_buf,
             plain: 0,
             filled: 0,
         };
-        let mut server_keys: Option<Protection> = None;
-        loop {
-            let kept = records.plain;
-            let kind = records.pull(&mut socket, server_keys.as_mut()).await?;
-            match kind {
-                wire::HANDSHAKE => {}
-                _ if kept > 0 => {
-                    return Err(TlsError::Decode(
-                        "handshake message split by another record",
-                    ))
+        // Where an alert goes if the device aborts: plaintext until the key exchange.
+        let mut client_keys: Option<Protection> = None;
+        let shaken = handshake(
+            &mut socket,
+            &mut records,
+            &mut *write_buf,
+            &mut hs,
+            &random,
+            &mut client_keys,
+        )
+        .await;
+        match shaken {
+            Ok((server, client)) => Ok(Connection {
+                socket,
+                reader: ReadHalf {
+                    records,
+                    keys: server,
+                    kept: wire::APPLICATION_DATA,
+                },
+                writer: WriteHalf {
+                    buf: write_buf,
+                    len: 0,
+                    keys: client,
+                },
+                key_update: Cell::new(false),
+            }),
+            Err(e) => {
+                if let Some(code) = e.alert() {
+                    send_alert(&mut socket, client_keys.as_mut(), code).await;
                 }
-                wire::CHANGE_CIPHER_SPEC if records.buf[..records.plain] == [1] => {
-                    records.consume(1);
-                    continue;
-                }
-                wire::ALERT => return Err(records.alert()),
-                _ => return Err(TlsError::Decode("unexpected record during the handshake")),
-            }
-            while let Some(n) = records.message() {
-                let step = hs.receive(&records.buf[..n], &mut write_buf[5..])?;
-                records.consume(n);
-                // Keys change at record boundaries only (§5.1).
-                let boundary = || match records.plain {
-                    0 => Ok(()),
-                    _ => Err(TlsError::Decode("handshake data across a key change")),
-                };
-                match step {
-                    Step::Wait => {}
-                    Step::ServerKeys(keys) => {
-                        boundary()?;
-                        server_keys = Some(Protection::new(keys));
-                    }
-                    Step::Done {
-                        flight,
-                        handshake,
-                        client,
-                        server,
-                    } => {
-                        boundary()?;
-                        write_buf[5 + flight] = wire::HANDSHAKE;
-                        let n = Protection::new(handshake).seal(write_buf, flight + 1)?;
-                        socket.write_all(&write_buf[..n]).await.map_err(io)?;
-                        socket.flush().await.map_err(io)?;
-                        return Ok(Connection {
-                            socket,
-                            reader: ReadHalf {
-                                records,
-                                keys: Protection::new(server),
-                                kept: wire::APPLICATION_DATA,
-                            },
-                            writer: WriteHalf {
-                                buf: write_buf,
-                                len: 0,
-                                keys: Protection::new(client),
-                            },
-                            key_update: Cell::new(false),
-                        });
-                    }
-                }
+                Err(e)
             }
         }
     }
@@ -476,6 +461,90 @@ impl<'b, S: Read + Write + Clone> Connection<'b, S> {
                 key_update: &self.key_update,
             },
         )
+    }
+}
+
+/// The handshake's I/O: the ClientHello out, the gateway's records in, each handshake message
+/// through `hs`, the device's flight out. Returns the application keys (gateway's, device's).
+async fn handshake<S: Read + Write>(
+    socket: &mut S,
+    records: &mut Records<'_>,
+    write_buf: &mut [u8],
+    hs: &mut Handshake<'_>,
+    random: &[u8; 32],
+    client_keys: &mut Option<Protection>,
+) -> Result<(Protection, Protection), TlsError> {
+    let n = hs.client_hello(random, write_buf.get_mut(5..).ok_or(TlsError::TooLarge)?)?;
+    write_buf[..5].copy_from_slice(&[wire::HANDSHAKE, 3, 1, (n >> 8) as u8, n as u8]);
+    socket.write_all(&write_buf[..5 + n]).await.map_err(io)?;
+    socket.flush().await.map_err(io)?;
+    let mut server_keys: Option<Protection> = None;
+    loop {
+        let kept = records.plain;
+        match records.pull(socket, server_keys.as_mut()).await? {
+            wire::HANDSHAKE => {}
+            _ if kept > 0 => {
+                return Err(TlsError::Decode(
+                    "handshake message split by another record",
+                ))
+            }
+            wire::CHANGE_CIPHER_SPEC if records.buf[..records.plain] == [1] => {
+                records.consume(1);
+                continue;
+            }
+            wire::ALERT => return Err(records.alert()),
+            _ => return Err(TlsError::Decode("unexpected record during the handshake")),
+        }
+        while let Some(n) = records.message() {
+            let step = hs.receive(&records.buf[..n], &mut write_buf[5..])?;
+            records.consume(n);
+            // Keys change at record boundaries only (§5.1).
+            if records.plain > 0 && !matches!(step, Step::Wait) {
+                return Err(TlsError::Decode("handshake data across a key change"));
+            }
+            match step {
+                Step::Wait => {}
+                Step::HandshakeKeys { server, client } => {
+                    server_keys = Some(Protection::new(server));
+                    *client_keys = Some(Protection::new(client));
+                }
+                Step::Done {
+                    flight,
+                    client,
+                    server,
+                } => {
+                    let keys = client_keys
+                        .as_mut()
+                        .ok_or(TlsError::Decode("Finished first"))?;
+                    write_buf[5 + flight] = wire::HANDSHAKE;
+                    let n = keys.seal(write_buf, flight + 1)?;
+                    socket.write_all(&write_buf[..n]).await.map_err(io)?;
+                    socket.flush().await.map_err(io)?;
+                    return Ok((Protection::new(server), Protection::new(client)));
+                }
+            }
+        }
+    }
+}
+
+/// Tells the gateway why the device aborts (best effort: the connection is over either way).
+async fn send_alert<S: Write>(socket: &mut S, keys: Option<&mut Protection>, code: u8) {
+    let mut record = [0u8; 5 + 3 + TAG_LEN];
+    let n = match keys {
+        Some(keys) => {
+            record[5..8].copy_from_slice(&[2, code, wire::ALERT]);
+            match keys.seal(&mut record, 3) {
+                Ok(n) => n,
+                Err(_) => return,
+            }
+        }
+        None => {
+            record[..7].copy_from_slice(&[wire::ALERT, 3, 3, 0, 2, 2, code]);
+            7
+        }
+    };
+    if socket.write_all(&record[..n]).await.is_ok() {
+        let _ = socket.flush().await;
     }
 }
 

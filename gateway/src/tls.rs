@@ -236,6 +236,16 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
             _ => "incompatible_client",
         },
         E::InvalidMessage(_) => "malformed_handshake",
+        // The client aborted: fleet devices say so when our chain fails their check.
+        E::AlertReceived(alert) => match alert {
+            rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::UnsupportedCertificate => {
+                "client_refused_server_certificate"
+            }
+            _ => "client_alert",
+        },
         _ => "tls_error",
     }
 }

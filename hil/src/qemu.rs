@@ -561,6 +561,21 @@ async fn drive(
         if session {
             return Err("the gateway shows a session for the device".into());
         }
+        // The device told the gateway why (a bad_certificate alert), and the gateway's audit
+        // log says so.
+        let deadline = Instant::now() + STEP;
+        while !rig
+            .gateway_log(1000)
+            .iter()
+            .any(|l| l.contains("client_refused_server_certificate"))
+        {
+            if Instant::now() > deadline {
+                return Err(step(
+                    "`client_refused_server_certificate` in the gateway's audit log",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         out.refused_attempts = count(vm, "connection ended");
         out.backoff_ms = backoffs(vm);
         return Ok(out);

@@ -33,14 +33,14 @@ enum State {
 pub enum Step {
     /// Nothing: wait for the next message.
     Wait,
-    /// The key exchange is done: read the gateway's next records with keys from this
-    /// traffic secret.
-    ServerKeys(Hash),
+    /// The key exchange is done: read the gateway's next records with keys from the `server`
+    /// handshake traffic secret, and write the device's (its flight, or an alert) with keys
+    /// from the `client` one.
+    HandshakeKeys { server: Hash, client: Hash },
     /// The gateway's side is done and checked. Send the `flight` bytes written into the
-    /// caller's buffer under the `handshake` traffic secret, then use the application ones.
+    /// caller's buffer under the client handshake keys, then use these application secrets.
     Done {
         flight: usize,
-        handshake: Hash,
         client: Hash,
         server: Hash,
     },
@@ -120,7 +120,10 @@ impl<'a> Handshake<'a> {
                 self.server_secret =
                     keys::derive_secret(&self.handshake_secret, b"s hs traffic", &th);
                 self.state = State::EncryptedExtensions;
-                return Ok(Step::ServerKeys(self.server_secret));
+                return Ok(Step::HandshakeKeys {
+                    server: self.server_secret,
+                    client: self.client_secret,
+                });
             }
             (State::EncryptedExtensions, wire::ENCRYPTED_EXTENSIONS) => {
                 let mut c = wire::Cursor::new(body, "EncryptedExtensions malformed");
@@ -218,7 +221,6 @@ impl<'a> Handshake<'a> {
         n += wire::emit_handshake(&mut out[n..], wire::FINISHED, |w| w.put(&verify_data))?;
         Ok(Step::Done {
             flight: n,
-            handshake: self.client_secret,
             client,
             server,
         })

@@ -273,36 +273,59 @@ async fn the_chain_cache_is_consulted_and_the_signature_always_checked() {
     exchange(&setup, None, &cache).await.unwrap();
 }
 
-/// The device's handshake against a server that does nothing after it.
+/// The device's handshake against a server that does nothing after it, and what the server
+/// made of it (its error, in words).
 async fn handshake(
     setup: &Setup,
     anchor: &[u8],
     host: &str,
     cache: &ChainCache,
-) -> Result<(), TlsError> {
-    let (addr, _server) = serve(setup.server(None), |_| async { Ok(()) }).await;
+) -> (Result<(), TlsError>, Option<std::string::String>) {
+    let (addr, server) = serve(setup.server(None), |_| async { Ok(()) }).await;
     let mut client = Client::connect(addr).await;
     let bundle = setup.bundle(anchor, host);
-    client.open(&bundle, cache, 2).await.map(|_| ())
+    let device = client.open(&bundle, cache, 2).await.map(|_| ());
+    drop(client);
+    let server = server.await.unwrap().err().map(|e| std::format!("{e}"));
+    (device, server)
 }
 
 #[tokio::test]
 async fn a_wrong_anchor_or_host_is_refused_and_does_not_replace_the_cached_chain() {
     let setup = setup();
     let cache = ChainCache::new(None);
-    handshake(&setup, &setup.pki.root.der, "gateway.test", &cache)
-        .await
-        .unwrap();
+    let (device, server) = handshake(&setup, &setup.pki.root.der, "gateway.test", &cache).await;
+    assert_eq!((device, server), (Ok(()), None));
     let good = cache.get();
     let other = pki();
-    assert_eq!(
-        handshake(&setup, &other.root.der, "gateway.test", &cache).await,
-        // Another root with the same name: the issuing CA's signature is what fails.
-        Err(TlsError::Certificate(CertError::BadSignature))
+    // Another root with the same name: the issuing CA's signature is what fails. The device
+    // tells the gateway why it aborts: bad_certificate.
+    let (device, server) = handshake(&setup, &other.root.der, "gateway.test", &cache).await;
+    assert_eq!(device, Err(TlsError::Certificate(CertError::BadSignature)));
+    assert!(
+        server
+            .as_deref()
+            .is_some_and(|e| e.contains("BadCertificate")),
+        "{server:?}"
     );
+    let (device, server) = handshake(&setup, &setup.pki.root.der, "other.test", &cache).await;
+    assert_eq!(device, Err(TlsError::Certificate(CertError::HostMismatch)));
+    assert!(
+        server
+            .as_deref()
+            .is_some_and(|e| e.contains("BadCertificate")),
+        "{server:?}"
+    );
+    // A root that signed nothing in the chain: unknown_ca.
+    let unrelated = crate::x509::tests::root("Unrelated");
+    let (device, server) = handshake(&setup, &unrelated.der, "gateway.test", &cache).await;
     assert_eq!(
-        handshake(&setup, &setup.pki.root.der, "other.test", &cache).await,
-        Err(TlsError::Certificate(CertError::HostMismatch))
+        device,
+        Err(TlsError::Certificate(CertError::UntrustedIssuer))
+    );
+    assert!(
+        server.as_deref().is_some_and(|e| e.contains("UnknownCA")),
+        "{server:?}"
     );
     assert_eq!(cache.get(), good);
 }

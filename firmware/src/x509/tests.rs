@@ -25,7 +25,7 @@ fn ca_params(name: &str, constraint: BasicConstraints) -> CertificateParams {
     p
 }
 
-fn root(name: &str) -> Ca {
+pub(crate) fn root(name: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let params = ca_params(name, BasicConstraints::Unconstrained);
     let der = params.self_signed(&key).unwrap().der().to_vec();
