@@ -187,6 +187,8 @@ impl Records<'_> {
         keys: Option<&mut Protection>,
     ) -> Result<u8, TlsError> {
         let start = self.plain;
+        // Kept content is at most the buffer less a header (it came in a record that fit), so
+        // the next header always fits.
         self.fill(socket, start + 5).await?;
         let header = &self.buf[start..start + 5];
         let outer = header[0];

@@ -362,3 +362,73 @@ async fn a_bundle_without_a_key_cannot_connect() {
         Err(TlsError::Key)
     ));
 }
+
+/// The gateway's bytes from memory, in reads of at most 7 bytes.
+struct Incoming<'a>(&'a [u8]);
+
+impl embedded_io::ErrorType for Incoming<'_> {
+    type Error = core::convert::Infallible;
+}
+
+impl Read for Incoming<'_> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let n = self.0.len().min(buf.len()).min(7);
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+fn record(kind: u8, content: &[u8]) -> Vec<u8> {
+    let mut r = std::vec![kind, 3, 3];
+    r.extend_from_slice(&(content.len() as u16).to_be_bytes());
+    r.extend_from_slice(content);
+    r
+}
+
+#[test]
+fn records_are_reassembled_and_what_does_not_fit_is_an_error() {
+    let pull = |bytes: &[u8], buf: &mut [u8]| {
+        let mut records = Records {
+            buf,
+            plain: 0,
+            filled: 0,
+        };
+        let mut socket = Incoming(bytes);
+        let mut kinds = Vec::new();
+        let result = embassy_futures::block_on(async {
+            loop {
+                kinds.push(records.pull(&mut socket, None).await?);
+            }
+        });
+        (kinds, records.plain, result)
+    };
+    // A handshake message over three records: the content is kept in front, whole.
+    let message = [wire::FINISHED, 0, 0, 4, 1, 2, 3, 4];
+    let mut bytes = record(wire::HANDSHAKE, &message[..3]);
+    bytes.extend(record(wire::HANDSHAKE, &message[3..6]));
+    bytes.extend(record(wire::HANDSHAKE, &message[6..]));
+    let mut buf = [0u8; 64];
+    let (kinds, kept, result) = pull(&bytes, &mut buf);
+    assert_eq!(kinds, [wire::HANDSHAKE; 3]);
+    assert_eq!(&buf[..kept], &message);
+    // The input ran out after them.
+    assert_eq!(result, Err::<(), _>(TlsError::Closed));
+
+    // A record longer than the buffer, alone or after kept content: "too large", not a
+    // closed connection or a panic.
+    let mut small = [0u8; 16];
+    let (_, _, result) = pull(&record(wire::HANDSHAKE, &[0; 12]), &mut small);
+    assert_eq!(result, Err(TlsError::RecordTooLarge));
+    let mut bytes = record(wire::HANDSHAKE, &[0; 10]);
+    bytes.extend(record(wire::HANDSHAKE, &[0; 2]));
+    let (kinds, _, result) = pull(&bytes, &mut small);
+    assert_eq!((kinds.len(), result), (1, Err(TlsError::RecordTooLarge)));
+    // Longer than TLS allows at all.
+    let mut huge = std::vec![wire::HANDSHAKE, 3, 3, 0x48, 0x01];
+    huge.resize(100, 0);
+    assert_eq!(
+        pull(&huge, &mut buf).2,
+        Err(TlsError::Decode("record longer than TLS allows"))
+    );
+}
