@@ -290,6 +290,22 @@ async fn handshake(
     (device, server)
 }
 
+/// The device refuses the gateway for `why`, and tells it so: the gateway's error names the
+/// `alert`.
+async fn refused(
+    setup: &Setup,
+    cache: &ChainCache,
+    anchor: &[u8],
+    host: &str,
+    why: CertError,
+    alert: &str,
+) {
+    let (device, server) = handshake(setup, anchor, host, cache).await;
+    assert_eq!(device, Err(TlsError::Certificate(why)));
+    let server = server.unwrap_or_default();
+    assert!(server.contains(alert), "{server}");
+}
+
 #[tokio::test]
 async fn a_wrong_anchor_or_host_is_refused_and_does_not_replace_the_cached_chain() {
     let setup = setup();
@@ -297,36 +313,37 @@ async fn a_wrong_anchor_or_host_is_refused_and_does_not_replace_the_cached_chain
     let (device, server) = handshake(&setup, &setup.pki.root.der, "gateway.test", &cache).await;
     assert_eq!((device, server), (Ok(()), None));
     let good = cache.get();
+    // Another root with the same name: the issuing CA's signature is what fails.
     let other = pki();
-    // Another root with the same name: the issuing CA's signature is what fails. The device
-    // tells the gateway why it aborts: bad_certificate.
-    let (device, server) = handshake(&setup, &other.root.der, "gateway.test", &cache).await;
-    assert_eq!(device, Err(TlsError::Certificate(CertError::BadSignature)));
-    assert!(
-        server
-            .as_deref()
-            .is_some_and(|e| e.contains("BadCertificate")),
-        "{server:?}"
-    );
-    let (device, server) = handshake(&setup, &setup.pki.root.der, "other.test", &cache).await;
-    assert_eq!(device, Err(TlsError::Certificate(CertError::HostMismatch)));
-    assert!(
-        server
-            .as_deref()
-            .is_some_and(|e| e.contains("BadCertificate")),
-        "{server:?}"
-    );
+    refused(
+        &setup,
+        &cache,
+        &other.root.der,
+        "gateway.test",
+        CertError::BadSignature,
+        "BadCertificate",
+    )
+    .await;
+    refused(
+        &setup,
+        &cache,
+        &setup.pki.root.der,
+        "other.test",
+        CertError::HostMismatch,
+        "BadCertificate",
+    )
+    .await;
     // A root that signed nothing in the chain: unknown_ca.
     let unrelated = crate::x509::tests::root("Unrelated");
-    let (device, server) = handshake(&setup, &unrelated.der, "gateway.test", &cache).await;
-    assert_eq!(
-        device,
-        Err(TlsError::Certificate(CertError::UntrustedIssuer))
-    );
-    assert!(
-        server.as_deref().is_some_and(|e| e.contains("UnknownCA")),
-        "{server:?}"
-    );
+    refused(
+        &setup,
+        &cache,
+        &unrelated.der,
+        "gateway.test",
+        CertError::UntrustedIssuer,
+        "UnknownCA",
+    )
+    .await;
     assert_eq!(cache.get(), good);
 }
 
