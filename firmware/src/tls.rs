@@ -94,7 +94,9 @@ impl core::fmt::Display for TlsError {
         match self {
             TlsError::Io(kind) => write!(f, "socket error ({})", io_text(*kind)),
             TlsError::Closed => f.write_str("connection closed"),
-            TlsError::Alert(code) => write!(f, "the gateway sent alert {code}"),
+            TlsError::Alert(code) => {
+                write!(f, "the gateway sent alert {code}{}", alert_name(*code))
+            }
             TlsError::Decode(what) => write!(f, "malformed TLS data from the gateway: {what}"),
             TlsError::Unsupported(what) => write!(f, "gateway's choice not offered: {what}"),
             TlsError::Certificate(e) => write!(f, "gateway certificate refused: {e}"),
@@ -124,6 +126,19 @@ impl TlsError {
             TlsError::TooLarge | TlsError::Key | TlsError::Exhausted => 80, // internal_error
             TlsError::Io(_) | TlsError::Closed | TlsError::Alert(_) => return None,
         })
+    }
+}
+
+/// The names of the alerts a gateway sends a device it refuses (RFC 8446 §6), for logs.
+fn alert_name(code: u8) -> &'static str {
+    match code {
+        40 => " (handshake_failure)",
+        42 => " (bad_certificate)",
+        44 => " (certificate_revoked)",
+        45 => " (certificate_expired)",
+        48 => " (unknown_ca)",
+        116 => " (certificate_required)",
+        _ => "",
     }
 }
 

@@ -363,6 +363,15 @@ async fn a_device_the_gateway_does_not_trust_reads_its_alert() {
     // The foreign issuing CA has our issuing CA's name, so rustls finds an issuer whose
     // signature does not verify: decrypt_error (51).
     assert_eq!(tls.read(&mut buf).await, Err(TlsError::Alert(51)));
+    // Logs name the alerts a refused device most often gets.
+    assert_eq!(
+        std::format!("{}", TlsError::Alert(44)),
+        "the gateway sent alert 44 (certificate_revoked)"
+    );
+    assert_eq!(
+        std::format!("{}", TlsError::Alert(51)),
+        "the gateway sent alert 51"
+    );
     assert!(server.await.unwrap().is_err());
 }
 
