@@ -3,8 +3,8 @@
 //! Runtime-agnostic: the board (or the `std` simulation) supplies the socket halves, the RNG
 //! and a [`Clock`]. After CONNECT the connection runs as two loops raced against each other —
 //! a reader that handles what the gateway sends and a writer that sends telemetry, pings and
-//! acknowledgements — because a TLS read cannot be cancelled halfway through a record. Whichever loop
-//! ends first ends the connection; the caller reconnects.
+//! acknowledgements — because a TLS read cannot be cancelled halfway through a record.
+//! Whichever loop ends first ends the connection; the caller reconnects.
 
 use core::cell::{Cell, RefCell};
 use core::convert::Infallible;

@@ -152,8 +152,8 @@ fn pender(_context: *mut ()) {
 
 /// The executor loop, counting the time spent asleep so the HIL can report CPU-busy time per
 /// handshake. It sleeps in WFI, not WFE as embassy's own loop: QEMU runs WFE as a no-op, so a
-/// WFE loop spins, and the executor polls of that spinning counted as work — up to a million
-/// instructions per handshake, with the network's timing. Interrupts are masked from the
+/// WFE loop spins, and the executor polls of that spinning counted as work — about 3 M
+/// instructions per handshake, varying with the network's timing. Interrupts are masked from the
 /// check of [`PENDED`] through the WFI, so a wake in between is not lost: a pending interrupt
 /// ends WFI even while masked, and is taken as soon as they are unmasked.
 #[cortex_m_rt::entry]
