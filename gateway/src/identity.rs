@@ -102,12 +102,12 @@ impl Identity {
 
     /// Serial as lowercase hex, as CRL tools and the registry print it.
     pub fn serial_hex(&self) -> String {
-        hex(strip_leading_zeros(&self.serial))
+        fleet_host::hex(strip_leading_zeros(&self.serial))
     }
 
     /// Fingerprint as lowercase hex.
     pub fn fingerprint_hex(&self) -> String {
-        hex(&self.fingerprint)
+        fleet_host::hex(self.fingerprint)
     }
 }
 
@@ -124,16 +124,6 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
         .position(|&x| x != 0)
         .unwrap_or(b.len().saturating_sub(1));
     &b[start..]
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]
