@@ -54,6 +54,24 @@ impl Rule {
     }
 }
 
+/// Why a rule's pattern is refused at load time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("pattern {0:?} uses an unknown template (only {{tenant}} and {{device}})")]
+    UnknownTemplate(String),
+    #[error("pattern {0:?} is not a valid MQTT topic filter")]
+    NotAFilter(String),
+}
+
+/// A rule [`Policy::validate`] refused: its list (`device` or `service`), its index there,
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRule {
+    pub list: &'static str,
+    pub index: usize,
+    pub problem: PatternError,
+}
+
 /// The whole policy: rules for devices and rules for services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -80,20 +98,22 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// Checks every pattern once at load time.
-    pub fn validate(&self) -> Result<(), String> {
-        for rule in self.device.iter().chain(&self.service) {
-            let Some(p) = expand(&rule.pattern, "t", "d") else {
-                return Err(format!(
-                    "pattern {:?} uses an unknown template (only {{tenant}} and {{device}})",
-                    rule.pattern
-                ));
-            };
-            if !valid_filter(&p) {
-                return Err(format!(
-                    "pattern {:?} is not a valid MQTT topic filter",
-                    rule.pattern
-                ));
+    /// Checks every pattern once at load time; the first rule refused, if any.
+    pub fn validate(&self) -> Result<(), InvalidRule> {
+        let lists = [("device", &self.device), ("service", &self.service)];
+        for (list, rules) in lists {
+            for (index, rule) in rules.iter().enumerate() {
+                let refuse = |problem| InvalidRule {
+                    list,
+                    index,
+                    problem,
+                };
+                let Some(p) = expand(&rule.pattern, "t", "d") else {
+                    return Err(refuse(PatternError::UnknownTemplate(rule.pattern.clone())));
+                };
+                if !valid_filter(&p) {
+                    return Err(refuse(PatternError::NotAFilter(rule.pattern.clone())));
+                }
             }
         }
         Ok(())

@@ -128,7 +128,7 @@ async fn kick(
 }
 
 async fn reload(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.reload() {
+    match shared.reload(crate::reload::Trigger::Admin) {
         Ok(kicked) => {
             Json(serde_json::json!({ "reloaded": true, "kicked": kicked })).into_response()
         }

@@ -26,17 +26,19 @@ use crate::identity::Identity;
 use crate::Error;
 
 /// One audit record.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AuditEvent<'a> {
     /// Seconds since the Unix epoch.
     pub ts: f64,
-    /// `refused` or `ended`.
+    /// `refused`, `ended`, `suppressed`, or `crl_refused` (the gateway's own decisions).
     pub event: &'static str,
     /// Stable reason label (`unknown_ca`, `revoked`, `client_id_mismatch`, `acl_will`, …).
     pub reason: &'static str,
     /// Human-readable detail.
     pub detail: String,
-    pub peer: SocketAddr,
+    /// The client's address (none in records of the gateway's own decisions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,18 +61,38 @@ impl<'a> AuditEvent<'a> {
         who: Option<&'a Identity>,
     ) -> Self {
         AuditEvent {
+            peer: Some(peer),
+            ..AuditEvent::gateway(event, reason, detail)
+        }
+        .with_identity(who)
+    }
+
+    /// A record of the gateway's own decision, about no client (a refused CRL).
+    pub fn gateway(event: &'static str, reason: &'static str, detail: String) -> Self {
+        AuditEvent {
             ts: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             event,
             reason,
             detail,
-            peer,
+            peer: None,
+            device: None,
+            tenant: None,
+            serial: None,
+            fingerprint: None,
+            suppressed: None,
+        }
+    }
+
+    /// The same record naming the certificate's device, tenant, serial and fingerprint.
+    pub fn with_identity(self, who: Option<&'a Identity>) -> Self {
+        AuditEvent {
             device: who.map(|i| i.id.as_str()),
             tenant: who.map(|i| i.tenant.as_str()),
             serial: who.map(Identity::serial_hex),
             fingerprint: who.map(Identity::fingerprint_hex),
-            suppressed: None,
+            ..self
         }
     }
 }
@@ -182,7 +204,9 @@ impl AuditLog {
     /// it is only counted for the next summary. Returns whether it was written.
     pub fn refusal(&self, event: &AuditEvent<'_>) -> bool {
         let now = Instant::now();
-        let source = event.peer.ip();
+        let source = event
+            .peer
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
         let allowed = self.per_source.allow(source, now)
             && self.all.lock().unwrap_or_else(|p| p.into_inner()).take(now);
         if allowed {

@@ -53,21 +53,25 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::acl::{Policy, Rule};
+use crate::error::{ConfigError, Problem};
 use crate::Error;
 
 /// Where the TLS material lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// PEM chain: server certificate first, then intermediates.
     pub server_cert: PathBuf,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1).
     pub server_key: PathBuf,
     /// PEM files of CAs that issue client certificates. Every certificate in each file counts.
+    #[serde(default)]
     pub client_ca: Vec<PathBuf>,
     /// PEM files of CRLs (each must be signed by a client CA). Watched and reloaded.
+    #[serde(default)]
     pub crl: Vec<PathBuf>,
 }
 
@@ -79,14 +83,32 @@ impl TlsFiles {
             .chain(&self.client_ca)
             .chain(&self.crl)
     }
+
+    fn resolve(mut self, base: &Path) -> Result<TlsFiles, ConfigError> {
+        if self.client_ca.is_empty() {
+            return Err(ConfigError::new("tls.client_ca", Problem::NoClientCa));
+        }
+        for path in [&mut self.server_cert, &mut self.server_key]
+            .into_iter()
+            .chain(&mut self.client_ca)
+            .chain(&mut self.crl)
+        {
+            *path = resolve(base, path);
+        }
+        Ok(self)
+    }
 }
 
-/// Limits that keep one client, or one source address, from hurting the others.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Limits that keep one client, or one source address, from hurting the others. In the file:
+/// the `[limits]` table, every key optional (the defaults below).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// A client that has not finished the TLS handshake by then is dropped.
+    #[serde(rename = "handshake_timeout_secs", deserialize_with = "seconds")]
     pub handshake_timeout: Duration,
     /// A client that has not sent CONNECT by then after the handshake is dropped.
+    #[serde(rename = "connect_timeout_secs", deserialize_with = "seconds")]
     pub connect_timeout: Duration,
     /// Largest MQTT packet accepted from a client, in bytes.
     pub max_packet_size: usize,
@@ -141,6 +163,61 @@ impl Default for Limits {
     }
 }
 
+/// The MQTT packet sizes a limit may name: the smallest useful one, and the protocol's
+/// largest (a 268,435,455-byte remaining length plus a 5-byte fixed header).
+const PACKET_SIZES: std::ops::RangeInclusive<usize> = 64..=268_435_460;
+
+impl Limits {
+    /// The validation pass: counts and timeouts at least 1, rates finite and at least 1,
+    /// the packet size within what MQTT can carry.
+    fn check(&self) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("limits.{name}");
+        let counts = [
+            ("handshake_timeout_secs", self.handshake_timeout.as_secs()),
+            ("connect_timeout_secs", self.connect_timeout.as_secs()),
+            ("max_connections", self.max_connections as u64),
+            ("max_handshakes", self.max_handshakes as u64),
+            ("max_subscriptions", self.max_subscriptions as u64),
+            ("router_segment_bytes", self.router_segment_bytes as u64),
+            ("router_segments", self.router_segments as u64),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(ConfigError::new(key(name), Problem::Zero));
+        }
+        let rates = [
+            ("ip_connect_rate", self.ip_connect_rate),
+            ("ip_connect_burst", self.ip_connect_burst),
+            ("publish_rate", self.publish_rate),
+            ("publish_burst", self.publish_burst),
+            ("audit_source_per_minute", self.audit_source_per_minute),
+            ("audit_source_burst", self.audit_source_burst),
+            ("audit_per_minute", self.audit_per_minute),
+            ("audit_burst", self.audit_burst),
+        ];
+        if let Some(&(name, value)) = rates.iter().find(|(_, r)| !(r.is_finite() && *r >= 1.0)) {
+            return Err(ConfigError::new(key(name), Problem::RateBelowOne { value }));
+        }
+        if !PACKET_SIZES.contains(&self.max_packet_size) {
+            return Err(ConfigError::new(
+                key("max_packet_size"),
+                Problem::OutOfRange {
+                    value: self.max_packet_size,
+                    min: *PACKET_SIZES.start(),
+                    max: *PACKET_SIZES.end(),
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
+/// The shortest admin token accepted: a bearer token is the admin API's only protection.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 /// The admin HTTP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
@@ -182,7 +259,7 @@ impl Config {
             listen,
             tls,
             limits: Limits::default(),
-            service_ou: "service".to_owned(),
+            service_ou: default_service_ou(),
             policy: Policy::default(),
             admin: None,
             audit_log: None,
@@ -197,221 +274,71 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_toml(&text, base).map_err(|message| Error::Config {
+        Config::from_toml(&text, base).map_err(|error| Error::Config {
             path: path.to_owned(),
-            message,
+            error,
         })
     }
 
     /// Parses TOML text; relative paths are resolved against `base`.
-    pub fn from_toml(text: &str, base: &Path) -> Result<Config, String> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        let listen = file.listen.parse().map_err(|e| {
-            format!(
-                "key `listen`: {:?} is not an address:port ({e})",
-                file.listen
-            )
-        })?;
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        if file.tls.client_ca.is_empty() {
-            return Err(
-                "key `tls.client_ca`: at least one CA file is required (mutual TLS is mandatory)"
-                    .into(),
-            );
-        }
-        let tls = TlsFiles {
-            server_cert: resolve(file.tls.server_cert),
-            server_key: resolve(file.tls.server_key),
-            client_ca: file.tls.client_ca.into_iter().map(resolve).collect(),
-            crl: file.tls.crl.into_iter().map(resolve).collect(),
-        };
-        let defaults = Limits::default();
-        let secs = |key: &str, v: Option<u64>, d: Duration| match v {
-            Some(0) => Err(format!("key `limits.{key}`: must be at least 1")),
-            Some(s) => Ok(Duration::from_secs(s)),
-            None => Ok(d),
-        };
-        let positive = |key: &str, v: Option<usize>, d: usize| match v {
-            Some(0) => Err(format!("key `limits.{key}`: must be at least 1")),
-            Some(n) => Ok(n),
-            None => Ok(d),
-        };
-        let rate = |key: &str, v: Option<f64>, d: f64| match v {
-            Some(r) if !(r.is_finite() && r >= 1.0) => Err(format!(
-                "key `limits.{key}`: must be a number of at least 1"
-            )),
-            Some(r) => Ok(r),
-            None => Ok(d),
-        };
-        let limits = Limits {
-            handshake_timeout: secs(
-                "handshake_timeout_secs",
-                file.limits.handshake_timeout_secs,
-                defaults.handshake_timeout,
-            )?,
-            connect_timeout: secs(
-                "connect_timeout_secs",
-                file.limits.connect_timeout_secs,
-                defaults.connect_timeout,
-            )?,
-            max_packet_size: match file.limits.max_packet_size {
-                Some(n) if !(64..=268_435_460).contains(&n) => {
-                    return Err(format!(
-                        "key `limits.max_packet_size`: {n} is outside 64..=268435460"
-                    ))
-                }
-                Some(n) => n,
-                None => defaults.max_packet_size,
-            },
-            max_connections: positive(
-                "max_connections",
-                file.limits.max_connections,
-                defaults.max_connections,
-            )?,
-            max_handshakes: positive(
-                "max_handshakes",
-                file.limits.max_handshakes,
-                defaults.max_handshakes,
-            )?,
-            ip_connect_rate: rate(
-                "ip_connect_rate",
-                file.limits.ip_connect_rate,
-                defaults.ip_connect_rate,
-            )?,
-            ip_connect_burst: rate(
-                "ip_connect_burst",
-                file.limits.ip_connect_burst,
-                defaults.ip_connect_burst,
-            )?,
-            publish_rate: rate(
-                "publish_rate",
-                file.limits.publish_rate,
-                defaults.publish_rate,
-            )?,
-            publish_burst: rate(
-                "publish_burst",
-                file.limits.publish_burst,
-                defaults.publish_burst,
-            )?,
-            max_subscriptions: positive(
-                "max_subscriptions",
-                file.limits.max_subscriptions,
-                defaults.max_subscriptions,
-            )?,
-            router_segment_bytes: positive(
-                "router_segment_bytes",
-                file.limits.router_segment_bytes,
-                defaults.router_segment_bytes,
-            )?,
-            router_segments: positive(
-                "router_segments",
-                file.limits.router_segments,
-                defaults.router_segments,
-            )?,
-            audit_source_per_minute: rate(
-                "audit_source_per_minute",
-                file.limits.audit_source_per_minute,
-                defaults.audit_source_per_minute,
-            )?,
-            audit_source_burst: rate(
-                "audit_source_burst",
-                file.limits.audit_source_burst,
-                defaults.audit_source_burst,
-            )?,
-            audit_per_minute: rate(
-                "audit_per_minute",
-                file.limits.audit_per_minute,
-                defaults.audit_per_minute,
-            )?,
-            audit_burst: rate("audit_burst", file.limits.audit_burst, defaults.audit_burst)?,
-        };
-        let admin = match file.admin {
-            Some(a) if a.enabled == Some(false) => None,
-            Some(a) => {
-                let listen = match a.listen {
-                    Some(l) => l.parse().map_err(|e| {
-                        format!("key `admin.listen`: {l:?} is not an address:port ({e})")
-                    })?,
-                    None => Admin::default().listen,
-                };
-                let token = match (a.token, a.token_file) {
-                    (Some(_), Some(_)) => {
-                        return Err("table `admin`: set `token` or `token_file`, not both".into())
-                    }
-                    (Some(t), None) => Some(t),
-                    (None, Some(f)) => Some(
-                        std::fs::read_to_string(resolve(f.clone()))
-                            .map_err(|e| format!("key `admin.token_file`: {}: {e}", f.display()))?
-                            .trim()
-                            .to_owned(),
-                    ),
-                    (None, None) => None,
-                };
-                if token.as_deref().is_some_and(str::is_empty) {
-                    return Err("key `admin.token`: must not be empty".into());
-                }
-                if !listen.ip().is_loopback() && token.is_none() {
-                    return Err(format!(
-                        "table `admin`: listening on {listen} (not loopback) requires `token` or `token_file`"
-                    ));
-                }
-                Some(Admin { listen, token })
-            }
-            None => Some(Admin::default()),
-        };
-        let mut policy = Policy::default();
-        policy.device.extend(file.acl.device);
-        policy.service.extend(file.acl.service);
-        policy.validate().map_err(|e| format!("table `acl`: {e}"))?;
-        Ok(Config {
-            listen,
-            tls,
-            limits,
-            service_ou: file.identity.service_ou.unwrap_or_else(|| "service".into()),
-            policy,
-            admin,
-            audit_log: file.audit_log.clone().map(resolve),
-            renewal: match file.renewal {
-                None => None,
-                Some(r) => {
-                    if r.threshold_days == Some(0) {
-                        return Err("key `renewal.threshold_days`: must be at least 1".into());
-                    }
-                    Some(crate::renewal::Renewal {
-                        server_name: match r.server_name {
-                            Some(n) => n,
-                            None => r
-                                .station
-                                .rsplit_once(':')
-                                .map(|(h, _)| h.to_owned())
-                                .ok_or_else(|| {
-                                    format!(
-                                        "key `renewal.station`: {:?} is not host:port",
-                                        r.station
-                                    )
-                                })?,
-                        },
-                        station: r.station,
-                        client_cert: resolve(r.client_cert),
-                        client_key: resolve(r.client_key),
-                        station_ca: resolve(r.station_ca),
-                        threshold: Duration::from_secs(
-                            86_400 * u64::from(r.threshold_days.unwrap_or(30)),
-                        ),
-                    })
-                }
-            },
-        })
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| toml_error(text, e))?;
+        file.validate(base)
     }
 }
 
+/// A serde error at a key path as a [`ConfigError`] (key empty for the file as a whole).
+fn toml_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let key = e.path().to_string();
+    let e = e.into_inner();
+    let line = e.span().map(|span| {
+        1 + text.as_bytes()[..span.start.min(text.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    });
+    ConfigError::new(
+        if key == "." { String::new() } else { key },
+        Problem::Toml {
+            message: e.message().trim_end().to_owned(),
+            line,
+        },
+    )
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|source| {
+        ConfigError::new(
+            key,
+            Problem::NotAnAddress {
+                value: value.to_owned(),
+                source,
+            },
+        )
+    })
+}
+
+fn default_service_ou() -> String {
+    "service".to_owned()
+}
+
+/// The file as serde reads it; [`FileConfig::validate`] turns it into a [`Config`].
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: String,
-    tls: FileTls,
+    tls: TlsFiles,
     #[serde(default)]
-    limits: FileLimits,
+    limits: Limits,
     #[serde(default)]
     identity: FileIdentity,
     #[serde(default)]
@@ -419,6 +346,142 @@ struct FileConfig {
     admin: Option<FileAdmin>,
     audit_log: Option<PathBuf>,
     renewal: Option<FileRenewal>,
+}
+
+impl FileConfig {
+    fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        let listen = parse_addr("listen", &self.listen)?;
+        let tls = self.tls.resolve(base)?;
+        self.limits.check()?;
+        let policy = self.acl.policy()?;
+        let admin = match self.admin {
+            None => Some(Admin::default()),
+            Some(admin) => admin.validate(base)?,
+        };
+        let renewal = self.renewal.map(|r| r.validate(base)).transpose()?;
+        Ok(Config {
+            listen,
+            tls,
+            limits: self.limits,
+            service_ou: self.identity.service_ou,
+            policy,
+            admin,
+            audit_log: self.audit_log.map(|p| resolve(base, &p)),
+            renewal,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    #[serde(default = "default_service_ou")]
+    service_ou: String,
+}
+
+impl Default for FileIdentity {
+    fn default() -> Self {
+        FileIdentity {
+            service_ou: default_service_ou(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAcl {
+    #[serde(default)]
+    device: Vec<Rule>,
+    #[serde(default)]
+    service: Vec<Rule>,
+}
+
+impl FileAcl {
+    /// The default policy with the file's rules appended; every file rule checked, and
+    /// named by its place in the file when refused.
+    fn policy(self) -> Result<Policy, ConfigError> {
+        let added = Policy {
+            device: self.device,
+            service: self.service,
+        };
+        added.validate().map_err(|bad| {
+            ConfigError::new(
+                format!("acl.{}[{}].pattern", bad.list, bad.index),
+                Problem::Pattern(bad.problem),
+            )
+        })?;
+        let mut policy = Policy::default();
+        policy.device.extend(added.device);
+        policy.service.extend(added.service);
+        Ok(policy)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    #[serde(default = "enabled")]
+    enabled: bool,
+    listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl FileAdmin {
+    /// `None` when disabled. A token, wherever it comes from, must be long enough; off
+    /// loopback one is required.
+    fn validate(self, base: &Path) -> Result<Option<Admin>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let listen = match &self.listen {
+            Some(l) => parse_addr("admin.listen", l)?,
+            None => Admin::default().listen,
+        };
+        let (key, token) = match (self.token, self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new("admin", Problem::TokenAndTokenFile))
+            }
+            (Some(t), None) => ("admin.token", Some(t)),
+            (None, Some(f)) => ("admin.token_file", Some(read_token(base, &f)?)),
+            (None, None) => ("admin.token", None),
+        };
+        match token.as_deref().map(|t| t.chars().count()) {
+            Some(0) => return Err(ConfigError::new(key, Problem::Empty)),
+            Some(chars) if chars < MIN_ADMIN_TOKEN_CHARS => {
+                return Err(ConfigError::new(
+                    key,
+                    Problem::TokenTooShort {
+                        chars,
+                        min: MIN_ADMIN_TOKEN_CHARS,
+                    },
+                ))
+            }
+            Some(_) => {}
+            None if !listen.ip().is_loopback() => {
+                return Err(ConfigError::new("admin", Problem::TokenRequired { listen }))
+            }
+            None => {}
+        }
+        Ok(Some(Admin { listen, token }))
+    }
+}
+
+fn read_token(base: &Path, file: &Path) -> Result<String, ConfigError> {
+    match std::fs::read_to_string(resolve(base, file)) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(source) => Err(ConfigError::new(
+            "admin.token_file",
+            Problem::Unreadable {
+                path: file.to_owned(),
+                source,
+            },
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -429,63 +492,42 @@ struct FileRenewal {
     client_cert: PathBuf,
     client_key: PathBuf,
     station_ca: PathBuf,
-    threshold_days: Option<u32>,
+    #[serde(default = "thirty")]
+    threshold_days: u32,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAdmin {
-    enabled: Option<bool>,
-    listen: Option<String>,
-    token: Option<String>,
-    token_file: Option<PathBuf>,
+fn thirty() -> u32 {
+    30
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileTls {
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    #[serde(default)]
-    client_ca: Vec<PathBuf>,
-    #[serde(default)]
-    crl: Vec<PathBuf>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    handshake_timeout_secs: Option<u64>,
-    connect_timeout_secs: Option<u64>,
-    max_packet_size: Option<usize>,
-    max_connections: Option<usize>,
-    max_handshakes: Option<usize>,
-    ip_connect_rate: Option<f64>,
-    ip_connect_burst: Option<f64>,
-    publish_rate: Option<f64>,
-    publish_burst: Option<f64>,
-    max_subscriptions: Option<usize>,
-    router_segment_bytes: Option<usize>,
-    router_segments: Option<usize>,
-    audit_source_per_minute: Option<f64>,
-    audit_source_burst: Option<f64>,
-    audit_per_minute: Option<f64>,
-    audit_burst: Option<f64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileIdentity {
-    service_ou: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileAcl {
-    #[serde(default)]
-    device: Vec<Rule>,
-    #[serde(default)]
-    service: Vec<Rule>,
+impl FileRenewal {
+    fn validate(self, base: &Path) -> Result<crate::renewal::Renewal, ConfigError> {
+        if self.threshold_days == 0 {
+            return Err(ConfigError::new("renewal.threshold_days", Problem::Zero));
+        }
+        let server_name = match self.server_name {
+            Some(name) => name,
+            None => match self.station.rsplit_once(':') {
+                Some((host, _)) => host.to_owned(),
+                None => {
+                    return Err(ConfigError::new(
+                        "renewal.station",
+                        Problem::NotHostPort {
+                            value: self.station,
+                        },
+                    ))
+                }
+            },
+        };
+        Ok(crate::renewal::Renewal {
+            server_name,
+            station: self.station,
+            client_cert: resolve(base, &self.client_cert),
+            client_key: resolve(base, &self.client_key),
+            station_ca: resolve(base, &self.station_ca),
+            threshold: Duration::from_secs(86_400 * u64::from(self.threshold_days)),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -506,6 +548,9 @@ action = "publish"
 pattern = "tenants/{tenant}/devices/{device}/cmd/#"
 "#;
 
+    /// 16 characters: the shortest token accepted.
+    const TOKEN: &str = "0123456789abcdef";
+
     #[test]
     fn loads_and_resolves_paths() {
         let c = Config::from_toml(GOOD, Path::new("/etc/fleet")).unwrap();
@@ -519,12 +564,13 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
         assert_eq!(c.admin, Some(Admin::default()));
         let off = format!("{GOOD}\n[admin]\nenabled = false\n");
         assert_eq!(Config::from_toml(&off, Path::new(".")).unwrap().admin, None);
-        let public = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9100\"\ntoken = \"s3cret\"\n");
+        let public = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9100\"\ntoken = \"{TOKEN}\"\n");
         let admin = Config::from_toml(&public, Path::new("."))
             .unwrap()
             .admin
             .unwrap();
-        assert_eq!(admin.token.as_deref(), Some("s3cret"));
+        assert_eq!(admin.token.as_deref(), Some(TOKEN));
+        assert_eq!(admin.listen, "0.0.0.0:9100".parse().unwrap());
     }
 
     #[test]
@@ -541,7 +587,7 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
             ),
             (
                 GOOD.replace("{device}/cmd/#", "{device}/#/cmd"),
-                "table `acl`",
+                "key `acl.device[0].pattern`",
             ),
             (GOOD.replace("[limits]", "[limits]\nbogus = 1"), "bogus"),
             (format!("{GOOD}\n[limits2]\n"), "limits2"),
@@ -550,6 +596,14 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
                 "requires `token`",
             ),
             (format!("{GOOD}\n[admin]\ntoken = \"\"\n"), "admin.token"),
+            (
+                format!("{GOOD}\n[admin]\ntoken = \"a\"\ntoken_file = \"t\"\n"),
+                "not both",
+            ),
+            (
+                format!("{GOOD}\n[admin]\ntoken_file = \"missing.token\"\n"),
+                "key `admin.token_file`: missing.token",
+            ),
             (
                 GOOD.replace("[limits]", "[limits]\npublish_rate = 0.5"),
                 "limits.publish_rate",
@@ -560,8 +614,94 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
             ),
         ];
         for (text, needle) in cases {
-            let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+            let err = Config::from_toml(&text, Path::new("."))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{err:?} does not mention {needle}");
         }
+    }
+
+    fn key_and_problem(text: &str) -> (String, Problem) {
+        let err = Config::from_toml(text, Path::new(".")).unwrap_err();
+        (err.key, err.problem)
+    }
+
+    #[test]
+    fn errors_say_which_key_and_what() {
+        let (key, problem) = key_and_problem(&format!(
+            "{GOOD}\n[[acl.device]]\neffect = \"allow\"\naction = \"all\"\npattern = \"a/{{bogus}}\"\n"
+        ));
+        assert_eq!(key, "acl.device[1].pattern");
+        assert!(matches!(
+            problem,
+            Problem::Pattern(crate::acl::PatternError::UnknownTemplate(ref p)) if p == "a/{bogus}"
+        ));
+        // A top-level key after a table header belongs to that table (README once did this).
+        let (key, problem) = key_and_problem(&format!(
+            "{GOOD}\n[admin]\nlisten = \"127.0.0.1:9100\"\naudit_log = \"audit.jsonl\"\n"
+        ));
+        assert_eq!(key, "admin.audit_log");
+        // GOOD's lines, the blank one, `[admin]`, `listen`, then `audit_log`.
+        let line = GOOD.lines().count() + 4;
+        assert!(
+            matches!(&problem, Problem::Toml { message, line: Some(l) }
+                if message.starts_with("unknown field `audit_log`") && *l == line),
+            "{problem:?}"
+        );
+        let (key, problem) =
+            key_and_problem(&GOOD.replace("[limits]", "[limits]\nmax_packet_size = 10"));
+        assert_eq!(key, "limits.max_packet_size");
+        assert!(matches!(
+            problem,
+            Problem::OutOfRange {
+                value: 10,
+                min: 64,
+                max: 268_435_460
+            }
+        ));
+        let (key, problem) = key_and_problem("listen = \"127.0.0.1:1\"\n[tls\n");
+        assert_eq!(key, "", "a syntax error is the file's, not a key's");
+        assert!(
+            matches!(problem, Problem::Toml { line: Some(2), .. }),
+            "{problem:?}"
+        );
+        let (key, problem) = key_and_problem(&format!("{GOOD}\n[renewal]\nstation = \"nohost\"\nclient_cert = \"c\"\nclient_key = \"k\"\nstation_ca = \"ca\"\n"));
+        assert_eq!(key, "renewal.station");
+        assert!(matches!(problem, Problem::NotHostPort { .. }));
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused_wherever_it_comes_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = &TOKEN[..15];
+        for listen in ["0.0.0.0:9100", "127.0.0.1:9100"] {
+            let (key, problem) = key_and_problem(&format!(
+                "{GOOD}\n[admin]\nlisten = \"{listen}\"\ntoken = \"{short}\"\n"
+            ));
+            assert_eq!(key, "admin.token");
+            assert!(matches!(
+                problem,
+                Problem::TokenTooShort { chars: 15, min: 16 }
+            ));
+        }
+        let (_, problem) = key_and_problem(&format!(
+            "{GOOD}\n[admin]\nlisten = \"0.0.0.0:9100\"\ntoken = \"x\"\n"
+        ));
+        assert_eq!(
+            problem.to_string(),
+            "the admin token has 1 characters; at least 16 are required (e.g. 32 random hex digits)"
+        );
+        std::fs::write(dir.path().join("admin.token"), format!("{short}\n")).unwrap();
+        let file =
+            format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9100\"\ntoken_file = \"admin.token\"\n");
+        let err = Config::from_toml(&file, dir.path()).unwrap_err();
+        assert_eq!(err.key, "admin.token_file");
+        assert!(matches!(
+            err.problem,
+            Problem::TokenTooShort { chars: 15, .. }
+        ));
+        std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+        let admin = Config::from_toml(&file, dir.path()).unwrap().admin.unwrap();
+        assert_eq!(admin.token.as_deref(), Some(TOKEN), "read and trimmed");
     }
 }

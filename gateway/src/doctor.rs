@@ -194,7 +194,7 @@ pub fn diagnose(input: &Inputs<'_>) -> Result<Report, Error> {
             false,
             format!(
                 "serial {} is on a configured CRL",
-                fleet_host::hex(tls::strip_zeros(cert.raw_serial()))
+                fleet_host::hex(crate::crl::strip_zeros(cert.raw_serial()))
             ),
         );
     }

@@ -99,9 +99,7 @@ async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
                 service_ou = cfg.service_ou;
             }
             if ca.is_empty() {
-                return Err(fleet_gateway::Error::Tls(
-                    "doctor needs the client CAs: pass --ca FILE or --config gateway.toml".into(),
-                ));
+                return Err(fleet_gateway::Error::DoctorWithoutCa);
             }
             let report = fleet_gateway::doctor::diagnose(&fleet_gateway::doctor::Inputs {
                 cert: &cert,

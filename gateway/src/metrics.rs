@@ -35,6 +35,14 @@ pub struct DirectionLabels {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `file_change`, `admin`, `sighup` or `api`.
+    pub trigger: &'static str,
+    /// `ok` or `refused` (a bad file or an older CRL: the previous state stays in force).
+    pub result: &'static str,
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +58,11 @@ pub struct Metrics {
     pub malformed_packets: Counter,
     /// Refusals over the audit rate limit: counted in a summary record, not written alone.
     pub audit_suppressed: Counter,
+    /// TLS reloads by trigger and result.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// CRLs refused for being older than the one in force, by reason (`lower_number`,
+    /// `older_this_update`, `issuer_missing`).
+    pub crl_rollbacks: Family<ReasonLabels, Counter>,
 }
 
 /// Upper bounds (days) of the certificate-expiry histogram of connected devices.
@@ -68,6 +81,8 @@ impl Default for Metrics {
             revocation_kicks: Counter::default(),
             malformed_packets: Counter::default(),
             audit_suppressed: Counter::default(),
+            reloads: Family::default(),
+            crl_rollbacks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +126,16 @@ impl Default for Metrics {
             "Refusals over the audit log's rate limit, written only as counts in a summary record",
             m.audit_suppressed.clone(),
         );
+        registry.register(
+            "tls_reloads",
+            "Reloads of the TLS files by trigger and result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "crl_rollbacks",
+            "CRLs refused because they are older than the CRL in force, by reason",
+            m.crl_rollbacks.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -128,6 +153,12 @@ impl Metrics {
             },
         };
         self.connects.get_or_create(&labels).inc();
+    }
+
+    pub fn crl_rollback(&self, reason: &'static str) {
+        self.crl_rollbacks
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn traffic(&self, direction: &'static str, messages: u64, bytes: u64) {
@@ -176,6 +207,13 @@ mod tests {
         m.connect(Some("unknown_ca"));
         m.acl_denials.inc();
         m.traffic("in", 2, 100);
+        m.crl_rollback("lower_number");
+        m.reloads
+            .get_or_create(&ReloadLabels {
+                trigger: "file_change",
+                result: "ok",
+            })
+            .inc();
         m.sessions
             .get_or_create(&TenantLabels {
                 tenant: "acme".into(),
@@ -190,6 +228,8 @@ mod tests {
             "fleet_gateway_bytes_total{direction=\"in\"} 100",
             "fleet_gateway_sessions{tenant=\"acme\"} 1",
             "fleet_gateway_cert_expiry_days_count 0",
+            "fleet_gateway_crl_rollbacks_total{reason=\"lower_number\"} 1",
+            "fleet_gateway_tls_reloads_total{trigger=\"file_change\",result=\"ok\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

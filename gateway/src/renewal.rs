@@ -63,8 +63,10 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, Error> {
 
 impl RenewalClient {
     pub fn load(r: &Renewal) -> Result<RenewalClient, Error> {
-        let bad =
-            |what: &str, e: &dyn std::fmt::Display| Error::Tls(format!("renewal: {what}: {e}"));
+        let bad = |what: &'static str, e: &dyn std::fmt::Display| Error::Renewal {
+            what,
+            detail: e.to_string(),
+        };
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&read(&r.station_ca)?) {
             roots

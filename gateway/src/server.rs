@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
@@ -12,22 +12,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use std::collections::HashSet;
-use std::path::PathBuf;
-
 use crate::acl::Policy;
-use crate::audit::{AuditLimits, AuditLog};
+use crate::audit::{AuditEvent, AuditLimits, AuditLog};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::limits::PerIp;
 use crate::metrics::Metrics;
 use crate::registry::{Kick, Registry};
-use crate::tls::Revoked;
+use crate::reload::{watch_tls_files, Live, Trigger};
 use crate::{admin, connection, tls, Error};
 
-/// Opens a router link; rumqttd's `LinkError` is large, so its message is carried instead.
-type OpenLink =
-    dyn Fn(&str, &str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
+/// Opens a router link; rumqttd's `LinkError` is large, so it is boxed.
+type OpenLink = dyn Fn(&str, &str, bool) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>>
+    + Send
+    + Sync;
 
 /// The embedded rumqttd router, reached through local links.
 #[derive(Clone)]
@@ -52,7 +50,7 @@ impl RouterHandle {
                     .tenant_id(Some(tenant.to_owned()))
                     .clean_session(clean)
                     .build()
-                    .map_err(|e: LinkError| e.to_string())
+                    .map_err(Box::new)
             }),
         }
     }
@@ -82,17 +80,13 @@ impl RouterHandle {
     }
 }
 
-/// The TLS state in force: swapped whole on reload.
-struct Live {
-    acceptor: TlsAcceptor,
-    revoked: Revoked,
-}
-
 /// State every connection task shares.
 pub struct Shared {
     pub config: Config,
     pub policy: Arc<Policy>,
-    live: RwLock<Live>,
+    pub(crate) live: RwLock<Live>,
+    /// Held while a reload runs: reloads happen one at a time.
+    pub(crate) reloading: Mutex<()>,
     pub sessions: Registry,
     pub router: RouterHandle,
     /// Certificate rotation through the station, when configured.
@@ -123,23 +117,6 @@ impl Shared {
             .contains(&who.issuer, &who.serial)
     }
 
-    /// Reloads every TLS file. On success the new state is in force for new handshakes and
-    /// every live session whose certificate is now revoked is closed; returns how many. On
-    /// failure nothing changes: the previous good state stays in force.
-    pub fn reload(&self) -> Result<usize, Error> {
-        let state = tls::load(&self.config.tls)?;
-        let revoked = state.revoked.clone();
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Live {
-            acceptor: TlsAcceptor::from(state.server_config),
-            revoked: state.revoked,
-        };
-        let kicked = self.sessions.kick_where(Kick::Revoked, |s| {
-            revoked.contains(&s.identity.issuer, &s.identity.serial)
-        });
-        self.metrics.revocation_kicks.inc_by(kicked as u64);
-        Ok(kicked)
-    }
-
     /// Whether a new connection from `peer` may proceed, given `open` connections; the
     /// refusal reason if not.
     fn admit(&self, peer: SocketAddr, open: usize) -> Option<&'static str> {
@@ -154,7 +131,7 @@ impl Shared {
 
     fn refuse_at_accept(&self, peer: SocketAddr, reason: &'static str) {
         self.metrics.connect(Some(reason));
-        self.audit_refusal(&crate::audit::AuditEvent::new(
+        self.audit_refusal(&AuditEvent::new(
             "refused",
             reason,
             "connection closed at accept".into(),
@@ -163,63 +140,22 @@ impl Shared {
         ));
     }
 
-    /// Audits a refusal (rate limited per source; see [`crate::audit`]).
-    pub fn audit_refusal(&self, event: &crate::audit::AuditEvent<'_>) {
-        if !self.audit.refusal(event) {
+    /// Audits a refusal (rate limited per source; see [`crate::audit`]). A handshake refused
+    /// because the client's certificate is revoked is recorded with the device, tenant and
+    /// serial of that certificate (see [`tls::noting_revoked_certificates`]).
+    pub fn audit_refusal(&self, event: &AuditEvent<'_>) {
+        let revoked = (event.reason == "revoked" && event.device.is_none())
+            .then(tls::refused_as_revoked)
+            .flatten()
+            .and_then(|der| Identity::from_cert_der(&der, &self.config.service_ou).ok());
+        let written = match &revoked {
+            Some(who) => self.audit.refusal(&event.clone().with_identity(Some(who))),
+            None => self.audit.refusal(event),
+        };
+        if !written {
             self.metrics.audit_suppressed.inc();
         }
     }
-
-    /// Reloads and logs the outcome (for the watcher and SIGHUP).
-    pub fn reload_logged(&self, why: &str) {
-        match self.reload() {
-            Ok(kicked) => tracing::info!(trigger = why, kicked, "TLS files reloaded"),
-            Err(e) => tracing::error!(
-                trigger = why,
-                error = %e,
-                "reload refused; the previous TLS state stays in force"
-            ),
-        }
-    }
-}
-
-/// Watches the directories of every TLS file and reloads when one of the files changes.
-/// The returned watcher must be kept alive.
-fn watch_tls_files(shared: Arc<Shared>) -> Result<notify::RecommendedWatcher, Error> {
-    use notify::Watcher;
-    let files: HashSet<PathBuf> = shared
-        .config
-        .tls
-        .all()
-        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
-        .collect();
-    let dirs: HashSet<PathBuf> = files
-        .iter()
-        .filter_map(|f| f.parent().map(PathBuf::from))
-        .collect();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if event.paths.iter().any(|p| files.contains(p)) {
-                let _ = tx.send(());
-            }
-        }
-    })
-    .map_err(|e| Error::Tls(format!("cannot watch TLS files: {e}")))?;
-    for dir in &dirs {
-        watcher
-            .watch(dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| Error::Tls(format!("cannot watch {}: {e}", dir.display())))?;
-    }
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // A writer may touch a file several times in a row: settle, then reload once.
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            while rx.try_recv().is_ok() {}
-            shared.reload_logged("file change");
-        }
-    });
-    Ok(watcher)
 }
 
 /// A bound gateway, ready to [`run`](Gateway::run).
@@ -269,10 +205,8 @@ impl Gateway {
             audit,
             policy: Arc::new(config.policy.clone()),
             config,
-            live: RwLock::new(Live {
-                acceptor: TlsAcceptor::from(tls.server_config),
-                revoked: tls.revoked,
-            }),
+            live: RwLock::new(Live::from(tls)),
+            reloading: Mutex::new(()),
             sessions: Registry::default(),
             router: RouterHandle::spawn(&limits),
         });
@@ -340,7 +274,7 @@ impl Gateway {
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                Some(()) = hangup.recv() => self.shared.reload_logged("SIGHUP"),
+                Some(()) = hangup.recv() => self.shared.reload_logged(Trigger::Sighup),
                 _ = summaries.tick() => {
                     self.shared.audit.flush_suppressed();
                 }
@@ -352,7 +286,8 @@ impl Gateway {
                             continue;
                         }
                         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-                        tasks.spawn(connection::serve(self.shared.clone(), tcp, peer, conn));
+                        let serve = connection::serve(self.shared.clone(), tcp, peer, conn);
+                        tasks.spawn(tls::noting_revoked_certificates(serve));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.

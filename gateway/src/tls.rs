@@ -4,8 +4,9 @@
 //! defaults). Client certificates are verified with rustls' `WebPkiClientVerifier` against the
 //! configured CA files.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::cell::RefCell;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -13,11 +14,14 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
-use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::config::TlsFiles;
+pub use crate::crl::Revoked;
+use crate::crl::{CrlVersions, LoadedCrls};
+use crate::error::{PemProblem, TlsSetup};
 use crate::Error;
 
 /// The crypto provider every TLS object in the gateway uses.
@@ -32,162 +36,183 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
-fn pem_error(path: &Path) -> impl Fn(String) -> Error + '_ {
-    move |message| Error::Pem {
+fn pem_error(path: &Path, problem: PemProblem) -> Error {
+    Error::Pem {
         path: path.to_owned(),
-        message,
+        problem,
     }
 }
 
 /// Reads every certificate in a PEM file; an empty file is an error.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let pem_err = pem_error(path);
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(path, &read(path)?)
+}
+
+fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(format!("bad PEM certificate: {e}")))?;
+        .map_err(|e| pem_error(path, PemProblem::Certificate(e)))?;
     if certs.is_empty() {
-        return Err(pem_err("no CERTIFICATE block found".into()));
+        return Err(pem_error(path, PemProblem::NoCertificate));
     }
     Ok(certs)
 }
 
 /// Reads the first private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
-    let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| Error::Pem {
-        path: path.to_owned(),
-        message: format!("no usable private key: {e}"),
-    })
+    parse_key(path, &read(path)?)
 }
 
-/// Certificates revoked by the loaded CRLs, as (issuer name DER, serial without leading
-/// zeros): the index that finds live sessions to close when a CRL changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Revoked(HashSet<(Vec<u8>, Vec<u8>)>);
-
-impl Revoked {
-    pub fn contains(&self, issuer: &[u8], serial: &[u8]) -> bool {
-        self.0
-            .contains(&(issuer.to_vec(), strip_zeros(serial).to_vec()))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
+fn parse_key(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| pem_error(path, PemProblem::PrivateKey(e)))
 }
 
-pub(crate) fn strip_zeros(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
-    &b[start..]
+/// One file's path and the bytes read from it.
+type FileBytes = (PathBuf, Vec<u8>);
+
+/// The bytes of every TLS file, each read once: what a load parses, and what its digest
+/// covers, so the digest is always that of the state built from it.
+pub struct Material {
+    server_cert: FileBytes,
+    server_key: FileBytes,
+    client_ca: Vec<FileBytes>,
+    crl: Vec<FileBytes>,
+}
+
+impl Material {
+    /// Reads every file `files` names.
+    pub fn read(files: &TlsFiles) -> Result<Material, Error> {
+        let file = |p: &PathBuf| read(p).map(|bytes| (p.clone(), bytes));
+        Ok(Material {
+            server_cert: file(&files.server_cert)?,
+            server_key: file(&files.server_key)?,
+            client_ca: files.client_ca.iter().map(file).collect::<Result<_, _>>()?,
+            crl: files.crl.iter().map(file).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// SHA-256 over every file's path, length and content, in configuration order.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        let all = [&self.server_cert, &self.server_key]
+            .into_iter()
+            .chain(&self.client_ca)
+            .chain(&self.crl);
+        for (path, bytes) in all {
+            let path = path.as_os_str().as_encoded_bytes();
+            hash.update((path.len() as u64).to_be_bytes());
+            hash.update(path);
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        }
+        hash.finalize().into()
+    }
 }
 
 /// Everything TLS needs, loaded and checked together so a reload swaps all of it or none.
 pub struct TlsState {
     pub server_config: Arc<ServerConfig>,
     pub revoked: Revoked,
+    /// The newest CRL of each issuer: a later load must not go back from it.
+    pub crls: CrlVersions,
+    /// [`Material::digest`] of the files this state was built from.
+    pub digest: [u8; 32],
 }
 
-/// Reads every CRL in a PEM file and checks each is signed by one of `cas`.
-fn load_crls(
-    path: &Path,
-    cas: &[CertificateDer<'static>],
-) -> Result<(Vec<CertificateRevocationListDer<'static>>, Revoked), Error> {
-    let pem_err = pem_error(path);
-    let bytes = read(path)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(format!("bad PEM CRL: {e}")))?;
-    if crls.is_empty() {
-        return Err(pem_err("no X509 CRL block found".into()));
+impl TlsState {
+    /// Parses and checks the material: mutual TLS required, trust anchors from every client
+    /// CA file, revocation from every CRL file. Any bad file fails the whole load.
+    pub fn from_material(m: &Material) -> Result<TlsState, Error> {
+        let (verifier, crls) = verifier(&m.client_ca, &m.crl)?;
+        let chain = parse_certs(&m.server_cert.0, &m.server_cert.1)?;
+        let key = parse_key(&m.server_key.0, &m.server_key.1)?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Error::Tls(TlsSetup::ProtocolVersions(e)))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| Error::Tls(TlsSetup::ServerCertificate(e)))?;
+        // Small records, so a device needs a 4 KiB TLS read buffer instead of 16 KiB.
+        config.max_fragment_size = Some(fleet_firmware::tls::MAX_RECORD);
+        Ok(TlsState {
+            server_config: Arc::new(config),
+            revoked: crls.revoked,
+            crls: crls.versions,
+            digest: m.digest(),
+        })
     }
-    let mut revoked = Revoked::default();
-    for (i, der) in crls.iter().enumerate() {
-        let (_, crl) = CertificateRevocationList::from_der(der)
-            .map_err(|e| pem_err(format!("CRL {} cannot be parsed: {e}", i + 1)))?;
-        let issuer = crl.issuer().as_raw();
-        let signed_by_known_ca = cas.iter().any(|ca| {
-            X509Certificate::from_der(ca).is_ok_and(|(_, ca)| {
-                ca.subject().as_raw() == issuer && crl.verify_signature(ca.public_key()).is_ok()
-            })
-        });
-        if !signed_by_known_ca {
-            return Err(pem_err(format!(
-                "CRL {} ({}) is not signed by any configured client CA",
-                i + 1,
-                crl.issuer()
-            )));
-        }
-        for entry in crl.iter_revoked_certificates() {
-            revoked
-                .0
-                .insert((issuer.to_vec(), strip_zeros(entry.raw_serial()).to_vec()));
-        }
-    }
-    Ok((crls, revoked))
 }
 
 /// The client-certificate verifier the gateway uses, from CA and CRL files, with the index of
 /// revoked certificates.
 pub fn client_verifier(
-    client_ca: &[std::path::PathBuf],
-    crl_files: &[std::path::PathBuf],
-) -> Result<(Arc<dyn rustls::server::danger::ClientCertVerifier>, Revoked), Error> {
+    client_ca: &[PathBuf],
+    crl_files: &[PathBuf],
+) -> Result<(Arc<dyn ClientCertVerifier>, Revoked), Error> {
+    let file = |p: &PathBuf| read(p).map(|bytes| (p.clone(), bytes));
+    let cas = client_ca.iter().map(file).collect::<Result<Vec<_>, _>>()?;
+    let crls = crl_files.iter().map(file).collect::<Result<Vec<_>, _>>()?;
+    let (verifier, loaded) = verifier(&cas, &crls)?;
+    Ok((verifier, loaded.revoked))
+}
+
+fn verifier(
+    client_ca: &[FileBytes],
+    crl_files: &[FileBytes],
+) -> Result<(Arc<dyn ClientCertVerifier>, LoadedCrls), Error> {
     let mut roots = RootCertStore::empty();
     let mut cas = Vec::new();
-    for path in client_ca {
-        for cert in load_certs(path)? {
-            roots.add(cert.clone()).map_err(|e| Error::Pem {
-                path: path.clone(),
-                message: format!("not a usable CA certificate: {e}"),
-            })?;
+    for (path, bytes) in client_ca {
+        for cert in parse_certs(path, bytes)? {
+            roots
+                .add(cert.clone())
+                .map_err(|e| pem_error(path, PemProblem::NotACa(e)))?;
             cas.push(cert);
         }
     }
-    let mut crls = Vec::new();
-    let mut revoked = Revoked::default();
-    for path in crl_files {
-        let (mut c, r) = load_crls(path, &cas)?;
-        crls.append(&mut c);
-        revoked.0.extend(r.0);
+    let mut crls = LoadedCrls::new(&cas);
+    for (path, bytes) in crl_files {
+        crls.add_file(path, bytes, &cas)?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .with_crls(crls)
+        .with_crls(crls.der.clone())
         // CRLs list device certificates; a CA without a CRL file is not a reason to refuse.
         .only_check_end_entity_revocation()
         .allow_unknown_revocation_status()
         .build()
-        .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
-    Ok((Arc::new(KeyPolicy(verifier)), revoked))
+        .map_err(|e| Error::Tls(TlsSetup::ClientVerifier(e)))?;
+    Ok((Arc::new(KeyPolicy(verifier)), crls))
 }
 
-/// Loads the TLS material: mutual TLS required, trust anchors from every client CA file,
-/// revocation from every CRL file. Any bad file fails the whole load.
+/// Loads the TLS material (see [`TlsState::from_material`]).
 pub fn load(files: &TlsFiles) -> Result<TlsState, Error> {
-    let (verifier, revoked) = client_verifier(&files.client_ca, &files.crl)?;
-    let chain = load_certs(&files.server_cert)?;
-    let key = load_key(&files.server_key)?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| Error::Tls(format!("server certificate and key: {e}")))?;
-    // Small records, so a device needs a 4 KiB TLS read buffer instead of 16 KiB.
-    config.max_fragment_size = Some(fleet_firmware::tls::MAX_RECORD);
-    Ok(TlsState {
-        server_config: Arc::new(config),
-        revoked,
-    })
+    TlsState::from_material(&Material::read(files)?)
 }
 
 /// Builds just the server config (see [`load`]).
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
     Ok(load(files)?.server_config)
+}
+
+tokio::task_local! {
+    /// The client certificate the verifier refused as revoked, in this connection's task.
+    static REFUSED_AS_REVOKED: RefCell<Option<Vec<u8>>>;
+}
+
+/// Runs a connection's future with a place where the verifier notes the certificate it
+/// refuses as revoked: the handshake fails without giving it back, yet who was refused is
+/// known and verified (only the revocation failed), and the audit record names them.
+pub fn noting_revoked_certificates<F: Future>(connection: F) -> impl Future<Output = F::Output> {
+    REFUSED_AS_REVOKED.scope(RefCell::new(None), connection)
+}
+
+/// The certificate this connection's handshake refused as revoked, if any; taken, so it is
+/// given out once. `None` outside [`noting_revoked_certificates`].
+pub fn refused_as_revoked() -> Option<Vec<u8>> {
+    REFUSED_AS_REVOKED
+        .try_with(|slot| slot.borrow_mut().take())
+        .ok()
+        .flatten()
 }
 
 /// Short machine-readable reason for a failed handshake, for logs and metrics.
@@ -311,7 +336,13 @@ impl ClientCertVerifier for KeyPolicy {
                 Arc::new(weak),
             )))
         })?;
-        self.0.verify_client_cert(end_entity, intermediates, now)
+        let verdict = self.0.verify_client_cert(end_entity, intermediates, now);
+        if let Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) = verdict {
+            // Outside a connection's task (`doctor`) there is nowhere to note it: fine.
+            let _ =
+                REFUSED_AS_REVOKED.try_with(|slot| *slot.borrow_mut() = Some(end_entity.to_vec()));
+        }
+        verdict
     }
 
     fn verify_tls12_signature(

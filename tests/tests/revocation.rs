@@ -95,7 +95,10 @@ async fn a_bad_crl_is_refused_and_the_previous_state_stays_in_force() {
     let foreign_crl = std::fs::read(other.write_crl().unwrap()).unwrap();
     for bad in [b"garbage".to_vec(), foreign_crl] {
         std::fs::write(&crl, &bad).unwrap();
-        let err = gw.shared.reload().expect_err("bad CRL refused");
+        let err = gw
+            .shared
+            .reload(fleet_gateway::reload::Trigger::Api)
+            .expect_err("bad CRL refused");
         assert!(err.to_string().contains("issuing.crl.pem"), "{err}");
         // Still refusing the revoked device, still serving the good one.
         assert!(gw.has_device(&bundles[1].device_id));
@@ -112,7 +115,12 @@ async fn a_bad_crl_is_refused_and_the_previous_state_stays_in_force() {
         "previous CRL still in force"
     );
     std::fs::write(&crl, good).unwrap();
-    assert_eq!(gw.shared.reload().expect("good CRL loads"), 0);
+    assert_eq!(
+        gw.shared
+            .reload(fleet_gateway::reload::Trigger::Api)
+            .expect("good CRL loads"),
+        0
+    );
     fleet.stop().await;
     gw.stop().await;
 }

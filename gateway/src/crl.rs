@@ -1,0 +1,359 @@
+//! Certificate revocation lists: reading them, the index of the certificates they revoke,
+//! and the rule that an older CRL never replaces a newer one.
+//!
+//! Every CRL must be signed by a configured client CA. For each issuer the newest CRL loaded
+//! is remembered (its CRL number and thisUpdate); a reload whose CRL of that issuer has a lower
+//! number or an earlier thisUpdate — a validly signed but outdated CRL copied over the
+//! configured file, which would un-revoke every device revoked since — is refused as a whole,
+//! and the CRL in force stays. So is a reload that drops the CRL of an issuer that is still a
+//! client CA.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use x509_parser::num_bigint::BigUint;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
+use x509_parser::time::ASN1Time;
+
+use crate::error::PemProblem;
+use crate::Error;
+
+/// Certificates revoked by the loaded CRLs, as (issuer name DER, serial without leading
+/// zeros): the index that finds live sessions to close when a CRL changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked(HashSet<(Vec<u8>, Vec<u8>)>);
+
+impl Revoked {
+    pub fn contains(&self, issuer: &[u8], serial: &[u8]) -> bool {
+        self.0
+            .contains(&(issuer.to_vec(), strip_zeros(serial).to_vec()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `b` without its leading zero bytes.
+pub(crate) fn strip_zeros(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[start..]
+}
+
+/// Which CRL of one issuer is in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlVersion {
+    /// The issuer's name, as text (for messages).
+    pub issuer: String,
+    /// The CRL number extension (RFC 5280 §5.2.3), if the CRL has one.
+    pub number: Option<BigUint>,
+    pub this_update: ASN1Time,
+    /// The file it came from.
+    pub path: PathBuf,
+}
+
+impl CrlVersion {
+    /// Newer: a higher number, or the same number (or none) and a later thisUpdate.
+    fn is_newer_than(&self, other: &CrlVersion) -> bool {
+        (&self.number, self.this_update.timestamp())
+            > (&other.number, other.this_update.timestamp())
+    }
+
+    /// Why `self` may not replace `in_force`, if it may not.
+    fn rollback_from(&self, in_force: &CrlVersion) -> Option<CrlRollback> {
+        if self.number < in_force.number {
+            Some(CrlRollback::LowerNumber {
+                issuer: self.issuer.clone(),
+                loaded: number_text(&self.number),
+                in_force: number_text(&in_force.number),
+            })
+        } else if self.this_update.timestamp() < in_force.this_update.timestamp() {
+            Some(CrlRollback::OlderThisUpdate {
+                issuer: self.issuer.clone(),
+                loaded: self.this_update.to_string(),
+                in_force: in_force.this_update.to_string(),
+            })
+        } else {
+            None
+        }
+    }
+}
+
+fn number_text(n: &Option<BigUint>) -> String {
+    n.as_ref()
+        .map_or_else(|| "none".to_owned(), BigUint::to_string)
+}
+
+/// Why a reload's CRLs may not replace the ones in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlRollback {
+    #[error("the CRL of {issuer} has number {loaded}, lower than {in_force} of the CRL in force")]
+    LowerNumber {
+        issuer: String,
+        loaded: String,
+        in_force: String,
+    },
+    #[error("the CRL of {issuer} was issued {loaded} (thisUpdate), before the CRL in force ({in_force})")]
+    OlderThisUpdate {
+        issuer: String,
+        loaded: String,
+        in_force: String,
+    },
+    #[error("there is no CRL of {issuer} any more, though it is still a client CA and its CRL is in force")]
+    IssuerMissing { issuer: String },
+}
+
+impl CrlRollback {
+    /// Stable label for metrics and the audit log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CrlRollback::LowerNumber { .. } => "lower_number",
+            CrlRollback::OlderThisUpdate { .. } => "older_this_update",
+            CrlRollback::IssuerMissing { .. } => "issuer_missing",
+        }
+    }
+}
+
+/// The newest CRL of every issuer in a load, and the client CAs of that load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrlVersions {
+    /// By issuer name DER.
+    newest: BTreeMap<Vec<u8>, CrlVersion>,
+    /// Subject name DER of every client CA.
+    client_cas: BTreeSet<Vec<u8>>,
+}
+
+impl CrlVersions {
+    /// No CRLs yet, for these client CA certificates.
+    pub fn for_cas(cas: &[CertificateDer<'_>]) -> CrlVersions {
+        let client_cas = cas
+            .iter()
+            .filter_map(|ca| X509Certificate::from_der(ca).ok())
+            .map(|(_, ca)| ca.subject().as_raw().to_vec())
+            .collect();
+        CrlVersions {
+            newest: BTreeMap::new(),
+            client_cas,
+        }
+    }
+
+    fn record(&mut self, issuer: &[u8], version: CrlVersion) {
+        match self.newest.get(issuer) {
+            Some(known) if !version.is_newer_than(known) => {}
+            _ => {
+                self.newest.insert(issuer.to_vec(), version);
+            }
+        }
+    }
+
+    /// The newest CRL of an issuer (by name DER), if there is one.
+    pub fn get(&self, issuer: &[u8]) -> Option<&CrlVersion> {
+        self.newest.get(issuer)
+    }
+
+    /// Whether these CRLs may replace `in_force`: for every issuer with a CRL in force, a CRL
+    /// that is not older (or none, if the issuer is no longer a client CA).
+    pub fn check_replaces(&self, in_force: &CrlVersions) -> Result<(), Error> {
+        for (issuer, old) in &in_force.newest {
+            let refused = match self.newest.get(issuer) {
+                Some(new) => new.rollback_from(old).map(|r| (new.path.clone(), r)),
+                None if self.client_cas.contains(issuer) => Some((
+                    old.path.clone(),
+                    CrlRollback::IssuerMissing {
+                        issuer: old.issuer.clone(),
+                    },
+                )),
+                None => None,
+            };
+            if let Some((path, rollback)) = refused {
+                return Err(Error::CrlRollback { path, rollback });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CRLs of one load: what rustls checks, the revoked index, and the newest per issuer.
+pub struct LoadedCrls {
+    pub der: Vec<CertificateRevocationListDer<'static>>,
+    pub revoked: Revoked,
+    pub versions: CrlVersions,
+}
+
+impl LoadedCrls {
+    pub fn new(cas: &[CertificateDer<'_>]) -> LoadedCrls {
+        LoadedCrls {
+            der: Vec::new(),
+            revoked: Revoked::default(),
+            versions: CrlVersions::for_cas(cas),
+        }
+    }
+
+    /// Adds every CRL of a PEM file (`bytes`, read from `path`), each of which must be signed
+    /// by one of `cas`.
+    pub fn add_file(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        cas: &[CertificateDer<'_>],
+    ) -> Result<(), Error> {
+        let problem = |problem| Error::Pem {
+            path: path.to_owned(),
+            problem,
+        };
+        let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| problem(PemProblem::Crl(e)))?;
+        if crls.is_empty() {
+            return Err(problem(PemProblem::NoCrl));
+        }
+        for (i, der) in crls.iter().enumerate() {
+            let (_, crl) = CertificateRevocationList::from_der(der).map_err(|error| {
+                problem(PemProblem::CrlUnparsable {
+                    index: i + 1,
+                    error,
+                })
+            })?;
+            if !signed_by_one_of(&crl, cas) {
+                return Err(problem(PemProblem::CrlNotSigned {
+                    index: i + 1,
+                    issuer: crl.issuer().to_string(),
+                }));
+            }
+            self.add(path, &crl);
+        }
+        self.der.extend(crls);
+        Ok(())
+    }
+
+    fn add(&mut self, path: &Path, crl: &CertificateRevocationList<'_>) {
+        let issuer = crl.issuer().as_raw();
+        for entry in crl.iter_revoked_certificates() {
+            self.revoked
+                .0
+                .insert((issuer.to_vec(), strip_zeros(entry.raw_serial()).to_vec()));
+        }
+        self.versions.record(
+            issuer,
+            CrlVersion {
+                issuer: crl.issuer().to_string(),
+                number: crl.crl_number().cloned(),
+                this_update: crl.last_update(),
+                path: path.to_owned(),
+            },
+        );
+    }
+}
+
+fn signed_by_one_of(crl: &CertificateRevocationList<'_>, cas: &[CertificateDer<'_>]) -> bool {
+    let issuer = crl.issuer().as_raw();
+    cas.iter().any(|ca| {
+        X509Certificate::from_der(ca).is_ok_and(|(_, ca)| {
+            ca.subject().as_raw() == issuer && crl.verify_signature(ca.public_key()).is_ok()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(number: Option<u32>, this_update: i64) -> CrlVersion {
+        CrlVersion {
+            issuer: "CN=issuing".into(),
+            number: number.map(BigUint::from),
+            this_update: ASN1Time::from_timestamp(this_update).unwrap(),
+            path: PathBuf::from("crl.pem"),
+        }
+    }
+
+    fn versions(v: Option<CrlVersion>, cas: &[&[u8]]) -> CrlVersions {
+        let mut all = CrlVersions {
+            newest: BTreeMap::new(),
+            client_cas: cas.iter().map(|c| c.to_vec()).collect(),
+        };
+        if let Some(v) = v {
+            all.record(b"issuing", v);
+        }
+        all
+    }
+
+    fn refusal(new: Option<CrlVersion>, old: CrlVersion) -> Option<&'static str> {
+        let new = versions(new, &[b"issuing"]);
+        match new.check_replaces(&versions(Some(old), &[b"issuing"])) {
+            Ok(()) => None,
+            Err(Error::CrlRollback { rollback, .. }) => Some(rollback.label()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn only_a_crl_at_least_as_new_replaces_the_one_in_force() {
+        let t = 1_700_000_000;
+        let in_force = version(Some(5), t);
+        assert_eq!(refusal(Some(version(Some(5), t)), in_force.clone()), None);
+        assert_eq!(
+            refusal(Some(version(Some(6), t + 1)), in_force.clone()),
+            None
+        );
+        assert_eq!(
+            refusal(Some(version(Some(4), t + 60)), in_force.clone()),
+            Some("lower_number"),
+            "a later thisUpdate does not excuse a lower number"
+        );
+        assert_eq!(
+            refusal(Some(version(None, t + 60)), in_force.clone()),
+            Some("lower_number"),
+            "no number is lower than any"
+        );
+        assert_eq!(
+            refusal(Some(version(Some(5), t - 1)), in_force.clone()),
+            Some("older_this_update")
+        );
+        assert_eq!(
+            refusal(Some(version(Some(9), t - 1)), in_force.clone()),
+            Some("older_this_update")
+        );
+        assert_eq!(refusal(None, in_force.clone()), Some("issuer_missing"));
+        // An issuer that is no longer a client CA may lose its CRL.
+        let no_longer_a_ca = versions(None, &[b"another"]);
+        assert!(no_longer_a_ca
+            .check_replaces(&versions(Some(in_force), &[b"issuing"]))
+            .is_ok());
+    }
+
+    #[test]
+    fn the_newest_crl_of_an_issuer_is_the_one_remembered() {
+        let mut all = versions(None, &[]);
+        all.record(b"issuing", version(Some(3), 100));
+        all.record(b"issuing", version(Some(7), 50));
+        all.record(b"issuing", version(Some(5), 200));
+        assert_eq!(all.get(b"issuing"), Some(&version(Some(7), 50)));
+        let messages = [
+            CrlRollback::LowerNumber {
+                issuer: "CN=x".into(),
+                loaded: "4".into(),
+                in_force: "5".into(),
+            }
+            .to_string(),
+            CrlRollback::IssuerMissing {
+                issuer: "CN=x".into(),
+            }
+            .to_string(),
+        ];
+        assert!(
+            messages[0].contains("number 4, lower than 5"),
+            "{}",
+            messages[0]
+        );
+        assert!(messages[1].contains("no CRL of CN=x"), "{}", messages[1]);
+    }
+}
