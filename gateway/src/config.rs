@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8883"
+//! audit_log = "audit.jsonl"               # top-level keys before the first table
 //!
 //! [tls]
 //! server_cert = "gateway/server.pem"      # leaf first, then intermediates
@@ -32,7 +33,7 @@
 //!
 //! [admin]                                  # default: on, 127.0.0.1:9100, no token
 //! listen = "127.0.0.1:9100"                # off-loopback requires token or token_file
-//! token_file = "admin.token"
+//! token_file = "admin.token"               # at least 16 characters
 //!
 //! [renewal]                                # optional: certificate rotation via the station
 //! station = "station.example.com:8443"     # fleet-provision serve
@@ -47,7 +48,9 @@
 //! pattern = "tenants/{tenant}/devices/{device}/cmd/#"
 //! ```
 //!
-//! Relative paths are resolved against the directory of the config file.
+//! Relative paths are resolved against the directory of the config file. The file is read by
+//! serde (unknown keys refused), then checked in one validation pass; every error names its
+//! key (see [`ConfigError`]). `tests/tests/readme_config.rs` loads this example.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -278,6 +281,14 @@ impl Config {
             path: path.to_owned(),
             error,
         })
+    }
+
+    /// What `fleet-gateway check-config` does: loads the file, then the TLS material it
+    /// names (certificates, key, client CAs, CRLs) as `serve` would, without serving.
+    pub fn check(path: &Path) -> Result<Config, Error> {
+        let config = Config::from_file(path)?;
+        crate::tls::load(&config.tls)?;
+        Ok(config)
     }
 
     /// Parses TOML text; relative paths are resolved against `base`.

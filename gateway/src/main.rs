@@ -79,8 +79,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
     match command {
         Command::CheckConfig { config } => {
-            let cfg = Config::from_file(&config)?;
-            fleet_gateway::tls::server_config(&cfg.tls)?;
+            let cfg = Config::check(&config)?;
             println!("{}: OK (listen {})", config.display(), cfg.listen);
             Ok(())
         }
