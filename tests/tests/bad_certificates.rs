@@ -207,6 +207,10 @@ async fn every_bad_credential_is_refused_with_its_reason() {
     let now = OffsetDateTime::now_utc();
     let foreign = fleet_provision::pki::new_root_ca("Foreign").unwrap();
 
+    let revoked_der = fleet_firmware::bundle::Bundle::parse(&devices[0].bytes)
+        .unwrap()
+        .cert_der
+        .to_vec();
     let revoked = {
         let b = fleet_firmware::bundle::Bundle::parse(&devices[0].bytes).unwrap();
         let key = fleet_provision::pki::pkcs8_pem_from_sec1(b.private_key_der.unwrap()).unwrap();
@@ -314,17 +318,33 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         std::fs::read_to_string(&audit).is_ok_and(|t| t.lines().count() >= expected.len())
     })
     .await;
-    let reasons: Vec<String> = std::fs::read_to_string(&audit)
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
         .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<&str> = records
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
         .collect();
     assert_eq!(reasons, expected);
+    // The revoked certificate verified but for its revocation: the record says whose it was.
+    let revoked = records.iter().find(|r| r["reason"] == "revoked").unwrap();
+    let who = fleet_gateway::identity::Identity::from_cert_der(&revoked_der, "service").unwrap();
+    assert_eq!(
+        revoked["device"],
+        devices[0].device_id.as_str(),
+        "{revoked}"
+    );
+    assert_eq!(revoked["tenant"], TENANT);
+    assert_eq!(revoked["serial"], who.serial_hex().as_str());
+    assert_eq!(revoked["fingerprint"], who.fingerprint_hex().as_str());
+    // Certificates that did not verify name nobody: their subject is the client's say-so.
+    let foreign = records
+        .iter()
+        .find(|r| r["reason"] == "unknown_ca")
+        .unwrap();
+    assert!(foreign.get("device").is_none(), "{foreign}");
     // The same reasons label the refusal metric.
     let metrics = gw.shared.metrics.render(&[]);
     for reason in &expected {

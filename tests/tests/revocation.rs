@@ -227,3 +227,101 @@ async fn a_new_server_certificate_is_used_without_a_restart() {
     }
     gw.stop().await;
 }
+
+/// A CRL with a lower number than the one in force, copied over the configured file, is
+/// refused: the device revoked since stays refused, and the refusal is logged, audited and
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_crl_does_not_replace_a_newer_one() {
+    use fleet_gateway::reload::Trigger;
+    let mut pki = Pki::new();
+    let bundles = pki.devices(TENANT, 2);
+    let crl = pki.station.crl_path();
+    let older = std::fs::read(&crl).unwrap();
+    let audit = pki.path("audit.jsonl");
+    let mut config = pki.gateway_config();
+    config.audit_log = Some(audit.clone());
+    let gw = RunningGateway::start(config).await;
+    let fleet = Fleet::start(&bundles, Some(gw.addr), Options::default());
+    wait_for("2 device sessions", Duration::from_secs(20), || {
+        gw.device_sessions() == 2
+    })
+    .await;
+
+    let (victim, bystander) = (&bundles[0].device_id, &bundles[1].device_id);
+    pki.station.revoke(victim, Reason::KeyCompromise).unwrap();
+    wait_for(
+        "the revoked session to close",
+        Duration::from_secs(5),
+        || !gw.has_device(victim),
+    )
+    .await;
+
+    // The older CRL (number 1, validly signed, revoking nobody) copied over the newer one.
+    std::fs::copy(pki.path("crl/issuing.crl.pem"), pki.path("newer.crl.pem")).unwrap();
+    std::fs::write(&crl, &older).unwrap();
+    let rollbacks = "fleet_gateway_crl_rollbacks_total{reason=\"lower_number\"} 1";
+    wait_for(
+        "the watcher to refuse the older CRL",
+        Duration::from_secs(5),
+        || gw.shared.metrics.render(&[]).contains(rollbacks),
+    )
+    .await;
+    let err = gw
+        .shared
+        .reload(Trigger::Api)
+        .expect_err("an explicit reload refuses it too");
+    assert!(
+        matches!(&err, fleet_gateway::Error::CrlRollback { rollback, .. } if rollback.label() == "lower_number"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("issuing.crl.pem"), "{err}");
+    let metrics = gw.shared.metrics.render(&[]);
+    for line in [
+        "fleet_gateway_crl_rollbacks_total{reason=\"lower_number\"} 2",
+        "fleet_gateway_tls_reloads_total{trigger=\"file_change\",result=\"refused\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+
+    // The revoked device keeps retrying and is still refused; the other one is untouched.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!gw.has_device(victim), "the revoked device got back in");
+    assert!(gw.has_device(bystander));
+    let options = pki.device_mqtt_options(&bundles[0], victim, gw.addr.port());
+    let (_client, mut events) = AsyncClient::new(options, 10);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), events.poll())
+        .await
+        .expect("answer");
+    assert!(outcome.is_err(), "revoked certificate got {outcome:?}");
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "crl_refused")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "the watcher's reload and the explicit one"
+    );
+    assert_eq!(refused[0]["reason"], "lower_number");
+    let detail = refused[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("issuing.crl.pem") && detail.contains("number 1, lower than 2"),
+        "{detail}"
+    );
+
+    // Putting the newer CRL back is accepted again.
+    std::fs::copy(pki.path("newer.crl.pem"), &crl).unwrap();
+    assert_eq!(
+        gw.shared.reload(Trigger::Api).expect("the newer CRL loads"),
+        0
+    );
+    fleet.stop().await;
+    gw.stop().await;
+}
