@@ -2,7 +2,8 @@
 //!
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/sessions`,
 //! `POST /v1/sessions/{device}/kick`, `POST /v1/reload`, `GET /openapi.json`.
-//! With a token configured, every request needs `Authorization: Bearer <token>`.
+//! With a token configured, every request needs `Authorization: Bearer <token>` (and the
+//! OpenAPI document says so; without one it declares no authentication).
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -39,8 +40,12 @@ struct KickQuery {
     tenant: Option<String>,
 }
 
+/// The Content-Type of `/metrics`: the OpenMetrics text format prometheus-client writes.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// The admin router. `token`: required bearer token, if any.
 pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
+    let document = Arc::new(openapi_document(token.is_some()));
     let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
@@ -48,7 +53,10 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
         .route("/v1/sessions", get(sessions))
         .route("/v1/sessions/{device}/kick", post(kick))
         .route("/v1/reload", post(reload))
-        .route("/openapi.json", get(openapi))
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(document.as_ref().clone()) }),
+        )
         .with_state(shared);
     match token {
         Some(token) => api.layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -76,14 +84,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let body = shared.metrics.render(&shared.sessions.list());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
 }
 
 async fn sessions(State(shared): State<Arc<Shared>>) -> Json<Vec<SessionView>> {
@@ -144,21 +145,36 @@ async fn reload(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn openapi() -> Json<serde_json::Value> {
-    Json(openapi_document())
+/// The OpenAPI 3.1 description of this API (hand-written: it is small and stable). `bearer`:
+/// whether a token is configured; only then are bearer authentication and its 401 answers
+/// declared.
+pub fn openapi_document(bearer: bool) -> serde_json::Value {
+    let mut doc = openapi_paths();
+    if bearer {
+        doc["components"]["securitySchemes"] =
+            serde_json::json!({ "bearer": { "type": "http", "scheme": "bearer" } });
+        doc["security"] = serde_json::json!([{ "bearer": [] }]);
+        let unauthorized = serde_json::json!({ "description": "Missing or wrong bearer token" });
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            for operation in paths.values_mut().filter_map(|p| p.as_object_mut()) {
+                for op in operation.values_mut() {
+                    op["responses"]["401"] = unauthorized.clone();
+                }
+            }
+        }
+    }
+    doc
 }
 
-/// The OpenAPI 3.1 description of this API (hand-written: it is small and stable).
-pub fn openapi_document() -> serde_json::Value {
+/// The document without authentication.
+fn openapi_paths() -> serde_json::Value {
     use serde_json::json;
     let text = |d: &str| json!({ "description": d, "content": { "text/plain": { "schema": { "type": "string" } } } });
-    let unauthorized =
-        json!({ "description": "Missing or wrong bearer token (only when a token is configured)" });
+    let metrics = json!({ "description": "metrics", "content": { OPENMETRICS: { "schema": { "type": "string" } } } });
     json!({
         "openapi": "3.1.0",
         "info": { "title": "fleet-gateway admin API", "version": env!("CARGO_PKG_VERSION") },
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
                 "Session": {
                     "type": "object",
@@ -176,17 +192,15 @@ pub fn openapi_document() -> serde_json::Value {
                 }
             }
         },
-        "security": [{ "bearer": [] }],
         "paths": {
-            "/healthz": { "get": { "summary": "Liveness", "responses": { "200": text("ok"), "401": unauthorized } } },
-            "/readyz": { "get": { "summary": "Readiness: listeners bound, router running", "responses": { "200": text("ready"), "401": unauthorized } } },
-            "/metrics": { "get": { "summary": "Prometheus / OpenMetrics exposition", "responses": { "200": text("metrics"), "401": unauthorized } } },
-            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" }, "401": unauthorized } } },
+            "/healthz": { "get": { "summary": "Liveness", "responses": { "200": text("ok") } } },
+            "/readyz": { "get": { "summary": "Readiness: listeners bound, router running", "responses": { "200": text("ready") } } },
+            "/metrics": { "get": { "summary": "Prometheus / OpenMetrics exposition", "responses": { "200": metrics } } },
+            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" } } } },
             "/v1/sessions": { "get": {
                 "summary": "Live sessions",
                 "responses": {
-                    "200": { "description": "Sessions sorted by tenant and id", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Session" } } } } },
-                    "401": unauthorized
+                    "200": { "description": "Sessions sorted by tenant and id", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Session" } } } } }
                 }
             } },
             "/v1/sessions/{device}/kick": { "post": {
@@ -197,18 +211,62 @@ pub fn openapi_document() -> serde_json::Value {
                 ],
                 "responses": {
                     "200": { "description": "Kicked", "content": { "application/json": { "schema": { "type": "object", "properties": { "kicked": { "type": "integer" } } } } } },
-                    "404": { "description": "No live session with that id" },
-                    "401": unauthorized
+                    "404": { "description": "No live session with that id" }
                 }
             } },
             "/v1/reload": { "post": {
                 "summary": "Reload certificates, keys, client CAs and CRLs; close sessions whose certificates are now revoked",
                 "responses": {
                     "200": { "description": "Reloaded", "content": { "application/json": { "schema": { "type": "object", "properties": { "reloaded": { "type": "boolean" }, "kicked": { "type": "integer" } } } } } },
-                    "422": { "description": "A file was bad; the previous state stays in force" },
-                    "401": unauthorized
+                    "422": { "description": "A file was bad, or a CRL older than the one in force; the previous state stays in force" }
                 }
             } }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operations(doc: &serde_json::Value) -> Vec<&serde_json::Value> {
+        doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|p| p.as_object().unwrap().values())
+            .collect()
+    }
+
+    #[test]
+    fn bearer_authentication_is_declared_only_with_a_token() {
+        let open = openapi_document(false);
+        assert!(open.get("security").is_none(), "{open}");
+        assert!(open["components"].get("securitySchemes").is_none());
+        assert!(operations(&open)
+            .iter()
+            .all(|op| op["responses"].get("401").is_none()));
+
+        let guarded = openapi_document(true);
+        assert_eq!(guarded["security"], serde_json::json!([{ "bearer": [] }]));
+        assert_eq!(
+            guarded["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let ops = operations(&guarded);
+        assert_eq!(ops.len(), 7);
+        assert!(ops.iter().all(|op| op["responses"].get("401").is_some()));
+        assert_eq!(
+            guarded["components"]["schemas"],
+            open["components"]["schemas"]
+        );
+    }
+
+    #[test]
+    fn metrics_are_declared_as_what_is_served() {
+        let doc = openapi_document(false);
+        let content = &doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+        let types: Vec<&String> = content.as_object().unwrap().keys().collect();
+        assert_eq!(types, [OPENMETRICS]);
+    }
 }

@@ -8,7 +8,7 @@ use fleet_hil::fleet::Fleet;
 use fleet_hil::refusals;
 use fleet_tests::{http, wait_for, Pki, RunningGateway, TENANT};
 
-const TOKEN: &str = "t0ken-for-tests";
+const TOKEN: &str = "t0ken-for-the-admin-tests";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_kick_reload_metrics_audit_and_openapi() {
@@ -129,6 +129,78 @@ async fn sessions_kick_reload_metrics_audit_and_openapi() {
     ] {
         assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
     }
+    assert_eq!(doc["security"], serde_json::json!([{ "bearer": [] }]));
+    assert!(doc["paths"]["/v1/reload"]["post"]["responses"]
+        .get("401")
+        .is_some());
     fleet.stop().await;
+    gw.stop().await;
+}
+
+/// One HTTP/1.1 GET to the admin API: the Content-Type header and the body.
+async fn get_with_type(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap();
+    (content_type, body.to_owned())
+}
+
+/// Without a token the OpenAPI document declares no authentication, and it declares
+/// `/metrics` with the content type the endpoint serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_says_what_is_served() {
+    let mut pki = Pki::new();
+    let bundles = pki.devices(TENANT, 1);
+    let mut config = pki.gateway_config();
+    config.admin = Some(Admin {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+    });
+    let gw = RunningGateway::start(config).await;
+    let admin = gw.admin.expect("admin listener");
+    // One device over mutual TLS, so the metrics have something to say.
+    let _device = fleet_tests::raw::connect(&gw, &pki, &bundles[0], 60).await;
+
+    let (metrics_type, metrics) = get_with_type(admin, "/metrics").await;
+    assert!(
+        metrics.contains("fleet_gateway_sessions{tenant=\"acme\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    let (_, doc) = get_with_type(admin, "/openapi.json").await;
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let declared = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+        .as_object()
+        .unwrap();
+    assert_eq!(
+        declared.keys().collect::<Vec<_>>(),
+        [&metrics_type],
+        "/metrics serves {metrics_type}"
+    );
+    assert!(
+        doc.get("security").is_none(),
+        "no token, no bearer auth: {doc}"
+    );
+    assert!(doc["components"].get("securitySchemes").is_none());
+    assert!(
+        !doc.to_string().contains("\"401\""),
+        "no 401 answers without a token"
+    );
     gw.stop().await;
 }
