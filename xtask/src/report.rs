@@ -217,6 +217,9 @@ const THREAT_MODEL: &str = "
   new connections — as with any TCP service; put the gateway behind a SYN-cookie capable edge.
 - Cannot read or forge traffic (TLS); cannot crash the gateway with malformed MQTT (every
   decoder is fuzzed; a bad packet closes that one connection).
+- Cannot use the admin API (sessions, kicks, reloads, metrics) without its bearer token where
+  it listens off loopback: the gateway does not start there without a token, nor with a token
+  shorter than 16 characters anywhere; the token is compared in constant time.
 
 **A stolen device** (its flash, key and certificate in the attacker's hands).
 - Can act as that one device only: the client id must equal the certificate's CN, the ACL
@@ -226,8 +229,18 @@ const THREAT_MODEL: &str = "
   per session, abuse closes its session, other devices are unaffected (measured above).
 - Is cut off by revocation: `fleet-provision revoke` writes a CRL; the gateway reloads it
   within a second and closes the live session (p99 ≈ 30 ms in `BENCHMARKS.md`); reconnects are
-  refused with reason `revoked`. It cannot renew itself out of revocation: the station renews
+  refused with reason `revoked`, and each refusal is audited with the device, tenant and
+  serial of the certificate. It cannot renew itself out of revocation: the station renews
   only the serial the gateway saw it authenticate with, and only near expiry.
+- Is not let back in by an older CRL: a validly signed CRL with a lower CRL number or an
+  earlier thisUpdate than the one in force from the same issuer (a restored backup, a stale
+  sync, someone able to write only that file) is refused as a whole — logged, audited
+  (`crl_refused`), counted (`fleet_gateway_crl_rollbacks_total`) — and the newer one stays in
+  force; so is dropping the CRL of an issuer that is still a client CA. The comparison is with
+  the CRL in force in the running gateway: a restarted gateway takes the CRL on disk as it is.
+- TLS files are reloaded when their content changes (a write, a rename or a create, settled
+  and compared by SHA-256 with what is loaded), on SIGHUP and on an admin reload; reading the
+  files (a checksum, a backup, `check-config`) or a reload never triggers another one.
 - Cannot pose as the gateway to other devices: devices accept only a certificate for TLS
   servers (serverAuth, not a CA) naming the gateway host, chained to their trust anchor.
 - Keys on a board are as safe as the board's flash: without a secure element, a physical
