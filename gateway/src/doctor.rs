@@ -81,73 +81,13 @@ pub fn diagnose(input: &Inputs<'_>) -> Result<Report, Error> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64)
     });
-
     r.check(
         true,
         format!("subject: {}; issuer: {}", cert.subject(), cert.issuer()),
     );
-    let (nb, na) = (
-        cert.validity().not_before.timestamp(),
-        cert.validity().not_after.timestamp(),
-    );
-    if now < nb {
-        r.check(false, format!(
-            "not valid yet: valid from {} ({} from now) — check the issuing station's clock, or this host's",
-            cert.validity().not_before, days(nb - now)
-        ));
-    } else if now > na {
-        r.check(
-            false,
-            format!(
-                "expired on {} ({} ago) — renew the device",
-                cert.validity().not_after,
-                days(now - na)
-            ),
-        );
-    } else {
-        r.check(
-            true,
-            format!(
-                "valid now; expires {} (in {})",
-                cert.validity().not_after,
-                days(na - now)
-            ),
-        );
-    }
-
-    let key_kind = match cert.public_key().parsed() {
-        Ok(x509_parser::public_key::PublicKey::EC(p)) => format!("EC key ({} bits)", p.key_size()),
-        Ok(x509_parser::public_key::PublicKey::RSA(k)) => {
-            format!("RSA key ({} bits)", k.key_size())
-        }
-        Ok(_) => "other key type".into(),
-        Err(_) => "unparsable public key".into(),
-    };
-    let weak_rsa = matches!(cert.public_key().parsed(), Ok(x509_parser::public_key::PublicKey::RSA(k)) if k.key_size() < 2048);
-    r.check(
-        !weak_rsa,
-        if weak_rsa {
-            format!("{key_kind}: too weak, at least 2048-bit RSA or P-256 is required")
-        } else {
-            key_kind
-        },
-    );
-
-    match cert.extended_key_usage() {
-        Ok(Some(eku)) if !eku.value.client_auth && !eku.value.any => r.check(
-            false,
-            "extended key usage lacks clientAuth (e.g. a server certificate): it cannot log in as a client",
-        ),
-        Ok(_) => r.check(true, "extended key usage allows client authentication"),
-        Err(_) => r.check(false, "the extended key usage extension cannot be parsed"),
-    }
-    if cert.is_ca() {
-        r.check(
-            false,
-            "this is a CA certificate, not a device or service certificate",
-        );
-    }
-
+    r.validity(&cert, now);
+    r.key_strength(&cert);
+    r.usage(&cert);
     match Identity::from_cert_der(leaf, input.service_ou) {
         Ok(id) => r.check(
             true,
@@ -164,49 +104,133 @@ pub fn diagnose(input: &Inputs<'_>) -> Result<Report, Error> {
         ),
         Err(e) => r.check(false, format!("identity: {e}")),
     }
+    r.chain(input, &chain, &cert, now)?;
+    if let Some(key_path) = input.key {
+        r.key_match(key_path, &cert)?;
+    }
+    Ok(r)
+}
 
-    let (verifier, revoked) = tls::client_verifier(input.client_ca, input.crl)?;
-    let intermediates: Vec<CertificateDer<'_>> = chain[1..].to_vec();
-    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
-    match verifier.verify_client_cert(leaf, &intermediates, at) {
-        Ok(_) => r.check(
-            true,
-            "chain verifies to a configured client CA, and no CRL revokes it",
-        ),
-        Err(e) => {
-            let reason = failure_reason(&std::io::Error::other(e.clone()));
-            let advice = match reason {
-                "unknown_ca" => "its issuer is not among the gateway's client CAs (tls.client_ca) — wrong PKI, or a missing intermediate",
-                "revoked" => "a configured CRL revokes it",
-                "expired" | "not_yet_valid" => "outside its validity period",
-                "bad_eku" => "not allowed for client authentication",
-                "bad_signature" => "its signature does not verify against the trusted CA of that name: it was issued by a different CA that uses the same name (another environment's PKI?), or it was altered",
-                _ => "refused by the verifier",
-            };
-            r.check(
+impl Report {
+    fn validity(&mut self, cert: &X509Certificate<'_>, now: i64) {
+        let (nb, na) = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        if now < nb {
+            self.check(false, format!(
+                "not valid yet: valid from {} ({} from now) — check the issuing station's clock, or this host's",
+                cert.validity().not_before, days(nb - now)
+            ));
+        } else if now > na {
+            self.check(
                 false,
-                format!("chain check failed ({reason}): {advice}; rustls says: {e}"),
+                format!(
+                    "expired on {} ({} ago) — renew the device",
+                    cert.validity().not_after,
+                    days(now - na)
+                ),
+            );
+        } else {
+            self.check(
+                true,
+                format!(
+                    "valid now; expires {} (in {})",
+                    cert.validity().not_after,
+                    days(na - now)
+                ),
             );
         }
     }
-    if revoked.contains(cert.issuer().as_raw(), cert.raw_serial()) {
-        r.check(
-            false,
-            format!(
-                "serial {} is on a configured CRL",
-                fleet_host::hex(crate::crl::strip_zeros(cert.raw_serial()))
-            ),
+
+    fn key_strength(&mut self, cert: &X509Certificate<'_>) {
+        use x509_parser::public_key::PublicKey;
+        let key_kind = match cert.public_key().parsed() {
+            Ok(PublicKey::EC(p)) => format!("EC key ({} bits)", p.key_size()),
+            Ok(PublicKey::RSA(k)) => format!("RSA key ({} bits)", k.key_size()),
+            Ok(_) => "other key type".into(),
+            Err(_) => "unparsable public key".into(),
+        };
+        let weak_rsa =
+            matches!(cert.public_key().parsed(), Ok(PublicKey::RSA(k)) if k.key_size() < 2048);
+        self.check(
+            !weak_rsa,
+            if weak_rsa {
+                format!("{key_kind}: too weak, at least 2048-bit RSA or P-256 is required")
+            } else {
+                key_kind
+            },
         );
     }
 
-    if let Some(key_path) = input.key {
+    fn usage(&mut self, cert: &X509Certificate<'_>) {
+        match cert.extended_key_usage() {
+            Ok(Some(eku)) if !eku.value.client_auth && !eku.value.any => self.check(
+                false,
+                "extended key usage lacks clientAuth (e.g. a server certificate): it cannot log in as a client",
+            ),
+            Ok(_) => self.check(true, "extended key usage allows client authentication"),
+            Err(_) => self.check(false, "the extended key usage extension cannot be parsed"),
+        }
+        if cert.is_ca() {
+            self.check(
+                false,
+                "this is a CA certificate, not a device or service certificate",
+            );
+        }
+    }
+
+    /// The gateway's own verifier, with the configured CAs and CRLs.
+    fn chain(
+        &mut self,
+        input: &Inputs<'_>,
+        chain: &[CertificateDer<'static>],
+        cert: &X509Certificate<'_>,
+        now: i64,
+    ) -> Result<(), Error> {
+        let (verifier, revoked) = tls::client_verifier(input.client_ca, input.crl)?;
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
+        match verifier.verify_client_cert(&chain[0], &chain[1..], at) {
+            Ok(_) => self.check(
+                true,
+                "chain verifies to a configured client CA, and no CRL revokes it",
+            ),
+            Err(e) => {
+                let reason = failure_reason(&std::io::Error::other(e.clone()));
+                let advice = match reason {
+                    "unknown_ca" => "its issuer is not among the gateway's client CAs (tls.client_ca) — wrong PKI, or a missing intermediate",
+                    "revoked" => "a configured CRL revokes it",
+                    "expired" | "not_yet_valid" => "outside its validity period",
+                    "bad_eku" => "not allowed for client authentication",
+                    "bad_signature" => "its signature does not verify against the trusted CA of that name: it was issued by a different CA that uses the same name (another environment's PKI?), or it was altered",
+                    _ => "refused by the verifier",
+                };
+                self.check(
+                    false,
+                    format!("chain check failed ({reason}): {advice}; rustls says: {e}"),
+                );
+            }
+        }
+        if revoked.contains(cert.issuer().as_raw(), cert.raw_serial()) {
+            self.check(
+                false,
+                format!(
+                    "serial {} is on a configured CRL",
+                    fleet_host::hex(crate::crl::strip_zeros(cert.raw_serial()))
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn key_match(&mut self, key_path: &Path, cert: &X509Certificate<'_>) -> Result<(), Error> {
         let key = tls::load_key(key_path)?;
         match tls::provider().key_provider.load_private_key(key) {
             Ok(signer) => {
                 let matches = signer
                     .public_key()
                     .is_some_and(|spki| spki.as_ref() == cert.public_key().raw);
-                r.check(
+                self.check(
                     matches,
                     if matches {
                         "the private key matches the certificate".to_string()
@@ -218,8 +242,8 @@ pub fn diagnose(input: &Inputs<'_>) -> Result<Report, Error> {
                     },
                 );
             }
-            Err(e) => r.check(false, format!("the private key cannot be used: {e}")),
+            Err(e) => self.check(false, format!("the private key cannot be used: {e}")),
         }
+        Ok(())
     }
-    Ok(r)
 }

@@ -5,13 +5,14 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::{
     device_connect, open_from, percentile, raise_fd_limit, rss_kib, GatewayProcess, TestPki,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const IDLE: usize = 10_000;
 const TRICKLE: usize = 200;
@@ -40,40 +41,11 @@ async fn slow_handshake_flood_does_not_delay_a_real_device() {
     quiet.sort();
     let rss_before = rss_kib(gw.pid());
 
-    // The flood: 10,000 silent connections from 127.0.1.1–127.0.1.20 (500 each, within the
-    // default per-IP burst), and 200 that trickle a byte a second.
+    // The flood: 10,000 silent connections and 200 that trickle a byte a second.
     let flood_started = Instant::now();
-    let mut idle = Vec::with_capacity(IDLE);
-    for chunk in (0..IDLE).collect::<Vec<_>>().chunks(250) {
-        let mut set = tokio::task::JoinSet::new();
-        for &i in chunk {
-            let source = Ipv4Addr::new(127, 0, 1, (i % 20) as u8 + 1);
-            set.spawn(open_from(Some(source), gw.addr));
-        }
-        while let Some(opened) = set.join_next().await {
-            idle.push(opened.unwrap().expect("flood connection"));
-        }
-    }
+    let mut idle = open_silent(gw.addr).await;
     let opened_in = flood_started.elapsed();
-    let mut trickles = tokio::task::JoinSet::new();
-    for i in 0..TRICKLE {
-        let addr = gw.addr;
-        trickles.spawn(async move {
-            let source = Ipv4Addr::new(127, 0, 2, (i % 20) as u8 + 1);
-            let Ok(mut s) = open_from(Some(source), addr).await else {
-                return false;
-            };
-            // A TLS record header, then one byte a second (bounded: 30 bytes). True once a
-            // write fails: the gateway closed the connection.
-            for b in [0x16u8, 0x03, 0x01, 0x00, 0xC8].into_iter().chain([0; 25]) {
-                if s.write_all(&[b]).await.is_err() {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            false
-        });
-    }
+    let mut trickles = start_trickles(gw.addr);
 
     // The device during the flood: 100 connects, so the p99 is not just the one worst.
     let mut during = Vec::new();
@@ -107,15 +79,7 @@ async fn slow_handshake_flood_does_not_delay_a_real_device() {
 
     // Every silent connection is cut at the handshake timeout (plus scheduling slack).
     let cut_by = flood_started + opened_in + Duration::from_secs(HANDSHAKE_TIMEOUT_SECS + 10);
-    let mut cut = 0;
-    for s in idle.iter_mut() {
-        let left = cut_by.saturating_duration_since(Instant::now());
-        let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(left.max(Duration::from_millis(1)), s.read(&mut byte));
-        if let Ok(Ok(0) | Err(_)) = read.await {
-            cut += 1;
-        }
-    }
+    let cut = count_cut(&mut idle, cut_by).await;
     assert_eq!(
         cut,
         IDLE,
@@ -135,18 +99,7 @@ async fn slow_handshake_flood_does_not_delay_a_real_device() {
     // refusals are written up to the audit rate limit and the rest counted in `suppressed`
     // summaries (written every 10 s), so every refusal is accounted for in a few lines.
     let slow = (IDLE + TRICKLE) as u64;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let timeouts = loop {
-        let timeouts = gw
-            .audit_reasons()
-            .get("handshake_timeout")
-            .copied()
-            .unwrap_or(0);
-        if timeouts >= slow || Instant::now() > deadline {
-            break timeouts;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let timeouts = audited_timeouts(&gw, slow).await;
     let records = gw.audit_records().len();
     println!("audit: {timeouts} handshake timeouts accounted for in {records} records");
     common::record_figures(
@@ -162,4 +115,75 @@ async fn slow_handshake_flood_does_not_delay_a_real_device() {
         records < 2_000,
         "{records} audit records for {slow} refusals: the audit rate limit did not hold"
     );
+}
+
+/// 10,000 silent connections from 127.0.1.1–127.0.1.20 (500 each, within the default per-IP
+/// burst), opened 250 at a time.
+async fn open_silent(gateway: SocketAddr) -> Vec<TcpStream> {
+    let mut idle = Vec::with_capacity(IDLE);
+    for chunk in (0..IDLE).collect::<Vec<_>>().chunks(250) {
+        let mut set = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let source = Ipv4Addr::new(127, 0, 1, (i % 20) as u8 + 1);
+            set.spawn(open_from(Some(source), gateway));
+        }
+        while let Some(opened) = set.join_next().await {
+            idle.push(opened.unwrap().expect("flood connection"));
+        }
+    }
+    idle
+}
+
+/// 200 connections from 127.0.2.1–127.0.2.20 that trickle a byte a second; each task is true
+/// once a write fails: the gateway closed the connection.
+fn start_trickles(gateway: SocketAddr) -> tokio::task::JoinSet<bool> {
+    let mut trickles = tokio::task::JoinSet::new();
+    for i in 0..TRICKLE {
+        trickles.spawn(async move {
+            let source = Ipv4Addr::new(127, 0, 2, (i % 20) as u8 + 1);
+            let Ok(mut s) = open_from(Some(source), gateway).await else {
+                return false;
+            };
+            // A TLS record header, then one byte a second (bounded: 30 bytes).
+            for b in [0x16u8, 0x03, 0x01, 0x00, 0xC8].into_iter().chain([0; 25]) {
+                if s.write_all(&[b]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            false
+        });
+    }
+    trickles
+}
+
+/// How many of the connections the gateway has closed by `cut_by`.
+async fn count_cut(idle: &mut [TcpStream], cut_by: Instant) -> usize {
+    let mut cut = 0;
+    for s in idle.iter_mut() {
+        let left = cut_by.saturating_duration_since(Instant::now());
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(left.max(Duration::from_millis(1)), s.read(&mut byte));
+        if let Ok(Ok(0) | Err(_)) = read.await {
+            cut += 1;
+        }
+    }
+    cut
+}
+
+/// The `handshake_timeout` refusals the audit log accounts for, once they reach `slow` (or
+/// after 15 s): the summaries are written every 10 s.
+async fn audited_timeouts(gw: &GatewayProcess, slow: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let timeouts = gw
+            .audit_reasons()
+            .get("handshake_timeout")
+            .copied()
+            .unwrap_or(0);
+        if timeouts >= slow || Instant::now() > deadline {
+            return timeouts;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

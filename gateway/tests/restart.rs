@@ -118,10 +118,70 @@ async fn kill_dash_nine_under_load_loses_no_unacknowledged_message_and_leaks_not
 
     // The backend: subscribed to all telemetry, acknowledging; sends each device a command
     // naming it every 100 ms.
+    let ids: Vec<String> = devices.iter().map(|(id, _)| id.clone()).collect();
+    let (backend, backend_task) = spawn_backend(addr, service, ids, started);
+
+    // The devices: MESSAGES QoS 1 messages each, resent until acknowledged (see run_device).
+    let mut fleet = tokio::task::JoinSet::new();
+    for (n, (id, config)) in devices.iter().cloned().enumerate() {
+        fleet.spawn(run_device(addr, n, id, config, started));
+    }
+
+    // The crash, mid-load, and the restart.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    gw.kill();
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.restart(probe).await;
+
+    let mut results = Vec::new();
+    while let Some(r) = fleet.join_next().await {
+        results.push(r.unwrap());
+    }
+    let all_acked_in = started.elapsed();
+    // Let the last deliveries arrive, then stop the backend.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    backend_task.abort();
+    let backend = backend.lock().unwrap();
+    let subscribed_at = backend.subscribed_at.expect("backend subscribed");
+    assert!(
+        subscribed_at > killed_at,
+        "the backend resubscribed after the restart"
+    );
+
+    let Delivery {
+        required,
+        lost_before,
+        reconnected,
+    } = check_deliveries(&results, &backend, subscribed_at);
+    eprintln!(
+        "restart: {DEVICES} devices × {MESSAGES} messages all acknowledged in {all_acked_in:?}; \
+         {reconnected} devices reconnected after the kill; {required} messages sent after the \
+         backend resubscribed, all delivered; {lost_before} acknowledged before that and not \
+         delivered (in the router when it was killed, or published while no subscriber was back)"
+    );
+    common::record_figures(
+        "restart",
+        &format!(
+            "{{\"devices\":{DEVICES},\"messages\":{MESSAGES},\"all_acked_ms\":{},\"reconnected\":{reconnected},\"required\":{required},\"lost_before\":{lost_before}}}",
+            all_acked_in.as_millis()
+        ),
+    );
+    assert!(reconnected > 0, "the kill landed after the load ended");
+}
+
+/// A backend subscribed to every device's telemetry, acknowledging it and recording what it
+/// got, that sends each device a command naming it every 100 ms; reconnects until the
+/// deadline.
+fn spawn_backend(
+    addr: std::net::SocketAddr,
+    service: Arc<rustls::ClientConfig>,
+    ids: Vec<String>,
+    started: Instant,
+) -> (Arc<Mutex<Backend>>, tokio::task::JoinHandle<()>) {
     let backend = Arc::new(Mutex::new(Backend::default()));
     let b = backend.clone();
-    let ids: Vec<String> = devices.iter().map(|(id, _)| id.clone()).collect();
-    let backend_task = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut rng = 7u64;
         let filter = "tenants/acme/devices/+/telemetry";
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -162,92 +222,97 @@ async fn kill_dash_nine_under_load_loses_no_unacknowledged_message_and_leaks_not
             }
         }
     });
+    (backend, task)
+}
 
-    // The devices: MESSAGES QoS 1 messages each, one every 20 ms, each sent again (DUP) after
-    // a reconnect until acknowledged. Returns, per sequence number, when the send that was
-    // acknowledged started; and the commands that named another device.
-    let mut fleet = tokio::task::JoinSet::new();
-    for (n, (id, config)) in devices.iter().cloned().enumerate() {
-        fleet.spawn(async move {
-            let mut rng = n as u64 * 0x9E37_79B9 + 1;
-            let filter = format!("tenants/acme/devices/{id}/cmd/#");
-            let topic = format!("tenants/acme/devices/{id}/telemetry");
-            let mut acked_send: HashMap<u16, Instant> = HashMap::new();
-            let mut foreign = 0usize;
-            let mut reconnects = 0usize;
-            let (mut tls, mut buf, _) = session(addr, &config, &filter, &mut rng, started).await;
-            let mut seq = 1u16;
-            let mut dup = false;
-            while seq <= MESSAGES {
-                let sent_at = Instant::now();
-                let publish = encode(&Packet::Publish(Publish {
-                    dup,
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    topic: &topic,
-                    packet_id: Some(seq),
-                    payload: &seq.to_be_bytes(),
-                }));
-                let mut acked = tls.write_all(&publish).await.is_ok();
-                if acked {
-                    acked = false;
-                    while let Some(p) = next(&mut tls, &mut buf, Duration::from_secs(2)).await {
-                        match Packet::parse(&p, 1 << 20) {
-                            Ok(Some((Packet::PubAck(id), _))) if id == seq => {
-                                acked = true;
-                                break;
-                            }
-                            Ok(Some((Packet::Publish(cmd), _))) => {
-                                foreign += usize::from(
-                                    cmd.payload != id.as_bytes()
-                                        || !cmd.topic.starts_with(&filter[..filter.len() - 1]),
-                                );
-                            }
-                            _ => {}
-                        }
+/// What one device saw: its id, when the send that was acknowledged started (per sequence
+/// number), how many commands named another device, how often it reconnected.
+type DeviceResult = (String, HashMap<u16, Instant>, usize, usize);
+
+/// One device: MESSAGES QoS 1 messages, one every 20 ms, each sent again (DUP) after a
+/// reconnect until acknowledged.
+async fn run_device(
+    addr: std::net::SocketAddr,
+    n: usize,
+    id: String,
+    config: Arc<rustls::ClientConfig>,
+    started: Instant,
+) -> DeviceResult {
+    let mut rng = n as u64 * 0x9E37_79B9 + 1;
+    let filter = format!("tenants/acme/devices/{id}/cmd/#");
+    let topic = format!("tenants/acme/devices/{id}/telemetry");
+    let mut acked_send: HashMap<u16, Instant> = HashMap::new();
+    let mut foreign = 0usize;
+    let mut reconnects = 0usize;
+    let (mut tls, mut buf, _) = session(addr, &config, &filter, &mut rng, started).await;
+    let mut seq = 1u16;
+    let mut dup = false;
+    while seq <= MESSAGES {
+        let sent_at = Instant::now();
+        let publish = encode(&Packet::Publish(Publish {
+            dup,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: &topic,
+            packet_id: Some(seq),
+            payload: &seq.to_be_bytes(),
+        }));
+        let mut acked = tls.write_all(&publish).await.is_ok();
+        if acked {
+            acked = false;
+            while let Some(p) = next(&mut tls, &mut buf, Duration::from_secs(2)).await {
+                match Packet::parse(&p, 1 << 20) {
+                    Ok(Some((Packet::PubAck(id), _))) if id == seq => {
+                        acked = true;
+                        break;
                     }
-                }
-                if acked {
-                    acked_send.insert(seq, sent_at);
-                    seq += 1;
-                    dup = false;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                } else {
-                    reconnects += 1;
-                    (tls, buf, _) = session(addr, &config, &filter, &mut rng, started).await;
-                    dup = true;
+                    Ok(Some((Packet::Publish(cmd), _))) => {
+                        foreign += usize::from(
+                            cmd.payload != id.as_bytes()
+                                || !cmd.topic.starts_with(&filter[..filter.len() - 1]),
+                        );
+                    }
+                    _ => {}
                 }
             }
-            (id, acked_send, foreign, reconnects)
-        });
+        }
+        if acked {
+            acked_send.insert(seq, sent_at);
+            seq += 1;
+            dup = false;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        } else {
+            reconnects += 1;
+            (tls, buf, _) = session(addr, &config, &filter, &mut rng, started).await;
+            dup = true;
+        }
     }
+    (id, acked_send, foreign, reconnects)
+}
 
-    // The crash, mid-load, and the restart.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    gw.kill();
-    let killed_at = Instant::now();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    gw.restart(probe).await;
+/// The figures of [`check_deliveries`].
+struct Delivery {
+    /// Messages acknowledged after the backend's subscription: each must have arrived.
+    required: usize,
+    /// Messages acknowledged before it that did not arrive.
+    lost_before: usize,
+    /// Devices that reconnected at least once.
+    reconnected: usize,
+}
 
-    let mut results = Vec::new();
-    while let Some(r) = fleet.join_next().await {
-        results.push(r.unwrap());
-    }
-    let all_acked_in = started.elapsed();
-    // Let the last deliveries arrive, then stop the backend.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    backend_task.abort();
-    let backend = backend.lock().unwrap();
-    let subscribed_at = backend.subscribed_at.expect("backend subscribed");
-    assert!(
-        subscribed_at > killed_at,
-        "the backend resubscribed after the restart"
-    );
-
-    let mut required = 0;
-    let mut lost_before = 0;
-    let mut reconnected = 0;
-    for (id, acked, foreign, reconnects) in &results {
+/// Asserts no device got another's commands, every message was acknowledged, and every
+/// message acknowledged after `subscribed_at` reached the backend.
+fn check_deliveries(
+    results: &[DeviceResult],
+    backend: &Backend,
+    subscribed_at: Instant,
+) -> Delivery {
+    let mut d = Delivery {
+        required: 0,
+        lost_before: 0,
+        reconnected: 0,
+    };
+    for (id, acked, foreign, reconnects) in results {
         assert_eq!(
             *foreign, 0,
             "{id} received commands meant for another device"
@@ -257,32 +322,19 @@ async fn kill_dash_nine_under_load_loses_no_unacknowledged_message_and_leaks_not
             usize::from(MESSAGES),
             "{id}: every message acknowledged"
         );
-        reconnected += usize::from(*reconnects > 0);
+        d.reconnected += usize::from(*reconnects > 0);
         for (seq, sent_at) in acked {
             let delivered = backend.got.contains(&(id.clone(), *seq));
             if *sent_at > subscribed_at {
-                required += 1;
+                d.required += 1;
                 assert!(
                     delivered,
                     "{id} #{seq}: acknowledged after the backend subscribed, never delivered"
                 );
             } else if !delivered {
-                lost_before += 1;
+                d.lost_before += 1;
             }
         }
     }
-    eprintln!(
-        "restart: {DEVICES} devices × {MESSAGES} messages all acknowledged in {all_acked_in:?}; \
-         {reconnected} devices reconnected after the kill; {required} messages sent after the \
-         backend resubscribed, all delivered; {lost_before} acknowledged before that and not \
-         delivered (in the router when it was killed, or published while no subscriber was back)"
-    );
-    common::record_figures(
-        "restart",
-        &format!(
-            "{{\"devices\":{DEVICES},\"messages\":{MESSAGES},\"all_acked_ms\":{},\"reconnected\":{reconnected},\"required\":{required},\"lost_before\":{lost_before}}}",
-            all_acked_in.as_millis()
-        ),
-    );
-    assert!(reconnected > 0, "the kill landed after the load ended");
+    d
 }

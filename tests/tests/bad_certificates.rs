@@ -238,10 +238,65 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         now + Days::days(30),
         client.clone(),
     );
-    let cases: Vec<(
-        &str,
-        Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
-    )> = vec![
+    let cases = certificate_cases(issuer, foreign.issuer(), revoked);
+    let mut expected = Vec::new();
+    for (reason, identity) in cases {
+        assert!(
+            !got_connack(&gw, &root, identity).await,
+            "{reason}: got CONNACK"
+        );
+        expected.push(reason);
+    }
+
+    // A chain whose leaf was signed by an end entity (CA:false) of the real issuing CA.
+    assert!(
+        !got_connack_chain(&gw, &root, Some((vec![leaf, not_a_ca.0], leaf_key))).await,
+        "issuer_not_a_ca: got CONNACK"
+    );
+    expected.push("issuer_not_a_ca");
+    // An RSA-1024 key in an otherwise valid certificate.
+    rsa1024_handshake(&gw, &pki, issuer).await;
+    expected.push("weak_key");
+    // Offers no rustls client makes: TLS 1.0, TLS 1.1, and TLS 1.2 with only CBC (non-AEAD)
+    // suites (ECDHE-ECDSA/RSA with AES-CBC, plain RSA with AES-CBC).
+    let cbc = [0xC009, 0xC013, 0xC00A, 0xC014, 0x002F, 0x0035];
+    refused_hello(&gw, &client_hello(1, &cbc), "TLS 1.0").await;
+    expected.push("unsupported_tls_version");
+    refused_hello(&gw, &client_hello(2, &cbc), "TLS 1.1").await;
+    expected.push("unsupported_tls_version");
+    refused_hello(&gw, &client_hello(3, &cbc), "TLS 1.2 without AEAD").await;
+    expected.push("no_shared_cipher_suite");
+
+    wait_for("one audit record per case", Duration::from_secs(5), || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| t.lines().count() >= expected.len())
+    })
+    .await;
+    check_audit(&audit, &expected, &revoked_der, &devices[0].device_id);
+    // The same reasons label the refusal metric.
+    let metrics = gw.shared.metrics.render(&[]);
+    for reason in &expected {
+        assert!(
+            metrics.contains(&format!("result=\"refused\",reason=\"{reason}\"")),
+            "no metric for {reason}:\n{metrics}"
+        );
+    }
+    assert!(gw.sessions.is_empty());
+    gw.stop().await;
+}
+
+/// A client identity: certificate and key.
+type Identity = (CertificateDer<'static>, PrivateKeyDer<'static>);
+
+/// The certificate cases, each with the reason it must be refused for (`None`: no
+/// certificate at all).
+fn certificate_cases(
+    issuer: &rcgen::Issuer<'_, KeyPair>,
+    foreign: &rcgen::Issuer<'_, KeyPair>,
+    revoked: Identity,
+) -> Vec<(&'static str, Option<Identity>)> {
+    let now = OffsetDateTime::now_utc();
+    let client = ExtendedKeyUsagePurpose::ClientAuth;
+    vec![
         (
             "expired",
             Some(client_cert(
@@ -275,7 +330,7 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         (
             "unknown_ca",
             Some(client_cert(
-                foreign.issuer(),
+                foreign,
                 "d-foreign",
                 now - Days::days(1),
                 now + Days::days(30),
@@ -284,41 +339,12 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         ),
         ("revoked", Some(revoked)),
         ("no_client_certificate", None),
-    ];
+    ]
+}
 
-    let mut expected = Vec::new();
-    for (reason, identity) in cases {
-        assert!(
-            !got_connack(&gw, &root, identity).await,
-            "{reason}: got CONNACK"
-        );
-        expected.push(reason);
-    }
-
-    // A chain whose leaf was signed by an end entity (CA:false) of the real issuing CA.
-    assert!(
-        !got_connack_chain(&gw, &root, Some((vec![leaf, not_a_ca.0], leaf_key))).await,
-        "issuer_not_a_ca: got CONNACK"
-    );
-    expected.push("issuer_not_a_ca");
-    // An RSA-1024 key in an otherwise valid certificate.
-    rsa1024_handshake(&gw, &pki, issuer).await;
-    expected.push("weak_key");
-    // Offers no rustls client makes: TLS 1.0, TLS 1.1, and TLS 1.2 with only CBC (non-AEAD)
-    // suites (ECDHE-ECDSA/RSA with AES-CBC, plain RSA with AES-CBC).
-    let cbc = [0xC009, 0xC013, 0xC00A, 0xC014, 0x002F, 0x0035];
-    refused_hello(&gw, &client_hello(1, &cbc), "TLS 1.0").await;
-    expected.push("unsupported_tls_version");
-    refused_hello(&gw, &client_hello(2, &cbc), "TLS 1.1").await;
-    expected.push("unsupported_tls_version");
-    refused_hello(&gw, &client_hello(3, &cbc), "TLS 1.2 without AEAD").await;
-    expected.push("no_shared_cipher_suite");
-
-    wait_for("one audit record per case", Duration::from_secs(5), || {
-        std::fs::read_to_string(&audit).is_ok_and(|t| t.lines().count() >= expected.len())
-    })
-    .await;
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+/// One audit record per case, in order, with its reason; the revoked one names its device.
+fn check_audit(audit: &std::path::Path, expected: &[&str], revoked_der: &[u8], device_id: &str) {
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(audit)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -330,12 +356,8 @@ async fn every_bad_credential_is_refused_with_its_reason() {
     assert_eq!(reasons, expected);
     // The revoked certificate verified but for its revocation: the record says whose it was.
     let revoked = records.iter().find(|r| r["reason"] == "revoked").unwrap();
-    let who = fleet_gateway::identity::Identity::from_cert_der(&revoked_der, "service").unwrap();
-    assert_eq!(
-        revoked["device"],
-        devices[0].device_id.as_str(),
-        "{revoked}"
-    );
+    let who = fleet_gateway::identity::Identity::from_cert_der(revoked_der, "service").unwrap();
+    assert_eq!(revoked["device"], device_id, "{revoked}");
     assert_eq!(revoked["tenant"], TENANT);
     assert_eq!(revoked["serial"], who.serial_hex().as_str());
     assert_eq!(revoked["fingerprint"], who.fingerprint_hex().as_str());
@@ -345,14 +367,4 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         .find(|r| r["reason"] == "unknown_ca")
         .unwrap();
     assert!(foreign.get("device").is_none(), "{foreign}");
-    // The same reasons label the refusal metric.
-    let metrics = gw.shared.metrics.render(&[]);
-    for reason in &expected {
-        assert!(
-            metrics.contains(&format!("result=\"refused\",reason=\"{reason}\"")),
-            "no metric for {reason}:\n{metrics}"
-        );
-    }
-    assert!(gw.sessions.is_empty());
-    gw.stop().await;
 }
