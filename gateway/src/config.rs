@@ -312,14 +312,25 @@ fn toml_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Con
             .filter(|&&b| b == b'\n')
             .count()
     });
+    let message = e.message().trim_end();
+    // `audit_log = …` after `[admin]` belongs to `[admin]` in TOML: say so.
+    let misplaced = TOP_LEVEL_KEYS
+        .iter()
+        .find(|top| key.ends_with(&format!(".{top}")) && message.starts_with("unknown field"));
+    let message = match misplaced {
+        Some(top) => {
+            format!("{message}; `{top}` is a top-level key: put it before the first [table]")
+        }
+        None => message.to_owned(),
+    };
     ConfigError::new(
         if key == "." { String::new() } else { key },
-        Problem::Toml {
-            message: e.message().trim_end().to_owned(),
-            line,
-        },
+        Problem::Toml { message, line },
     )
 }
+
+/// The keys of the file that are not tables.
+const TOP_LEVEL_KEYS: [&str; 2] = ["listen", "audit_log"];
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
@@ -460,7 +471,9 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
         let line = GOOD.lines().count() + 4;
         assert!(
             matches!(&problem, Problem::Toml { message, line: Some(l) }
-                if message.starts_with("unknown field `audit_log`") && *l == line),
+                if message.starts_with("unknown field `audit_log`")
+                    && message.ends_with("`audit_log` is a top-level key: put it before the first [table]")
+                    && *l == line),
             "{problem:?}"
         );
         let (key, problem) =
