@@ -150,7 +150,7 @@ fn may_change_content(event: &notify::Event) -> bool {
 
 /// How long the files must be quiet before they are compared, and how long a writer that
 /// never stops may put that off.
-const QUIET: Duration = Duration::from_millis(50);
+const QUIET: Duration = Duration::from_millis(30);
 const MOST: Duration = Duration::from_millis(500);
 
 /// Watches the directories of every TLS file; reloads when one of the files' content changed.
