@@ -3,9 +3,9 @@
 //!
 //! The watcher reacts only to events that mean new content — a write, a close after writing,
 //! a rename onto the file, a create — never to a read (reading the files, `check-config` or a
-//! reload of our own used to trigger reloads forever). It lets a burst of events settle, then
-//! compares a digest of the files on disk with the digest of what was loaded, and reloads only
-//! if they differ. A reload is refused as a whole if any file is bad or a CRL is older than
+//! reload of our own used to trigger reloads forever). It waits for a write in progress to be
+//! closed and for a burst of events to settle, then compares a digest of the files on disk
+//! with the digest of what was loaded, and reloads only if they differ. A reload is refused as a whole if any file is bad or a CRL is older than
 //! the one in force (see [`crate::crl`]); the state in force stays.
 
 use std::collections::HashSet;
@@ -131,25 +131,35 @@ impl Shared {
     }
 }
 
-/// Whether an event on a watched file can mean new content: data written, a close after
-/// writing, a rename onto it, a create; or lost events (the queue overflowed). Opening and
-/// reading the file, attribute changes, renames away and removals cannot.
-fn may_change_content(event: &notify::Event) -> bool {
-    event.need_rescan()
-        || matches!(
-            event.kind,
-            EventKind::Create(_)
-                | EventKind::Modify(
-                    ModifyKind::Data(_)
-                        | ModifyKind::Any
-                        | ModifyKind::Name(RenameMode::To | RenameMode::Both | RenameMode::Any)
-                )
-                | EventKind::Access(AccessKind::Close(AccessMode::Write))
-        )
+/// What an event on a watched file says about its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Data written, the file still open: more may follow.
+    Writing,
+    /// Closed after writing, renamed onto, created; or events were lost (the queue
+    /// overflowed).
+    Written,
 }
 
-/// How long the files must be quiet before they are compared, and how long a writer that
-/// never stops may put that off.
+/// Whether an event on a watched file can mean new content, and which kind. Opening and
+/// reading the file, attribute changes, renames away and removals cannot.
+fn content_change(event: &notify::Event) -> Option<Change> {
+    if event.need_rescan() {
+        return Some(Change::Written);
+    }
+    match event.kind {
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(Change::Writing),
+        EventKind::Create(_)
+        | EventKind::Modify(ModifyKind::Name(
+            RenameMode::To | RenameMode::Both | RenameMode::Any,
+        ))
+        | EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Written),
+        _ => None,
+    }
+}
+
+/// How long the files must be quiet after a write is finished before they are compared, and
+/// how long a writer that never stops (or never closes the file) may put that off.
 const QUIET: Duration = Duration::from_millis(30);
 const MOST: Duration = Duration::from_millis(500);
 
@@ -171,8 +181,8 @@ pub(crate) fn watch_tls_files(shared: Arc<Shared>) -> Result<notify::Recommended
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let ours = event.need_rescan() || event.paths.iter().any(|p| files.contains(p));
-        if ours && may_change_content(&event) {
-            let _ = tx.send(());
+        if let Some(change) = content_change(&event).filter(|_| ours) {
+            let _ = tx.send(change);
         }
     })
     .map_err(|source| Error::Watch { path: None, source })?;
@@ -188,9 +198,9 @@ pub(crate) fn watch_tls_files(shared: Arc<Shared>) -> Result<notify::Recommended
     Ok(watcher)
 }
 
-async fn reload_on_change(shared: Arc<Shared>, mut events: UnboundedReceiver<()>) {
-    while events.recv().await.is_some() {
-        if !settle(&mut events).await {
+async fn reload_on_change(shared: Arc<Shared>, mut events: UnboundedReceiver<Change>) {
+    while let Some(first) = events.recv().await {
+        if !settle(first, &mut events).await {
             return;
         }
         if shared.files_changed() {
@@ -201,16 +211,21 @@ async fn reload_on_change(shared: Arc<Shared>, mut events: UnboundedReceiver<()>
     }
 }
 
-/// Waits until no event came for [`QUIET`] (or [`MOST`] passed); false if the watcher is gone.
-async fn settle(events: &mut UnboundedReceiver<()>) -> bool {
+/// After `first`, waits until the writing is finished and no event came for [`QUIET`], or
+/// [`MOST`] passed; false if the watcher is gone.
+async fn settle(first: Change, events: &mut UnboundedReceiver<Change>) -> bool {
     let deadline = tokio::time::Instant::now() + MOST;
+    let mut last = first;
     loop {
-        let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
-        match tokio::time::timeout_at(quiet_until, events.recv()).await {
+        let until = match last {
+            Change::Writing => deadline,
+            Change::Written => (tokio::time::Instant::now() + QUIET).min(deadline),
+        };
+        match tokio::time::timeout_at(until, events.recv()).await {
             Err(_) => return true,
             Ok(None) => return false,
-            Ok(Some(())) if tokio::time::Instant::now() >= deadline => return true,
-            Ok(Some(())) => {}
+            Ok(Some(_)) if tokio::time::Instant::now() >= deadline => return true,
+            Ok(Some(change)) => last = change,
         }
     }
 }
@@ -223,9 +238,9 @@ mod tests {
     #[test]
     fn only_events_that_can_bring_new_content_count() {
         let event = |kind| notify::Event::new(kind);
-        let content = [
+        let writing = [EventKind::Modify(ModifyKind::Data(DataChange::Any))];
+        let written = [
             EventKind::Create(CreateKind::File),
-            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
             EventKind::Modify(ModifyKind::Name(RenameMode::To)),
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
@@ -239,12 +254,17 @@ mod tests {
             EventKind::Remove(RemoveKind::File),
             EventKind::Other,
         ];
-        assert!(content.into_iter().all(|k| may_change_content(&event(k))));
-        assert!(!not_content
-            .into_iter()
-            .any(|k| may_change_content(&event(k))));
+        for (kinds, expected) in [
+            (&writing[..], Some(Change::Writing)),
+            (&written[..], Some(Change::Written)),
+            (&not_content[..], None),
+        ] {
+            for kind in kinds {
+                assert_eq!(content_change(&event(*kind)), expected, "{kind:?}");
+            }
+        }
         let overflow = event(EventKind::Other).set_flag(notify::event::Flag::Rescan);
-        assert!(may_change_content(&overflow));
+        assert_eq!(content_change(&overflow), Some(Change::Written));
     }
 
     #[tokio::test]
@@ -252,9 +272,9 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let started = std::time::Instant::now();
         for _ in 0..5 {
-            tx.send(()).unwrap();
+            tx.send(Change::Written).unwrap();
         }
-        assert!(settle(&mut rx).await);
+        assert!(settle(Change::Written, &mut rx).await);
         let took = started.elapsed();
         assert!(
             took >= QUIET && took < MOST,
@@ -262,19 +282,34 @@ mod tests {
         );
         assert!(rx.try_recv().is_err(), "the burst was drained");
 
+        // A write in progress is waited for, however slow, until it is finished.
+        let slow = tx.clone();
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(QUIET * 3).await;
+            slow.send(Change::Written).unwrap();
+        });
+        let started = std::time::Instant::now();
+        assert!(settle(Change::Writing, &mut rx).await);
+        let took = started.elapsed();
+        assert!(took >= QUIET * 4 && took < MOST, "took {took:?}");
+        finisher.await.unwrap();
+
         // A writer that never pauses for QUIET: cut off at MOST.
         let writer = tokio::spawn(async move {
-            while tx.send(()).is_ok() {
+            while tx.send(Change::Written).is_ok() {
                 tokio::time::sleep(QUIET / 5).await;
             }
         });
         let started = std::time::Instant::now();
-        assert!(settle(&mut rx).await);
+        assert!(settle(Change::Written, &mut rx).await);
         let took = started.elapsed();
         assert!(took >= MOST && took < MOST * 2, "took {took:?}");
         writer.abort();
         let _ = writer.await;
         while rx.try_recv().is_ok() {}
-        assert!(!settle(&mut rx).await, "the sender is gone");
+        assert!(
+            !settle(Change::Written, &mut rx).await,
+            "the sender is gone"
+        );
     }
 }

@@ -147,7 +147,8 @@ async fn a_crl_written_in_place_in_pieces_is_reloaded_once() {
     let (head, tail) = revoking.split_at(revoking.len() / 2);
     std::io::Write::write_all(&mut f, head).unwrap();
     std::io::Write::flush(&mut f).unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Longer than the watcher's quiet period: a file still open for writing is waited for.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     std::io::Write::write_all(&mut f, tail).unwrap();
     drop(f);
     raw::closed_within(&mut session).await;
@@ -155,7 +156,7 @@ async fn a_crl_written_in_place_in_pieces_is_reloaded_once() {
     assert_eq!(
         reloads(&gw),
         [("trigger=\"file_change\",result=\"ok\"".to_owned(), 1)],
-        "the pieces settle into one reload"
+        "the pieces settle into one reload, of the whole file"
     );
     assert!(gw.sessions.is_empty());
     gw.stop().await;
