@@ -178,7 +178,7 @@ pub fn load(files: &TlsFiles) -> Result<TlsState, Error> {
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(format!("server certificate and key: {e}")))?;
     // Small records, so a device needs a 4 KiB TLS read buffer instead of 16 KiB.
-    config.max_fragment_size = Some(fleet_firmware::tls::MAX_RECORD);
+    config.max_fragment_size = Some(fleet_protocol::limits::MAX_RECORD);
     Ok(TlsState {
         server_config: Arc::new(config),
         revoked,
