@@ -128,8 +128,8 @@ mod tests {
     fn bundle(generation: u32, cert: &'static [u8]) -> ([u8; 1024], usize) {
         let b = Bundle {
             generation,
-            device_id: crate::bundle::Name::device_id("acme-000001").unwrap(),
-            tenant: crate::bundle::Name::tenant("acme").unwrap(),
+            device_id: "acme-000001",
+            tenant: "acme",
             cert_der: cert,
             private_key_der: Some(b"\x30\x01k"),
             trust_anchor_der: b"\x30\x01a",

@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_firmware::bundle::Bundle;
+use fleet_protocol::bundle::Bundle;
 use fleet_gateway::config::{Admin, TlsFiles};
 use fleet_gateway::{Config, Gateway};
 use fleet_provision::{BatchRequest, KeyProtection, Reason, Station};

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_firmware::bundle::Bundle;
+use fleet_protocol::bundle::Bundle;
 use fleet_gateway::config::{Admin, TlsFiles};
 use fleet_gateway::renewal::Renewal;
 use fleet_gateway::{Config, Gateway};

@@ -71,6 +71,14 @@ pub enum Kind<'t> {
     Other(&'t str),
 }
 
+/// A topic under some device's prefix, split into its parts (see [`split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceTopic<'t> {
+    pub tenant: &'t str,
+    pub device: &'t str,
+    pub kind: Kind<'t>,
+}
+
 /// The topic did not fit the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLong;
@@ -173,8 +181,24 @@ pub fn device_rest<'t>(topic: &'t str, tenant: &str, id: &str) -> Option<&'t str
 
 /// What `topic` is for the device `id` of `tenant`; `None` when it is not under that device.
 pub fn classify<'t>(topic: &'t str, tenant: &str, id: &str) -> Option<Kind<'t>> {
-    let rest = device_rest(topic, tenant, id)?;
-    let kind = if let Some(leaf) = rest.strip_prefix(CERT) {
+    device_rest(topic, tenant, id).map(kind_of)
+}
+
+/// Which tenant and device `topic` belongs to, and what it is for (a backend that subscribed
+/// to many devices); `None` when it is not under a device's prefix.
+pub fn split(topic: &str) -> Option<DeviceTopic<'_>> {
+    let (tenant, rest) = topic.strip_prefix(TENANTS)?.split_once('/')?;
+    let (device, rest) = rest.strip_prefix("devices/")?.split_once('/')?;
+    (!tenant.is_empty() && !device.is_empty()).then(|| DeviceTopic {
+        tenant,
+        device,
+        kind: kind_of(rest),
+    })
+}
+
+/// What the part after `…/{device}/` says.
+fn kind_of(rest: &str) -> Kind<'_> {
+    if let Some(leaf) = rest.strip_prefix(CERT) {
         Cert::from_leaf(leaf).map_or(Kind::Other(rest), Kind::Cert)
     } else if let Some(name) = rest.strip_prefix(CMD) {
         Kind::Command(name)
@@ -189,8 +213,7 @@ pub fn classify<'t>(topic: &'t str, tenant: &str, id: &str) -> Option<Kind<'t>> 
         Kind::Telemetry(sub)
     } else {
         Kind::Other(rest)
-    };
-    Some(kind)
+    }
 }
 
 /// The rotation topic `topic` is for the device `id` of `tenant`, if it is one.
@@ -258,6 +281,36 @@ mod tests {
             ),
         ] {
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn split_names_the_tenant_device_and_kind() {
+        assert_eq!(
+            split("tenants/acme/devices/d1/ack"),
+            Some(DeviceTopic {
+                tenant: "acme",
+                device: "d1",
+                kind: Kind::Ack
+            })
+        );
+        assert_eq!(
+            split("tenants/acme/devices/d2/cert/new").map(|t| (t.device, t.kind)),
+            Some(("d2", Kind::Cert(Cert::New)))
+        );
+        assert_eq!(
+            split("tenants/acme/devices/d2/x/y").map(|t| t.kind),
+            Some(Kind::Other("x/y"))
+        );
+        for not_a_device_topic in [
+            "tenants/acme/devices/d1",
+            "tenants//devices/d1/ack",
+            "tenants/acme/devices//ack",
+            "tenants/acme/services/d1/ack",
+            "tenant/acme/devices/d1/ack",
+            "",
+        ] {
+            assert_eq!(split(not_a_device_topic), None, "{not_a_device_topic}");
         }
     }
 

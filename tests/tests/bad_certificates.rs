@@ -208,7 +208,7 @@ async fn every_bad_credential_is_refused_with_its_reason() {
     let foreign = fleet_provision::pki::new_root_ca("Foreign").unwrap();
 
     let revoked = {
-        let b = fleet_firmware::bundle::Bundle::parse(&devices[0].bytes).unwrap();
+        let b = fleet_protocol::bundle::Bundle::parse(&devices[0].bytes).unwrap();
         let key = fleet_provision::pki::pkcs8_pem_from_sec1(b.private_key_der.unwrap()).unwrap();
         (
             CertificateDer::from(b.cert_der.to_vec()),

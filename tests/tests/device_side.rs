@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_firmware::bundle::Bundle;
+use fleet_protocol::bundle::Bundle;
 use fleet_firmware::device::{App, Buffers, Options, Stats, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
 use fleet_firmware::x509::CertError;

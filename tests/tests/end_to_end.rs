@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fleet_firmware::device::Options;
-use fleet_firmware::mqtt::QoS;
+use fleet_protocol::mqtt::QoS;
 use fleet_hil::fleet::{telemetry_payload, Fleet};
 use fleet_hil::refusals;
 use fleet_tests::{export_pem, wait_for, Pki, RunningGateway, TENANT};

@@ -89,8 +89,8 @@ impl Setup {
     fn bundle<'a>(&'a self, anchor: &'a [u8], host: &'a str) -> Bundle<'a> {
         Bundle {
             generation: 1,
-            device_id: crate::bundle::Name::device_id("dev-1").unwrap(),
-            tenant: crate::bundle::Name::tenant("acme").unwrap(),
+            device_id: "dev-1",
+            tenant: "acme",
             cert_der: &self.device_cert,
             private_key_der: Some(&self.device_key),
             trust_anchor_der: anchor,

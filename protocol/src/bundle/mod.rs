@@ -30,9 +30,11 @@
 //! below 0x80 is rejected, and so is any field that appears twice.
 //!
 //! [`Bundle::parse`] borrows from the input and allocates nothing; [`Bundle::emit`] writes into
-//! a caller-provided buffer. The text fields are checked once, by [`Name`] and [`Host`]; a
-//! station builds them with [`Name::device_id`], [`Name::tenant`] and [`Host::new`], which say
-//! which rule a value breaks.
+//! a caller-provided buffer. The text fields are checked by [`Name`] and [`Host`], the one place
+//! of their rules: `parse` (and `emit`, which re-parses what it wrote) through them, and a
+//! station before it builds a bundle with [`Name::device_id`], [`Name::tenant`] and
+//! [`Host::new`], which say which rule a value breaks. The [`Bundle`] fields stay `&str`: the
+//! device loop and the station take them as such.
 
 use core::fmt;
 
@@ -181,19 +183,17 @@ impl fmt::Display for BundleError {
 pub struct Bundle<'a> {
     /// Slot generation; the higher valid generation is the active identity.
     pub generation: u32,
-    /// Device id, equal to the certificate subject CN.
-    pub device_id: &'a Name,
-    /// Tenant, equal to the certificate subject O.
-    pub tenant: &'a Name,
+    /// Device id, equal to the certificate subject CN; a valid [`Name`].
+    pub device_id: &'a str,
+    /// Tenant, equal to the certificate subject O; a valid [`Name`].
+    pub tenant: &'a str,
     /// The device certificate, DER.
     pub cert_der: &'a [u8],
     /// The device private key (SEC1 DER, P-256); `None` when a secure element holds it.
     pub private_key_der: Option<&'a [u8]>,
     /// The certificate the gateway's chain must lead to, DER.
     pub trust_anchor_der: &'a [u8],
-    /// Gateway host name; the server certificate must name it. Checked as a [`Host`] by
-    /// `parse` and `emit`; held as `&str` because the simulated device passes it to
-    /// `TcpStream::connect` as `(&str, u16)`.
+    /// Gateway host name, a valid [`Host`]; the server certificate must name it.
     pub gateway_host: &'a str,
     /// Gateway TCP port.
     pub gateway_port: u16,
@@ -265,8 +265,8 @@ impl<'a> Bundle<'a> {
             |field: Field| slots[field as usize - 1].ok_or(BundleError::MissingField(field));
         let optional = |field: Field| slots[field as usize - 1];
 
-        let device_id = Name::parse(Field::DeviceId, required(Field::DeviceId)?)?;
-        let tenant = Name::parse(Field::Tenant, required(Field::Tenant)?)?;
+        let device_id = Name::parse(Field::DeviceId, required(Field::DeviceId)?)?.as_str();
+        let tenant = Name::parse(Field::Tenant, required(Field::Tenant)?)?.as_str();
         let cert_der = der_sequence(Field::DeviceCert, required(Field::DeviceCert)?)?;
         let private_key_der = optional(Field::PrivateKey)
             .map(|v| der_sequence(Field::PrivateKey, v))

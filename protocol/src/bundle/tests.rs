@@ -7,19 +7,11 @@ const KEY: &[u8] = &[0x30, 0x02, 0x04, 0x00];
 const ANCHOR: &[u8] = &[0x30, 0x00];
 const SEED: [u8; SEED_LEN] = [7; SEED_LEN];
 
-fn id(s: &str) -> &Name {
-    Name::device_id(s).expect("valid device id")
-}
-
-fn tenant(s: &str) -> &Name {
-    Name::tenant(s).expect("valid tenant")
-}
-
 fn sample() -> Bundle<'static> {
     Bundle {
         generation: 3,
-        device_id: id("dev-000001"),
-        tenant: tenant("acme"),
+        device_id: "dev-000001",
+        tenant: "acme",
         cert_der: CERT,
         private_key_der: Some(KEY),
         trust_anchor_der: ANCHOR,
@@ -55,8 +47,8 @@ fn round_trip_with_and_without_key() {
 fn exact_bytes_of_a_small_bundle() {
     let b = Bundle {
         generation: 1,
-        device_id: id("d"),
-        tenant: tenant("t"),
+        device_id: "d",
+        tenant: "t",
         cert_der: &[0x30, 0x00],
         private_key_der: None,
         trust_anchor_der: &[0x30, 0x00],
@@ -253,11 +245,40 @@ fn bad_names_are_refused_by_their_constructors() {
 
 #[test]
 fn names_read_as_str() {
-    let b = sample();
-    assert_eq!(b.device_id, "dev-000001");
-    assert!("acme" == b.tenant.as_str() && *"acme" == *b.tenant);
-    assert_eq!(std::format!("{}/{:?}", b.device_id, b.tenant), "dev-000001/\"acme\"");
-    assert_eq!(b.device_id.len(), 10);
+    let id = Name::device_id("dev-000001").unwrap();
+    let host = Host::new("gw.example").unwrap();
+    assert!(*id == *"dev-000001" && *"dev-000001" == *id && id.len() == 10);
+    assert_eq!(std::format!("{id}/{host:?}"), "dev-000001/\"gw.example\"");
+    assert_eq!(host.as_str(), "gw.example");
+}
+
+#[test]
+fn bad_names_are_refused_by_emit() {
+    for id in ["", "has space", "tenants/x", "ümlaut"] {
+        let b = Bundle {
+            device_id: id,
+            ..sample()
+        };
+        let mut out = [0u8; 512];
+        assert!(matches!(
+            b.emit(&mut out),
+            Err(BundleError::InvalidField {
+                field: Field::DeviceId,
+                ..
+            })
+        ));
+    }
+    let b = Bundle {
+        tenant: "a/b",
+        ..sample()
+    };
+    assert!(matches!(
+        b.emit(&mut [0u8; 512]),
+        Err(BundleError::InvalidField {
+            field: Field::Tenant,
+            ..
+        })
+    ));
 }
 
 #[test]
