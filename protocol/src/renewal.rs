@@ -129,16 +129,24 @@ mod tests {
 
         let status = CertStatus::new(1000, 2000, 5000);
         let json = serde_json::to_string(&status).unwrap();
-        assert_eq!(json, status.to_string(), "serde and Display write the same bytes");
+        assert_eq!(
+            json,
+            status.to_string(),
+            "serde and Display write the same bytes"
+        );
         assert_eq!(serde_json::from_str::<CertStatus>(&json).unwrap(), status);
 
         let request = RenewalRequest {
-            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
-                .into(),
+            csr_pem:
+                "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+                    .into(),
             presented_serial: "01ab".into(),
         };
         let json = serde_json::to_string(&request).unwrap();
-        assert_eq!(serde_json::from_str::<RenewalRequest>(&json).unwrap(), request);
+        assert_eq!(
+            serde_json::from_str::<RenewalRequest>(&json).unwrap(),
+            request
+        );
         assert!(serde_json::from_str::<RenewalRequest>(
             r#"{"csr_pem":"x","presented_serial":"01","extra":1}"#
         )
@@ -166,6 +174,9 @@ mod tests {
 
         let refused: ApiError = serde_json::from_str(r#"{"error":"not due"}"#).unwrap();
         assert_eq!(refused.error, "not due");
-        assert_eq!(serde_json::to_string(&refused).unwrap(), r#"{"error":"not due"}"#);
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"error":"not due"}"#
+        );
     }
 }

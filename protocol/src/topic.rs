@@ -32,7 +32,13 @@ pub enum Cert {
 }
 
 impl Cert {
-    const ALL: [Cert; 5] = [Cert::StatusGet, Cert::Status, Cert::Csr, Cert::New, Cert::Error];
+    const ALL: [Cert; 5] = [
+        Cert::StatusGet,
+        Cert::Status,
+        Cert::Csr,
+        Cert::New,
+        Cert::Error,
+    ];
 
     /// The last levels of the topic, after `…/cert/`.
     pub const fn leaf(self) -> &'static str {
@@ -254,7 +260,10 @@ mod tests {
                 built(|s| telemetry(s, t, d)),
                 "tenants/acme/devices/acme-000001/telemetry",
             ),
-            (built(|s| ack(s, t, d)), "tenants/acme/devices/acme-000001/ack"),
+            (
+                built(|s| ack(s, t, d)),
+                "tenants/acme/devices/acme-000001/ack",
+            ),
             (
                 built(|s| command(s, t, d, "reboot")),
                 "tenants/acme/devices/acme-000001/cmd/reboot",
@@ -328,7 +337,10 @@ mod tests {
         assert_eq!(telemetry(&mut small, "acme", "d1"), Err(TooLong));
         let longest = "x".repeat(MAX_NAME_LEN);
         let mut exact = heapless::String::<MAX_LEN>::new();
-        assert_eq!(cert(&mut exact, &longest, &longest, Cert::StatusGet), Ok(()));
+        assert_eq!(
+            cert(&mut exact, &longest, &longest, Cert::StatusGet),
+            Ok(())
+        );
         assert_eq!(exact.len(), MAX_LEN);
     }
 
@@ -337,7 +349,10 @@ mod tests {
         fn c(topic: &str) -> Option<Kind<'_>> {
             classify(topic, "acme", "d1")
         }
-        assert_eq!(c("tenants/acme/devices/d1/telemetry"), Some(Kind::Telemetry("")));
+        assert_eq!(
+            c("tenants/acme/devices/d1/telemetry"),
+            Some(Kind::Telemetry(""))
+        );
         assert_eq!(
             c("tenants/acme/devices/d1/telemetry/temp"),
             Some(Kind::Telemetry("temp"))

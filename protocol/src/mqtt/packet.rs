@@ -2,9 +2,8 @@
 
 use super::list::{SubAckCodes, SubscribeFilters, UnsubscribeFilters};
 use super::shared::{
-    nonzero, publish_flags, read_connack_flags, read_credentials, read_protocol,
-    read_publish_id, read_subscriptions, read_unsubscriptions, read_will, session_present,
-    ConnectFlags, Level,
+    nonzero, publish_flags, read_connack_flags, read_credentials, read_protocol, read_publish_id,
+    read_subscriptions, read_unsubscriptions, read_will, session_present, ConnectFlags, Level,
 };
 use super::topic::valid_topic_name;
 use super::wire::{emit_framed, frame, varint_len, Reader, NAMES};
@@ -306,10 +305,7 @@ impl Emit for Connect<'_> {
             return Err(MqttError::BadConnectFlags("password without user name"));
         }
         emit_framed(out, 0x10, self.body_len(), |w| {
-            self.write_head(w, 4)?;
-            w.string(self.client_id, "client id")?;
-            self.write_will(w)?;
-            self.write_credentials(w)
+            self.write_body(w, 4, |_| Ok(()), |_| Ok(()))
         })
     }
 }
@@ -327,8 +323,7 @@ impl Emit for Publish<'_> {
     fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
         self.check(false)?;
         emit_framed(out, self.first_byte(), self.body_len(), |w| {
-            self.write_head(w)?;
-            w.bytes(self.payload)
+            self.write_body(w, |_| Ok(()))
         })
     }
 }

@@ -136,26 +136,18 @@ impl Packet5<'_> {
 
     fn emit_body(&self, w: &mut Writer<'_>) -> Result<(), MqttError> {
         match self {
-            Packet5::Connect(c) => {
-                c.connect.write_head(w, 5)?;
-                c.properties.write(w)?;
-                w.string(c.connect.client_id, "client id")?;
-                if c.connect.will.is_some() {
-                    c.will_properties.write(w)?;
-                }
-                c.connect.write_will(w)?;
-                c.connect.write_credentials(w)
-            }
+            Packet5::Connect(c) => c.connect.write_body(
+                w,
+                5,
+                |w| c.properties.write(w),
+                |w| c.will_properties.write(w),
+            ),
             Packet5::ConnAck(a) => {
                 w.u8(u8::from(a.session_present))?;
                 w.u8(a.reason)?;
                 a.properties.write(w)
             }
-            Packet5::Publish(p, properties) => {
-                p.write_head(w)?;
-                properties.write(w)?;
-                w.bytes(p.payload)
-            }
+            Packet5::Publish(p, properties) => p.write_body(w, |w| properties.write(w)),
             Packet5::PubAck(a) | Packet5::PubRec(a) | Packet5::PubRel(a) | Packet5::PubComp(a) => {
                 w.u16(a.packet_id)?;
                 let n = ack_body_len(a);

@@ -177,7 +177,9 @@ fn parse_reason_list<'a>(
             packet: NAMES[usize::from(kind)],
         });
     }
-    reasons.iter().try_for_each(|&c| reason::check(kind, c).map(drop))?;
+    reasons
+        .iter()
+        .try_for_each(|&c| reason::check(kind, c).map(drop))?;
     Ok(ReasonList {
         packet_id,
         properties,
