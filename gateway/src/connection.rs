@@ -414,10 +414,10 @@ where
                                     Cert::Error,
                                     b"certificate renewal is not configured on this gateway",
                                 )),
-                                (Some(_), true) => out.extend(
-                                    session
-                                        .cert_message(Cert::Error, b"a renewal is already in progress"),
-                                ),
+                                (Some(_), true) => out.extend(session.cert_message(
+                                    Cert::Error,
+                                    b"a renewal is already in progress",
+                                )),
                                 (Some(client), false) => {
                                     renewing = true;
                                     let client = client.clone();

@@ -240,7 +240,9 @@ mod tests {
         assert_eq!(answer(200, &body).unwrap(), issued);
 
         let refused = answer(409, br#"{"error":"not due"}"#).unwrap_err();
-        assert!(matches!(&refused, RenewalError::Refused { status: 409, reason } if reason == "not due"));
+        assert!(
+            matches!(&refused, RenewalError::Refused { status: 409, reason } if reason == "not due")
+        );
         assert_eq!(refused.to_string(), "station refused (409): not due");
         assert_eq!(
             answer(500, b"{}").unwrap_err().to_string(),

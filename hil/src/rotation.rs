@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_protocol::bundle::Bundle;
 use fleet_gateway::config::{Admin, TlsFiles};
 use fleet_gateway::renewal::Renewal;
 use fleet_gateway::{Config, Gateway};
+use fleet_protocol::bundle::Bundle;
 use fleet_provision::serve::{Options, Server};
 use fleet_provision::{BatchRequest, KeyProtection, Station};
 use tokio::sync::oneshot;

@@ -250,9 +250,9 @@ pub fn export_pem(bundle: &DeviceBundle, dir: &Path) -> (PathBuf, PathBuf) {
 pub mod raw {
     use std::time::Duration;
 
+    use fleet_hil::fleet::DeviceBundle;
     use fleet_protocol::mqtt::v5::{Connect5, Packet5, Properties, Property};
     use fleet_protocol::mqtt::{Connect, Packet, Publish, QoS};
-    use fleet_hil::fleet::DeviceBundle;
     use rustls_pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
