@@ -247,7 +247,9 @@ fn bad_names_are_refused_by_their_constructors() {
 fn names_read_as_str() {
     let id = Name::device_id("dev-000001").unwrap();
     let host = Host::new("gw.example").unwrap();
-    assert!(*id == *"dev-000001" && *"dev-000001" == *id && id.len() == 10);
+    assert!(*id == *"dev-000001", "Name == str");
+    assert!(*"dev-000001" == *id, "str == Name");
+    assert_eq!(id.len(), 10, "Deref to str");
     assert_eq!(std::format!("{id}/{host:?}"), "dev-000001/\"gw.example\"");
     assert_eq!(host.as_str(), "gw.example");
 }
