@@ -11,12 +11,10 @@ pub mod asn1;
 pub mod backoff;
 #[cfg(feature = "embassy")]
 pub mod board;
-pub mod bundle;
 pub mod csr;
 pub mod device;
 pub mod ec;
 pub mod error;
-pub mod mqtt;
 pub mod outbox;
 pub mod slots;
 pub mod socket;
@@ -25,5 +23,9 @@ pub mod x509;
 
 #[cfg(feature = "std")]
 pub mod sim;
+
+// The wire formats live in `fleet-protocol`, shared with the gateway and the station; the
+// device's code names them `crate::mqtt`, `crate::bundle` and `crate::topic`.
+pub use fleet_protocol::{bundle, limits, mqtt, topic};
 
 pub use error::Error;

@@ -27,13 +27,11 @@ use handshake::{Handshake, Peer, Step};
 use keys::{Protection, TAG_LEN};
 
 /// Longest gateway host name (DNS: 253).
-pub const HOST_MAX: usize = 253;
+pub const HOST_MAX: usize = crate::bundle::MAX_HOST_LEN;
 
-/// Largest TLS record payload the gateway sends to devices (`fleet-gateway` sets rustls'
-/// `max_fragment_size` to this). TLS allows 16 KiB records;
-/// a device that had to buffer one would need 12 KiB more RAM than the MQTT packets it
-/// accepts (at most [`crate::device::MAX_PACKET`]) ever call for.
-pub const MAX_RECORD: usize = 4096;
+/// Largest TLS record payload the gateway sends to devices: see
+/// [`fleet_protocol::limits::MAX_RECORD`].
+pub const MAX_RECORD: usize = crate::limits::MAX_RECORD;
 
 /// TLS record buffer sizes. The read buffer holds one whole record from the gateway
 /// ([`MAX_RECORD`] plus the AEAD tag and content type); the write buffer the largest MQTT

@@ -1,7 +1,7 @@
 //! The identity bundle parser the device runs at boot on whatever is in its flash slot.
 #![no_main]
 
-use fleet_firmware::bundle::{Bundle, HEADER_LEN};
+use fleet_protocol::bundle::{Bundle, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleet_firmware::mqtt::v5::Packet5;
-use fleet_firmware::mqtt::Packet;
 use fleet_gateway::acl::Policy;
 use fleet_gateway::config::Limits;
 use fleet_gateway::identity::{Identity, Kind};
 use fleet_gateway::session::{Inbound, Session, Version};
+use fleet_protocol::mqtt::v5::Packet5;
+use fleet_protocol::mqtt::Packet;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,8 +2,8 @@
 //! never panics, and whatever parses re-emits to bytes that parse to the same packet.
 #![no_main]
 
-use fleet_firmware::mqtt::v5::Packet5;
-use fleet_firmware::mqtt::{MqttError, Packet};
+use fleet_protocol::mqtt::v5::Packet5;
+use fleet_protocol::mqtt::{MqttError, Packet};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: usize = 64 * 1024;

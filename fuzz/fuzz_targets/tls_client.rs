@@ -7,9 +7,9 @@
 use core::convert::Infallible;
 
 use embedded_io_async::{ErrorType, Read, Write};
-use fleet_firmware::bundle::Bundle;
 use fleet_firmware::socket::SplitSocket;
 use fleet_firmware::tls::{wire, ChainCache, Connection, READ_BUFFER, WRITE_BUFFER};
+use fleet_protocol::bundle::Bundle;
 use libfuzzer_sys::fuzz_target;
 
 /// The server's bytes, handed out in reads of 1 to 256 bytes (the first byte picks the size).

@@ -8,7 +8,8 @@
 //! - SUBSCRIBE to a filter is allowed only when EVERY topic the filter can match is allowed:
 //!   the filter is contained in some allow pattern, and overlaps no deny pattern.
 
-use fleet_firmware::mqtt::matches as filter_matches;
+use fleet_protocol::mqtt::{matches as filter_matches, valid_topic_filter};
+use fleet_protocol::topic::{self, TooLong};
 use serde::Deserialize;
 
 use crate::identity::{Identity, Kind};
@@ -79,20 +80,36 @@ pub struct Policy {
     pub service: Vec<Rule>,
 }
 
+/// The templates a pattern may use, filled in from the identity.
+const TENANT: &str = "{tenant}";
+const DEVICE: &str = "{device}";
+
+/// A pattern from the topic scheme, built with the templates as the names.
+fn scheme(build: impl FnOnce(&mut String) -> Result<(), TooLong>) -> String {
+    let mut pattern = String::new();
+    // A `String` never runs out of room, so there is no `TooLong` to handle.
+    let _ = build(&mut pattern);
+    pattern
+}
+
 impl Default for Policy {
     /// Devices publish under their own prefix and subscribe to their own `cmd/` and `cert/`
     /// subtopics; services publish and subscribe anywhere under their tenant.
     fn default() -> Self {
+        let (t, d) = (TENANT, DEVICE);
         Policy {
             device: vec![
-                Rule::allow(Action::Publish, "tenants/{tenant}/devices/{device}/#"),
-                Rule::allow(Action::Subscribe, "tenants/{tenant}/devices/{device}/cmd/#"),
+                Rule::allow(Action::Publish, &scheme(|s| topic::device_filter(s, t, d))),
                 Rule::allow(
                     Action::Subscribe,
-                    "tenants/{tenant}/devices/{device}/cert/#",
+                    &scheme(|s| topic::commands_filter(s, t, d)),
                 ),
+                Rule::allow(Action::Subscribe, &scheme(|s| topic::cert_filter(s, t, d))),
             ],
-            service: vec![Rule::allow(Action::All, "tenants/{tenant}/#")],
+            service: vec![Rule::allow(
+                Action::All,
+                &scheme(|s| topic::tenant_filter(s, t)),
+            )],
         }
     }
 }
@@ -111,7 +128,7 @@ impl Policy {
                 let Some(p) = expand(&rule.pattern, "t", "d") else {
                     return Err(refuse(PatternError::UnknownTemplate(rule.pattern.clone())));
                 };
-                if !valid_filter(&p) {
+                if !valid_topic_filter(&p) {
                     return Err(refuse(PatternError::NotAFilter(rule.pattern.clone())));
                 }
             }
@@ -160,20 +177,8 @@ impl Policy {
 }
 
 fn expand(pattern: &str, tenant: &str, device: &str) -> Option<String> {
-    let out = pattern
-        .replace("{tenant}", tenant)
-        .replace("{device}", device);
+    let out = pattern.replace(TENANT, tenant).replace(DEVICE, device);
     (!out.contains('{') && !out.contains('}')).then_some(out)
-}
-
-fn valid_filter(f: &str) -> bool {
-    let levels: Vec<&str> = f.split('/').collect();
-    !f.is_empty()
-        && levels.iter().enumerate().all(|(i, l)| match *l {
-            "#" => i == levels.len() - 1,
-            "+" => true,
-            l => !l.contains(['#', '+']),
-        })
 }
 
 /// Is every topic matched by `filter` also matched by `pattern`?
@@ -265,6 +270,22 @@ mod tests {
             assert_eq!(overlaps(a, b), o, "{a} ~ {b}");
             assert_eq!(overlaps(b, a), o, "{b} ~ {a}");
         }
+    }
+
+    #[test]
+    fn default_patterns_are_the_documented_ones() {
+        let p = Policy::default();
+        let patterns = |rules: &[Rule]| rules.iter().map(|r| r.pattern.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            patterns(&p.device),
+            [
+                "tenants/{tenant}/devices/{device}/#",
+                "tenants/{tenant}/devices/{device}/cmd/#",
+                "tenants/{tenant}/devices/{device}/cert/#"
+            ]
+        );
+        assert_eq!(patterns(&p.service), ["tenants/{tenant}/#"]);
+        assert_eq!(p.validate(), Ok(()));
     }
 
     #[test]

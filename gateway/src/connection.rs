@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fleet_firmware::mqtt::v5::{reason, Packet5};
-use fleet_firmware::mqtt::{MqttError, Packet};
+use fleet_protocol::mqtt::v5::{reason, Packet5};
+use fleet_protocol::mqtt::{MqttError, Packet};
+use fleet_protocol::topic::Cert;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol as r;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,6 +19,7 @@ use crate::audit::AuditEvent;
 use crate::identity::Identity;
 use crate::metrics::{DirectionLabels, ReasonLabels, TenantLabels};
 use crate::registry::{Kick, SessionInfo};
+use crate::renewal::RenewalError;
 use crate::server::Shared;
 use crate::session::{
     self, Accepted, Close, Inbound, Outbound, Refusal, Session, SessionStats, Version,
@@ -388,7 +390,8 @@ where
     let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
     let mut out = Vec::with_capacity(1024);
     // At most one certificate renewal in flight per session; its answer comes back here.
-    let (renewed_tx, mut renewed_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(1);
+    let (renewed_tx, mut renewed_rx) =
+        tokio::sync::mpsc::channel::<Result<Vec<u8>, RenewalError>>(1);
     let mut renewing = false;
     loop {
         // Act on every whole packet already buffered.
@@ -408,13 +411,13 @@ where
                             out.extend_from_slice(&ack);
                             match (&shared.renewal, renewing) {
                                 (None, _) => out.extend(session.cert_message(
-                                    "error",
+                                    Cert::Error,
                                     b"certificate renewal is not configured on this gateway",
                                 )),
-                                (Some(_), true) => out.extend(
-                                    session
-                                        .cert_message("error", b"a renewal is already in progress"),
-                                ),
+                                (Some(_), true) => out.extend(session.cert_message(
+                                    Cert::Error,
+                                    b"a renewal is already in progress",
+                                )),
                                 (Some(client), false) => {
                                     renewing = true;
                                     let client = client.clone();
@@ -491,11 +494,11 @@ where
                 match renewed {
                     Ok(der) => {
                         tracing::info!(device = %who.id, tenant = %who.tenant, "new certificate sent to the device");
-                        out.extend(session.cert_message("new", &der));
+                        out.extend(session.cert_message(Cert::New, &der));
                     }
                     Err(e) => {
                         tracing::warn!(device = %who.id, tenant = %who.tenant, "renewal failed: {e}");
-                        out.extend(session.cert_message("error", e.as_bytes()));
+                        out.extend(session.cert_message(Cert::Error, e.to_string().as_bytes()));
                     }
                 }
             },

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+// The rule the identity bundle applies to device ids and tenants: one rule everywhere.
+use fleet_protocol::bundle::valid_name;
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -109,13 +111,6 @@ impl Identity {
     pub fn fingerprint_hex(&self) -> String {
         fleet_host::hex(self.fingerprint)
     }
-}
-
-/// The same rule the identity bundle applies to device ids and tenants.
-pub fn valid_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {

@@ -6,7 +6,7 @@
 //! | topic | direction | payload |
 //! |---|---|---|
 //! | `status/get` | device → gateway | empty: "how is my certificate?" |
-//! | `status` | gateway → device | `{"now":…,"not_after":…,"renew":true\|false}` (Unix seconds) |
+//! | `status` | gateway → device | `{"now":…,"not_after":…,"renew":true\|false}` (Unix seconds, [`CertStatus`]) |
 //! | `csr` | device → gateway | PKCS#10 request (DER) for a new P-256 key |
 //! | `new` | gateway → device | the new certificate (DER) |
 //! | `error` | gateway → device | one line of text: why there is no new certificate |
@@ -14,18 +14,56 @@
 //! `status/get` and `csr` are answered by the gateway and never reach the broker; `status`,
 //! `new` and `error` are written to the device's connection only. The station sees the
 //! request from the gateway's own client certificate (subject OU=gateway) together with the
-//! serial of the certificate the device authenticated with, and applies the same rules as
-//! for a device renewing itself.
+//! serial of the certificate the device authenticated with ([`RenewalRequest`]), and applies
+//! the same rules as for a device renewing itself; it answers with [`Issued`] or [`ApiError`].
+//! The topics are [`fleet_protocol::topic::Cert`]'s.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_protocol::renewal::{ApiError, CertStatus, Issued, RenewalRequest};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::identity::Identity;
 use crate::Error;
+
+/// Why the station gave no new certificate. Per connection, like a [`crate::Refusal`]: the
+/// gateway logs it and sends its text to the device on `cert/error`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenewalError {
+    #[error("the station did not answer in time")]
+    Timeout,
+    #[error("renewal request: {0}")]
+    Encode(serde_json::Error),
+    #[error("station {station}: {source}")]
+    Connect {
+        station: String,
+        source: std::io::Error,
+    },
+    #[error("station TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("station HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("station request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("station answer: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("station answered {status} with non-JSON: {source}")]
+    NotJson {
+        status: u16,
+        source: serde_json::Error,
+    },
+    #[error("station refused ({status}): {reason}")]
+    Refused { status: u16, reason: String },
+    /// A success status without the fields of an issued certificate.
+    #[error("station: unexpected answer: {0}")]
+    Unexpected(serde_json::Error),
+    #[error("station: certificate PEM: {0}")]
+    CertificatePem(rustls::pki_types::pem::Error),
+}
 
 /// `[renewal]` in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,74 +134,69 @@ impl RenewalClient {
     }
 
     /// Asks the station for a new certificate; returns its DER, or why not.
-    pub async fn renew(&self, who: &Identity, csr_der: &[u8]) -> Result<Vec<u8>, String> {
+    pub async fn renew(&self, who: &Identity, csr_der: &[u8]) -> Result<Vec<u8>, RenewalError> {
         tokio::time::timeout(TIMEOUT, self.renew_inner(who, csr_der))
             .await
-            .unwrap_or_else(|_| Err("the station did not answer in time".into()))
+            .unwrap_or(Err(RenewalError::Timeout))
     }
 
-    async fn renew_inner(&self, who: &Identity, csr_der: &[u8]) -> Result<Vec<u8>, String> {
+    async fn renew_inner(&self, who: &Identity, csr_der: &[u8]) -> Result<Vec<u8>, RenewalError> {
         use http_body_util::BodyExt;
-        let body = serde_json::json!({
-            "csr_pem": pem_encode("CERTIFICATE REQUEST", csr_der),
-            "presented_serial": hex(&who.serial),
-        })
-        .to_string();
+        let request = RenewalRequest {
+            csr_pem: pem_encode("CERTIFICATE REQUEST", csr_der),
+            presented_serial: hex(&who.serial),
+        };
+        let body = serde_json::to_vec(&request).map_err(RenewalError::Encode)?;
         let tcp = tokio::net::TcpStream::connect(&self.station)
             .await
-            .map_err(|e| format!("station {}: {e}", self.station))?;
+            .map_err(|source| RenewalError::Connect {
+                station: self.station.clone(),
+                source,
+            })?;
         let tls = self
             .tls
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| format!("station TLS: {e}"))?;
+            .map_err(RenewalError::Tls)?;
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("station HTTP: {e}"))?;
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         let driver = tokio::spawn(conn);
         let request = hyper::Request::post(format!("/v1/devices/{}/renew", who.id))
             .header(hyper::header::HOST, self.station.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .map_err(|e| format!("station request: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("station HTTP: {e}"))?;
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let response = sender.send_request(request).await?;
         let status = response.status();
         let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
             .await
-            .map_err(|e| format!("station answer: {e}"))?
+            .map_err(RenewalError::Body)?
             .to_bytes();
         driver.abort();
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("station answered {status} with non-JSON: {e}"))?;
-        if !status.is_success() {
-            return Err(format!(
-                "station refused ({}): {}",
-                status.as_u16(),
-                json["error"].as_str().unwrap_or("no reason given")
-            ));
-        }
-        let pem = json["certificate_pem"]
-            .as_str()
-            .ok_or("station: no certificate_pem in the answer")?;
+        let pem = answer(status.as_u16(), &bytes)?.certificate_pem;
         CertificateDer::from_pem_slice(pem.as_bytes())
             .map(|c| c.to_vec())
-            .map_err(|e| format!("station: certificate PEM: {e}"))
+            .map_err(RenewalError::CertificatePem)
     }
+}
+
+/// The station's answer: [`Issued`] on success, else its [`ApiError`] as a refusal.
+fn answer(status: u16, body: &[u8]) -> Result<Issued, RenewalError> {
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|source| RenewalError::NotJson { status, source })?;
+    if (200..300).contains(&status) {
+        return serde_json::from_value(json).map_err(RenewalError::Unexpected);
+    }
+    let reason = serde_json::from_value::<ApiError>(json)
+        .map_or_else(|_| "no reason given".to_owned(), |e| e.error);
+    Err(RenewalError::Refused { status, reason })
 }
 
 /// The `cert/status` JSON.
 pub fn status_payload(who: &Identity, now: i64, threshold_secs: i64) -> Vec<u8> {
-    let renew = who.not_after - now <= threshold_secs;
-    format!(
-        "{{\"now\":{now},\"not_after\":{},\"renew\":{renew}}}",
-        who.not_after
-    )
-    .into_bytes()
+    CertStatus::new(now, who.not_after, threshold_secs)
+        .to_string()
+        .into_bytes()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -191,6 +224,44 @@ mod tests {
             fingerprint: [0; 32],
             not_after,
         }
+    }
+
+    #[test]
+    fn station_answers_become_a_certificate_or_a_typed_refusal() {
+        let issued = Issued {
+            device_id: "acme-000001".into(),
+            tenant: "acme".into(),
+            serial: "7f".into(),
+            fingerprint: "00".into(),
+            not_after: 2_000_000_000,
+            certificate_pem: "PEM".into(),
+            issuing_ca_pem: "CA".into(),
+            bundle_base64: None,
+        };
+        let body = serde_json::to_vec(&issued).unwrap();
+        assert_eq!(answer(200, &body).unwrap(), issued);
+
+        let refused = answer(409, br#"{"error":"not due"}"#).unwrap_err();
+        assert!(
+            matches!(&refused, RenewalError::Refused { status: 409, reason } if reason == "not due")
+        );
+        assert_eq!(refused.to_string(), "station refused (409): not due");
+        assert_eq!(
+            answer(500, b"{}").unwrap_err().to_string(),
+            "station refused (500): no reason given"
+        );
+        assert!(matches!(
+            answer(502, b"<html>"),
+            Err(RenewalError::NotJson { status: 502, .. })
+        ));
+        assert!(matches!(
+            answer(200, br#"{"error":"x"}"#),
+            Err(RenewalError::Unexpected(_))
+        ));
+        assert_eq!(
+            RenewalError::Timeout.to_string(),
+            "the station did not answer in time"
+        );
     }
 
     #[test]

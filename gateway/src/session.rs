@@ -1,7 +1,7 @@
 //! The MQTT session core: decoded packets in, decisions out. No sockets here.
 //!
 //! The connection shell (`connection.rs`) decodes client bytes with the shared codec in
-//! `fleet_firmware::mqtt`, hands each packet to [`Session::inbound`] (3.1.1) or
+//! `fleet_protocol::mqtt`, hands each packet to [`Session::inbound`] (3.1.1) or
 //! [`Session::inbound5`] (5), and carries out the returned [`Inbound`] decision; router
 //! notifications go through [`Session::outbound`], which encodes them for the client in the
 //! client's protocol version.
@@ -17,13 +17,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use fleet_firmware::mqtt::v5::{
+use fleet_protocol::mqtt::v5::{
     self as v5, reason, Ack5, ConnAck5, Connect5, Packet5, Properties, Property, Reason5,
     ReasonList,
 };
-use fleet_firmware::mqtt::{
+use fleet_protocol::mqtt::{
     self, ConnAck, Connect, ConnectReturnCode, Packet, QoS, SubAckCode, SubAckCodes,
 };
+use fleet_protocol::topic::{self, Cert};
 use rumqttd::protocol as r;
 use rumqttd::Notification;
 
@@ -348,9 +349,6 @@ pub struct Session {
     subscriptions: HashSet<String>,
     max_subscriptions: usize,
     publish_rate: TokenBucket,
-    /// `tenants/{tenant}/devices/{device}/cert/` for devices: the rotation topics the
-    /// gateway answers itself.
-    cert_prefix: Option<String>,
     /// Devices whose certificate ends within this many seconds are told to renew.
     renew_threshold: Option<i64>,
     pub stats: SessionStats,
@@ -363,8 +361,6 @@ impl Session {
         limits: &Limits,
         now: Instant,
     ) -> Session {
-        let cert_prefix = (identity.kind == crate::identity::Kind::Device)
-            .then(|| format!("tenants/{}/devices/{}/cert/", identity.tenant, identity.id));
         Session {
             identity,
             policy,
@@ -375,7 +371,6 @@ impl Session {
             subscriptions: HashSet::new(),
             max_subscriptions: limits.max_subscriptions,
             publish_rate: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
-            cert_prefix,
             renew_threshold: None,
             stats: SessionStats::default(),
         }
@@ -407,11 +402,15 @@ impl Session {
         self.identity.clone()
     }
 
-    /// A QoS 0 PUBLISH from the gateway to this device under its `cert/` topics.
-    pub fn cert_message(&self, leaf: &str, payload: &[u8]) -> Vec<u8> {
+    /// A QoS 0 PUBLISH from the gateway to this device on one of its rotation topics
+    /// (nothing for services, which have none).
+    pub fn cert_message(&self, which: Cert, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        if let Some(prefix) = &self.cert_prefix {
-            let topic = format!("{prefix}{leaf}");
+        let mut topic = String::new();
+        let who = &self.identity;
+        if who.kind == crate::identity::Kind::Device
+            && topic::cert(&mut topic, &who.tenant, &who.id, which).is_ok()
+        {
             let publish = mqtt::Publish {
                 dup: false,
                 qos: QoS::AtMostOnce,
@@ -425,12 +424,14 @@ impl Session {
         out
     }
 
-    /// The rotation topics the gateway answers itself; `None` for anything else.
+    /// The rotation topics the gateway answers itself (`cert/status/get` and `cert/csr` of a
+    /// device's own prefix); `None` for anything else.
     fn rotation(&mut self, p: &mqtt::Publish<'_>) -> Option<Inbound> {
-        let leaf = p.topic.strip_prefix(self.cert_prefix.as_deref()?)?;
-        if leaf != "status/get" && leaf != "csr" {
+        let who = &self.identity;
+        if who.kind != crate::identity::Kind::Device {
             return None;
         }
+        let which = topic::cert_topic(p.topic, &who.tenant, &who.id).filter(|c| c.from_device())?;
         let mut ack = Vec::new();
         self.ack_publish(&mut ack, p, reason::SUCCESS);
         let now = std::time::SystemTime::now()
@@ -438,12 +439,12 @@ impl Session {
             .map_or(0, |d| d.as_secs() as i64);
         // Without a station to renew through, never ask for a renewal.
         let threshold = self.renew_threshold.unwrap_or(i64::MIN / 2);
-        if leaf == "csr" {
+        if which == Cert::Csr {
             // Only certificates near their end are renewed through the gateway: a device
             // cannot churn the registry and the CRL by asking again and again.
             if self.identity.not_after - now > threshold {
                 ack.extend(self.cert_message(
-                    "error",
+                    Cert::Error,
                     b"not due for renewal: the certificate is not near its end",
                 ));
                 return Some(Inbound::Reply(ack));
@@ -454,7 +455,7 @@ impl Session {
             });
         }
         let status = crate::renewal::status_payload(&self.identity, now, threshold);
-        ack.extend(self.cert_message("status", &status));
+        ack.extend(self.cert_message(Cert::Status, &status));
         Some(Inbound::Reply(ack))
     }
 
@@ -1016,7 +1017,7 @@ fn client_publish(p: &r::Publish) -> Option<mqtt::Publish<'_>> {
 mod tests {
     use super::*;
     use crate::identity::Kind;
-    use fleet_firmware::mqtt::{SubscribeFilters, Will};
+    use fleet_protocol::mqtt::{SubscribeFilters, Will};
 
     fn device(id: &str) -> Identity {
         Identity {

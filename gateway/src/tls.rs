@@ -133,7 +133,7 @@ impl TlsState {
             .with_single_cert(chain, key)
             .map_err(|e| Error::Tls(TlsSetup::ServerCertificate(e)))?;
         // Small records, so a device needs a 4 KiB TLS read buffer instead of 16 KiB.
-        config.max_fragment_size = Some(fleet_firmware::tls::MAX_RECORD);
+        config.max_fragment_size = Some(fleet_protocol::limits::MAX_RECORD);
         Ok(TlsState {
             server_config: Arc::new(config),
             revoked: crls.revoked,

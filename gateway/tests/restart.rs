@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{device_connect, GatewayProcess, TestPki, Tls};
-use fleet_firmware::mqtt::{Packet, Publish, QoS, Subscribe, SubscribeFilters};
+use fleet_protocol::mqtt::{Packet, Publish, QoS, Subscribe, SubscribeFilters};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEVICES: usize = 20;

@@ -6,12 +6,22 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fleet_protocol::topic::{self, Kind, TooLong};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::Error;
+
+/// A topic of the scheme ([`fleet_protocol::topic`]). `+` as the device builds a filter over
+/// every device of a tenant.
+pub fn scheme_topic(build: impl FnOnce(&mut String) -> Result<(), TooLong>) -> String {
+    let mut topic = String::new();
+    // A `String` never runs out of room, so there is no `TooLong` to handle.
+    let _ = build(&mut topic);
+    topic
+}
 
 /// What the backend has seen so far.
 #[derive(Debug, Default, Clone)]
@@ -89,12 +99,12 @@ impl Backend {
                 client_config(id)?,
             )));
         let (client, mut events) = AsyncClient::new(options, 1024);
-        for suffix in ["telemetry", "ack"] {
+        for filter in [
+            scheme_topic(|s| topic::telemetry(s, tenant, "+")),
+            scheme_topic(|s| topic::ack(s, tenant, "+")),
+        ] {
             client
-                .subscribe(
-                    format!("tenants/{tenant}/devices/+/{suffix}"),
-                    QoS::AtLeastOnce,
-                )
+                .subscribe(filter, QoS::AtLeastOnce)
                 .await
                 .map_err(|e| Error::Backend(e.to_string()))?;
         }
@@ -130,27 +140,26 @@ impl Backend {
 
         let observed = Arc::new(Mutex::new(Observed::default()));
         let seen = observed.clone();
-        let prefix = format!("tenants/{tenant}/devices/");
+        let our_tenant = tenant.to_owned();
         let task = tokio::spawn(async move {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let Some(rest) = p.topic.strip_prefix(&prefix) else {
+                        let Some(t) = topic::split(&p.topic).filter(|t| t.tenant == our_tenant)
+                        else {
                             continue;
                         };
-                        let Some((device, kind)) = rest.split_once('/') else {
-                            continue;
-                        };
+                        let device = t.device;
                         let mut o = seen.lock().unwrap_or_else(|e| e.into_inner());
-                        match kind {
-                            "telemetry" => {
+                        match t.kind {
+                            Kind::Telemetry("") => {
                                 *o.telemetry.entry(device.to_owned()).or_default() += 1;
                                 let list = o.payloads.entry(device.to_owned()).or_default();
                                 if list.len() < 1000 {
                                     list.push(p.payload.to_vec());
                                 }
                             }
-                            "ack" => {
+                            Kind::Ack => {
                                 if let Some(at) = o.sent.get(device).copied() {
                                     o.acked.entry(device.to_owned()).or_insert(at.elapsed());
                                 }
@@ -180,7 +189,7 @@ impl Backend {
             .insert(device.to_owned(), Instant::now());
         self.client
             .publish(
-                format!("tenants/{}/devices/{device}/cmd/ping", self.tenant),
+                scheme_topic(|s| topic::command(s, &self.tenant, device, "ping")),
                 QoS::AtLeastOnce,
                 false,
                 payload.to_vec(),
@@ -194,7 +203,7 @@ impl Backend {
         let _ = self
             .client
             .publish(
-                format!("tenants/{}/devices/{device}/cmd/bulk", self.tenant),
+                scheme_topic(|s| topic::command(s, &self.tenant, device, "bulk")),
                 QoS::AtMostOnce,
                 false,
                 vec![0x5A; size],

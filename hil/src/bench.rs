@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_firmware::mqtt::{Connect, Packet};
+use fleet_protocol::mqtt::{Connect, Packet};
+use fleet_protocol::topic;
 use fleet_provision::pki::Ca;
 use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rumqttc::{AsyncClient, Event, MqttOptions, QoS, TlsConfiguration, Transport};
@@ -17,6 +18,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
+use crate::backend::scheme_topic;
 use crate::Error;
 
 /// A client identity minted for the benchmark (never written to disk).
@@ -275,7 +277,7 @@ pub async fn qos1_throughput(
         let (client, mut events) = AsyncClient::new(rumqtt_options(target, who), 1000);
         client
             .subscribe(
-                format!("tenants/{tenant}/devices/+/telemetry"),
+                scheme_topic(|s| topic::telemetry(s, tenant, "+")),
                 QoS::AtLeastOnce,
             )
             .await
@@ -307,7 +309,7 @@ pub async fn qos1_throughput(
     let mut pubs = JoinSet::new();
     for who in publishers {
         let (client, mut events) = AsyncClient::new(rumqtt_options(target, who), 1000);
-        let topic = format!("tenants/{tenant}/devices/{}/telemetry", who.id);
+        let topic = scheme_topic(|s| topic::telemetry(s, tenant, &who.id));
         pubs.spawn(async move {
             let sender = tokio::spawn(async move {
                 for i in 0..per_publisher {

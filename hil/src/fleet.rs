@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fleet_firmware::backoff::Backoff;
-use fleet_firmware::bundle::Bundle;
 use fleet_firmware::device::{App, Options, Stats};
 use fleet_firmware::sim::{self, SimConfig};
+use fleet_protocol::bundle::Bundle;
 use tokio::sync::watch;
 use tokio::task::LocalSet;
 

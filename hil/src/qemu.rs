@@ -21,9 +21,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_firmware::bundle::Bundle;
 use fleet_gateway::config::{Admin, TlsFiles};
 use fleet_gateway::{Config, Gateway};
+use fleet_protocol::bundle::Bundle;
 use fleet_provision::{BatchRequest, KeyProtection, Reason, Station};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_firmware::bundle::Bundle;
 use fleet_firmware::device::{App, Options, Stats};
-use fleet_firmware::mqtt::{Connect, Packet};
 use fleet_firmware::sim;
+use fleet_protocol::bundle::Bundle;
+use fleet_protocol::mqtt::{Connect, Packet};
 use p256::pkcs8::DecodePrivateKey;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls_pki_types::pem::PemObject;

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_firmware::bundle::Bundle;
 use fleet_gateway::config::{Admin, TlsFiles};
 use fleet_gateway::renewal::Renewal;
 use fleet_gateway::{Config, Gateway};
+use fleet_protocol::bundle::Bundle;
+use fleet_protocol::renewal::{ApiError, Issued, RenewalRequest};
 use fleet_provision::serve::{Options, Server};
 use fleet_provision::{BatchRequest, KeyProtection, Station};
 use tokio::sync::oneshot;
@@ -255,29 +256,17 @@ async fn foreign_renewer(
                     }
                 }
             };
-            let answer = body
-                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-                .and_then(|v| {
-                    let pem = v["csr_pem"].as_str()?.to_owned();
-                    let der = fleet_provision::pki::csr_der(pem.as_bytes()).ok()?;
-                    let key = fleet_provision::pki::check_csr(&der).ok()?;
-                    let signed = fleet_provision::pki::sign_device_key(
-                        foreign.issuing_ca(),
-                        &key,
-                        "acme-000001",
-                        "acme",
-                        365,
-                        &fleet_provision::pki::random_serial(),
-                    )
-                    .ok()?;
-                    Some(serde_json::json!({
-                        "certificate_pem": fleet_provision::pki::cert_to_pem(&signed.der)
-                    }))
-                });
+            let answer = body.and_then(|b| foreign_renewal(&foreign, &b));
             let (status, body) = match answer {
-                Some(json) => ("200 OK", json.to_string()),
-                None => ("400 Bad Request", "{\"error\":\"bad request\"}".to_owned()),
+                Some(issued) => ("200 OK", serde_json::to_string(&issued)),
+                None => (
+                    "400 Bad Request",
+                    serde_json::to_string(&ApiError {
+                        error: "bad request".into(),
+                    }),
+                ),
             };
+            let body = body.unwrap_or_default();
             let response = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -287,6 +276,36 @@ async fn foreign_renewer(
         }
     });
     Ok((addr, tx, task))
+}
+
+/// What the foreign station answers a relayed renewal with: a certificate for the request's
+/// key from a CA the gateway does not trust, in the station's answer format.
+fn foreign_renewal(foreign: &Station, body: &str) -> Option<Issued> {
+    use sha2::{Digest, Sha256};
+    let request: RenewalRequest = serde_json::from_str(body).ok()?;
+    let der = fleet_provision::pki::csr_der(request.csr_pem.as_bytes()).ok()?;
+    let key = fleet_provision::pki::check_csr(&der).ok()?;
+    let serial = fleet_provision::pki::random_serial();
+    let signed = fleet_provision::pki::sign_device_key(
+        foreign.issuing_ca(),
+        &key,
+        "acme-000001",
+        "acme",
+        365,
+        &serial,
+    )
+    .ok()?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    Some(Issued {
+        device_id: "acme-000001".into(),
+        tenant: "acme".into(),
+        serial: hex(&serial),
+        fingerprint: hex(&Sha256::digest(&signed.der)),
+        not_after: signed.not_after,
+        certificate_pem: fleet_provision::pki::cert_to_pem(&signed.der),
+        issuing_ca_pem: fleet_provision::pki::cert_to_pem(&foreign.issuing_ca().cert_der),
+        bundle_base64: None,
+    })
 }
 
 /// The last `n` lines of a text file (none when it cannot be read).

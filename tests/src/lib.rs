@@ -214,7 +214,7 @@ pub async fn wait_for(what: &str, timeout: std::time::Duration, mut done: impl F
 pub fn device_client_config(bundle: &DeviceBundle, root_pem: &Path) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivateSec1KeyDer};
-    let b = fleet_firmware::bundle::Bundle::parse(&bundle.bytes).expect("bundle");
+    let b = fleet_protocol::bundle::Bundle::parse(&bundle.bytes).expect("bundle");
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(root_pem).expect("root pem") {
         roots.add(c.expect("cert")).expect("add root");
@@ -237,7 +237,7 @@ pub fn device_client_config(bundle: &DeviceBundle, root_pem: &Path) -> Arc<rustl
 /// Writes a device's certificate and key from its bundle as PEM files (for external clients),
 /// the way `fleet-provision bundle export` does.
 pub fn export_pem(bundle: &DeviceBundle, dir: &Path) -> (PathBuf, PathBuf) {
-    let b = fleet_firmware::bundle::Bundle::parse(&bundle.bytes).expect("bundle");
+    let b = fleet_protocol::bundle::Bundle::parse(&bundle.bytes).expect("bundle");
     let (cert_pem, key_pem) = fleet_provision::bundle_to_pem(&b).expect("PEM export");
     let cert = dir.join(format!("{}.pem", bundle.device_id));
     let key = dir.join(format!("{}.key", bundle.device_id));
@@ -250,9 +250,9 @@ pub fn export_pem(bundle: &DeviceBundle, dir: &Path) -> (PathBuf, PathBuf) {
 pub mod raw {
     use std::time::Duration;
 
-    use fleet_firmware::mqtt::v5::{Connect5, Packet5, Properties, Property};
-    use fleet_firmware::mqtt::{Connect, Packet, Publish, QoS};
     use fleet_hil::fleet::DeviceBundle;
+    use fleet_protocol::mqtt::v5::{Connect5, Packet5, Properties, Property};
+    use fleet_protocol::mqtt::{Connect, Packet, Publish, QoS};
     use rustls_pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use fleet_firmware::mqtt::v5::{self, Packet5, Properties, Property};
-use fleet_firmware::mqtt::{Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters};
+use fleet_protocol::mqtt::v5::{self, Packet5, Properties, Property};
+use fleet_protocol::mqtt::{Packet, Publish, QoS, SubAckCode, Subscribe, SubscribeFilters};
 use fleet_tests::raw::{closed_within, connect, encode, publish, Client5, Tls};
 use fleet_tests::{wait_for, Pki, RunningGateway, TENANT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

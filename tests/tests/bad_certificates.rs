@@ -212,7 +212,7 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         .cert_der
         .to_vec();
     let revoked = {
-        let b = fleet_firmware::bundle::Bundle::parse(&devices[0].bytes).unwrap();
+        let b = fleet_protocol::bundle::Bundle::parse(&devices[0].bytes).unwrap();
         let key = fleet_provision::pki::pkcs8_pem_from_sec1(b.private_key_der.unwrap()).unwrap();
         (
             CertificateDer::from(b.cert_der.to_vec()),

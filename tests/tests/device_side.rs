@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use fleet_firmware::bundle::Bundle;
 use fleet_firmware::device::{App, Buffers, Options, Stats, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
 use fleet_firmware::x509::CertError;
 use fleet_firmware::{sim, Error};
+use fleet_protocol::bundle::Bundle;
 use fleet_tests::{Pki, RunningGateway, TENANT};
 use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use fleet_firmware::device::Options;
-use fleet_firmware::mqtt::QoS;
 use fleet_hil::fleet::{telemetry_payload, Fleet};
 use fleet_hil::refusals;
+use fleet_protocol::mqtt::QoS;
 use fleet_tests::{export_pem, wait_for, Pki, RunningGateway, TENANT};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, Packet};
 

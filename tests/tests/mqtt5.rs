@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use fleet_firmware::mqtt::v5::{reason, Ack5, Packet5, Properties, Property, ReasonList};
-use fleet_firmware::mqtt::{Publish, QoS, Subscribe, SubscribeFilters};
+use fleet_protocol::mqtt::v5::{reason, Ack5, Packet5, Properties, Property, ReasonList};
+use fleet_protocol::mqtt::{Publish, QoS, Subscribe, SubscribeFilters};
 use fleet_tests::raw::Client5;
 use fleet_tests::{export_pem, wait_for, Pki, RunningGateway, TENANT};
 use tokio::time::timeout;

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use fleet_firmware::bundle::Bundle;
 use fleet_firmware::device::{App, Buffers, Options, Stats, MAX_PAYLOAD};
-use fleet_firmware::mqtt::QoS;
 use fleet_firmware::outbox::Outbox;
 use fleet_firmware::sim;
 use fleet_gateway::registry::Kick;
+use fleet_protocol::bundle::Bundle;
+use fleet_protocol::mqtt::QoS;
 use fleet_tests::{Pki, RunningGateway, TENANT};
 
 struct Quiet;

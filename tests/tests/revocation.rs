@@ -104,7 +104,7 @@ async fn a_bad_crl_is_refused_and_the_previous_state_stays_in_force() {
         assert!(gw.has_device(&bundles[1].device_id));
     }
     let revoked = fleet_gateway::identity::Identity::from_cert_der(
-        fleet_firmware::bundle::Bundle::parse(&bundles[0].bytes)
+        fleet_protocol::bundle::Bundle::parse(&bundles[0].bytes)
             .unwrap()
             .cert_der,
         "service",

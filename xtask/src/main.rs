@@ -204,8 +204,10 @@ fn test() -> anyhow::Result<()> {
         ("unshare", "util-linux"),
         ("qemu-system-arm", "qemu-system-arm"),
     ])?;
-    sh::step("cargo build -p fleet-firmware (the no_std library alone, without std)");
-    sh::cargo(&["build", "-p", "fleet-firmware"])?;
+    sh::step(
+        "cargo build -p fleet-firmware -p fleet-protocol (the no_std libraries alone, without std or serde)",
+    );
+    sh::cargo(&["build", "-p", "fleet-firmware", "-p", "fleet-protocol"])?;
     // Every board image (they build the no_std core for both embedded targets) and their
     // size budgets; `cargo xtask firmware build` also builds the core alone per target.
     let boards = firmware::selected(None)?;

@@ -92,7 +92,7 @@ impl<'a> Reader<'a> {
             field,
         };
         let s = core::str::from_utf8(raw).map_err(|_| bad)?;
-        if s.contains('\0') {
+        if s.bytes().any(|b| b == 0) {
             return Err(bad);
         }
         Ok(s)

@@ -4,7 +4,7 @@ extern crate std;
 use std::vec::Vec;
 
 use super::*;
-use crate::mqtt::SubscribeFilters;
+use crate::mqtt::{MqttError, QoS, SubscribeFilters, UnsubscribeFilters, Will};
 
 const MAX: usize = 64 * 1024;
 

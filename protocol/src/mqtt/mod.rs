@@ -1,5 +1,5 @@
 //! MQTT wire format: every control packet, both directions, parse and emit — 3.1.1 here,
-//! version 5 in [`v5`] as a layer over the same packet views.
+//! version 5 in [`v5`] as a layer over the same packet views and field readers.
 //!
 //! [`Packet::parse`] borrows from the input and allocates nothing; it validates everything the
 //! specification calls malformed, so a parsed packet can be trusted by the caller (the device
@@ -10,6 +10,7 @@
 mod error;
 mod list;
 mod packet;
+mod shared;
 pub mod topic;
 pub mod v5;
 mod wire;

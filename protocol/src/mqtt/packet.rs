@@ -1,7 +1,11 @@
 //! The packets and their parse/emit pairs.
 
 use super::list::{SubAckCodes, SubscribeFilters, UnsubscribeFilters};
-use super::topic::{valid_topic_filter, valid_topic_name};
+use super::shared::{
+    nonzero, publish_flags, read_connack_flags, read_credentials, read_protocol, read_publish_id,
+    read_subscriptions, read_unsubscriptions, read_will, session_present, ConnectFlags, Level,
+};
+use super::topic::valid_topic_name;
 use super::wire::{emit_framed, frame, varint_len, Reader, NAMES};
 use super::MqttError;
 
@@ -235,9 +239,9 @@ impl<'a> Packet<'a> {
             Packet::Connect(c) => c.body_len(),
             Packet::ConnAck(_) => 2,
             Packet::Publish(p) => p.body_len(),
-            Packet::Subscribe(s) => s.body_len(),
+            Packet::Subscribe(s) => 2 + s.filters_len(),
             Packet::SubAck(a) => a.body_len(),
-            Packet::Unsubscribe(u) => u.body_len(),
+            Packet::Unsubscribe(u) => 2 + u.filters_len(),
             Packet::PubAck(_)
             | Packet::PubRec(_)
             | Packet::PubRel(_)
@@ -294,64 +298,14 @@ impl Emit for Control {
     }
 }
 
-fn nonzero(id: u16, packet: &'static str) -> Result<(), MqttError> {
-    if id == 0 {
-        Err(MqttError::ZeroPacketId { packet })
-    } else {
-        Ok(())
-    }
-}
-
-impl Connect<'_> {
-    fn body_len(&self) -> usize {
-        let mut n = 2 + 4 + 1 + 1 + 2 + 2 + self.client_id.len();
-        if let Some(w) = &self.will {
-            n += 2 + w.topic.len() + 2 + w.payload.len();
-        }
-        n += self.username.map_or(0, |u| 2 + u.len());
-        n + self.password.map_or(0, |p| 2 + p.len())
-    }
-}
-
 impl Emit for Connect<'_> {
     fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
-        if self.client_id.contains('\0') {
-            return Err(MqttError::BadString {
-                packet: "CONNECT",
-                field: "client id",
-            });
-        }
+        self.check()?;
         if self.password.is_some() && self.username.is_none() {
             return Err(MqttError::BadConnectFlags("password without user name"));
         }
-        if let Some(w) = &self.will {
-            if !valid_topic_name(w.topic) {
-                return Err(MqttError::BadTopicName { packet: "CONNECT" });
-            }
-        }
         emit_framed(out, 0x10, self.body_len(), |w| {
-            w.string("MQTT", "protocol name")?;
-            w.u8(4)?;
-            let mut flags = u8::from(self.clean_session) << 1;
-            if let Some(will) = &self.will {
-                flags |= 0b100 | (will.qos as u8) << 3 | u8::from(will.retain) << 5;
-            }
-            flags |=
-                u8::from(self.password.is_some()) << 6 | u8::from(self.username.is_some()) << 7;
-            w.u8(flags)?;
-            w.u16(self.keep_alive)?;
-            w.string(self.client_id, "client id")?;
-            if let Some(will) = &self.will {
-                w.string(will.topic, "will topic")?;
-                w.binary(will.payload, "will payload")?;
-            }
-            if let Some(u) = self.username {
-                w.string(u, "user name")?;
-            }
-            if let Some(p) = self.password {
-                w.binary(p, "password")?;
-            }
-            Ok(())
+            self.write_body(w, 4, |_| Ok(()), |_| Ok(()))
         })
     }
 }
@@ -365,69 +319,19 @@ impl Emit for ConnAck {
     }
 }
 
-impl Publish<'_> {
-    fn body_len(&self) -> usize {
-        2 + self.topic.len() + usize::from(self.packet_id.is_some()) * 2 + self.payload.len()
-    }
-}
-
 impl Emit for Publish<'_> {
     fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
-        if !valid_topic_name(self.topic) {
-            return Err(MqttError::BadTopicName { packet: "PUBLISH" });
-        }
-        match (self.qos, self.packet_id) {
-            (QoS::AtMostOnce, None) if !self.dup => {}
-            (QoS::AtMostOnce, None) => {
-                return Err(MqttError::BadFlags {
-                    packet: "PUBLISH",
-                    flags: 0b1000,
-                })
-            }
-            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => nonzero(id, "PUBLISH")?,
-            _ => return Err(MqttError::PacketIdMismatch),
-        }
-        let first_byte =
-            0x30 | u8::from(self.dup) << 3 | (self.qos as u8) << 1 | u8::from(self.retain);
-        emit_framed(out, first_byte, self.body_len(), |w| {
-            w.string(self.topic, "topic")?;
-            if let Some(id) = self.packet_id {
-                w.u16(id)?;
-            }
-            w.bytes(self.payload)
+        self.check(false)?;
+        emit_framed(out, self.first_byte(), self.body_len(), |w| {
+            self.write_body(w, |_| Ok(()))
         })
-    }
-}
-
-impl Subscribe<'_> {
-    fn body_len(&self) -> usize {
-        2 + self
-            .filters
-            .iter()
-            .map(|(f, _)| 2 + f.len() + 1)
-            .sum::<usize>()
     }
 }
 
 impl Emit for Subscribe<'_> {
     fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
-        nonzero(self.packet_id, "SUBSCRIBE")?;
-        if self.filters.is_empty() {
-            return Err(MqttError::EmptyList {
-                packet: "SUBSCRIBE",
-            });
-        }
-        if let Some(i) = self
-            .filters
-            .iter()
-            .position(|(f, _)| !valid_topic_filter(f))
-        {
-            return Err(MqttError::BadTopicFilter {
-                packet: "SUBSCRIBE",
-                index: i + 1,
-            });
-        }
-        emit_framed(out, 0x82, self.body_len(), |w| {
+        self.check()?;
+        emit_framed(out, 0x82, 2 + self.filters_len(), |w| {
             w.u16(self.packet_id)?;
             for (f, q) in self.filters.iter() {
                 w.string(f, "topic filter")?;
@@ -460,32 +364,12 @@ impl Emit for SubAck<'_> {
     }
 }
 
-impl Unsubscribe<'_> {
-    fn body_len(&self) -> usize {
-        2 + self.filters.iter().map(|f| 2 + f.len()).sum::<usize>()
-    }
-}
-
 impl Emit for Unsubscribe<'_> {
     fn emit(&self, out: &mut [u8]) -> Result<usize, MqttError> {
-        nonzero(self.packet_id, "UNSUBSCRIBE")?;
-        if self.filters.is_empty() {
-            return Err(MqttError::EmptyList {
-                packet: "UNSUBSCRIBE",
-            });
-        }
-        if let Some(i) = self.filters.iter().position(|f| !valid_topic_filter(f)) {
-            return Err(MqttError::BadTopicFilter {
-                packet: "UNSUBSCRIBE",
-                index: i + 1,
-            });
-        }
-        emit_framed(out, 0xA2, self.body_len(), |w| {
+        self.check()?;
+        emit_framed(out, 0xA2, 2 + self.filters_len(), |w| {
             w.u16(self.packet_id)?;
-            for f in self.filters.iter() {
-                w.string(f, "topic filter")?;
-            }
-            Ok(())
+            self.write_filters(w)
         })
     }
 }
@@ -511,59 +395,22 @@ fn from_server<'a>(
 }
 
 fn parse_connect<'a>(r: &mut Reader<'a>) -> Result<Connect<'a>, MqttError> {
-    let name = r.string("protocol name")?;
-    let level = r.u8("protocol level")?;
-    match (name, level) {
-        ("MQTT", 4) | ("MQIsdp", 3) => {}
-        ("MQTT", l) | ("MQIsdp", l) => return Err(MqttError::UnsupportedProtocolLevel(l)),
-        _ => return Err(MqttError::BadProtocolName),
-    }
-    let flags = r.u8("connect flags")?;
-    if flags & 1 != 0 {
-        return Err(MqttError::BadConnectFlags("reserved flag is set"));
-    }
-    let will_flag = flags & 0b100 != 0;
-    let will_qos = (flags >> 3) & 0b11;
-    let will_retain = flags & 0b10_0000 != 0;
-    let has_password = flags & 0b100_0000 != 0;
-    let has_username = flags & 0b1000_0000 != 0;
-    if !will_flag && (will_qos != 0 || will_retain) {
-        return Err(MqttError::BadConnectFlags(
-            "will QoS or retain set without a will",
-        ));
-    }
-    if has_password && !has_username {
+    read_protocol(r, Level::V311)?;
+    let flags = ConnectFlags::read(r)?;
+    if flags.password_without_username() {
         return Err(MqttError::BadConnectFlags("password without user name"));
     }
     let keep_alive = r.u16("keep alive")?;
     let client_id = r.string("client id")?;
-    let will = if will_flag {
-        let qos = QoS::from_bits(will_qos).ok_or(MqttError::BadQoS { packet: "CONNECT" })?;
-        let topic = r.string("will topic")?;
-        if !valid_topic_name(topic) {
-            return Err(MqttError::BadTopicName { packet: "CONNECT" });
-        }
-        Some(Will {
-            topic,
-            payload: r.binary("will payload")?,
-            qos,
-            retain: will_retain,
-        })
+    let will = if flags.will() {
+        let qos = flags.will_qos()?;
+        Some(read_will(r, flags, qos)?)
     } else {
         None
     };
-    let username = if has_username {
-        Some(r.string("user name")?)
-    } else {
-        None
-    };
-    let password = if has_password {
-        Some(r.binary("password")?)
-    } else {
-        None
-    };
+    let (username, password) = read_credentials(r, flags)?;
     Ok(Connect {
-        clean_session: flags & 0b10 != 0,
+        clean_session: flags.clean_session(),
         keep_alive,
         client_id,
         will,
@@ -573,80 +420,36 @@ fn parse_connect<'a>(r: &mut Reader<'a>) -> Result<Connect<'a>, MqttError> {
 }
 
 fn parse_connack(r: &mut Reader<'_>) -> Result<ConnAck, MqttError> {
-    let flags = r.u8("acknowledge flags")?;
-    if flags & 0xFE != 0 {
-        return Err(MqttError::BadConnAck("reserved flags are set"));
-    }
+    let flags = read_connack_flags(r)?;
     let code = ConnectReturnCode::from_byte(r.u8("return code")?)
         .ok_or(MqttError::BadConnAck("unknown return code"))?;
-    if code != ConnectReturnCode::Accepted && flags != 0 {
-        return Err(MqttError::BadConnAck("session present on a refusal"));
-    }
     Ok(ConnAck {
-        session_present: flags == 1,
+        session_present: session_present(flags, code == ConnectReturnCode::Accepted)?,
         code,
     })
 }
 
 fn parse_publish<'a>(r: &mut Reader<'a>, flags: u8) -> Result<Publish<'a>, MqttError> {
-    let qos = QoS::from_bits((flags >> 1) & 0b11).ok_or(MqttError::BadQoS { packet: "PUBLISH" })?;
-    let dup = flags & 0b1000 != 0;
-    if dup && qos == QoS::AtMostOnce {
-        return Err(MqttError::BadFlags {
-            packet: "PUBLISH",
-            flags,
-        });
-    }
+    let (qos, dup, retain) = publish_flags(flags)?;
     let topic = r.string("topic")?;
     if !valid_topic_name(topic) {
         return Err(MqttError::BadTopicName { packet: "PUBLISH" });
     }
-    let packet_id = if qos == QoS::AtMostOnce {
-        None
-    } else {
-        Some(r.packet_id()?)
-    };
     Ok(Publish {
         dup,
         qos,
-        retain: flags & 1 != 0,
+        retain,
         topic,
-        packet_id,
+        packet_id: read_publish_id(r, qos)?,
         payload: r.rest(),
     })
 }
 
 fn parse_subscribe<'a>(r: &mut Reader<'a>) -> Result<Subscribe<'a>, MqttError> {
     let packet_id = r.packet_id()?;
-    let list = r.rest();
-    let mut items = Reader::new(list, "SUBSCRIBE");
-    let mut index = 0;
-    while !items.is_empty() {
-        index += 1;
-        let filter = items.string("topic filter")?;
-        if !valid_topic_filter(filter) {
-            return Err(MqttError::BadTopicFilter {
-                packet: "SUBSCRIBE",
-                index,
-            });
-        }
-        let options = items.u8("requested QoS")?;
-        if options & 0xFC != 0 {
-            return Err(MqttError::BadSubscriptionOptions { index });
-        }
-        QoS::from_bits(options).ok_or(MqttError::BadQoS {
-            packet: "SUBSCRIBE",
-        })?;
-    }
-    if index == 0 {
-        return Err(MqttError::EmptyList {
-            packet: "SUBSCRIBE",
-        });
-    }
-    Ok(Subscribe {
-        packet_id,
-        filters: SubscribeFilters::from_wire(list),
-    })
+    // 3.1.1: the options byte is the requested QoS and nothing else.
+    let filters = read_subscriptions(r.rest(), "requested QoS", |o| o & 0xFC == 0)?;
+    Ok(Subscribe { packet_id, filters })
 }
 
 fn parse_suback<'a>(r: &mut Reader<'a>) -> Result<SubAck<'a>, MqttError> {
@@ -666,25 +469,6 @@ fn parse_suback<'a>(r: &mut Reader<'a>) -> Result<SubAck<'a>, MqttError> {
 
 fn parse_unsubscribe<'a>(r: &mut Reader<'a>) -> Result<Unsubscribe<'a>, MqttError> {
     let packet_id = r.packet_id()?;
-    let list = r.rest();
-    let mut items = Reader::new(list, "UNSUBSCRIBE");
-    let mut index = 0;
-    while !items.is_empty() {
-        index += 1;
-        if !valid_topic_filter(items.string("topic filter")?) {
-            return Err(MqttError::BadTopicFilter {
-                packet: "UNSUBSCRIBE",
-                index,
-            });
-        }
-    }
-    if index == 0 {
-        return Err(MqttError::EmptyList {
-            packet: "UNSUBSCRIBE",
-        });
-    }
-    Ok(Unsubscribe {
-        packet_id,
-        filters: UnsubscribeFilters::from_wire(list),
-    })
+    let filters = read_unsubscriptions(r.rest())?;
+    Ok(Unsubscribe { packet_id, filters })
 }

@@ -1,28 +1,26 @@
 //! Topic names, topic filters and matching (MQTT 3.1.1 §4.7).
 
+// Both checks look at bytes: `+`, `#`, `/` and U+0000 are ASCII, and no byte of a multi-byte
+// UTF-8 sequence is ASCII. (Byte loops also keep the device image free of `char` searching.)
+
 /// A topic a PUBLISH may use: non-empty, at most 65,535 bytes, no wildcards, no U+0000.
 pub fn valid_topic_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 65_535 && !s.contains(['+', '#', '\0'])
+    !s.is_empty() && s.len() <= 65_535 && !s.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
 }
 
 /// A filter a SUBSCRIBE may use: `#` only as the whole last level, `+` only as a whole level.
 pub fn valid_topic_filter(s: &str) -> bool {
-    if s.is_empty() || s.len() > 65_535 || s.contains('\0') {
-        return false;
-    }
-    let mut levels = s.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        let ok = match level {
-            "#" => last,
-            "+" => true,
-            l => !l.contains(['+', '#']),
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    let b = s.as_bytes();
+    let level_starts = |i: usize| i == 0 || b[i - 1] == b'/';
+    let level_ends = |i: usize| i + 1 == b.len() || b[i + 1] == b'/';
+    !b.is_empty()
+        && b.len() <= 65_535
+        && b.iter().enumerate().all(|(i, &c)| match c {
+            0 => false,
+            b'#' => level_starts(i) && i + 1 == b.len(),
+            b'+' => level_starts(i) && level_ends(i),
+            _ => true,
+        })
 }
 
 /// Whether `filter` matches the concrete `topic`. A leading wildcard does not match topics
@@ -82,6 +80,31 @@ mod tests {
         }
     }
 
+    /// The rule as the specification words it, level by level.
+    fn filter_by_levels(s: &str) -> bool {
+        let levels: std::vec::Vec<&str> = s.split('/').collect();
+        !s.is_empty()
+            && !s.contains('\0')
+            && levels.iter().enumerate().all(|(i, l)| match *l {
+                "#" => i + 1 == levels.len(),
+                "+" => true,
+                l => !l.contains(['+', '#']),
+            })
+    }
+
+    extern crate std;
+
+    proptest::proptest! {
+        #[test]
+        fn byte_checks_agree_with_the_level_rules(s in "[a+#/\0ä]{0,12}") {
+            proptest::prop_assert_eq!(valid_topic_filter(&s), filter_by_levels(&s));
+            proptest::prop_assert_eq!(
+                valid_topic_name(&s),
+                !s.is_empty() && !s.contains(['+', '#', '\0'])
+            );
+        }
+    }
+
     #[test]
     fn filter_and_name_validity() {
         for (f, ok) in [
@@ -97,6 +120,15 @@ mod tests {
             ("/", true),
             ("", false),
             ("a\0b", false),
+            ("+/+", true),
+            ("a/+/#", true),
+            ("/#", true),
+            ("a+/b", false),
+            ("+a", false),
+            ("#/", false),
+            ("a/#b", false),
+            ("a/b#", false),
+            ("ä/+/ö", true),
         ] {
             assert_eq!(valid_topic_filter(f), ok, "filter {f:?}");
         }

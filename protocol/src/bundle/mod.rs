@@ -30,9 +30,17 @@
 //! below 0x80 is rejected, and so is any field that appears twice.
 //!
 //! [`Bundle::parse`] borrows from the input and allocates nothing; [`Bundle::emit`] writes into
-//! a caller-provided buffer.
+//! a caller-provided buffer. The text fields are checked by [`Name`] and [`Host`], the one place
+//! of their rules: `parse` (and `emit`, which re-parses what it wrote) through them, and a
+//! station before it builds a bundle with [`Name::device_id`], [`Name::tenant`] and
+//! [`Host::new`], which say which rule a value breaks. The [`Bundle`] fields stay `&str`: the
+//! device loop and the station take them as such.
 
 use core::fmt;
+
+mod names;
+
+pub use names::{valid_host, valid_name, Host, Name, MAX_HOST_LEN, MAX_NAME_LEN};
 
 /// The four bytes every bundle starts with.
 pub const MAGIC: [u8; 4] = *b"FLID";
@@ -42,8 +50,6 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 20;
 /// Largest body accepted: bigger than any sane flash slot, small enough to bound parsing.
 pub const MAX_BODY_LEN: usize = 32 * 1024;
-/// Longest device id or tenant.
-pub const MAX_NAME_LEN: usize = 64;
 /// Length of the per-device seed.
 pub const SEED_LEN: usize = 32;
 
@@ -177,9 +183,9 @@ impl fmt::Display for BundleError {
 pub struct Bundle<'a> {
     /// Slot generation; the higher valid generation is the active identity.
     pub generation: u32,
-    /// Device id, equal to the certificate subject CN.
+    /// Device id, equal to the certificate subject CN; a valid [`Name`].
     pub device_id: &'a str,
-    /// Tenant, equal to the certificate subject O.
+    /// Tenant, equal to the certificate subject O; a valid [`Name`].
     pub tenant: &'a str,
     /// The device certificate, DER.
     pub cert_der: &'a [u8],
@@ -187,7 +193,7 @@ pub struct Bundle<'a> {
     pub private_key_der: Option<&'a [u8]>,
     /// The certificate the gateway's chain must lead to, DER.
     pub trust_anchor_der: &'a [u8],
-    /// Gateway host name; the server certificate must name it.
+    /// Gateway host name, a valid [`Host`]; the server certificate must name it.
     pub gateway_host: &'a str,
     /// Gateway TCP port.
     pub gateway_port: u16,
@@ -259,14 +265,14 @@ impl<'a> Bundle<'a> {
             |field: Field| slots[field as usize - 1].ok_or(BundleError::MissingField(field));
         let optional = |field: Field| slots[field as usize - 1];
 
-        let device_id = name(Field::DeviceId, required(Field::DeviceId)?)?;
-        let tenant = name(Field::Tenant, required(Field::Tenant)?)?;
+        let device_id = Name::parse(Field::DeviceId, required(Field::DeviceId)?)?.as_str();
+        let tenant = Name::parse(Field::Tenant, required(Field::Tenant)?)?.as_str();
         let cert_der = der_sequence(Field::DeviceCert, required(Field::DeviceCert)?)?;
         let private_key_der = optional(Field::PrivateKey)
             .map(|v| der_sequence(Field::PrivateKey, v))
             .transpose()?;
         let trust_anchor_der = der_sequence(Field::TrustAnchor, required(Field::TrustAnchor)?)?;
-        let gateway_host = host(required(Field::GatewayHost)?)?;
+        let gateway_host = Host::parse(required(Field::GatewayHost)?)?.as_str();
         let gateway_port = port(required(Field::GatewayPort)?)?;
         let seed = optional(Field::Seed)
             .map(|v| {
@@ -373,17 +379,6 @@ pub fn newest<'a>(slot_a: &'a [u8], slot_b: &'a [u8]) -> Result<(usize, Bundle<'
     }
 }
 
-/// Whether `s` is acceptable as a device id or tenant (1-64 of `[A-Za-z0-9._-]`). Every part
-/// of fleet that names devices applies this one rule.
-pub fn valid_name(s: &str) -> bool {
-    name(Field::DeviceId, s.as_bytes()).is_ok()
-}
-
-/// Whether `s` is acceptable as a gateway host (DNS name or IP literal, 1-253 characters).
-pub fn valid_host(s: &str) -> bool {
-    host(s.as_bytes()).is_ok()
-}
-
 fn checksum(header: &[u8], body: &[u8]) -> u32 {
     let mut digest = CRC32.digest();
     digest.update(header);
@@ -393,52 +388,6 @@ fn checksum(header: &[u8], body: &[u8]) -> u32 {
 
 fn read_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn name(field: Field, v: &[u8]) -> Result<&str, BundleError> {
-    if v.is_empty() || v.len() > MAX_NAME_LEN {
-        return Err(BundleError::InvalidField {
-            field,
-            reason: "must be 1 to 64 characters",
-        });
-    }
-    if !v
-        .iter()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-    {
-        return Err(BundleError::InvalidField {
-            field,
-            reason: "may only contain A-Z, a-z, 0-9, '.', '_' and '-'",
-        });
-    }
-    // All bytes are ASCII, so this cannot fail; map rather than unwrap to stay panic-free.
-    core::str::from_utf8(v).map_err(|_| BundleError::InvalidField {
-        field,
-        reason: "not UTF-8",
-    })
-}
-
-fn host(v: &[u8]) -> Result<&str, BundleError> {
-    let field = Field::GatewayHost;
-    if v.is_empty() || v.len() > 253 {
-        return Err(BundleError::InvalidField {
-            field,
-            reason: "must be 1 to 253 characters",
-        });
-    }
-    if !v
-        .iter()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':'))
-    {
-        return Err(BundleError::InvalidField {
-            field,
-            reason: "must be a DNS name or an IP address",
-        });
-    }
-    core::str::from_utf8(v).map_err(|_| BundleError::InvalidField {
-        field,
-        reason: "not UTF-8",
-    })
 }
 
 fn port(v: &[u8]) -> Result<u16, BundleError> {
@@ -476,249 +425,4 @@ fn der_sequence(field: Field, v: &[u8]) -> Result<&[u8], BundleError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Minimal well-formed DER SEQUENCEs stand in for certificate and key here; real
-    // certificates round-trip through this format in provisioning's and the end-to-end tests.
-    const CERT: &[u8] = &[0x30, 0x03, 0x02, 0x01, 0x05];
-    const KEY: &[u8] = &[0x30, 0x02, 0x04, 0x00];
-    const ANCHOR: &[u8] = &[0x30, 0x00];
-    const SEED: [u8; SEED_LEN] = [7; SEED_LEN];
-
-    fn sample() -> Bundle<'static> {
-        Bundle {
-            generation: 3,
-            device_id: "dev-000001",
-            tenant: "acme",
-            cert_der: CERT,
-            private_key_der: Some(KEY),
-            trust_anchor_der: ANCHOR,
-            gateway_host: "localhost",
-            gateway_port: 8883,
-            seed: Some(&SEED),
-        }
-    }
-
-    fn encode(b: &Bundle) -> std::vec::Vec<u8> {
-        let mut out = std::vec![0u8; b.encoded_len()];
-        let n = b.emit(&mut out).expect("emit");
-        assert_eq!(n, out.len());
-        out
-    }
-
-    extern crate std;
-
-    #[test]
-    fn round_trip_with_and_without_key() {
-        let b = sample();
-        assert_eq!(Bundle::parse(&encode(&b)), Ok(b));
-        let no_key = Bundle {
-            private_key_der: None,
-            seed: None,
-            ..sample()
-        };
-        assert_eq!(Bundle::parse(&encode(&no_key)), Ok(no_key));
-    }
-
-    #[test]
-    fn exact_bytes_of_a_small_bundle() {
-        let b = Bundle {
-            generation: 1,
-            device_id: "d",
-            tenant: "t",
-            cert_der: &[0x30, 0x00],
-            private_key_der: None,
-            trust_anchor_der: &[0x30, 0x00],
-            gateway_host: "h",
-            gateway_port: 0x2233,
-            seed: None,
-        };
-        let bytes = encode(&b);
-        let body: &[u8] = &[
-            1, 1, 0, b'd', //
-            2, 1, 0, b't', //
-            3, 2, 0, 0x30, 0x00, //
-            5, 2, 0, 0x30, 0x00, //
-            6, 1, 0, b'h', //
-            7, 2, 0, 0x33, 0x22,
-        ];
-        assert_eq!(&bytes[..4], b"FLID");
-        assert_eq!(
-            &bytes[4..16],
-            &[1, 0, 0, 0, 1, 0, 0, 0, body.len() as u8, 0, 0, 0]
-        );
-        assert_eq!(&bytes[HEADER_LEN..], body);
-        let crc = checksum(&bytes[..16], body);
-        assert_eq!(&bytes[16..20], &crc.to_le_bytes());
-    }
-
-    #[test]
-    fn trailing_erased_flash_is_ignored() {
-        let mut bytes = encode(&sample());
-        bytes.resize(bytes.len() + 64, 0xFF);
-        assert_eq!(Bundle::parse(&bytes), Ok(sample()));
-        assert_eq!(Bundle::parse(&[0xFF; 64]), Err(BundleError::BadMagic));
-    }
-
-    #[test]
-    fn every_truncation_is_rejected() {
-        let bytes = encode(&sample());
-        for len in 0..bytes.len() {
-            assert!(
-                matches!(
-                    Bundle::parse(&bytes[..len]),
-                    Err(BundleError::Truncated { .. })
-                ),
-                "truncation to {len} bytes accepted"
-            );
-        }
-    }
-
-    #[test]
-    fn every_flipped_byte_is_rejected() {
-        let bytes = encode(&sample());
-        for i in 0..bytes.len() {
-            for bit in 0..8 {
-                let mut bad = bytes.clone();
-                bad[i] ^= 1 << bit;
-                assert!(
-                    Bundle::parse(&bad).is_err(),
-                    "flipping bit {bit} of byte {i} was accepted"
-                );
-            }
-        }
-    }
-
-    /// Builds a bundle from raw body fields with a correct CRC, to test the field rules
-    /// beneath the checksum.
-    fn with_body(body: &[u8]) -> std::vec::Vec<u8> {
-        let mut out = std::vec![0u8; HEADER_LEN];
-        out[0..4].copy_from_slice(&MAGIC);
-        out[4] = VERSION;
-        out[12..16].copy_from_slice(&(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(body);
-        let crc = checksum(&out[..16], body);
-        out[16..20].copy_from_slice(&crc.to_le_bytes());
-        out
-    }
-
-    fn fields(extra: &[u8], skip: u8) -> std::vec::Vec<u8> {
-        let mut body = std::vec::Vec::new();
-        for (tag, v) in [
-            (1u8, &b"dev"[..]),
-            (2, b"acme"),
-            (3, CERT),
-            (5, ANCHOR),
-            (6, b"localhost"),
-            (7, &[0xB3, 0x22]),
-        ] {
-            if tag != skip {
-                body.extend_from_slice(&[tag, v.len() as u8, 0]);
-                body.extend_from_slice(v);
-            }
-        }
-        body.extend_from_slice(extra);
-        body
-    }
-
-    #[test]
-    fn field_rules() {
-        assert!(Bundle::parse(&with_body(&fields(&[], 0))).is_ok());
-        for (tag, field) in [
-            (1, Field::DeviceId),
-            (3, Field::DeviceCert),
-            (7, Field::GatewayPort),
-        ] {
-            assert_eq!(
-                Bundle::parse(&with_body(&fields(&[], tag))),
-                Err(BundleError::MissingField(field))
-            );
-        }
-        assert_eq!(
-            Bundle::parse(&with_body(&fields(&[1, 1, 0, b'x'], 0))),
-            Err(BundleError::DuplicateField(Field::DeviceId))
-        );
-        assert_eq!(
-            Bundle::parse(&with_body(&fields(&[0x20, 0, 0], 0))),
-            Err(BundleError::UnknownField(0x20))
-        );
-        // Optional extension tags are skipped.
-        assert!(Bundle::parse(&with_body(&fields(&[0x90, 1, 0, 9], 0))).is_ok());
-        assert_eq!(
-            Bundle::parse(&with_body(&fields(&[8, 1, 0, 9], 0))),
-            Err(BundleError::InvalidField {
-                field: Field::Seed,
-                reason: "must be exactly 32 bytes"
-            })
-        );
-        assert!(matches!(
-            Bundle::parse(&with_body(&fields(&[4, 2, 0, 0x30, 0x05], 0))),
-            Err(BundleError::InvalidField {
-                field: Field::PrivateKey,
-                ..
-            })
-        ));
-        assert_eq!(
-            Bundle::parse(&with_body(&fields(&[0x90, 9, 0, 1], 0))),
-            Err(BundleError::FieldOverrun {
-                offset: 6 + 7 + 8 + 5 + 12 + 5
-            })
-        );
-    }
-
-    #[test]
-    fn bad_names_are_refused_by_emit() {
-        for id in ["", "has space", "tenants/x", "ümlaut"] {
-            let b = Bundle {
-                device_id: id,
-                ..sample()
-            };
-            let mut out = [0u8; 512];
-            assert!(matches!(
-                b.emit(&mut out),
-                Err(BundleError::InvalidField {
-                    field: Field::DeviceId,
-                    ..
-                })
-            ));
-        }
-        let b = Bundle {
-            gateway_port: 0,
-            ..sample()
-        };
-        assert!(b.emit(&mut [0u8; 512]).is_err());
-        assert!(matches!(
-            sample().emit(&mut [0u8; 10]),
-            Err(BundleError::BufferTooSmall { .. })
-        ));
-    }
-
-    #[test]
-    fn newest_slot_wins_and_invalid_slot_falls_back() {
-        let a = encode(&sample());
-        let b = encode(&Bundle {
-            generation: 4,
-            ..sample()
-        });
-        assert_eq!(newest(&a, &b).map(|(s, _)| s), Ok(1));
-        assert_eq!(newest(&b, &a).map(|(s, _)| s), Ok(0));
-        let mut corrupt_b = b.clone();
-        corrupt_b[30] ^= 0xFF;
-        assert_eq!(newest(&a, &corrupt_b).map(|(s, _)| s), Ok(0));
-        assert_eq!(newest(&[0xFF; 32], &b).map(|(s, _)| s), Ok(1));
-        assert_eq!(newest(&[0xFF; 32], &[0; 8]), Err(BundleError::BadMagic));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
-            let _ = Bundle::parse(&data);
-        }
-
-        #[test]
-        fn arbitrary_bodies_with_valid_crc_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
-            let _ = Bundle::parse(&with_body(&body));
-        }
-    }
-}
+mod tests;
