@@ -18,8 +18,10 @@ pub mod ec;
 pub mod error;
 pub mod mqtt;
 pub mod outbox;
+pub mod session;
 pub mod slots;
 pub mod socket;
+pub mod supervisor;
 pub mod tls;
 pub mod x509;
 
