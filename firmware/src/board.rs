@@ -13,8 +13,9 @@ use rand_core::CryptoRngCore;
 
 use crate::backoff::Backoff;
 use crate::bundle::{Bundle, BundleError};
-use crate::device::MAX_PAYLOAD;
-use crate::device::{self, App, Buffers, Clock, Device, Options, Outcome, RotationEvent, Stats};
+use crate::device::{
+    self, App, Buffers, Clock, Device, Options, Outcome, RotationEvent, Stats, MAX_PAYLOAD,
+};
 use crate::outbox::Outbox;
 use crate::slots::SlotStore;
 use crate::supervisor::{Ending, Next, Supervised, Supervisor};
