@@ -61,12 +61,12 @@ pub enum RotationEvent<'a> {
     Rejected,
     /// The renewed identity was stored; the next connection uses it.
     Stored { slot: usize },
+    /// The renewed identity could not be stored; the current one stays in use.
+    NotStored,
     /// The renewed identity connected and is now the confirmed one.
     Confirmed { slot: usize },
     /// The renewed identity kept failing: erased, back to the previous one.
     RolledBack { from: usize, to: usize },
-    /// The renewed identity could not be stored; the current one stays in use.
-    NotStored,
 }
 
 /// Connection settings.
