@@ -1,7 +1,8 @@
-//! What every embassy-net board runs (feature `embassy`): the reconnect loop with backoff and
-//! full jitter, the A/B identity slots with rotation and rollback, telemetry and command
-//! replies, and one `fleet:` log line per event. A board supplies its network stack, RNG,
-//! slot storage and log output through [`Board`].
+//! What every embassy-net board runs (feature `embassy`): the pump around the
+//! [`Supervisor`] (A/B identity slots with rotation and rollback, backoff with full jitter)
+//! and the connection ([`device::run_connection`]), telemetry and command replies, and one
+//! `fleet:` log line per event. A board supplies its network stack, RNG, slot storage and log
+//! output through [`Board`].
 
 use core::fmt::{self, Write as _};
 
@@ -12,13 +13,15 @@ use rand_core::CryptoRngCore;
 
 use crate::backoff::Backoff;
 use crate::bundle::{Bundle, BundleError};
-use crate::device::{self, App, Buffers, Clock, Options, RotationEvent, Stats, MAX_PAYLOAD};
+use crate::device::{
+    self, App, Buffers, Clock, Device, Options, Outcome, RotationEvent, Stats, MAX_PAYLOAD,
+};
 use crate::outbox::Outbox;
-use crate::slots::{Outcome, SlotStore, Slots};
+use crate::slots::SlotStore;
+use crate::supervisor::{Ending, Next, Supervised, Supervisor};
 use crate::Error;
 
-/// Failed connections of a renewed identity before rolling back to the previous slot.
-pub const ROLLBACK_AFTER: u32 = 3;
+pub use crate::supervisor::ROLLBACK_AFTER;
 
 /// What a board provides.
 pub trait Board {
@@ -166,15 +169,13 @@ impl fmt::Write for Note {
     }
 }
 
-/// The device's application: telemetry, command replies, rotation log; it owns the identity
-/// slots so a renewed identity is confirmed the moment the gateway accepts it.
-struct BoardApp<'a, B: Board, S> {
+/// The device's application: telemetry, command replies, rotation log.
+struct BoardApp<'a, B: Board> {
     board: &'a mut B,
     id: &'a str,
-    slots: Slots<S>,
 }
 
-impl<B: Board, S: SlotStore> App for BoardApp<'_, B, S> {
+impl<B: Board> App for BoardApp<'_, B> {
     fn telemetry(&mut self, seq: u32, out: &mut [u8]) -> usize {
         let mut w = SliceWriter { buf: out, len: 0 };
         let _ = write!(
@@ -212,53 +213,55 @@ impl<B: Board, S: SlotStore> App for BoardApp<'_, B, S> {
     fn on_connected(&mut self) {
         self.board.session_accepted();
         line(self.board, format_args!("connected as {}", self.id));
-        if let Outcome::Confirmed { slot } = self.slots.connected() {
-            line(
-                self.board,
-                format_args!(
-                    "rotation: confirmed the identity in slot {}",
-                    slot_name(slot)
-                ),
-            );
-        }
     }
 
     fn on_rotation(&mut self, event: RotationEvent<'_>) {
-        match event {
-            RotationEvent::Status { renew } => {
-                line(self.board, format_args!("rotation: status renew={renew}"))
-            }
-            RotationEvent::Requested => {
-                line(self.board, format_args!("rotation: new key made, CSR sent"))
-            }
-            RotationEvent::Refused(why) => {
-                line(self.board, format_args!("rotation: refused: {why}"))
-            }
-            RotationEvent::Renewed { generation } => line(
-                self.board,
-                format_args!("rotation: new certificate, generation {generation}"),
-            ),
-            RotationEvent::Rejected => line(
-                self.board,
-                format_args!("rotation: the certificate is not for our new key"),
-            ),
-            RotationEvent::Stored { slot } => line(
-                self.board,
-                format_args!("rotation: stored in slot {}", slot_name(slot)),
-            ),
-            RotationEvent::Confirmed { slot } => line(
-                self.board,
-                format_args!("rotation: confirmed slot {}", slot_name(slot)),
-            ),
-            RotationEvent::RolledBack { from, to } => line(
-                self.board,
-                format_args!(
-                    "rotation: rolled back from slot {} to slot {}",
-                    slot_name(from),
-                    slot_name(to)
-                ),
-            ),
+        rotation_line(self.board, event);
+    }
+}
+
+/// One `rotation:` log line.
+fn rotation_line<B: Board>(board: &mut B, event: RotationEvent<'_>) {
+    match event {
+        RotationEvent::Status { renew } => {
+            line(board, format_args!("rotation: status renew={renew}"))
         }
+        RotationEvent::Requested => line(board, format_args!("rotation: new key made, CSR sent")),
+        RotationEvent::Refused(why) => line(board, format_args!("rotation: refused: {why}")),
+        RotationEvent::Renewed { generation } => line(
+            board,
+            format_args!("rotation: new certificate, generation {generation}"),
+        ),
+        RotationEvent::Rejected => line(
+            board,
+            format_args!("rotation: the certificate is not for our new key"),
+        ),
+        RotationEvent::Stored { slot } => line(
+            board,
+            format_args!(
+                "rotation: stored the renewed identity in slot {}",
+                slot_name(slot)
+            ),
+        ),
+        RotationEvent::NotStored => line(
+            board,
+            format_args!("rotation: could not store the renewed identity"),
+        ),
+        RotationEvent::Confirmed { slot } => line(
+            board,
+            format_args!(
+                "rotation: confirmed the identity in slot {}",
+                slot_name(slot)
+            ),
+        ),
+        RotationEvent::RolledBack { from, to } => line(
+            board,
+            format_args!(
+                "rotation: slot {} failed {ROLLBACK_AFTER} times, rolled back to slot {}",
+                slot_name(from),
+                slot_name(to)
+            ),
+        ),
     }
 }
 
@@ -270,7 +273,8 @@ pub struct Resources<'a, const Q: usize> {
     pub tcp_tx: &'a mut [u8],
 }
 
-/// Keeps the device connected to `gateway:port` forever.
+/// Keeps the device connected to `gateway:port` forever: a connection, then what the
+/// [`Supervisor`] decides, again and again.
 pub async fn run<B: Board, S: SlotStore, R: CryptoRngCore, const Q: usize>(
     board: &mut B,
     slots: S,
@@ -280,126 +284,126 @@ pub async fn run<B: Board, S: SlotStore, R: CryptoRngCore, const Q: usize>(
     rng: &mut R,
     res: Resources<'_, Q>,
 ) -> ! {
-    let Resources {
-        tls,
-        outbox,
-        tcp_rx,
-        tcp_tx,
-    } = res;
-    let mut id_buf = heapless::String::<64>::new();
-    let mut slots = Slots::new(slots, ROLLBACK_AFTER);
-    let mut stats = Stats::default();
-    let options = Options::default();
-    let backoff = Backoff::default();
-    let mut attempt = 0u32;
+    let mut pump = Pump {
+        board,
+        supervisor: Supervisor::new(slots, Backoff::default()),
+        stack,
+        gateway,
+        port,
+        rng,
+        res,
+        stats: Stats::default(),
+        id: heapless::String::new(),
+    };
     loop {
-        // The slots are memory-mapped: the bundle borrows the slot itself and only inside this
-        // block; slots are written after it.
-        let (connected, renewed, slot_index) = {
-            let (slot_index, bundle) = match board.identity() {
-                Ok(found) => found,
-                Err(e) => {
-                    line(board, format_args!("FATAL no valid identity bundle: {e}"));
-                    loop {
-                        Timer::after_secs(3600).await;
-                    }
-                }
-            };
-            id_buf.clear();
-            let _ = id_buf.push_str(bundle.device_id);
-            let connects = stats.connects;
-            let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
-            socket.set_timeout(Some(Duration::from_secs(90)));
-            let started = Instant::now();
-            let mut renewed = None;
-            match socket.connect((gateway, port)).await {
-                Err(e) => line(
-                    board,
-                    format_args!("tcp connect to {gateway}:{port}: {}", connect_error(e)),
-                ),
-                Ok(()) => {
-                    line(
-                        board,
-                        format_args!(
-                            "tcp connected to {gateway}:{port} with slot {} generation {}",
-                            slot_name(slot_index),
-                            bundle.generation
-                        ),
-                    );
-                    board.tcp_connected();
-                    let (rd, wr) = socket.split();
-                    let mut app = BoardApp {
-                        board: &mut *board,
-                        id: &id_buf,
-                        slots,
-                    };
-                    let Err(ended) = device::run_connection(
-                        rd,
-                        wr,
-                        &bundle,
-                        &mut *rng,
-                        &EmbassyClock,
-                        &mut app,
-                        &options,
-                        &mut *outbox,
-                        &mut *tls,
-                        &mut stats,
-                    )
-                    .await;
-                    slots = app.slots;
-                    line(
-                        board,
-                        format_args!(
-                            "connection ended after {} ms: {ended}",
-                            started.elapsed().as_millis()
-                        ),
-                    );
-                    if let Error::Renewed(len) = ended {
-                        renewed = Some(len);
-                    }
-                }
-            }
-            socket.abort();
-            let _ = socket.flush().await;
-            drop(socket);
-            (stats.connects > connects, renewed, slot_index)
-        };
-        if !connected {
-            if let Outcome::RolledBack { from, to } = slots.failed() {
-                line(
-                    board,
-                    format_args!(
-                        "rotation: slot {} failed {ROLLBACK_AFTER} times, rolled back to slot {}",
-                        slot_name(from),
-                        slot_name(to)
-                    ),
-                );
-            }
+        let connects = pump.stats.connects;
+        let ended = pump.connection().await;
+        let accepted = pump.stats.connects > connects;
+        let ending = Ending::of(accepted, &ended, &pump.res.tls.bundle_out);
+        let decision = pump.supervisor.ended(ending, &mut *pump.rng);
+        if let Some(event) = decision.event {
+            rotation_line(pump.board, event);
         }
-        if let Some(len) = renewed {
-            let bytes = &tls.bundle_out[..len.min(tls.bundle_out.len())];
-            if slots.store_renewed(bytes) {
-                line(
-                    board,
-                    format_args!(
-                        "rotation: stored the renewed identity in slot {}",
-                        slot_name(1 - slot_index)
-                    ),
-                );
-                attempt = 0;
-                continue;
-            }
+        if let Next::After { delay_ms, attempt } = decision.next {
             line(
-                board,
-                format_args!("rotation: could not store the renewed identity"),
+                pump.board,
+                format_args!("reconnecting in {delay_ms} ms (attempt {attempt})"),
             );
+            Timer::after_millis(u64::from(delay_ms)).await;
         }
-        attempt = if connected { 0 } else { attempt + 1 };
-        let delay = backoff.delay_ms(attempt, rng);
-        line(
-            board,
-            format_args!("reconnecting in {delay} ms (attempt {attempt})"),
-        );
-        Timer::after_millis(u64::from(delay)).await;
+    }
+}
+
+/// What the board loop holds.
+struct Pump<'a, B, S, R, const Q: usize> {
+    board: &'a mut B,
+    supervisor: Supervisor<S>,
+    stack: Stack<'static>,
+    gateway: Ipv4Address,
+    port: u16,
+    rng: &'a mut R,
+    res: Resources<'a, Q>,
+    stats: Stats,
+    /// The device id of the identity in use.
+    id: heapless::String<64>,
+}
+
+impl<B: Board, S: SlotStore, R: CryptoRngCore, const Q: usize> Pump<'_, B, S, R, Q> {
+    /// One connection with the newest identity: TCP, then [`device::run_connection`]; logs
+    /// how it ends. A TCP connect that fails is [`Error::Closed`].
+    async fn connection(&mut self) -> Result<Outcome, Error> {
+        // The slots are memory-mapped: the bundle borrows the slot itself, and only until
+        // this returns; the supervisor writes slots after it.
+        let (slot, bundle) = match self.board.identity() {
+            Ok(found) => found,
+            Err(e) => {
+                line(
+                    self.board,
+                    format_args!("FATAL no valid identity bundle: {e}"),
+                );
+                loop {
+                    Timer::after_secs(3600).await;
+                }
+            }
+        };
+        self.id.clear();
+        let _ = self.id.push_str(bundle.device_id);
+        let (gateway, port) = (self.gateway, self.port);
+        let mut socket = TcpSocket::new(self.stack, &mut *self.res.tcp_rx, &mut *self.res.tcp_tx);
+        socket.set_timeout(Some(Duration::from_secs(90)));
+        let started = Instant::now();
+        let ended = match socket.connect((gateway, port)).await {
+            Err(e) => {
+                line(
+                    self.board,
+                    format_args!("tcp connect to {gateway}:{port}: {}", connect_error(e)),
+                );
+                Err(Error::Closed)
+            }
+            Ok(()) => {
+                line(
+                    self.board,
+                    format_args!(
+                        "tcp connected to {gateway}:{port} with slot {} generation {}",
+                        slot_name(slot),
+                        bundle.generation
+                    ),
+                );
+                self.board.tcp_connected();
+                let (rd, wr) = socket.split();
+                let mut app = BoardApp {
+                    board: &mut *self.board,
+                    id: &self.id,
+                };
+                let device = Device {
+                    bundle: &bundle,
+                    options: Options::default(),
+                    app: &mut Supervised {
+                        app: &mut app,
+                        supervisor: &mut self.supervisor,
+                    },
+                    outbox: &mut *self.res.outbox,
+                    buffers: &mut *self.res.tls,
+                    stats: &mut self.stats,
+                };
+                let ended =
+                    device::run_connection(rd, wr, &EmbassyClock, &mut *self.rng, device).await;
+                let why: &dyn fmt::Display = match &ended {
+                    Ok(outcome) => outcome,
+                    Err(e) => e,
+                };
+                line(
+                    self.board,
+                    format_args!(
+                        "connection ended after {} ms: {why}",
+                        started.elapsed().as_millis()
+                    ),
+                );
+                ended
+            }
+        };
+        socket.abort();
+        let _ = socket.flush().await;
+        ended
     }
 }

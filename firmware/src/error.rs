@@ -26,9 +26,6 @@ pub enum Error {
     Timeout(&'static str),
     /// The gateway closed the connection.
     Closed,
-    /// A renewed identity of this many bytes is ready in `Buffers::bundle_out`: store it and
-    /// reconnect with it.
-    Renewed(usize),
 }
 
 impl fmt::Display for Error {
@@ -42,7 +39,6 @@ impl fmt::Display for Error {
             Error::Protocol(what) => write!(f, "protocol: {what}"),
             Error::Timeout(what) => write!(f, "timeout: {what}"),
             Error::Closed => write!(f, "gateway closed the connection"),
-            Error::Renewed(n) => write!(f, "certificate renewed ({n}-byte bundle to store)"),
         }
     }
 }

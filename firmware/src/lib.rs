@@ -16,8 +16,10 @@ pub mod device;
 pub mod ec;
 pub mod error;
 pub mod outbox;
+pub mod session;
 pub mod slots;
 pub mod socket;
+pub mod supervisor;
 pub mod tls;
 pub mod x509;
 

@@ -12,10 +12,13 @@ use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::bundle::Bundle;
-use crate::device::{self, App, Buffers, Clock, Options, RotationEvent, Stats, MAX_PAYLOAD};
+use crate::device::{self, App, Buffers, Clock, Device, Options, Outcome, Stats, MAX_PAYLOAD};
 use crate::outbox::Outbox;
-use crate::slots::{Outcome, SlotStore, Slots};
+use crate::slots::SlotStore;
+use crate::supervisor::{Ending, Next, Supervised, Supervisor};
 use crate::Error;
+
+pub use crate::supervisor::ROLLBACK_AFTER;
 
 /// Milliseconds since the clock was made, on tokio's timer.
 pub struct TokioClock {
@@ -36,7 +39,12 @@ impl Clock for TokioClock {
     }
 
     async fn sleep_until(&self, at_ms: u64) {
-        tokio::time::sleep_until(self.start + std::time::Duration::from_millis(at_ms)).await
+        let at = std::time::Duration::from_millis(at_ms);
+        match self.start.checked_add(at) {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            // Beyond what the clock can express: never.
+            None => core::future::pending().await,
+        }
     }
 }
 
@@ -52,39 +60,26 @@ pub async fn connect_tcp(
     }
 }
 
-/// One connection attempt, run until it ends. Returns why it ended; for
-/// [`Error::Renewed`] the new bundle is in `buffers.bundle_out`.
-#[allow(clippy::too_many_arguments)]
+/// One connection attempt, run until it ends: `Ok` with a renewed identity in
+/// `device.buffers.bundle_out`, otherwise why it ended.
 pub async fn connect_once<A: App, const Q: usize>(
-    bundle: &Bundle<'_>,
     to: Option<SocketAddr>,
-    app: &mut A,
-    options: &Options,
-    outbox: &mut Outbox<Q, MAX_PAYLOAD>,
-    stats: &mut Stats,
-    buffers: &mut Buffers,
-) -> Error {
-    let tcp = match connect_tcp(bundle, to).await {
-        Ok(s) => s,
-        Err(_) => return Error::Closed,
-    };
+    device: Device<'_, A, Q>,
+) -> Result<Outcome, Error> {
+    let tcp = connect_tcp(device.bundle, to)
+        .await
+        .map_err(|_| Error::Closed)?;
     let _ = tcp.set_nodelay(true);
     let (rd, wr) = tcp.into_split();
     let clock = TokioClock::default();
-    let Err(ended) = device::run_connection(
+    device::run_connection(
         FromTokio::new(rd),
         FromTokio::new(wr),
-        bundle,
-        &mut OsRng,
         &clock,
-        app,
-        options,
-        outbox,
-        buffers,
-        stats,
+        &mut OsRng,
+        device,
     )
-    .await;
-    ended
+    .await
 }
 
 /// Two identity slots in memory (the simulation's flash).
@@ -118,96 +113,69 @@ pub struct SimConfig {
 /// QoS 1 messages a simulated device keeps for the gateway across reconnects.
 pub const SIM_OUTBOX: usize = 32;
 
-/// Failed connections of a renewed identity before the device rolls back to the previous one.
-pub const ROLLBACK_AFTER: u32 = 3;
-
 /// Keeps a device connected until `stop` turns true, reconnecting with backoff and jitter,
 /// renewing its certificate when the gateway says so (slot A/B, rollback after
-/// [`ROLLBACK_AFTER`] failures of a renewed identity). Calls `on_end` with each
-/// connection's end reason.
+/// [`ROLLBACK_AFTER`] failures of a renewed identity): the [`Supervisor`] decides. Calls
+/// `on_end` with each connection's end.
 pub async fn run<A: App>(
     identity: &[u8],
     config: &SimConfig,
     app: &mut A,
     stats: &mut Stats,
     mut stop: watch::Receiver<bool>,
-    mut on_end: impl FnMut(&Error),
+    mut on_end: impl FnMut(&Result<Outcome, Error>),
 ) {
-    let mut slots = Slots::new(MemSlots([identity.to_vec(), Vec::new()]), ROLLBACK_AFTER);
+    let slots = MemSlots([identity.to_vec(), Vec::new()]);
+    let mut supervisor = Supervisor::new(slots, config.backoff);
     let mut buffers = Box::new(Buffers::new());
     let mut outbox = Box::new(Outbox::<SIM_OUTBOX, MAX_PAYLOAD>::new());
-    let mut attempt = 0;
     while !*stop.borrow() {
-        let connects_before = stats.connects;
-        // A copy of the identity in use, so the slots stay free for confirming it.
-        let Ok((_, current)) = slots.current() else {
+        // A copy of the identity in use, so the supervisor's slots stay free for confirming it.
+        let Some(bytes) = current_identity(&supervisor) else {
             return;
         };
-        let mut bytes = std::vec![0u8; current.encoded_len()];
-        if current.emit(&mut bytes).is_err() {
-            return;
-        }
         let Ok(bundle) = Bundle::parse(&bytes) else {
             return;
         };
-        let mut confirming = Confirming {
-            app: &mut *app,
-            slots: &mut slots,
+        let connects_before = stats.connects;
+        let device = Device {
+            bundle: &bundle,
+            options: config.options,
+            app: &mut Supervised {
+                app: &mut *app,
+                supervisor: &mut supervisor,
+            },
+            outbox: &mut outbox,
+            buffers: &mut buffers,
+            stats: &mut *stats,
         };
         let ended = tokio::select! {
-            e = connect_once(&bundle, config.to, &mut confirming, &config.options, &mut outbox, stats, &mut buffers) => e,
+            e = connect_once(config.to, device) => e,
             _ = stop.changed() => return,
         };
         on_end(&ended);
-        let connected = stats.connects > connects_before;
-        if !connected {
-            if let Outcome::RolledBack { from, to } = slots.failed() {
-                app.on_rotation(RotationEvent::RolledBack { from, to });
-            }
+        let ending = Ending::of(
+            stats.connects > connects_before,
+            &ended,
+            &buffers.bundle_out,
+        );
+        let decision = supervisor.ended(ending, &mut OsRng);
+        if let Some(event) = decision.event {
+            app.on_rotation(event);
         }
-        if let Error::Renewed(len) = ended {
-            let renewed = &buffers.bundle_out[..len.min(buffers.bundle_out.len())];
-            if slots.store_renewed(renewed) {
-                if let Ok((slot, _)) = slots.current() {
-                    app.on_rotation(RotationEvent::Stored { slot });
-                }
-                attempt = 0;
-                continue;
+        if let Next::After { delay_ms, .. } = decision.next {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(u64::from(delay_ms))) => {}
+                _ = stop.changed() => return,
             }
-        }
-        attempt = if connected { 0 } else { attempt + 1 };
-        let delay = config.backoff.delay_ms(attempt, &mut OsRng);
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(u64::from(delay))) => {}
-            _ = stop.changed() => return,
         }
     }
 }
 
-/// Passes everything to the device's app, and confirms a renewed identity as soon as the
-/// gateway accepts a session with it.
-struct Confirming<'a, A, S> {
-    app: &'a mut A,
-    slots: &'a mut Slots<S>,
-}
-
-impl<A: App, S: SlotStore> App for Confirming<'_, A, S> {
-    fn telemetry(&mut self, seq: u32, out: &mut [u8]) -> usize {
-        self.app.telemetry(seq, out)
-    }
-
-    fn on_command(&mut self, topic: &str, payload: &[u8], reply: &mut [u8]) -> Option<usize> {
-        self.app.on_command(topic, payload, reply)
-    }
-
-    fn on_connected(&mut self) {
-        if let Outcome::Confirmed { slot } = self.slots.connected() {
-            self.app.on_rotation(RotationEvent::Confirmed { slot });
-        }
-        self.app.on_connected();
-    }
-
-    fn on_rotation(&mut self, event: RotationEvent<'_>) {
-        self.app.on_rotation(event);
-    }
+/// The supervisor's current identity, re-emitted into a buffer of its own.
+fn current_identity<S: SlotStore>(supervisor: &Supervisor<S>) -> Option<Vec<u8>> {
+    let (_, current) = supervisor.identity().ok()?;
+    let mut bytes = std::vec![0u8; current.encoded_len()];
+    current.emit(&mut bytes).ok()?;
+    Some(bytes)
 }

@@ -213,9 +213,13 @@ async fn run_device(
         options,
         backoff: Backoff::default(),
     };
-    sim::run(&bytes, &config, &mut app, &mut stats, stop, |e| {
+    sim::run(&bytes, &config, &mut app, &mut stats, stop, |ended| {
         state.connected.store(false, Ordering::Relaxed);
-        *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        let why = match ended {
+            Ok(done) => done.to_string(),
+            Err(e) => e.to_string(),
+        };
+        *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     })
     .await;
     state.connected.store(false, Ordering::Relaxed);

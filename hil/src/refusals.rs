@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_firmware::device::{App, Options, Stats};
+use fleet_firmware::device::{App, Device, Options, Stats};
 use fleet_firmware::sim;
 use fleet_protocol::bundle::Bundle;
 use fleet_protocol::mqtt::{Connect, Packet};
@@ -86,21 +86,21 @@ pub async fn foreign_ca_device(
         .map_err(|e| Error::Tls(format!("foreign bundle: {e}")))?;
     let bundle = Bundle::parse(&buf[..n]).map_err(|e| Error::Tls(e.to_string()))?;
     let mut stats = Stats::default();
-    let (mut app, options) = (Silent, Options::default());
     let mut buffers = Box::new(fleet_firmware::device::Buffers::new());
     let mut outbox =
         fleet_firmware::outbox::Outbox::<1, { fleet_firmware::device::MAX_PAYLOAD }>::new();
-    let attempt = sim::connect_once(
-        &bundle,
-        Some(gateway),
-        &mut app,
-        &options,
-        &mut outbox,
-        &mut stats,
-        &mut buffers,
-    );
+    let device = Device {
+        bundle: &bundle,
+        options: Options::default(),
+        app: &mut Silent,
+        outbox: &mut outbox,
+        buffers: &mut buffers,
+        stats: &mut stats,
+    };
+    let attempt = sim::connect_once(Some(gateway), device);
     let seen = match tokio::time::timeout(Duration::from_secs(15), attempt).await {
-        Ok(e) => e.to_string(),
+        Ok(Ok(done)) => done.to_string(),
+        Ok(Err(e)) => e.to_string(),
         Err(_) => "no answer within 15 s".into(),
     };
     Ok(Outcome {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_firmware::device::{App, Buffers, Options, Stats, MAX_PAYLOAD};
+use fleet_firmware::device::{App, Buffers, Device, Options, Outcome, Stats, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
 use fleet_firmware::x509::CertError;
 use fleet_firmware::{sim, Error};
@@ -24,30 +24,26 @@ impl App for Quiet {
     }
 }
 
-/// One connection attempt of the firmware core; returns why it ended and the stats.
-async fn attempt(bundle: &[u8], to: std::net::SocketAddr) -> (Error, Stats) {
+/// One connection attempt of the firmware core; returns how it ended and the stats.
+async fn attempt(bundle: &[u8], to: std::net::SocketAddr) -> (Result<Outcome, Error>, Stats) {
     let b = Bundle::parse(bundle).unwrap();
     let mut stats = Stats::default();
     let mut buffers = Box::new(Buffers::new());
     let mut outbox = Outbox::<1, MAX_PAYLOAD>::new();
-    let options = Options {
-        ack_timeout_ms: 3000,
-        ..Options::default()
+    let device = Device {
+        bundle: &b,
+        options: Options {
+            ack_timeout_ms: 3000,
+            ..Options::default()
+        },
+        app: &mut Quiet,
+        outbox: &mut outbox,
+        buffers: &mut buffers,
+        stats: &mut stats,
     };
-    let ended = tokio::time::timeout(
-        Duration::from_secs(10),
-        sim::connect_once(
-            &b,
-            Some(to),
-            &mut Quiet,
-            &options,
-            &mut outbox,
-            &mut stats,
-            &mut buffers,
-        ),
-    )
-    .await
-    .expect("the attempt ends by itself");
+    let ended = tokio::time::timeout(Duration::from_secs(10), sim::connect_once(Some(to), device))
+        .await
+        .expect("the attempt ends by itself");
     (ended, stats)
 }
 
@@ -79,17 +75,15 @@ async fn the_device_refuses_a_gateway_with_the_wrong_name_or_the_wrong_ca() {
                     let mut stats = Stats::default();
                     let mut buffers = Box::new(Buffers::new());
                     let mut outbox = Outbox::<1, MAX_PAYLOAD>::new();
-                    let opts = Options::default();
-                    let mut app = Quiet;
-                    let run = sim::connect_once(
-                        &b,
-                        Some(to),
-                        &mut app,
-                        &opts,
-                        &mut outbox,
-                        &mut stats,
-                        &mut buffers,
-                    );
+                    let device = Device {
+                        bundle: &b,
+                        options: Options::default(),
+                        app: &mut Quiet,
+                        outbox: &mut outbox,
+                        buffers: &mut buffers,
+                        stats: &mut stats,
+                    };
+                    let run = sim::connect_once(Some(to), device);
                     let _ = tokio::time::timeout(Duration::from_millis(800), run).await;
                     ((), stats)
                 }
@@ -106,8 +100,8 @@ async fn the_device_refuses_a_gateway_with_the_wrong_name_or_the_wrong_ca() {
             });
             let (ended, stats) = attempt(&wrong_name, gw.addr).await;
             assert!(
-                matches!(ended, Error::Certificate(CertError::HostMismatch)),
-                "wrong host name: {ended}"
+                matches!(ended, Err(Error::Certificate(CertError::HostMismatch))),
+                "wrong host name: {ended:?}"
             );
             assert_eq!(stats.connects, 0);
 
@@ -126,9 +120,11 @@ async fn the_device_refuses_a_gateway_with_the_wrong_name_or_the_wrong_ca() {
             assert!(
                 matches!(
                     ended,
-                    Error::Certificate(CertError::BadSignature | CertError::UntrustedIssuer)
+                    Err(Error::Certificate(
+                        CertError::BadSignature | CertError::UntrustedIssuer
+                    ))
                 ),
-                "wrong CA: {ended}"
+                "wrong CA: {ended:?}"
             );
             assert_eq!(stats.connects, 0);
             assert_eq!(gw.device_sessions(), 0, "no session was ever opened");
@@ -194,8 +190,9 @@ async fn garbage_from_a_server_after_the_handshake_is_an_error_never_a_panic() {
                 let (ended, stats) = attempt(&device.bytes, addr).await;
                 assert_eq!(
                     stats.connects, 0,
-                    "case {i} must not count as connected: {ended}"
+                    "case {i} must not count as connected: {ended:?}"
                 );
+                assert!(ended.is_err(), "case {i} is an error: {ended:?}");
             }
             server.await.unwrap();
         })

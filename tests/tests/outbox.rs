@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fleet_firmware::device::{App, Buffers, Options, Stats, MAX_PAYLOAD};
+use fleet_firmware::device::{App, Buffers, Device, Options, Outcome, Stats, MAX_PAYLOAD};
 use fleet_firmware::outbox::Outbox;
 use fleet_firmware::sim;
 use fleet_gateway::registry::Kick;
@@ -30,27 +30,25 @@ fn connect(
     bundle: Vec<u8>,
     to: std::net::SocketAddr,
     mut outbox: Box8,
-) -> tokio::task::JoinHandle<(fleet_firmware::Error, Box8)> {
+) -> tokio::task::JoinHandle<(Result<Outcome, fleet_firmware::Error>, Box8)> {
     tokio::task::spawn_local(async move {
         let b = Bundle::parse(&bundle).unwrap();
-        let options = Options {
-            telemetry_period_ms: 0,
-            telemetry_qos: QoS::AtLeastOnce,
-            rotation: false,
-            ..Options::default()
-        };
         let mut buffers = Box::new(Buffers::new());
         let mut stats = Stats::default();
-        let ended = sim::connect_once(
-            &b,
-            Some(to),
-            &mut Quiet,
-            &options,
-            &mut *outbox,
-            &mut stats,
-            &mut buffers,
-        )
-        .await;
+        let device = Device {
+            bundle: &b,
+            options: Options {
+                telemetry_period_ms: 0,
+                telemetry_qos: QoS::AtLeastOnce,
+                rotation: false,
+                ..Options::default()
+            },
+            app: &mut Quiet,
+            outbox: &mut outbox,
+            buffers: &mut buffers,
+            stats: &mut stats,
+        };
+        let ended = sim::connect_once(Some(to), device).await;
         (ended, outbox)
     })
 }
