@@ -14,9 +14,9 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::{hex, Error};
+use crate::digest::sha256_hex;
+use crate::error::{db as db_err, io as io_err, Error};
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,21 +118,7 @@ pub struct AuditLog {
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn line_hash(line: &str) -> String {
-    hex(&Sha256::digest(line.as_bytes()))
-}
-
-fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |source| Error::Registry {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
+    sha256_hex(line.as_bytes())
 }
 
 fn anchored(db: &Connection, db_path: &Path) -> Result<Option<(u64, String)>, Error> {
@@ -398,7 +384,7 @@ pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<Strin
             ));
             continue;
         };
-        if hex(&Sha256::digest(&bytes)) != *sha {
+        if sha256_hex(&bytes) != *sha {
             problems.push(format!(
                 "record {n}: {} does not match the hash recorded in the log",
                 file.display()

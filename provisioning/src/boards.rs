@@ -1,7 +1,7 @@
 //! Where each supported board keeps its identity bundle, and the bundle as Intel HEX placed
 //! there (what flashing tools take: probe-rs, STM32CubeProgrammer, QEMU's loader, …).
 
-use crate::Error;
+use crate::error::Error;
 
 /// A board's identity flash slots (A and B, for rotation with rollback).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

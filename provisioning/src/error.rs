@@ -55,8 +55,17 @@ pub enum Error {
     Forbidden(String),
 }
 
+/// Maps an I/O error to [`Error::Io`], naming the file.
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Maps a registry database error to [`Error::Registry`], naming the database file.
+pub(crate) fn db(path: &std::path::Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |source| Error::Registry {
         path: path.to_owned(),
         source,
     }

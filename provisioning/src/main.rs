@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleet_firmware::bundle::Bundle;
 use fleet_provision::{
-    boards, bundle_to_pem, hex, serve, write_file, BatchRequest, CsrInput, CsrRequest, Error,
+    boards, bundle_to_pem, serve, write_file, BatchRequest, CsrInput, CsrRequest, Error,
     KeyProtection, Passphrase, Reason, Station,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -412,21 +412,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     pem_path.display()
                 );
                 if let Some(host) = &gateway_host {
-                    let bundle = fleet_firmware::bundle::Bundle {
-                        generation: 1,
-                        device_id: &c.device_id,
-                        tenant: &c.tenant,
-                        cert_der: &c.cert_der,
-                        private_key_der: None,
-                        trust_anchor_der: &station.root_ca().cert_der,
-                        gateway_host: host,
-                        gateway_port,
-                        seed: None,
-                    };
-                    let mut bytes = vec![0u8; bundle.encoded_len()];
-                    bundle
-                        .emit(&mut bytes)
-                        .map_err(|e| Error::Bundle(format!("{}: {e}", c.device_id)))?;
+                    let bytes = station.keyless_bundle(c, host, gateway_port)?;
                     let bin = out.join(format!("{}.bin", c.device_id));
                     write_file(&bin, &bytes, false)?;
                     print!("  {} (key-less bundle)", bin.display());
@@ -616,7 +602,7 @@ fn bundle(command: BundleCommand) -> Result<(), Error> {
                 Ok((_, cert)) => {
                     println!("subject        {}", cert.subject());
                     println!("issuer         {}", cert.issuer());
-                    println!("serial         {}", hex(cert.raw_serial()));
+                    println!("serial         {}", hex::encode(cert.raw_serial()));
                     println!(
                         "valid          {} .. {}",
                         cert.validity().not_before,

@@ -10,7 +10,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::Error;
+use crate::error::Error;
 
 /// A certificate as PEM with LF line endings (the `pem` crate defaults to CRLF).
 pub fn cert_to_pem(der: &[u8]) -> String {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::Error;
+use crate::error::{db as db_err, Error};
 
 /// Where a certificate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,13 +140,6 @@ const COLUMNS: &str = "device_id, tenant, serial, fingerprint, status, batch, cr
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |source| Error::Registry {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 impl SqliteRegistry {
