@@ -92,8 +92,7 @@ pub fn to_ihex(bundle: &[u8], board: &Board, slot: Slot) -> Result<String, Error
         });
     }
     records.push(ihex::Record::EndOfFile);
-    ihex::create_object_file_representation(&records)
-        .map_err(|e| Error::Bundle(format!("Intel HEX: {e}")))
+    Ok(ihex::create_object_file_representation(&records)?)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{io, Error};
+use crate::error::{io, Busy, Error};
 
 /// Opens `path` for writing (created or truncated); `secret` files get mode 0600.
 fn create(path: &Path, secret: bool) -> Result<File, Error> {
@@ -107,10 +107,10 @@ pub(crate) fn lock_station(dir: &Path) -> Result<File, Error> {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::State(format!(
-                    "{} is in use by another fleet-provision (is `serve` running? use its API, or stop it first)",
-                    dir.display()
-                )))
+                return Err(Busy::Station {
+                    dir: dir.to_owned(),
+                }
+                .into())
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
@@ -155,6 +155,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = lock_station(dir.path()).unwrap();
         let err = lock_station(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Busy(Busy::Station { .. })), "{err}");
         assert!(err.to_string().contains("in use"), "{err}");
         drop(first);
         lock_station(dir.path()).unwrap();

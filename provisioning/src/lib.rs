@@ -23,7 +23,9 @@ pub mod registry;
 pub mod serve;
 mod station;
 
-pub use error::Error;
+pub use error::{
+    AuditError, Busy, Conflict, CsrAt, CsrError, Error, Forbidden, KeyError, TlsError,
+};
 pub use fs::write_file;
 pub use pki::Passphrase;
 pub use registry::CertRecord;

@@ -10,7 +10,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::error::Error;
+use crate::error::{CsrError, Error, KeyError};
 
 /// A certificate as PEM with LF line endings (the `pem` crate defaults to CRLF).
 pub fn cert_to_pem(der: &[u8]) -> String {
@@ -52,8 +52,10 @@ pub struct Ca {
 impl Ca {
     /// Rebuilds a CA from its PEM certificate and its key (PKCS#8 DER).
     pub fn from_parts(cert_pem: &str, key_pkcs8_der: &[u8]) -> Result<Ca, Error> {
-        let cert = CaCert::from_pem(cert_pem)
-            .map_err(|e| Error::Bundle(format!("CA certificate: {e}")))?;
+        let cert = CaCert::from_pem(cert_pem).map_err(|message| Error::InvalidInput {
+            field: "CA certificate",
+            message,
+        })?;
         let key = KeyPair::try_from(key_pkcs8_der)?;
         let issuer = Issuer::from_ca_cert_der(
             &cert.cert_der.as_slice().into(),
@@ -119,24 +121,22 @@ pub fn key_to_pem(key: &KeyPair, passphrase: Option<&Passphrase>) -> Result<Stri
         });
     }
     let der = zeroize::Zeroizing::new(key.serialize_der());
-    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
-        .map_err(|e| Error::Bundle(format!("PKCS#8 encoding: {e}")))?;
+    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).map_err(KeyError::Pkcs8)?;
     // scrypt with N = 2^14, r = 8 (16 MiB, ~50 ms): strong, and within OpenSSL's 32 MiB
     // scrypt limit so `openssl pkey` opens the key too (pkcs8's default N = 2^15 is not).
     let mut salt = [0u8; 16];
     let mut iv = [0u8; 16];
     OsRng.fill_bytes(&mut salt);
     OsRng.fill_bytes(&mut iv);
-    let kdf = pkcs8::pkcs5::scrypt::Params::new(14, 8, 1, 32)
-        .map_err(|e| Error::Bundle(format!("scrypt parameters: {e}")))?;
+    let kdf = pkcs8::pkcs5::scrypt::Params::new(14, 8, 1, 32).map_err(KeyError::Scrypt)?;
     let params = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256cbc(kdf, &salt, &iv)
-        .map_err(|e| Error::Bundle(format!("PBES2 parameters: {e}")))?;
+        .map_err(KeyError::Pbes2)?;
     let doc = info
         .encrypt_with_params(params, pass.bytes())
-        .map_err(|e| Error::Bundle(format!("key encryption: {e}")))?;
+        .map_err(KeyError::Pkcs8)?;
     let pem = doc
         .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
-        .map_err(|e| Error::Bundle(format!("PEM encoding: {e}")))?;
+        .map_err(KeyError::Der)?;
     Ok(pem.to_string())
 }
 
@@ -202,8 +202,7 @@ impl Issued {
     /// PKCS#8 wraps, taken out as it is (no curve arithmetic).
     pub fn key_sec1_der(&self) -> Result<Vec<u8>, Error> {
         let der = zeroize::Zeroizing::new(self.key.serialize_der());
-        let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
-            .map_err(|e| Error::Bundle(format!("PKCS#8 key: {e}")))?;
+        let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).map_err(KeyError::Pkcs8)?;
         Ok(info.private_key.to_vec())
     }
 }
@@ -218,11 +217,8 @@ pub struct Signed {
 /// Converts a P-256 PKCS#8 DER key to SEC1 DER.
 pub fn sec1_from_pkcs8(pkcs8: &[u8]) -> Result<Vec<u8>, Error> {
     use p256::pkcs8::DecodePrivateKey;
-    let secret = p256::SecretKey::from_pkcs8_der(pkcs8)
-        .map_err(|e| Error::Bundle(format!("not a P-256 PKCS#8 key: {e}")))?;
-    let der = secret
-        .to_sec1_der()
-        .map_err(|e| Error::Bundle(format!("SEC1 encoding: {e}")))?;
+    let secret = p256::SecretKey::from_pkcs8_der(pkcs8).map_err(KeyError::Pkcs8)?;
+    let der = secret.to_sec1_der().map_err(KeyError::Der)?;
     Ok(der.to_vec())
 }
 
@@ -230,11 +226,10 @@ pub fn sec1_from_pkcs8(pkcs8: &[u8]) -> Result<Vec<u8>, Error> {
 /// to PKCS#8 PEM, which every TLS tool reads.
 pub fn pkcs8_pem_from_sec1(sec1: &[u8]) -> Result<String, Error> {
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
-    let secret = p256::SecretKey::from_sec1_der(sec1)
-        .map_err(|e| Error::Bundle(format!("not a P-256 SEC1 key: {e}")))?;
+    let secret = p256::SecretKey::from_sec1_der(sec1).map_err(|_| KeyError::NotSec1)?;
     let pem = secret
         .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| Error::Bundle(format!("PKCS#8 encoding: {e}")))?;
+        .map_err(KeyError::Pkcs8)?;
     Ok(pem.to_string())
 }
 
@@ -430,35 +425,24 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, Error> {
     use x509_parser::certification_request::X509CertificationRequest;
     use x509_parser::extensions::ParsedExtension;
     use x509_parser::prelude::FromDer;
-    let bad = |m: &str| Error::Csr(m.to_owned());
-    let (rest, csr) = X509CertificationRequest::from_der(der)
-        .map_err(|e| Error::Csr(format!("not a PKCS#10 request: {e}")))?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| CsrError::NotPkcs10(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(Error::Csr(format!(
-            "{} bytes after the request",
-            rest.len()
-        )));
+        return Err(CsrError::TrailingBytes(rest.len()).into());
     }
     let spki = &csr.certification_request_info.subject_pki;
     if !is_p256(spki) {
-        return Err(bad(
-            "the key is not P-256 (fleet devices use ECDSA P-256 keys only)",
-        ));
+        return Err(CsrError::NotP256.into());
     }
-    csr.verify_signature()
-        .map_err(|_| bad("the signature does not verify with the request's own key"))?;
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
     if let Some(extensions) = csr.requested_extensions() {
         for ext in extensions {
             match ext {
                 ParsedExtension::BasicConstraints(bc) if bc.ca => {
-                    return Err(bad(
-                        "it requests CA:true; device certificates are never CAs",
-                    ))
+                    return Err(CsrError::RequestsCa.into())
                 }
                 ParsedExtension::SubjectAlternativeName(_) => {
-                    return Err(bad(
-                        "it requests subject alternative names; device certificates carry none",
-                    ))
+                    return Err(CsrError::RequestsNames.into())
                 }
                 _ => {}
             }
@@ -466,22 +450,19 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, Error> {
     }
     let public_key = spki.subject_public_key.data.to_vec();
     let spki = rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
-        .map_err(|e| Error::Csr(format!("public key: {e}")))?;
+        .map_err(|e| CsrError::PublicKey(e.to_string()))?;
     Ok(CheckedCsr { spki, public_key })
 }
 
 /// A PKCS#10 request as DER, from PEM (`CERTIFICATE REQUEST`) or DER input.
 pub fn csr_der(input: &[u8]) -> Result<Vec<u8>, Error> {
     if input.starts_with(b"-----BEGIN") || input.trim_ascii_start().starts_with(b"-----BEGIN") {
-        let block = pem::parse(input).map_err(|e| Error::Csr(format!("not PEM: {e}")))?;
+        let block = pem::parse(input).map_err(CsrError::NotPem)?;
         if !matches!(
             block.tag(),
             "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"
         ) {
-            return Err(Error::Csr(format!(
-                "PEM block is {:?}, not CERTIFICATE REQUEST",
-                block.tag()
-            )));
+            return Err(CsrError::NotARequestBlock(block.tag().to_owned()).into());
         }
         Ok(block.into_contents())
     } else {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::error::{db as db_err, Error};
+use crate::error::{db as db_err, Conflict, Error};
 
 /// Where a certificate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,10 +320,10 @@ impl Registry for SqliteRegistry {
                 })
                 .map_err(&err)?;
             if changed != 1 {
-                return Err(Error::State(format!(
-                    "serial {} is not a reserved certificate",
-                    a.serial_hex
-                )));
+                return Err(Conflict::NotReserved {
+                    serial_hex: a.serial_hex.clone(),
+                }
+                .into());
             }
         }
         tx.commit().map_err(&err)
@@ -387,9 +387,10 @@ impl Registry for SqliteRegistry {
             .filter(|c| matches!(c.status, Status::Active | Status::Superseded))
             .collect();
         if live.is_empty() {
-            return Err(Error::State(format!(
-                "{device_id} has no active certificate (already revoked, or never issued)"
-            )));
+            return Err(Conflict::NothingToRevoke {
+                device_id: device_id.to_owned(),
+            }
+            .into());
         }
         let at = now();
         let path = self.path.clone();

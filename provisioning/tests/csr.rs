@@ -3,7 +3,7 @@
 mod common;
 
 use common::{cli, init_cli, openssl, openssl_csr, station, stderr, stdout};
-use fleet_provision::{CsrInput, CsrRequest, Error};
+use fleet_provision::{CsrAt, CsrInput, CsrRequest, Error};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn req(tenant: &str) -> CsrRequest {
@@ -150,7 +150,16 @@ fn refused_requests_say_why_and_reserve_nothing() {
             .certify_csrs(&req("acme"), &[input(good.clone()), input(der)], |_| {})
             .unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, Error::Csr(_)), "{what}: {msg}");
+        assert!(
+            matches!(
+                err,
+                Error::Csr {
+                    at: CsrAt::Batch { index: 2, count: 2 },
+                    ..
+                }
+            ),
+            "{what}: {msg}"
+        );
         assert!(
             msg.contains(needle) && msg.contains("request 2 of 2"),
             "{what}: {msg}"

@@ -88,9 +88,7 @@ pub(super) async fn create_device(
                         validity_days,
                     };
                     let mut c = s.certify_csrs(&req, &[input], |_| {})?;
-                    let c = c
-                        .pop()
-                        .ok_or_else(|| Error::State("nothing was certified".into()))?;
+                    let c = c.pop().ok_or(Error::NothingDelivered)?;
                     Ok(issued(&c, ca, None))
                 })
                 .await?
@@ -115,7 +113,7 @@ pub(super) async fn create_device(
                     let d = s
                         .issue_devices(&req)?
                         .pop()
-                        .ok_or_else(|| Error::State("nothing was issued".into()))?;
+                        .ok_or(Error::NothingDelivered)?;
                     let bundle = std::fs::read(&d.bundle_path).map_err(io(&d.bundle_path))?;
                     let record = s
                         .device(&d.device_id)?

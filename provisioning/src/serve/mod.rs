@@ -32,7 +32,7 @@ pub use auth::{peer_from_cert, Peer};
 pub use error::ApiError;
 pub use openapi::openapi_document;
 
-use crate::error::Error;
+use crate::error::{Error, TlsError};
 use crate::Station;
 
 /// How the API server runs.
@@ -109,13 +109,13 @@ impl Server {
         let (chain_pem, key_pem) = station.issue_server_identity(&hosts)?;
         station.expire_superseded(options.grace)?;
         let server_chain: Vec<CertificateDer<'static>> = pem::parse_many(&chain_pem)
-            .map_err(|e| tls::tls_error("server chain", e))?
+            .map_err(TlsError::ServerChain)?
             .into_iter()
             .map(|p| CertificateDer::from(p.into_contents()))
             .collect();
         let server_key = PrivateKeyDer::Pkcs8(
             pem::parse(&key_pem)
-                .map_err(|e| tls::tls_error("server key", e))?
+                .map_err(TlsError::ServerKey)?
                 .into_contents()
                 .into(),
         );

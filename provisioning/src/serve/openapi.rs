@@ -29,7 +29,7 @@ pub fn openapi_document() -> serde_json::Value {
         "info": {
             "title": "fleet-provision station API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Mutual TLS only. Operators: service certificates (OU=service) of the station's CA, acting on their own tenant. Devices: their own certificate, for POST /v1/renew only."
+            "description": "Mutual TLS only. Operators: service certificates (OU=service) of the station's CA, acting on their own tenant. Devices: their own certificate, for POST /v1/renew only. Errors: 400 bad request, 403 not allowed, 404 unknown device, 409 registry state conflict, 503 station busy (with Retry-After) or issuing CA expired."
         },
         "paths": {
             "/v1/devices": {"post": {
@@ -40,13 +40,13 @@ pub fn openapi_document() -> serde_json::Value {
             "/v1/devices/{id}": {"get": {
                 "summary": "A device and all its certificates",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": with(serde_json::json!({"200": {"description": "the device", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Device"}}}}}), &["401", "403", "404"])
+                "responses": with(serde_json::json!({"200": {"description": "the device", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Device"}}}}}), &["401", "403", "404", "503"])
             }},
             "/v1/devices/{id}/revoke": {"post": {
                 "summary": "Revoke a device (active and superseded certificates); writes a new CRL",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"reason": {"type": "string", "enum": Reason::ALL.map(|(_, n)| n)}}}}}},
-                "responses": with(serde_json::json!({"200": {"description": "revoked", "content": {"application/json": {"schema": {"type": "object", "properties": {"device_id": {"type": "string"}, "revoked_serials": {"type": "array", "items": {"type": "string"}}, "reason": {"type": "string"}}}}}}}), &["400", "401", "403", "404", "409"])
+                "responses": with(serde_json::json!({"200": {"description": "revoked", "content": {"application/json": {"schema": {"type": "object", "properties": {"device_id": {"type": "string"}, "revoked_serials": {"type": "array", "items": {"type": "string"}}, "reason": {"type": "string"}}}}}}}), &["400", "401", "403", "404", "409", "503"])
             }},
             "/v1/renew": {"post": {
                 "summary": "A device renews itself: PKCS#10 request (PEM or DER) for a new P-256 key; the old certificate is superseded and revoked after the grace period",

@@ -8,14 +8,10 @@ use axum::{Extension, Router};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::auth::{peer_from_cert, Peer};
-use crate::error::{io, Error};
+use crate::error::{io, Error, TlsError};
 use crate::Station;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub(super) fn tls_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::State(format!("station TLS: {what}: {e}"))
-}
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -30,24 +26,22 @@ pub(super) fn tls_config(
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(station.issuing_ca().cert_der.clone()))
-        .map_err(|e| tls_error("issuing CA", e))?;
+        .map_err(TlsError::IssuingCa)?;
     let crl_path = station.crl_path();
     let crl_pem = std::fs::read(&crl_path).map_err(io(&crl_path))?;
-    let crl = pem::parse(&crl_pem)
-        .map_err(|e| tls_error("CRL", e))?
-        .into_contents();
+    let crl = pem::parse(&crl_pem).map_err(TlsError::Crl)?.into_contents();
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
             .with_crls([CertificateRevocationListDer::from(crl)])
             .allow_unauthenticated()
             .build()
-            .map_err(|e| tls_error("client verifier", e))?;
+            .map_err(TlsError::ClientVerifier)?;
     rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error("protocol versions", e))?
+        .map_err(TlsError::ProtocolVersions)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.to_vec(), key.clone_key())
-        .map_err(|e| tls_error("server certificate", e))
+        .map_err(|e| TlsError::ServerCertificate(e).into())
 }
 
 pub(super) async fn serve_connection(

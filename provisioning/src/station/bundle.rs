@@ -40,9 +40,10 @@ impl Station {
             seed,
         };
         let mut bytes = vec![0u8; bundle.encoded_len()];
-        bundle
-            .emit(&mut bytes)
-            .map_err(|e| Error::Bundle(format!("{}: {e}", identity.device_id)))?;
+        bundle.emit(&mut bytes).map_err(|error| Error::Bundle {
+            device_id: identity.device_id.to_owned(),
+            error,
+        })?;
         Ok(bytes)
     }
 
@@ -69,11 +70,8 @@ impl Station {
 /// standard tools such as mosquitto_pub or openssl.
 pub fn bundle_to_pem(bundle: &Bundle<'_>) -> Result<(String, String), Error> {
     let cert = pki::cert_to_pem(bundle.cert_der);
-    let key_der = bundle.private_key_der.ok_or_else(|| {
-        Error::Bundle(format!(
-            "{}: no private key in the bundle (held by a secure element)",
-            bundle.device_id
-        ))
+    let key_der = bundle.private_key_der.ok_or_else(|| Error::NoPrivateKey {
+        device_id: bundle.device_id.to_owned(),
     })?;
     Ok((cert, pki::pkcs8_pem_from_sec1(key_der)?))
 }

@@ -4,7 +4,7 @@
 use super::deliver::Signed;
 use super::{check_name, positive, Station, CHUNK};
 use crate::audit::{Event, Manifest};
-use crate::error::Error;
+use crate::error::{CsrAt, Error};
 use crate::pki::{self, CheckedCsr};
 use crate::registry::{Activation, DeviceId, Registry, Reservation};
 
@@ -67,7 +67,13 @@ impl Station {
         let mut checked = Vec::with_capacity(csrs.len());
         for (i, input) in csrs.iter().enumerate() {
             let at = |e: Error| match e {
-                Error::Csr(m) => Error::Csr(format!("request {} of {}: {m}", i + 1, csrs.len())),
+                Error::Csr { reason, .. } => Error::Csr {
+                    at: CsrAt::Batch {
+                        index: i + 1,
+                        count: csrs.len(),
+                    },
+                    reason,
+                },
                 other => other,
             };
             if let Some(id) = &input.device_id {

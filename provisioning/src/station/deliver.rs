@@ -9,7 +9,7 @@ use rand_core::{OsRng, RngCore};
 use super::Station;
 use crate::audit::{Event, Manifest};
 use crate::digest::sha256_hex;
-use crate::error::Error;
+use crate::error::{AuditError, Error};
 use crate::fs::{sync_filesystem, write_file, write_file_unsynced};
 use crate::pki;
 use crate::registry::{Activation, Registry};
@@ -95,7 +95,7 @@ impl Station {
     /// Writes the batch manifest and its signature by the issuing CA key, and logs its hash.
     pub(super) fn seal_batch(&self, manifest: &Manifest) -> Result<(), Error> {
         use rcgen::SigningKey;
-        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Audit(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(AuditError::Encode)?;
         let signature = self.issuing.key.sign(&bytes)?;
         let base = self.dir.join(format!("batches/{}", manifest.batch));
         write_file(&base.with_extension("json"), &bytes, false)?;

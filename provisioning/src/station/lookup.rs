@@ -11,7 +11,7 @@ use crate::registry::{CertRecord, Registry, SqliteRegistry};
 
 impl Station {
     /// Checks the audit chain, its anchor and every signed batch manifest.
-    pub fn verify_audit(&self) -> Result<audit::Verified, Vec<String>> {
+    pub fn verify_audit(&self) -> Result<audit::Verified, Vec<audit::Problem>> {
         audit::verify(&self.dir, &self.issuing.cert_der)
     }
 
@@ -57,11 +57,11 @@ pub fn list_registry(dir: &Path, device_id: Option<&str>) -> Result<Vec<CertReco
 }
 
 /// Checks the audit log of a station directory without opening its CA key.
-pub fn verify_audit_dir(dir: &Path) -> Result<audit::Verified, Vec<String>> {
+pub fn verify_audit_dir(dir: &Path) -> Result<audit::Verified, Vec<audit::Problem>> {
     let path = dir.join("ca/issuing.pem");
     let cert = std::fs::read_to_string(&path)
         .map_err(|e| e.to_string())
         .and_then(|t| CaCert::from_pem(&t))
-        .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        .map_err(|reason| vec![audit::Problem::Unreadable { path, reason }])?;
     audit::verify(dir, &cert.cert_der)
 }

@@ -3,7 +3,7 @@
 use super::deliver::Signed;
 use super::{positive, Certified, Station};
 use crate::audit::Event;
-use crate::error::Error;
+use crate::error::{CsrError, Error, Forbidden};
 use crate::pki::{self, CheckedCsr};
 use crate::registry::{CertRecord, DeviceId, Registry, Reservation, Status};
 
@@ -32,9 +32,7 @@ impl Station {
             .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
             .unwrap_or_default();
         if old_key == key.public_key {
-            return Err(Error::Csr(
-                "it carries the key of the current certificate; renewal needs a new key".into(),
-            ));
+            return Err(CsrError::SameKey.into());
         }
         let result = self.renew_inner(&presented, &key, validity_days);
         self.settle(result)
@@ -46,17 +44,18 @@ impl Station {
             .registry
             .cert(serial_hex)?
             .filter(|c| c.device_id == device_id)
-            .ok_or_else(|| {
-                Error::Forbidden(format!(
-                    "certificate {serial_hex} is not one of {device_id}'s"
-                ))
+            .ok_or_else(|| Forbidden::NotTheDevicesCertificate {
+                device_id: device_id.to_owned(),
+                serial_hex: serial_hex.to_owned(),
             })?;
         match presented.status {
             Status::Active | Status::Superseded => Ok(presented),
-            other => Err(Error::Forbidden(format!(
-                "certificate {serial_hex} of {device_id} is {}",
-                other.name()
-            ))),
+            other => Err(Forbidden::CertificateNotLive {
+                device_id: device_id.to_owned(),
+                serial_hex: serial_hex.to_owned(),
+                status: other.name(),
+            }
+            .into()),
         }
     }
 

@@ -23,7 +23,10 @@ pub(crate) fn bundle(command: BundleCommand) -> Result<(), Error> {
         | BundleCommand::Hex { file, .. } => file.clone(),
     };
     let bytes = read_bundle(&path)?;
-    let b = Bundle::parse(&bytes).map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
+    let b = Bundle::parse(&bytes).map_err(|error| Error::BundleFile {
+        path: path.clone(),
+        error,
+    })?;
     match command {
         BundleCommand::Show { .. } => {
             bundle_show(&b);

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use fleet_provision::{
-    boards, serve, write_file, BatchRequest, CsrInput, CsrRequest, Error, KeyProtection,
-    Passphrase, Reason, Station,
+    boards, serve, write_file, AuditError, BatchRequest, CsrAt, CsrInput, CsrRequest, Error,
+    KeyProtection, Passphrase, Reason, Station,
 };
 
 /// The factory station: CA, per-device identities, identity bundles, registry.
@@ -424,8 +424,13 @@ fn read_csrs(args: &SignArgs) -> Result<Vec<CsrInput>, Error> {
             path: path.clone(),
             source,
         })?;
-        let der = fleet_provision::pki::csr_der(&bytes)
-            .map_err(|e| Error::Csr(format!("{}: {}", path.display(), e)))?;
+        let der = fleet_provision::pki::csr_der(&bytes).map_err(|e| match e {
+            Error::Csr { reason, .. } => Error::Csr {
+                at: CsrAt::File(path.clone()),
+                reason,
+            },
+            other => other,
+        })?;
         inputs.push(CsrInput {
             der,
             device_id: args.device_id.clone(),
@@ -499,7 +504,10 @@ fn bench(devices: u32) -> Result<(), Error> {
     bar.finish_and_clear();
     println!(
         "{}",
-        serde_json::to_string_pretty(&report).map_err(|e| Error::Audit(e.to_string()))?
+        serde_json::to_string_pretty(&report).map_err(|source| Error::Json {
+            what: "bench report",
+            source
+        })?
     );
     Ok(())
 }
@@ -559,11 +567,11 @@ fn audit_verify(ctx: &Context) -> Result<(), Error> {
             for p in &problems {
                 println!("TAMPERED: {p}");
             }
-            Err(Error::Audit(format!(
-                "{} problem(s) in {}",
-                problems.len(),
-                ctx.dir.join("audit.log").display()
-            )))
+            Err(AuditError::Tampered {
+                path: ctx.dir.join("audit.log"),
+                problems: problems.len(),
+            }
+            .into())
         }
     }
 }
