@@ -15,6 +15,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+mod tests;
 mod verify;
 
 pub use verify::{verify, Problem, Verified};

@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 
-use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
-
 use super::{Reason, Station};
 use crate::audit::Event;
 use crate::digest::sha256_hex;
 use crate::error::Error;
 use crate::fs::write_file;
+use crate::pki::{self, CrlEntry};
 use crate::registry::Registry;
 
 /// How long a CRL is current (its nextUpdate); `serve` and `fleet-provision crl` renew it.
@@ -25,46 +24,39 @@ impl Station {
     /// revoked certificate and every aborted reservation, atomically, and returns its path.
     pub fn write_crl(&mut self) -> Result<PathBuf, Error> {
         let now = time::OffsetDateTime::now_utc();
-        let revoked_certs = self.revoked_certs(now)?;
+        let entries = self.crl_entries(now)?;
         let number = self.registry.next_crl_number()?;
-        let params = CertificateRevocationListParams {
-            this_update: now,
-            next_update: now + time::Duration::days(CRL_DAYS),
-            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
-            issuing_distribution_point: None,
-            revoked_certs,
-            key_identifier_method: KeyIdMethod::Sha256,
-        };
-        let revoked = params.revoked_certs.len();
-        let crl = params.signed_by(self.issuing.issuer())?;
+        let pem = pki::sign_crl(
+            &self.issuing,
+            number,
+            &entries,
+            now,
+            time::Duration::days(CRL_DAYS),
+        )?;
         let path = self.crl_path();
-        let pem = crl.pem()?;
         write_file(&path, pem.as_bytes(), false)?;
         self.audit.append(Event::Crl {
             number,
-            revoked,
+            revoked: entries.len(),
             sha256: sha256_hex(pem.as_bytes()),
         })?;
         Ok(path)
     }
 
-    /// The CRL entries: every serial the registry lists as revoked or aborted.
-    fn revoked_certs(&self, now: time::OffsetDateTime) -> Result<Vec<RevokedCertParams>, Error> {
+    /// Every serial the registry lists as revoked or aborted.
+    fn crl_entries(&self, now: time::OffsetDateTime) -> Result<Vec<CrlEntry>, Error> {
         let mut entries = Vec::new();
         for (serial_hex, at, reason) in self.registry.revoked()? {
             let serial = hex::decode(&serial_hex).map_err(|_| Error::InvalidInput {
                 field: "serial",
                 message: format!("{serial_hex:?} is not hex"),
             })?;
-            entries.push(RevokedCertParams {
-                serial_number: SerialNumber::from_slice(&serial),
-                revocation_time: time::OffsetDateTime::from_unix_timestamp(at).unwrap_or(now),
-                reason_code: Some(
-                    Reason::parse(&reason)
-                        .unwrap_or(Reason::Unspecified)
-                        .rcgen(),
-                ),
-                invalidity_date: None,
+            entries.push(CrlEntry {
+                serial,
+                revoked_at: time::OffsetDateTime::from_unix_timestamp(at).unwrap_or(now),
+                reason: Reason::parse(&reason)
+                    .unwrap_or(Reason::Unspecified)
+                    .rcgen(),
             });
         }
         Ok(entries)

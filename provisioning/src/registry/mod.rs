@@ -494,3 +494,6 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
         revocation_reason: r.get(10)?,
     })
 }
+
+#[cfg(test)]
+mod tests;
