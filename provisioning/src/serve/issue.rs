@@ -1,6 +1,8 @@
 //! `POST /v1/devices`: an operator issues a device in its tenant, from the device's CSR or
 //! by key injection.
 
+use std::sync::Arc;
+
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -8,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{operator, Peer};
 use super::error::ApiError;
-use super::SharedState;
+use super::{Shared, SharedState};
 use crate::error::{io, Error};
 use crate::{BatchRequest, Certified, CsrInput, CsrRequest};
 
@@ -64,6 +66,7 @@ pub(super) fn issued(c: &Certified, issuing_ca_pem: String, bundle: Option<Vec<u
     }
 }
 
+/// `POST /v1/devices`: the CSR flow or key injection, whichever the request asks for.
 pub(super) async fn create_device(
     AxState(shared): SharedState,
     Extension(peer): Extension<Peer>,
@@ -72,66 +75,15 @@ pub(super) async fn create_device(
     let (_, tenant) = operator(&peer)?;
     let tenant = tenant.to_owned();
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let validity_days = shared.options.validity_days;
     let out = match (req.csr_pem, req.generate) {
-        (Some(csr), None) => {
-            let der = crate::pki::csr_der(csr.as_bytes())?;
-            let input = CsrInput {
-                der,
-                device_id: req.device_id,
-            };
-            shared
-                .with_station(move |s| {
-                    let ca = s.issuing_ca().cert_pem.clone();
-                    let req = CsrRequest {
-                        tenant,
-                        validity_days,
-                    };
-                    let mut c = s.certify_csrs(&req, &[input], |_| {})?;
-                    let c = c.pop().ok_or(Error::NothingDelivered)?;
-                    Ok(issued(&c, ca, None))
-                })
-                .await?
+        (Some(csr), None) => from_csr(&shared, tenant, &csr, req.device_id).await?,
+        (None, Some(_)) if req.device_id.is_some() => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "device_id is for the CSR flow; generated devices get the tenant's next id",
+            ))
         }
-        (None, Some(generate)) => {
-            if req.device_id.is_some() {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "device_id is for the CSR flow; generated devices get the tenant's next id",
-                ));
-            }
-            shared
-                .with_station(move |s| {
-                    let ca = s.issuing_ca().cert_pem.clone();
-                    let req = BatchRequest {
-                        tenant,
-                        count: 1,
-                        gateway_host: generate.gateway_host,
-                        gateway_port: generate.gateway_port,
-                        validity_days,
-                    };
-                    let d = s
-                        .issue_devices(&req)?
-                        .pop()
-                        .ok_or(Error::NothingDelivered)?;
-                    let bundle = std::fs::read(&d.bundle_path).map_err(io(&d.bundle_path))?;
-                    let record = s
-                        .device(&d.device_id)?
-                        .pop()
-                        .ok_or_else(|| Error::UnknownDevice(d.device_id.clone()))?;
-                    let der = s.cert_der(&d.serial_hex)?.unwrap_or_default();
-                    let c = Certified {
-                        device_id: d.device_id,
-                        tenant: record.tenant,
-                        serial_hex: d.serial_hex,
-                        fingerprint_hex: record.fingerprint_hex.unwrap_or_default(),
-                        not_after: record.not_after.unwrap_or_default(),
-                        cert_der: der,
-                    };
-                    Ok(issued(&c, ca, Some(bundle)))
-                })
-                .await?
-        }
+        (None, Some(generate)) => generated(&shared, tenant, generate).await?,
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -140,4 +92,68 @@ pub(super) async fn create_device(
         }
     };
     Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// The CSR flow: a certificate for the device's own key.
+async fn from_csr(
+    shared: &Arc<Shared>,
+    tenant: String,
+    csr_pem: &str,
+    device_id: Option<String>,
+) -> Result<Issued, ApiError> {
+    let der = crate::pki::csr_der(csr_pem.as_bytes())?;
+    let input = CsrInput { der, device_id };
+    let validity_days = shared.options.validity_days;
+    shared
+        .with_station(move |s| {
+            let ca = s.issuing_ca().cert_pem.clone();
+            let req = CsrRequest {
+                tenant,
+                validity_days,
+            };
+            let mut c = s.certify_csrs(&req, &[input], |_| {})?;
+            let c = c.pop().ok_or(Error::NothingDelivered)?;
+            Ok(issued(&c, ca, None))
+        })
+        .await
+}
+
+/// Key injection: the station generates the key; the answer carries the bundle holding it.
+async fn generated(
+    shared: &Arc<Shared>,
+    tenant: String,
+    generate: Generate,
+) -> Result<Issued, ApiError> {
+    let validity_days = shared.options.validity_days;
+    shared
+        .with_station(move |s| {
+            let ca = s.issuing_ca().cert_pem.clone();
+            let req = BatchRequest {
+                tenant,
+                count: 1,
+                gateway_host: generate.gateway_host,
+                gateway_port: generate.gateway_port,
+                validity_days,
+            };
+            let d = s
+                .issue_devices(&req)?
+                .pop()
+                .ok_or(Error::NothingDelivered)?;
+            let bundle = std::fs::read(&d.bundle_path).map_err(io(&d.bundle_path))?;
+            let record = s
+                .device(&d.device_id)?
+                .pop()
+                .ok_or_else(|| Error::UnknownDevice(d.device_id.clone()))?;
+            let der = s.cert_der(&d.serial_hex)?.unwrap_or_default();
+            let c = Certified {
+                device_id: d.device_id,
+                tenant: record.tenant,
+                serial_hex: d.serial_hex,
+                fingerprint_hex: record.fingerprint_hex.unwrap_or_default(),
+                not_after: record.not_after.unwrap_or_default(),
+                cert_der: der,
+            };
+            Ok(issued(&c, ca, Some(bundle)))
+        })
+        .await
 }
