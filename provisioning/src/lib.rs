@@ -10,7 +10,14 @@
 //! DIR/devices/{id}.bin, {id}.pem         identity bundle to flash, certificate for humans
 //! DIR/services/{name}.pem, {name}.key    backend service identities
 //! DIR/registry.sqlite3                   device registry
+//! DIR/audit.log, batches/                tamper-evident audit log, signed batch manifests
+//! DIR/crl/issuing.crl.pem                the CRL the gateway watches
+//! DIR/station.lock                       held by the one process issuing from DIR
 //! ```
+//!
+//! Modules: [`Station`] and its operations (`station/`, one concept per file); [`pki`]
+//! (certificates, keys, CSRs, CRLs); [`registry`]; [`audit`]; [`serve`] (the HTTPS API);
+//! files and the writer lock (`fs`); the one [`Error`] type and its typed reasons (`error`).
 
 pub mod audit;
 pub mod bench;

@@ -7,6 +7,10 @@
 //! issued certificate fingerprints is written and signed with the issuing CA key; its hash is
 //! recorded in the log. `fleet-provision audit verify` checks all of it.
 
+#[cfg(test)]
+mod tests;
+mod verify;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,10 +18,6 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-
-#[cfg(test)]
-mod tests;
-mod verify;
 
 pub use verify::{verify, Problem, Verified};
 

@@ -9,6 +9,9 @@
 //! are turned `aborted` by the next run (their serials go on the CRL, in case the certificate
 //! was signed before the crash).
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -494,6 +497,3 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
         revocation_reason: r.get(10)?,
     })
 }
-
-#[cfg(test)]
-mod tests;
