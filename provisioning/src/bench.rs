@@ -60,7 +60,7 @@ pub fn run(devices: u32, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Rep
     let dir = Scratch(std::env::temp_dir().join(format!(
         "fleet-provision-bench-{}-{}",
         std::process::id(),
-        crate::hex(&crate::pki::random_serial()[..4])
+        hex::encode(&crate::pki::random_serial()[..4])
     )));
     let mut station = Station::init(&dir.0, "Bench", KeyProtection::InsecurePlaintext)?;
     let total = u64::from(devices);

@@ -1,7 +1,7 @@
 //! Where each supported board keeps its identity bundle, and the bundle as Intel HEX placed
 //! there (what flashing tools take: probe-rs, STM32CubeProgrammer, QEMU's loader, …).
 
-use crate::Error;
+use crate::error::Error;
 
 /// A board's identity flash slots (A and B, for rotation with rollback).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +92,7 @@ pub fn to_ihex(bundle: &[u8], board: &Board, slot: Slot) -> Result<String, Error
         });
     }
     records.push(ihex::Record::EndOfFile);
-    ihex::create_object_file_representation(&records)
-        .map_err(|e| Error::Bundle(format!("Intel HEX: {e}")))
+    Ok(ihex::create_object_file_representation(&records)?)
 }
 
 #[cfg(test)]

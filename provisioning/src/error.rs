@@ -1,6 +1,13 @@
-//! The crate's one error type.
+//! The crate's one error type, and the typed reasons inside it.
+//!
+//! A leaf module: everything else in the crate imports from here, nothing here imports the
+//! rest of the crate. Where a caller (or the station API's HTTP status) must tell cases
+//! apart, the case is a variant, not a message.
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use fleet_protocol::bundle::BundleError;
 
 /// Everything the station can refuse or fail at. Messages say what and where.
 #[derive(Debug, thiserror::Error)]
@@ -33,31 +40,280 @@ pub enum Error {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("identity bundle: {0}")]
-    Bundle(String),
+    /// A device's identity bundle could not be encoded.
+    #[error("identity bundle for {device_id}: {error}")]
+    Bundle {
+        device_id: String,
+        error: BundleError,
+    },
+    /// A file is not a valid identity bundle.
+    #[error("{path}: {error}")]
+    BundleFile { path: PathBuf, error: BundleError },
+    #[error("{device_id}: no private key in the bundle (held by a secure element)")]
+    NoPrivateKey { device_id: String },
+    #[error("private key: {0}")]
+    Key(#[from] KeyError),
     #[error("audit log: {0}")]
-    Audit(String),
+    Audit(#[from] AuditError),
     #[error("{path} is encrypted: set FLEET_CA_PASSPHRASE or pass --passphrase-file")]
     PassphraseRequired { path: PathBuf },
     #[error("{path}: the passphrase does not open this key")]
     WrongPassphrase { path: PathBuf },
-    #[error("certificate signing request refused: {0}")]
-    Csr(String),
+    /// A certificate signing request the station refuses, and which one it was.
+    #[error("certificate signing request refused: {at}{reason}")]
+    Csr { at: CsrAt, reason: CsrError },
     #[error("device {0} already exists in the registry")]
     DuplicateDevice(String),
     #[error("device {0} is not in the registry")]
     UnknownDevice(String),
-    #[error("{0}")]
-    State(String),
+    /// Another process holds a lock the operation needs: try again later.
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    /// The registry's state does not allow the operation.
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+    /// The station API's TLS could not be set up.
+    #[error("station TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("the issuing CA expired at {not_after}; import or create a new one before issuing")]
     CaExpired { not_after: String },
-    #[error("{0}")]
-    Forbidden(String),
+    /// The caller may not do this.
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
+    #[error("Intel HEX: {0}")]
+    IntelHex(#[from] ihex::WriterError),
+    #[error("{what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    /// An operation on one item delivered none (a defect in the station, never the input).
+    #[error("the station delivered nothing for a request of one")]
+    NothingDelivered,
 }
 
-pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+/// Which request a [`CsrError`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CsrAt {
+    /// The only one (an API call, a renewal).
+    Request,
+    /// The `index`th (from 1) of `count` in one call.
+    Batch { index: usize, count: usize },
+    /// The one read from this file.
+    File(PathBuf),
+}
+
+impl fmt::Display for CsrAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CsrAt::Request => Ok(()),
+            CsrAt::Batch { index, count } => write!(f, "request {index} of {count}: "),
+            CsrAt::File(path) => write!(f, "{}: ", path.display()),
+        }
+    }
+}
+
+/// Why a certificate signing request is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CsrError {
+    #[error("not PEM: {0}")]
+    NotPem(pem::PemError),
+    #[error("PEM block is {0:?}, not CERTIFICATE REQUEST")]
+    NotARequestBlock(String),
+    /// The DER does not parse (the parser's explanation).
+    #[error("not a PKCS#10 request: {0}")]
+    NotPkcs10(String),
+    #[error("{0} bytes after the request")]
+    TrailingBytes(usize),
+    #[error("the key is not P-256 (fleet devices use ECDSA P-256 keys only)")]
+    NotP256,
+    #[error("the signature does not verify with the request's own key")]
+    BadSignature,
+    #[error("it requests CA:true; device certificates are never CAs")]
+    RequestsCa,
+    #[error("it requests subject alternative names; device certificates carry none")]
+    RequestsNames,
+    #[error("public key: {0}")]
+    PublicKey(String),
+    #[error("it carries the key of the current certificate; renewal needs a new key")]
+    SameKey,
+}
+
+impl From<CsrError> for Error {
+    fn from(reason: CsrError) -> Error {
+        Error::Csr {
+            at: CsrAt::Request,
+            reason,
+        }
+    }
+}
+
+/// Why a private key could not be converted or protected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("PKCS#8: {0}")]
+    Pkcs8(pkcs8::Error),
+    #[error("DER: {0}")]
+    Der(pkcs8::der::Error),
+    #[error("scrypt parameters: {0:?}")]
+    Scrypt(pkcs8::pkcs5::scrypt::errors::InvalidParams),
+    #[error("PBES2 parameters: {0}")]
+    Pbes2(pkcs8::pkcs5::Error),
+    #[error("not a P-256 SEC1 key")]
+    NotSec1,
+}
+
+/// What went wrong with the audit log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("encoding a record or manifest: {0}")]
+    Encode(serde_json::Error),
+    #[error("{}: the last record is not valid JSON ({source}); run `fleet-provision audit verify`", path.display())]
+    LastRecordUnreadable {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: the registry anchors record {anchored} but the log ends at record {last} with a different hash: records were cut off or replaced; run `fleet-provision audit verify` and investigate before issuing anything", path.display())]
+    CutOff {
+        path: PathBuf,
+        anchored: u64,
+        last: u64,
+    },
+    #[error("{}: record {seq} no longer matches the hash anchored in the registry; run `fleet-provision audit verify`", path.display())]
+    AnchorMismatch { path: PathBuf, seq: u64 },
+    #[error("{problems} problem(s) in {}", path.display())]
+    Tampered { path: PathBuf, problems: usize },
+}
+
+/// A lock another process holds.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Busy {
+    #[error("{} is in use by another fleet-provision (is `serve` running? use its API, or stop it first)", dir.display())]
+    Station { dir: PathBuf },
+    #[error("registry {}: the database is locked by another connection; try again", path.display())]
+    Registry { path: PathBuf },
+}
+
+/// A registry state that does not allow the operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Conflict {
+    #[error("serial {serial_hex} is not a reserved certificate")]
+    NotReserved { serial_hex: String },
+    #[error("{device_id} has no active certificate (already revoked, or never issued)")]
+    NothingToRevoke { device_id: String },
+}
+
+/// A refused caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Forbidden {
+    #[error("certificate {serial_hex} is not one of {device_id}'s")]
+    NotTheDevicesCertificate {
+        device_id: String,
+        serial_hex: String,
+    },
+    /// The certificate is the device's, but revoked, aborted or never delivered.
+    #[error("certificate {serial_hex} of {device_id} is {status}")]
+    CertificateNotLive {
+        device_id: String,
+        serial_hex: String,
+        status: &'static str,
+    },
+}
+
+/// Which part of the station API's TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("issuing CA: {0}")]
+    IssuingCa(rustls::Error),
+    #[error("CRL: {0}")]
+    Crl(pem::PemError),
+    #[error("client verifier: {0}")]
+    ClientVerifier(rustls::server::VerifierBuilderError),
+    #[error("protocol versions: {0}")]
+    ProtocolVersions(rustls::Error),
+    #[error("server certificate: {0}")]
+    ServerCertificate(rustls::Error),
+    #[error("server chain: {0}")]
+    ServerChain(pem::PemError),
+    #[error("server key: {0}")]
+    ServerKey(pem::PemError),
+}
+
+/// Maps an I/O error to [`Error::Io`], naming the file.
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// Maps a registry database error to [`Error::Registry`], naming the database file; a
+/// database locked by another connection is [`Busy::Registry`].
+pub(crate) fn db(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |source| {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        match source.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked) => Error::Busy(Busy::Registry {
+                path: path.to_owned(),
+            }),
+            _ => Error::Registry {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_csr_refusal_says_which_request() {
+        let batch = Error::Csr {
+            at: CsrAt::Batch { index: 2, count: 3 },
+            reason: CsrError::NotP256,
+        };
+        assert_eq!(
+            batch.to_string(),
+            "certificate signing request refused: request 2 of 3: the key is not P-256 (fleet devices use ECDSA P-256 keys only)"
+        );
+        let file = Error::Csr {
+            at: CsrAt::File("dev.csr".into()),
+            reason: CsrError::TrailingBytes(2),
+        };
+        assert_eq!(
+            file.to_string(),
+            "certificate signing request refused: dev.csr: 2 bytes after the request"
+        );
+        assert!(matches!(
+            Error::from(CsrError::SameKey),
+            Error::Csr {
+                at: CsrAt::Request,
+                reason: CsrError::SameKey
+            }
+        ));
+    }
+
+    #[test]
+    fn a_locked_database_is_busy_and_other_database_errors_are_not() {
+        let path = Path::new("registry.sqlite3");
+        let locked = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(matches!(
+            db(path)(locked),
+            Error::Busy(Busy::Registry { .. })
+        ));
+        let other = rusqlite::Error::QueryReturnedNoRows;
+        assert!(matches!(db(path)(other), Error::Registry { .. }));
     }
 }

@@ -5,6 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::request;
+use fleet_provision::audit::Problem;
 use fleet_provision::{KeyProtection, Reason, Station};
 
 /// A station with some history: CA, server cert, two batches, a revocation.
@@ -17,15 +18,18 @@ fn station(dir: &Path) -> Station {
     st
 }
 
-/// Applies `tamper` to a file, checks verification fails mentioning `needle`, restores it.
-fn expect_detected(st: &Station, file: &Path, needle: &str, tamper: impl FnOnce(&[u8]) -> Vec<u8>) {
+/// Applies `tamper` to a file, checks verification finds a problem of the kind `expected`
+/// picks, restores it.
+fn expect_detected(
+    st: &Station,
+    file: &Path,
+    expected: impl Fn(&Problem) -> bool,
+    tamper: impl FnOnce(&[u8]) -> Vec<u8>,
+) {
     let original = std::fs::read(file).unwrap();
     std::fs::write(file, tamper(&original)).unwrap();
     let problems = st.verify_audit().expect_err("tampering must be detected");
-    assert!(
-        problems.iter().any(|p| p.contains(needle)),
-        "expected {needle:?} in {problems:?}"
-    );
+    assert!(problems.iter().any(expected), "{problems:?}");
     std::fs::write(file, original).unwrap();
     st.verify_audit().expect("restored log verifies");
 }
@@ -67,27 +71,47 @@ fn every_kind_of_tampering_is_detected() {
     let st = station(dir.path());
     let log = dir.path().join("audit.log");
 
-    expect_detected(&st, &log, "does not chain", |b| {
+    let chain_broken_at = |n| move |p: &Problem| *p == Problem::BrokenChain { record: n };
+    expect_detected(&st, &log, chain_broken_at(6), |b| {
         let mut l = lines(b);
         l[4] = l[4].replacen("acme-000002", "acme-000009", 1);
         join(&l)
     });
-    expect_detected(&st, &log, "sequence number", |b| {
+    let out_of_sequence = |p: &Problem| {
+        matches!(
+            p,
+            Problem::Sequence {
+                record: 6,
+                found: 7
+            }
+        )
+    };
+    expect_detected(&st, &log, out_of_sequence, |b| {
         let mut l = lines(b);
         l.remove(5);
         join(&l)
     });
-    expect_detected(&st, &log, "does not chain", |b| {
+    expect_detected(&st, &log, chain_broken_at(4), |b| {
         let mut l = lines(b);
         l.swap(3, 4);
         join(&l)
     });
-    expect_detected(&st, &log, "registry anchors", |b| {
+    let cut = |p: &Problem| {
+        matches!(
+            p,
+            Problem::AnchorMismatch {
+                anchored: 12,
+                last: 10
+            }
+        )
+    };
+    expect_detected(&st, &log, cut, |b| {
         let mut l = lines(b);
         l.truncate(l.len() - 2);
         join(&l)
     });
-    expect_detected(&st, &log, "not a valid record", |b| {
+    let garbled = |p: &Problem| matches!(p, Problem::NotARecord { record: 2, .. });
+    expect_detected(&st, &log, garbled, |b| {
         let mut l = lines(b);
         l[1] = "{ this is not json".into();
         join(&l)
@@ -98,14 +122,16 @@ fn every_kind_of_tampering_is_detected() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "json"))
         .unwrap();
-    expect_detected(&st, &manifest, "does not match the hash", |b| {
+    let changed = |p: &Problem| matches!(p, Problem::ManifestChanged { .. });
+    expect_detected(&st, &manifest, changed, |b| {
         String::from_utf8(b.to_vec())
             .unwrap()
             .replacen("\"acme\"", "\"evil\"", 1)
             .into_bytes()
     });
     let sig = manifest.with_extension("sig");
-    expect_detected(&st, &sig, "not signed by the issuing CA", |b| {
+    let unsigned = |p: &Problem| matches!(p, Problem::ManifestUnsigned { .. });
+    expect_detected(&st, &sig, unsigned, |b| {
         let mut s = b.to_vec();
         let last = s.len() - 1;
         s[last] ^= 1;

@@ -237,7 +237,7 @@ fn an_issuing_ca_from_another_pki_is_imported_and_issues_verifiable_devices() {
     );
     // The bundle's trust anchor is the other PKI's root.
     let bundle = std::fs::read(d.join("devices/acme-000001.bin")).unwrap();
-    let b = fleet_firmware::bundle::Bundle::parse(&bundle).unwrap();
+    let b = fleet_protocol::bundle::Bundle::parse(&bundle).unwrap();
     assert_eq!(b.trust_anchor_der, st.root_ca().cert_der.as_slice());
     assert!(st.verify_audit().is_ok());
 

@@ -43,8 +43,8 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
                 // The registry's certificate is the one in the bundle and the PEM file.
                 let bundle =
                     std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-                let b = fleet_firmware::bundle::Bundle::parse(&bundle).unwrap();
-                let fp = fleet_provision::hex(&sha2::Sha256::digest(b.cert_der));
+                let b = fleet_protocol::bundle::Bundle::parse(&bundle).unwrap();
+                let fp = hex::encode(sha2::Sha256::digest(b.cert_der));
                 assert_eq!(Some(&fp), c.fingerprint_hex.as_ref(), "{}", c.device_id);
                 let pem_text = std::fs::read_to_string(&pem).unwrap();
                 assert_eq!(pem::parse(pem_text).unwrap().contents(), b.cert_der);
@@ -82,7 +82,7 @@ fn check_consistent(dir: &Path) -> (Vec<String>, Vec<String>) {
     let (_, crl) = x509_parser::parse_x509_crl(&crl_der).unwrap();
     let listed: HashSet<String> = crl
         .iter_revoked_certificates()
-        .map(|r| fleet_provision::hex(r.raw_serial()))
+        .map(|r| hex::encode(r.raw_serial()))
         .collect();
     for s in &aborted {
         assert!(listed.contains(s), "aborted serial {s} not on the CRL");

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{cli, init_cli, openssl, openssl_csr, station, stderr, stdout};
-use fleet_provision::{CsrInput, CsrRequest, Error};
+use fleet_provision::{CsrAt, CsrInput, CsrRequest, Error};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn req(tenant: &str) -> CsrRequest {
@@ -150,7 +150,16 @@ fn refused_requests_say_why_and_reserve_nothing() {
             .certify_csrs(&req("acme"), &[input(good.clone()), input(der)], |_| {})
             .unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, Error::Csr(_)), "{what}: {msg}");
+        assert!(
+            matches!(
+                err,
+                Error::Csr {
+                    at: CsrAt::Batch { index: 2, count: 2 },
+                    ..
+                }
+            ),
+            "{what}: {msg}"
+        );
         assert!(
             msg.contains(needle) && msg.contains("request 2 of 2"),
             "{what}: {msg}"
@@ -282,7 +291,7 @@ fn command_line_signs_csrs_into_certificates_and_keyless_bundles() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
     let bundle = std::fs::read(d.join("devices/acme-000002.bin")).unwrap();
-    let parsed = fleet_firmware::bundle::Bundle::parse(&bundle).unwrap();
+    let parsed = fleet_protocol::bundle::Bundle::parse(&bundle).unwrap();
     assert!(
         parsed.private_key_der.is_none(),
         "the key stays on the device"

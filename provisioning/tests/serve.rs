@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fleet_provision::serve::{Options, Server};
-use fleet_provision::{bundle_to_pem, Passphrase, Station};
+use fleet_provision::{bundle_to_pem, Busy, Error, Passphrase, Station};
 use http_body_util::{BodyExt, Full};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -32,7 +32,7 @@ fn service_identity(st: &Station, name: &str, tenant: &str) -> Identity {
 
 fn device_identity(bundle_path: &Path) -> Identity {
     let bytes = std::fs::read(bundle_path).unwrap();
-    let b = fleet_firmware::bundle::Bundle::parse(&bytes).unwrap();
+    let b = fleet_protocol::bundle::Bundle::parse(&bytes).unwrap();
     let (cert, key) = bundle_to_pem(&b).unwrap();
     Identity { cert, key }
 }
@@ -93,6 +93,18 @@ impl Running {
         path: &str,
         body: Vec<u8>,
     ) -> Result<(u16, String), String> {
+        let (status, _, body) = self.call_with_headers(who, method, path, body).await?;
+        Ok((status, body))
+    }
+
+    /// One HTTPS request, with the response headers.
+    async fn call_with_headers(
+        &self,
+        who: Option<&Identity>,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, hyper::HeaderMap, String), String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(self.root.clone())).unwrap();
@@ -135,13 +147,14 @@ impl Running {
             .await
             .map_err(|e| format!("HTTP: {e}"))?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response
             .into_body()
             .collect()
             .await
             .map_err(|e| format!("body: {e}"))?
             .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
     }
 
     async fn json(
@@ -223,7 +236,7 @@ async fn operators_issue_look_up_and_revoke_within_their_tenant() {
     let bundle = base64::engine::general_purpose::STANDARD
         .decode(generated["bundle_base64"].as_str().unwrap())
         .unwrap();
-    let b = fleet_firmware::bundle::Bundle::parse(&bundle).unwrap();
+    let b = fleet_protocol::bundle::Bundle::parse(&bundle).unwrap();
     assert_eq!(b.device_id, "acme-000002");
     assert!(b.private_key_der.is_some());
     let (cert, key) = bundle_to_pem(&b).unwrap();
@@ -433,6 +446,7 @@ fn a_second_writer_on_the_same_station_is_refused() {
     let err = Station::open(dir.path(), None)
         .err()
         .expect("second open refused");
+    assert!(matches!(err, Error::Busy(Busy::Station { .. })), "{err}");
     assert!(err.to_string().contains("in use"), "{err}");
     drop(st);
     assert!(Station::open(dir.path(), None).is_ok());
@@ -505,4 +519,94 @@ async fn a_gateway_relays_renewals_and_nothing_else() {
         .map(|c| c.status.name())
         .collect();
     assert_eq!(statuses, ["superseded", "active"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_gets_its_own_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut st = common::station(d);
+    st.issue_devices(&common::request("acme", 1)).unwrap();
+    let ops = service_identity(&st, "ops", "acme");
+    drop(st);
+    let server = Running::start(d, time::Duration::hours(1)).await;
+    let (_, csr) = new_csr_pem();
+
+    // Bad request: a CSR that is not one.
+    let (status, body) = server
+        .json(
+            Some(&ops),
+            "POST",
+            "/v1/devices",
+            serde_json::json!({ "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n" }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // Unknown device: looked up or revoked.
+    for (method, path) in [
+        ("GET", "/v1/devices/acme-000404"),
+        ("POST", "/v1/devices/acme-000404/revoke"),
+    ] {
+        let (status, body) = server
+            .json(Some(&ops), method, path, serde_json::json!({}))
+            .await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("acme-000404"),
+            "{body}"
+        );
+    }
+    // State conflicts: a device revoked twice, a device id taken.
+    let revoke = "/v1/devices/acme-000001/revoke";
+    let (status, _) = server
+        .json(Some(&ops), "POST", revoke, serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = server
+        .json(Some(&ops), "POST", revoke, serde_json::json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no active certificate"),
+        "{body}"
+    );
+    let taken = serde_json::json!({ "csr_pem": csr, "device_id": "acme-000001" });
+    let (status, body) = server.json(Some(&ops), "POST", "/v1/devices", taken).await;
+    assert_eq!(status, 409, "{body}");
+
+    // Lock busy: another process holds the registry's write lock. The station answers 503
+    // with Retry-After once SQLite's busy wait runs out; when the lock is gone, the same
+    // request succeeds.
+    let holder = rusqlite::Connection::open(d.join("registry.sqlite3")).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let request = serde_json::json!({ "csr_pem": csr })
+        .to_string()
+        .into_bytes();
+    let (status, headers, body) = server
+        .call_with_headers(Some(&ops), "POST", "/v1/devices", request.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    let retry: u32 = headers
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert!(body.contains("locked"), "{body}");
+    holder.execute_batch("ROLLBACK").unwrap();
+    let (status, headers, body) = server
+        .call_with_headers(Some(&ops), "POST", "/v1/devices", request)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert!(headers.get("retry-after").is_none());
+    server.stop().await;
+    let st = Station::open(d, None).unwrap();
+    assert!(st.verify_audit().is_ok());
 }

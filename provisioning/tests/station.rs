@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{cli, init_cli, request, station};
-use fleet_firmware::bundle::Bundle;
+use fleet_protocol::bundle::Bundle;
 use fleet_provision::registry::Status;
-use fleet_provision::{hex, BatchRequest, Error, KeyProtection, Station};
+use fleet_provision::{BatchRequest, Error, KeyProtection, Station};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
 
@@ -74,7 +74,7 @@ fn devices_chain_to_the_root_and_bundles_match_their_certificates() {
         assert!(eku.client_auth && !eku.server_auth);
         assert!(!cert.is_ca());
         assert_eq!(
-            hex(cert.raw_serial()).trim_start_matches("00"),
+            hex::encode(cert.raw_serial()).trim_start_matches("00"),
             d.serial_hex.trim_start_matches("00")
         );
         // The private key in the bundle is the certificate's key.
@@ -141,7 +141,7 @@ fn ids_are_never_reused_and_the_registry_matches_the_certificates() {
         let b = Bundle::parse(&bytes).unwrap();
         assert_eq!(
             row.fingerprint_hex.as_deref(),
-            Some(hex(&Sha256::digest(b.cert_der)).as_str())
+            Some(hex::encode(Sha256::digest(b.cert_der)).as_str())
         );
     }
     let serials: std::collections::HashSet<_> = rows.iter().map(|r| &r.serial_hex).collect();

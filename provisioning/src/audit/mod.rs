@@ -7,6 +7,10 @@
 //! issued certificate fingerprints is written and signed with the issuing CA key; its hash is
 //! recorded in the log. `fleet-provision audit verify` checks all of it.
 
+#[cfg(test)]
+mod tests;
+mod verify;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,9 +18,11 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::{hex, Error};
+pub use verify::{verify, Problem, Verified};
+
+use crate::digest::sha256_hex;
+use crate::error::{db as db_err, io as io_err, AuditError, Error};
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,21 +124,7 @@ pub struct AuditLog {
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn line_hash(line: &str) -> String {
-    hex(&Sha256::digest(line.as_bytes()))
-}
-
-fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |source| Error::Registry {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
+    sha256_hex(line.as_bytes())
 }
 
 fn anchored(db: &Connection, db_path: &Path) -> Result<Option<(u64, String)>, Error> {
@@ -160,58 +152,20 @@ impl AuditLog {
         let db = Connection::open(&db_path).map_err(db_err(&db_path))?;
         // Only the end of the log is needed here (a station opens it for every command).
         let (offset, mut text) = read_tail(&path).map_err(io_err(&path))?;
-        let mut torn = 0;
-        if !text.is_empty() && !text.ends_with('\n') {
-            let keep = text.rfind('\n').map_or(0, |i| i + 1);
-            torn = text.len() - keep;
-            text.truncate(keep);
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            f.set_len(offset + keep as u64)
-                .and_then(|()| f.sync_all())
-                .map_err(io_err(&path))?;
-        }
+        let torn = cut_torn_line(&path, offset, &mut text)?;
         let (seq, head) = match text.lines().last() {
             Some(last) => {
-                let r: Record = serde_json::from_str(last).map_err(|e| Error::Audit(format!(
-                    "{}: the last record is not valid JSON ({e}); run `fleet-provision audit verify`",
-                    path.display()
-                )))?;
+                let r: Record = serde_json::from_str(last).map_err(|source| {
+                    AuditError::LastRecordUnreadable {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
                 (r.seq, line_hash(last))
             }
             None => (0, GENESIS.to_owned()),
         };
-        match anchored(&db, &db_path)? {
-            Some((s, hash)) if s > seq || (s == seq && hash != head) => {
-                return Err(Error::Audit(format!(
-                    "{}: the registry anchors record {s} but the log ends at record {seq} with a \
-                     different hash: records were cut off or replaced; run `fleet-provision audit \
-                     verify` and investigate before issuing anything",
-                    path.display()
-                )))
-            }
-            Some((s, hash)) if s < seq => {
-                // After a crash: the anchored record is further back, so read the whole log.
-                let full = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-                let at_anchor = (s as usize)
-                    .checked_sub(1)
-                    .map_or(Some(GENESIS.to_owned()), |i| {
-                        full.lines().nth(i).map(line_hash)
-                    });
-                if at_anchor.as_deref() != Some(hash.as_str()) {
-                    return Err(Error::Audit(format!(
-                        "{}: record {s} no longer matches the hash anchored in the registry; \
-                         run `fleet-provision audit verify`",
-                        path.display()
-                    )));
-                }
-                set_anchor(&db, &db_path, seq, &head)?;
-            }
-            None if seq > 0 => set_anchor(&db, &db_path, seq, &head)?,
-            _ => {}
-        }
+        reconcile_anchor(&db, &db_path, &path, seq, &head)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -249,7 +203,7 @@ impl AuditLog {
                 prev: head,
                 event,
             };
-            let line = serde_json::to_string(&record).map_err(|e| Error::Audit(e.to_string()))?;
+            let line = serde_json::to_string(&record).map_err(AuditError::Encode)?;
             head = line_hash(&line);
             buf.push_str(&line);
             buf.push('\n');
@@ -265,6 +219,65 @@ impl AuditLog {
         st.seq = seq;
         st.head = head;
         Ok(())
+    }
+}
+
+/// Cuts off a half-written last line (a crash during an append; it was never anchored) from
+/// the file and from `text`, the log from `offset` on; returns how many bytes it had.
+fn cut_torn_line(path: &Path, offset: u64, text: &mut String) -> Result<usize, Error> {
+    if text.is_empty() || text.ends_with('\n') {
+        return Ok(0);
+    }
+    let keep = text.rfind('\n').map_or(0, |i| i + 1);
+    let torn = text.len() - keep;
+    text.truncate(keep);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.set_len(offset + keep as u64)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(path))?;
+    Ok(torn)
+}
+
+/// Checks the log's last record (`seq`, hash `head`) against the anchor in the registry:
+/// an anchor past the end, or on a record with another hash, means records were cut off or
+/// replaced. Records after the anchor (a crash between an append and its anchor update)
+/// are anchored now.
+fn reconcile_anchor(
+    db: &Connection,
+    db_path: &Path,
+    path: &Path,
+    seq: u64,
+    head: &str,
+) -> Result<(), Error> {
+    match anchored(db, db_path)? {
+        Some((s, hash)) if s > seq || (s == seq && hash != head) => Err(AuditError::CutOff {
+            path: path.to_owned(),
+            anchored: s,
+            last: seq,
+        }
+        .into()),
+        Some((s, hash)) if s < seq => {
+            // After a crash: the anchored record is further back, so read the whole log.
+            let full = std::fs::read_to_string(path).map_err(io_err(path))?;
+            let at_anchor = (s as usize)
+                .checked_sub(1)
+                .map_or(Some(GENESIS.to_owned()), |i| {
+                    full.lines().nth(i).map(line_hash)
+                });
+            if at_anchor.as_deref() != Some(hash.as_str()) {
+                return Err(AuditError::AnchorMismatch {
+                    path: path.to_owned(),
+                    seq: s,
+                }
+                .into());
+            }
+            set_anchor(db, db_path, seq, head)
+        }
+        None if seq > 0 => set_anchor(db, db_path, seq, head),
+        _ => Ok(()),
     }
 }
 
@@ -306,135 +319,4 @@ fn set_anchor(db: &Connection, db_path: &Path, seq: u64, hash: &str) -> Result<(
     .and_then(|mut s| s.execute(params![seq as i64, hash]))
     .map_err(db_err(db_path))?;
     Ok(())
-}
-
-/// What `verify` found intact.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub records: u64,
-    pub manifests: usize,
-    pub devices: usize,
-}
-
-/// Checks the chain, its anchor, and every batch manifest and its signature.
-/// `issuing_cert_der`: the CA whose key signs manifests.
-pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<String>> {
-    let path = dir.join("audit.log");
-    let mut problems = Vec::new();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => return Err(vec![format!("{}: {e}", path.display())]),
-    };
-    let mut head = GENESIS.to_owned();
-    // hashes[n] = hash of record n (hashes[0] = genesis)
-    let mut hashes = vec![GENESIS.to_owned()];
-    let mut issued = std::collections::HashSet::new();
-    let mut manifests = Vec::new();
-    let mut count = 0u64;
-    for (i, line) in text.lines().enumerate() {
-        let n = i as u64 + 1;
-        match serde_json::from_str::<Record>(line) {
-            Err(e) => problems.push(format!("record {n}: not a valid record ({e})")),
-            Ok(r) => {
-                if r.seq != n {
-                    problems.push(format!(
-                        "record {n}: sequence number {} (records removed or reordered)",
-                        r.seq
-                    ));
-                }
-                if r.prev != head {
-                    problems.push(format!("record {n}: does not chain to record {} (it or the one before was edited, removed or reordered)", n - 1));
-                }
-                match r.event {
-                    Event::Issue {
-                        device_id,
-                        fingerprint,
-                        ..
-                    } => {
-                        issued.insert((device_id, fingerprint));
-                    }
-                    Event::Manifest { batch, sha256, .. } => manifests.push((n, batch, sha256)),
-                    _ => {}
-                }
-            }
-        }
-        head = line_hash(line);
-        hashes.push(head.clone());
-        count = n;
-    }
-    let db_path = dir.join("registry.sqlite3");
-    match Connection::open(&db_path)
-        .map_err(|e| e.to_string())
-        .and_then(|db| anchored(&db, &db_path).map_err(|e| e.to_string()))
-    {
-        Ok(Some((seq, hash))) => {
-            // Records past the anchor are an append interrupted before anchoring (the next
-            // station run anchors them); they still have to chain.
-            let anchored_here =
-                seq <= count && hashes.get(seq as usize).is_some_and(|h| *h == hash);
-            if !anchored_here {
-                problems.push(format!(
-                    "the registry anchors record {seq}, but the log ends at record {count} with a different hash (records cut off or replaced)"
-                ));
-            }
-        }
-        Ok(None) if count > 0 => problems.push("the registry holds no audit anchor".into()),
-        Ok(None) => {}
-        Err(e) => problems.push(format!("{}: {e}", db_path.display())),
-    }
-    let verifying = x509_parser::parse_x509_certificate(issuing_cert_der)
-        .ok()
-        .and_then(|(_, c)| {
-            p256::ecdsa::VerifyingKey::from_sec1_bytes(&c.public_key().subject_public_key.data).ok()
-        });
-    let mut devices = 0;
-    for (n, batch, sha) in &manifests {
-        let file = dir.join(format!("batches/{batch}.json"));
-        let sig_file = dir.join(format!("batches/{batch}.sig"));
-        let (Ok(bytes), Ok(sig)) = (std::fs::read(&file), std::fs::read(&sig_file)) else {
-            problems.push(format!(
-                "record {n}: manifest {} or its signature is missing",
-                file.display()
-            ));
-            continue;
-        };
-        if hex(&Sha256::digest(&bytes)) != *sha {
-            problems.push(format!(
-                "record {n}: {} does not match the hash recorded in the log",
-                file.display()
-            ));
-        }
-        let signed = verifying.as_ref().is_some_and(|key| {
-            use p256::ecdsa::signature::Verifier;
-            p256::ecdsa::Signature::from_der(&sig).is_ok_and(|s| key.verify(&bytes, &s).is_ok())
-        });
-        if !signed {
-            problems.push(format!(
-                "record {n}: {} is not signed by the issuing CA",
-                file.display()
-            ));
-        }
-        match serde_json::from_slice::<Manifest>(&bytes) {
-            Ok(m) => {
-                for (id, _, fp) in &m.devices {
-                    devices += 1;
-                    if !issued.contains(&(id.clone(), fp.clone())) {
-                        problems.push(format!(
-                            "manifest {batch}: {id} has no matching issue record"
-                        ));
-                    }
-                }
-            }
-            Err(e) => problems.push(format!("{}: not a manifest ({e})", file.display())),
-        }
-    }
-    if problems.is_empty() {
-        Ok(Verified {
-            records: count,
-            manifests: manifests.len(),
-            devices,
-        })
-    } else {
-        Err(problems)
-    }
 }

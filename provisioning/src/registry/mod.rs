@@ -9,11 +9,14 @@
 //! are turned `aborted` by the next run (their serials go on the CRL, in case the certificate
 //! was signed before the crash).
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::Error;
+use crate::error::{db as db_err, Conflict, Error};
 
 /// Where a certificate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,13 +143,6 @@ const COLUMNS: &str = "device_id, tenant, serial, fingerprint, status, batch, cr
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |source| Error::Registry {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 impl SqliteRegistry {
@@ -327,10 +323,10 @@ impl Registry for SqliteRegistry {
                 })
                 .map_err(&err)?;
             if changed != 1 {
-                return Err(Error::State(format!(
-                    "serial {} is not a reserved certificate",
-                    a.serial_hex
-                )));
+                return Err(Conflict::NotReserved {
+                    serial_hex: a.serial_hex.clone(),
+                }
+                .into());
             }
         }
         tx.commit().map_err(&err)
@@ -394,9 +390,10 @@ impl Registry for SqliteRegistry {
             .filter(|c| matches!(c.status, Status::Active | Status::Superseded))
             .collect();
         if live.is_empty() {
-            return Err(Error::State(format!(
-                "{device_id} has no active certificate (already revoked, or never issued)"
-            )));
+            return Err(Conflict::NothingToRevoke {
+                device_id: device_id.to_owned(),
+            }
+            .into());
         }
         let at = now();
         let path = self.path.clone();

@@ -1,0 +1,91 @@
+//! The API description served at `/openapi.json`.
+
+use crate::Reason;
+
+/// The API description served at `/openapi.json`.
+pub fn openapi_document() -> serde_json::Value {
+    let error = serde_json::json!({"$ref": "#/components/schemas/Error"});
+    let errors = |codes: &[&str]| -> serde_json::Value {
+        codes
+            .iter()
+            .map(|c| {
+                (
+                    (*c).to_owned(),
+                    serde_json::json!({"description": "error", "content": {"application/json": {"schema": error}}}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let with = |mut ok: serde_json::Value, codes: &[&str]| {
+        if let (Some(o), serde_json::Value::Object(e)) = (ok.as_object_mut(), errors(codes)) {
+            o.extend(e);
+        }
+        ok
+    };
+    let issued = serde_json::json!({"$ref": "#/components/schemas/Issued"});
+    serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "fleet-provision station API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Mutual TLS only. Operators: service certificates (OU=service) of the station's CA, acting on their own tenant. Devices: their own certificate, for POST /v1/renew only. Errors: 400 bad request, 403 not allowed, 404 unknown device, 409 registry state conflict, 503 station busy (with Retry-After) or issuing CA expired."
+        },
+        "paths": {
+            "/v1/devices": {"post": {
+                "summary": "Issue a device: CSR flow (csr_pem, optional device_id) or key injection (generate)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateDevice"}}}},
+                "responses": with(serde_json::json!({"201": {"description": "issued", "content": {"application/json": {"schema": issued}}}}), &["400", "401", "403", "409", "503"])
+            }},
+            "/v1/devices/{id}": {"get": {
+                "summary": "A device and all its certificates",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": with(serde_json::json!({"200": {"description": "the device", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Device"}}}}}), &["401", "403", "404", "503"])
+            }},
+            "/v1/devices/{id}/revoke": {"post": {
+                "summary": "Revoke a device (active and superseded certificates); writes a new CRL",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"reason": {"type": "string", "enum": Reason::ALL.map(|(_, n)| n)}}}}}},
+                "responses": with(serde_json::json!({"200": {"description": "revoked", "content": {"application/json": {"schema": {"type": "object", "properties": {"device_id": {"type": "string"}, "revoked_serials": {"type": "array", "items": {"type": "string"}}, "reason": {"type": "string"}}}}}}}), &["400", "401", "403", "404", "409", "503"])
+            }},
+            "/v1/renew": {"post": {
+                "summary": "A device renews itself: PKCS#10 request (PEM or DER) for a new P-256 key; the old certificate is superseded and revoked after the grace period",
+                "requestBody": {"required": true, "content": {"application/pkcs10": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": with(serde_json::json!({"200": {"description": "renewed", "content": {"application/json": {"schema": issued}}}}), &["400", "403", "409", "503"])
+            }},
+            "/v1/devices/{id}/renew": {"post": {
+                "summary": "A gateway (OU=gateway) relays the renewal of a device it authenticated: the CSR and the serial of the certificate the device connected with",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"csr_pem": {"type": "string"}, "presented_serial": {"type": "string"}}, "required": ["csr_pem", "presented_serial"]}}}},
+                "responses": with(serde_json::json!({"200": {"description": "renewed", "content": {"application/json": {"schema": issued}}}}), &["400", "403", "409", "503"])
+            }},
+            "/v1/crl": {"get": {
+                "summary": "The current CRL (PEM)",
+                "responses": with(serde_json::json!({"200": {"description": "CRL", "content": {"application/x-pem-file": {"schema": {"type": "string"}}}}}), &["401"])
+            }},
+            "/healthz": {"get": {"summary": "Liveness (no certificate needed)", "responses": {"200": {"description": "ok"}}}}
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+            "CreateDevice": {"type": "object", "properties": {
+                "csr_pem": {"type": "string"},
+                "device_id": {"type": "string"},
+                "generate": {"type": "object", "properties": {"gateway_host": {"type": "string"}, "gateway_port": {"type": "integer"}}, "required": ["gateway_host"]}
+            }},
+            "Issued": {"type": "object", "properties": {
+                "device_id": {"type": "string"}, "tenant": {"type": "string"}, "serial": {"type": "string"},
+                "fingerprint": {"type": "string"}, "not_after": {"type": "integer", "description": "Unix seconds"},
+                "certificate_pem": {"type": "string"}, "issuing_ca_pem": {"type": "string"},
+                "bundle_base64": {"type": "string", "description": "key injection only"}
+            }},
+            "Device": {"type": "object", "properties": {
+                "device_id": {"type": "string"}, "tenant": {"type": "string"}, "status": {"type": "string"},
+                "certificates": {"type": "array", "items": {"type": "object", "properties": {
+                    "serial": {"type": "string"}, "status": {"type": "string", "enum": ["reserved", "active", "superseded", "revoked", "aborted"]},
+                    "fingerprint": {"type": "string"}, "created_at": {"type": "integer"}, "not_after": {"type": "integer"},
+                    "superseded_at": {"type": "integer"}, "revoked_at": {"type": "integer"}, "revocation_reason": {"type": "string"}
+                }}}
+            }}
+        }}
+    })
+}

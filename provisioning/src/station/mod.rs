@@ -1,0 +1,118 @@
+//! The station: an open station directory and what it does, one concept per module.
+//!
+//! - [`open`]: creating a CA (`init`, `import`) and opening a directory;
+//! - [`recover`]: settling what a crash or a failed operation left behind;
+//! - [`deliver`]: making signed certificates durable and live, batches and their manifests;
+//! - [`issue`]: key injection (the station generates keys into identity bundles);
+//! - [`certify`]: the CSR flow (keys generated on the devices);
+//! - [`renew`]: a device's new certificate for a new key;
+//! - [`revoke`] and [`crl`]: revocation and the CRL;
+//! - [`roles`]: gateway server, service and gateway client certificates;
+//! - [`lookup`]: the registry and the audit log, read;
+//! - [`bundle`]: the identity bundle, built in this one place.
+
+mod bundle;
+mod certify;
+mod crl;
+mod deliver;
+mod issue;
+mod lookup;
+mod open;
+mod recover;
+mod renew;
+mod revoke;
+mod roles;
+
+use std::path::{Path, PathBuf};
+
+pub use bundle::bundle_to_pem;
+pub use certify::{Certified, CsrInput, CsrRequest};
+pub use issue::{BatchRequest, DeviceIssued};
+pub use lookup::{list_registry, verify_audit_dir};
+pub use open::KeyProtection;
+pub use recover::Recovered;
+pub use revoke::{Reason, Revoked};
+pub use roles::IssuedFiles;
+
+use crate::audit::AuditLog;
+use crate::error::Error;
+use crate::pki::{Ca, CaCert};
+use crate::registry::SqliteRegistry;
+
+/// Validity of gateway server and service certificates.
+const SERVER_DAYS: i64 = 825;
+
+/// Certificates signed, written and committed together: one fsync pass, one audit append and
+/// one registry transaction per chunk.
+const CHUNK: usize = 256;
+
+/// An open station directory.
+pub struct Station {
+    dir: PathBuf,
+    root: CaCert,
+    issuing: Ca,
+    issuing_not_after: time::OffsetDateTime,
+    registry: SqliteRegistry,
+    audit: AuditLog,
+    recovered: Recovered,
+    /// Held for the station's lifetime: one writer per directory keeps the audit chain whole.
+    _lock: std::fs::File,
+}
+
+impl Station {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The issuing CA (to sign certificates outside the usual flows, e.g. in tests).
+    pub fn issuing_ca(&self) -> &Ca {
+        &self.issuing
+    }
+
+    /// The root CA certificate (the devices' trust anchor).
+    pub fn root_ca(&self) -> &CaCert {
+        &self.root
+    }
+
+    fn check_ca_valid(&self) -> Result<(), Error> {
+        if self.issuing_not_after <= time::OffsetDateTime::now_utc() {
+            return Err(Error::CaExpired {
+                not_after: self.issuing_not_after.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn positive(field: &'static str, n: u32) -> Result<(), Error> {
+    if n == 0 {
+        return Err(Error::InvalidInput {
+            field,
+            message: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a name: `strict` ones (ids, tenants, service names) are 1-64 of A-Z a-z 0-9 . _ -;
+/// others (an organisation) 1-64 printable characters.
+fn check_name(field: &'static str, value: &str, strict: bool) -> Result<(), Error> {
+    let ok = if strict {
+        fleet_protocol::bundle::valid_name(value)
+    } else {
+        !value.trim().is_empty() && value.len() <= 64 && !value.contains(['\0', '\n'])
+    };
+    if ok {
+        Ok(())
+    } else if strict {
+        Err(Error::InvalidInput {
+            field,
+            message: format!("{value:?} must be 1-64 of A-Z a-z 0-9 . _ -"),
+        })
+    } else {
+        Err(Error::InvalidInput {
+            field,
+            message: format!("{value:?} must be 1-64 printable characters"),
+        })
+    }
+}
