@@ -49,6 +49,7 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
         .route("/v1/sessions/{device}/kick", post(kick))
         .route("/v1/reload", post(reload))
         .route("/openapi.json", get(openapi))
+        .merge(crate::console::api(&shared))
         .with_state(shared);
     match token {
         Some(token) => api.layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -178,6 +179,15 @@ pub fn openapi_document() -> serde_json::Value {
         },
         "security": [{ "bearer": [] }],
         "paths": {
+            "/": crate::console::openapi::page(),
+            "/v1/console/stats": crate::console::openapi::stats(),
+            "/v1/console/sessions": crate::console::openapi::sessions(),
+            "/v1/console/devices/{device}": crate::console::openapi::device(),
+            "/v1/console/certificates": crate::console::openapi::certificates(),
+            "/v1/console/reasons": crate::console::openapi::reasons(),
+            "/v1/console/station/devices/{device}": crate::console::openapi::station_device(),
+            "/v1/console/station/devices/{device}/revoke": crate::console::openapi::station_revoke(),
+            "/v1/audit": crate::console::openapi::audit(),
             "/healthz": { "get": { "summary": "Liveness", "responses": { "200": text("ok"), "401": unauthorized } } },
             "/readyz": { "get": { "summary": "Readiness: listeners bound, router running", "responses": { "200": text("ready"), "401": unauthorized } } },
             "/metrics": { "get": { "summary": "Prometheus / OpenMetrics exposition", "responses": { "200": text("metrics"), "401": unauthorized } } },

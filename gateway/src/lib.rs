@@ -18,6 +18,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod doctor;
 mod error;
 pub mod identity;
