@@ -149,24 +149,30 @@
     return [1, 2, 5, 10].map((m) => m * p).find((m) => m >= v);
   }
 
-  // series: [{ name, cls, values: [[t, v], ...] }] over the last five minutes.
-  function lineChart(label, series, unit) {
-    const W = 600, H = 190, L = 46, R = 10, T = 12, B = 24;
-    const now = Date.now() / 1000, t0 = now - 300;
+  function axis(v) { return Number.isInteger(v) ? String(v) : v.toFixed(1); }
+  function ago(secs) { return secs >= 60 ? '−' + +(secs / 60).toFixed(1) + ' min' : '−' + Math.round(secs) + ' s'; }
+
+  // series: [{ name, cls, values: [[t, v], ...] }]: the last five minutes, or since the
+  // first sample when the gateway is younger (at least a minute). `fmt` formats a value.
+  function lineChart(label, series, unit, fmt) {
+    const W = 460, H = 170, L = 40, R = 8, T = 10, B = 24;
+    const now = Date.now() / 1000;
+    const first = Math.min(now, ...series.flatMap((x) => x.values.map((p) => p[0])));
+    const span = Math.min(300, Math.max(60, now - first));
+    const t0 = now - span;
     const ymax = niceMax(Math.max(0, ...series.flatMap((x) => x.values.map((p) => p[1]))));
-    const x = (t) => L + ((t - t0) / 300) * (W - L - R);
+    const x = (t) => L + ((t - t0) / span) * (W - L - R);
     const y = (v) => T + (1 - v / ymax) * (H - T - B);
-    const latest = series.map((x) => x.name + ' ' +
-      (x.values.length ? rate(x.values[x.values.length - 1][1]) : '0') + unit).join(', ');
+    const last = (line) => (line.values.length ? line.values[line.values.length - 1][1] : 0);
     const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img',
-      'aria-label': label + ', last five minutes; now: ' + latest });
+      'aria-label': label + ', last ' + ago(span).slice(1) + '; now: ' +
+        series.map((line) => line.name + ' ' + fmt(last(line)) + unit).join(', ') });
     for (const v of [0, ymax / 2, ymax]) {
       svg.append(s('line', { class: 'grid', x1: L, x2: W - R, y1: y(v), y2: y(v) }),
-        s('text', { class: 'axis', x: L - 6, y: y(v) + 4, 'text-anchor': 'end' }, rate(v)));
+        s('text', { class: 'axis', x: L - 6, y: y(v) + 5, 'text-anchor': 'end' }, axis(v)));
     }
-    for (const [t, text] of [[t0, '−5 min'], [now - 150, '−2.5 min'], [now, 'now']]) {
-      svg.append(s('text', { class: 'axis', x: x(t), y: H - 6,
-        'text-anchor': t === t0 ? 'start' : t === now ? 'end' : 'middle' }, text));
+    for (const [t, text, anchor] of [[t0, ago(span), 'start'], [now - span / 2, ago(span / 2), 'middle'], [now, 'now', 'end']]) {
+      svg.append(s('text', { class: 'axis', x: x(t), y: H - 4, 'text-anchor': anchor }, text));
     }
     for (const line of series) {
       const pts = line.values.filter((p) => p[0] >= t0)
@@ -175,8 +181,7 @@
     }
     const legend = h('ul', { class: 'legend' }, series.map((line) => h('li', {},
       h('span', { class: 'swatch ' + line.cls, 'aria-hidden': 'true' }), line.name + ': ',
-      h('strong', {}, line.values.length ? rate(line.values[line.values.length - 1][1]) : '0'),
-      unit)));
+      h('strong', {}, fmt(last(line))), unit)));
     return [svg, legend];
   }
 
@@ -221,7 +226,7 @@
         h('section', { class: 'card', 'aria-labelledby': 'c-sessions' },
           h('h2', { id: 'c-sessions' }, 'Sessions online by tenant'),
           h('p', { class: 'big', id: 'sessions-total' }, st.sessions_total),
-          tenants.length ? lineChart('Sessions online by tenant', sessionSeries, '')
+          tenants.length ? lineChart('Sessions online by tenant', sessionSeries, '', String)
             : h('p', { class: 'muted' }, 'No sessions.')),
         h('section', { class: 'card', 'aria-labelledby': 'c-connects' },
           h('h2', { id: 'c-connects' }, 'Connects and refusals per second'),
@@ -229,14 +234,14 @@
             st.refused_total + ' refused.'),
           lineChart('Connects and refusals per second', [
             { name: 'accepted', cls: 'c3', values: series((p) => p.connects) },
-            { name: 'refused', cls: 'c5', values: series((p) => p.refusals) }], '/s')),
+            { name: 'refused', cls: 'c5', values: series((p) => p.refusals) }], '/s', rate)),
         h('section', { class: 'card', 'aria-labelledby': 'c-messages' },
           h('h2', { id: 'c-messages' }, 'Messages per second'),
           h('p', { class: 'muted' }, 'Since start: ' + st.messages_in_total + ' in, ' +
             st.messages_out_total + ' out.'),
           lineChart('Messages per second', [
             { name: 'in', cls: 'c1', values: series((p) => p.messages_in) },
-            { name: 'out', cls: 'c2', values: series((p) => p.messages_out) }], '/s'))));
+            { name: 'out', cls: 'c2', values: series((p) => p.messages_out) }], '/s', rate))));
     });
   }
 
@@ -458,7 +463,7 @@
         !f.file ? notice('This gateway writes no audit file (audit_log in its config): only the counts above are known.')
           : f.records.length ? auditTable('feed', f.records, true) : notice('No matching record.'),
         f.file && !f.complete ? h('p', { class: 'muted' }, 'Only the newest ' +
-          Math.round(f.scanned_bytes / 1024) + ' KiB of the audit file were read.') : null);
+          Math.round(f.scanned_bytes / 1024) + ' KiB of the audit file were read.') : '');
     };
     every(5000, draw);
   }
