@@ -492,10 +492,12 @@ async fn fleet_charts_render(b: &Browser) {
         "[...document.querySelectorAll('polyline')].some(p => p.getAttribute('points').split(' ').length > 2)",
     )
     .await;
-    let total = b
-        .js("return document.querySelector('#sessions-total').textContent;")
-        .await;
-    assert_eq!(total, "6");
+    // Sampled once a second and redrawn every two: the kicked device is back by now.
+    b.until(
+        "6 sessions online",
+        "document.querySelector('#sessions-total').textContent === '6'",
+    )
+    .await;
     let text = b.text().await;
     assert!(
         text.contains("1 refused"),
@@ -603,4 +605,73 @@ async fn readable_at_phone_width(b: &Browser, victim: &str) {
         b.shot(name).await;
     }
     b.driver.set_window_rect(0, 0, 1280, 1000).await.unwrap();
+}
+
+/// With a `[renewal]` station, certificate history and revocation go to the station with the
+/// relay's identity, and the station's own answer reaches the console. Today's station lets
+/// a gateway (OU=gateway) relay renewals only: it refuses both, and nothing is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_requests_carry_the_stations_answer() {
+    use fleet_hil::rotation::{Renewer, RotationRig};
+    let rig = RotationRig::start(
+        "127.0.0.1:0".parse().unwrap(),
+        "localhost",
+        300,
+        30,
+        Renewer::Station,
+    )
+    .await
+    .expect("station and gateway");
+    let json = |body: &str| -> serde_json::Value { serde_json::from_str(body).unwrap() };
+    let station = rig.station_api.to_string();
+
+    let (status, body) = http(rig.admin, "GET", "/v1/console/certificates", None).await;
+    assert_eq!(status, 200, "{body}");
+    let certs = json(&body);
+    assert_eq!(certs["station"], station.as_str());
+    assert_eq!(
+        (
+            certs["threshold_days"].as_u64(),
+            certs["threshold_configured"].as_bool()
+        ),
+        (Some(30), Some(true))
+    );
+
+    let device = format!("/v1/console/devices/{}", rig.device_id);
+    let (status, body) = http(rig.admin, "GET", &device, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["station"], station.as_str());
+
+    let history = format!("/v1/console/station/devices/{}", rig.device_id);
+    for (method, path) in [
+        ("GET", history.clone()),
+        ("POST", format!("{history}/revoke")),
+    ] {
+        let (status, body) = http(rig.admin, method, &path, None).await;
+        assert_eq!(status, 502, "{method} {path}: {body}");
+        let answer = json(&body);
+        assert_eq!(answer["station_status"], 403, "{body}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("gateways may only relay"),
+            "{body}"
+        );
+    }
+    let certificates = rig.certificates().unwrap();
+    assert!(
+        certificates.iter().all(|(_, status)| status == "active"),
+        "{certificates:?}"
+    );
+
+    let (status, _) = http(
+        rig.admin,
+        "GET",
+        "/v1/console/station/devices/not%2Fan-id",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    rig.stop().await;
 }
