@@ -57,6 +57,7 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
             "/openapi.json",
             get(move || async move { Json(document.as_ref().clone()) }),
         )
+        .merge(crate::console::api(&shared))
         .with_state(shared);
     match token {
         Some(token) => api.layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -156,7 +157,9 @@ pub fn openapi_document(bearer: bool) -> serde_json::Value {
         doc["security"] = serde_json::json!([{ "bearer": [] }]);
         let unauthorized = serde_json::json!({ "description": "Missing or wrong bearer token" });
         if let Some(paths) = doc["paths"].as_object_mut() {
-            for operation in paths.values_mut().filter_map(|p| p.as_object_mut()) {
+            // The console's page itself loads without a token; its data does not.
+            let guarded = paths.iter_mut().filter(|(path, _)| path.as_str() != "/");
+            for operation in guarded.filter_map(|(_, p)| p.as_object_mut()) {
                 for op in operation.values_mut() {
                     op["responses"]["401"] = unauthorized.clone();
                 }
@@ -193,6 +196,15 @@ fn openapi_paths() -> serde_json::Value {
             }
         },
         "paths": {
+            "/": crate::console::openapi::page(),
+            "/v1/console/stats": crate::console::openapi::stats(),
+            "/v1/console/sessions": crate::console::openapi::sessions(),
+            "/v1/console/devices/{device}": crate::console::openapi::device(),
+            "/v1/console/certificates": crate::console::openapi::certificates(),
+            "/v1/console/reasons": crate::console::openapi::reasons(),
+            "/v1/console/station/devices/{device}": crate::console::openapi::station_device(),
+            "/v1/console/station/devices/{device}/revoke": crate::console::openapi::station_revoke(),
+            "/v1/audit": crate::console::openapi::audit(),
             "/healthz": { "get": { "summary": "Liveness", "responses": { "200": text("ok") } } },
             "/readyz": { "get": { "summary": "Readiness: listeners bound, router running", "responses": { "200": text("ready") } } },
             "/metrics": { "get": { "summary": "Prometheus / OpenMetrics exposition", "responses": { "200": metrics } } },

@@ -226,6 +226,7 @@ async fn after_handshake(
         identity: identity.clone(),
         peer,
         connected_at: SystemTime::now(),
+        version: accepted.version,
     };
     let (registration, mut kick) = shared.sessions.register(info, conn).await;
     // A CRL may have arrived while this handshake used the previous TLS state.

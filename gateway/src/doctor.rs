@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::console::explain::explain;
 use crate::identity::{Identity, Kind};
 use crate::tls::{self, failure_reason};
 use crate::Error;
@@ -197,14 +198,7 @@ impl Report {
             ),
             Err(e) => {
                 let reason = failure_reason(&std::io::Error::other(e.clone()));
-                let advice = match reason {
-                    "unknown_ca" => "its issuer is not among the gateway's client CAs (tls.client_ca) — wrong PKI, or a missing intermediate",
-                    "revoked" => "a configured CRL revokes it",
-                    "expired" | "not_yet_valid" => "outside its validity period",
-                    "bad_eku" => "not allowed for client authentication",
-                    "bad_signature" => "its signature does not verify against the trusted CA of that name: it was issued by a different CA that uses the same name (another environment's PKI?), or it was altered",
-                    _ => "refused by the verifier",
-                };
+                let advice = explain(reason).unwrap_or("refused by the verifier");
                 self.check(
                     false,
                     format!("chain check failed ({reason}): {advice}; rustls says: {e}"),

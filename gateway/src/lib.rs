@@ -18,6 +18,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod crl;
 pub mod doctor;
 mod error;

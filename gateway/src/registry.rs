@@ -39,6 +39,8 @@ pub struct SessionInfo {
     pub identity: Arc<Identity>,
     pub peer: SocketAddr,
     pub connected_at: SystemTime,
+    /// The MQTT version the client connected with.
+    pub version: crate::session::Version,
 }
 
 struct Entry {

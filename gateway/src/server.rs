@@ -257,7 +257,7 @@ impl Gateway {
                 .admin
                 .as_ref()
                 .and_then(|a| a.token.clone());
-            let app = admin::router(self.shared.clone(), token);
+            let app = crate::console::with_shell(admin::router(self.shared.clone(), token));
             tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async {

@@ -1,7 +1,9 @@
 //! `cargo xtask …`: the project's automation.
 //!
 //! - `demo`: a dev PKI, N provisioned devices, the gateway, the simulated fleet and a backend,
-//!   a live summary, and the refusals of a foreign-CA device and a certificate-less client.
+//!   a live summary, a device revoked live (how fast the gateway closes its session), the
+//!   fleet console's address, and the refusals of a foreign-CA device and a certificate-less
+//!   client.
 //! - `test`: installs what the suites need, then format, lint, every test and a short run of
 //!   every fuzz target.
 //! - `fuzz`: the cargo-fuzz targets, each for a bounded time.
@@ -41,6 +43,9 @@ enum Command {
         /// Gateway port on 127.0.0.1.
         #[arg(long, default_value_t = 8883)]
         port: u16,
+        /// Admin API and fleet console port on 127.0.0.1.
+        #[arg(long, default_value_t = 9100)]
+        admin_port: u16,
     },
     /// Install missing test dependencies, then fmt --check, clippy -D warnings, all tests.
     Test,
@@ -128,7 +133,8 @@ fn main() -> anyhow::Result<()> {
             seconds,
             dir,
             port,
-        } => demo::run(devices, seconds, &dir, port),
+            admin_port,
+        } => demo::run(devices, seconds, &dir, port, admin_port),
         Command::Test => test(),
         Command::Deny => deny::run().map(|_| ()),
         Command::Fuzz {
@@ -203,6 +209,9 @@ fn test() -> anyhow::Result<()> {
         ("openssl", "openssl"),
         ("unshare", "util-linux"),
         ("qemu-system-arm", "qemu-system-arm"),
+        // The fleet console's browser test (tests/tests/console.rs).
+        ("chromium", "chromium"),
+        ("chromedriver", "chromium-driver"),
     ])?;
     sh::step(
         "cargo build -p fleet-firmware -p fleet-protocol (the no_std libraries alone, without std or serde)",
@@ -241,6 +250,13 @@ fn test() -> anyhow::Result<()> {
     // the board image were all provided above.
     std::env::set_var("FLEET_REQUIRE_MOSQUITTO", "1");
     std::env::set_var("FLEET_REQUIRE_QEMU", "1");
+    // The console test drives chromium against the gateway binary: built here, not skipped.
+    std::env::set_var("FLEET_REQUIRE_BROWSER", "1");
+    sh::cargo(&["build", "-p", "fleet-gateway", "--bin", "fleet-gateway"])?;
+    std::env::set_var(
+        "FLEET_GATEWAY_BIN",
+        std::path::absolute("target/debug/fleet-gateway")?,
+    );
     std::env::set_var(
         "FLEET_QEMU_IMAGE",
         std::path::absolute(firmware::BOARDS[0].image())?,
