@@ -100,6 +100,7 @@ impl<B: Backend> Broker<B> {
             }
             (Admission::Pending, None) => {}
         }
+        self.settle(now, &mut actions);
         actions
     }
 
@@ -129,6 +130,7 @@ impl<B: Backend> Broker<B> {
     pub fn deliver(&mut self, message: Arc<Message>, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         self.route(message, now, &mut actions);
+        self.settle(now, &mut actions);
         actions
     }
 
@@ -211,6 +213,7 @@ impl<B: Backend> Broker<B> {
                 reason: code,
             });
             self.end_connection(handle.session, Ending::Abnormal, now, &mut actions);
+            self.settle(now, &mut actions);
         }
         actions
     }

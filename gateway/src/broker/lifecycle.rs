@@ -155,6 +155,7 @@ impl<B: Backend> Broker<B> {
             s.resend(now, &mut actions);
             s.pump(now, &mut actions, &mut self.stats);
         }
+        self.settle(now, &mut actions);
         Connected {
             handle: Handle {
                 session: sid,
@@ -194,6 +195,7 @@ impl<B: Backend> Broker<B> {
             None => {}
         }
         self.end_connection(handle.session, ending, now, &mut actions);
+        self.settle(now, &mut actions);
         actions
     }
 
@@ -214,7 +216,7 @@ impl<B: Backend> Broker<B> {
                     s.will_at = None;
                     let (will, client_id) = (s.will.take(), s.client_id.clone());
                     if let Some(will) = will {
-                        self.publish_will(*will, &client_id, now, &mut actions);
+                        self.publish_will(*will, &client_id, now);
                     }
                 }
                 Timer::Expiry => {
@@ -224,6 +226,7 @@ impl<B: Backend> Broker<B> {
                 }
             }
         }
+        self.settle(now, &mut actions);
         actions
     }
 
@@ -259,7 +262,7 @@ impl<B: Backend> Broker<B> {
             Some(0) => {
                 let (will, client_id) = (s.will.take(), s.client_id.clone());
                 if let Some(will) = will {
-                    self.publish_will(*will, &client_id, now, actions);
+                    self.publish_will(*will, &client_id, now);
                 }
             }
             Some(delay) => {
@@ -296,26 +299,21 @@ impl<B: Backend> Broker<B> {
         self.stats
             .count_drop(actions, Some(&s.client_id), DropReason::SessionEnded, lost);
         if let Some(will) = s.will.take() {
-            self.publish_will(*will, &s.client_id, now, actions);
+            self.publish_will(*will, &s.client_id, now);
         }
     }
 
-    /// Publishes a will as if its client had: through the backend, then to the matching
-    /// sessions at min(will QoS, granted QoS).
-    fn publish_will(
-        &mut self,
-        will: Will,
-        client_id: &Arc<str>,
-        now: Instant,
-        actions: &mut Vec<Action>,
-    ) {
+    /// Publishes a will as if its client had: through the backend, then (at the end of the
+    /// current call, see [`Broker::settle`]) to the matching sessions at min(will QoS,
+    /// granted QoS).
+    fn publish_will(&mut self, will: Will, client_id: &Arc<str>, now: Instant) {
         let mut message = will.message;
         message.stamp(client_id, now);
         let message = Arc::new(message);
         self.stats.wills_published += 1;
         let ticket = self.ticket();
         if self.backend.admit(ticket, &message, now) == Admission::Now {
-            self.route(message, now, actions);
+            self.due_wills.push_back(message);
         }
     }
 

@@ -45,7 +45,7 @@ mod topic;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -113,6 +113,10 @@ pub struct Broker<B: Backend = InProcess> {
     by_client: HashMap<Arc<str>, SessionId>,
     timers: BTreeSet<(Instant, SessionId, Timer)>,
     pending: HashMap<Ticket, PendingAck>,
+    /// Wills admitted and waiting to be routed: a will that fires while a message is being
+    /// fanned out (an overflow ends a connection) is routed after it, not inside it, so a
+    /// chain of such wills cannot grow the stack.
+    due_wills: VecDeque<Arc<Message>>,
     next_session: u64,
     next_ticket: u64,
     stats: Stats,
@@ -135,6 +139,7 @@ impl<B: Backend> Broker<B> {
             by_client: HashMap::new(),
             timers: BTreeSet::new(),
             pending: HashMap::new(),
+            due_wills: VecDeque::new(),
             next_session: 1,
             next_ticket: 1,
             stats: Stats::default(),
@@ -205,6 +210,13 @@ impl<B: Backend> Broker<B> {
             f(s, &mut self.stats, &mut actions);
         }
         actions
+    }
+
+    /// Routes the wills that fired during this call, and those they cause in turn.
+    fn settle(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        while let Some(will) = self.due_wills.pop_front() {
+            self.route(will, now, actions);
+        }
     }
 
     fn ticket(&mut self) -> Ticket {

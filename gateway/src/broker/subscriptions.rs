@@ -53,6 +53,7 @@ impl<B: Backend> Broker<B> {
             };
             out.reasons.push(code);
         }
+        self.settle(now, &mut out.actions);
         Some(out)
     }
 

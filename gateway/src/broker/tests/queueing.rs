@@ -129,3 +129,30 @@ fn disconnect_policy_ends_an_offline_session() {
     assert_eq!(b.stats().overflow_disconnects, 1);
     assert!(!kept(&mut b, "dev", 3, t0()).session_present);
 }
+
+#[test]
+fn an_overflow_disconnect_fires_the_will() {
+    // The broker ends the connection abnormally, so its will is published [MQTT-3.1.2-8]
+    // (routed after the message that overflowed, in the same call).
+    let mut b = Broker::new(config(1, 1 << 20, Overflow::Disconnect));
+    let watcher = online(&mut b, "watcher", 9);
+    subscribe(&mut b, watcher, "will/#", sub(1));
+    let will = Will {
+        message: msg("will/dev", "gone", qos(1)),
+        delay: 0,
+    };
+    let request = ConnectRequest::v5("dev", ConnId(1), true, 0)
+        .with_receive_maximum(1)
+        .with_will(will);
+    let h = b.connect(request, t0()).handle;
+    subscribe(&mut b, h, "t", sub(1));
+    let p = online(&mut b, "pub", 2);
+    let a = flood(&mut b, p, &["1", "2", "3"]);
+    assert_eq!(closes(&a), [(1, 0x97)]);
+    assert_eq!(
+        drops(&a),
+        [(DropReason::QueueFull, 1), (DropReason::SessionEnded, 2)]
+    );
+    assert_eq!(payloads(&a, 9), ["gone"]);
+    assert!(!b.has_session("dev"));
+}
