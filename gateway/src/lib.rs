@@ -16,6 +16,7 @@
 pub mod acl;
 pub mod admin;
 pub mod audit;
+pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod console;
