@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use fleet_firmware::mqtt::{v5::Property, Publish, QoS};
+use fleet_protocol::mqtt::{v5::Property, Publish, QoS};
 
 use super::message::Message;
 

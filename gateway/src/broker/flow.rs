@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleet_firmware::mqtt::{v5::reason, valid_topic_name, QoS};
+use fleet_protocol::mqtt::{v5::reason, valid_topic_name, QoS};
 
 use super::action::{Action, DropReason, Outgoing};
 use super::backend::{Admission, Backend, StoreOutcome, Ticket};

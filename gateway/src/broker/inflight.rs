@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use fleet_firmware::mqtt::QoS;
+use fleet_protocol::mqtt::QoS;
 
 use super::backend::Ticket;
 use super::queue::Queued;

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_firmware::mqtt::v5::reason;
+use fleet_protocol::mqtt::v5::reason;
 
 use super::action::{Action, ConnId, DropReason};
 use super::backend::{Admission, Backend};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fleet_firmware::mqtt::{
+use fleet_protocol::mqtt::{
     v5::{Properties, Property},
     Publish, QoS, Will as WillPacket,
 };

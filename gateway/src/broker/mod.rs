@@ -49,7 +49,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleet_firmware::mqtt::QoS;
+use fleet_protocol::mqtt::QoS;
 
 pub use action::{Action, ConnId, Delivery, DropReason, Outgoing, Stats};
 pub use backend::{Admission, Backend, InProcess, StoreOutcome, Ticket};

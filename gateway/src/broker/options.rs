@@ -3,7 +3,7 @@
 
 use std::num::NonZeroU32;
 
-use fleet_firmware::mqtt::{v5::options, QoS};
+use fleet_protocol::mqtt::{v5::options, QoS};
 
 /// When retained messages are sent for a subscription (Retain Handling, §3.8.3.1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use fleet_firmware::mqtt::QoS;
+use fleet_protocol::mqtt::QoS;
 
 use super::config::{Overflow, QueueLimits};
 use super::message::Message;

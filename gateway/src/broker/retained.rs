@@ -194,7 +194,7 @@ fn unindex(expiring: &mut BTreeSet<(Instant, Box<str>)>, message: &Message) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_firmware::mqtt::QoS;
+    use fleet_protocol::mqtt::QoS;
     use std::time::Duration;
 
     fn retained(topic: &str, payload: &'static [u8]) -> Arc<Message> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleet_firmware::mqtt::{v5::reason, QoS};
+use fleet_protocol::mqtt::{v5::reason, QoS};
 
 use super::action::{Action, ConnId, Delivery, DropReason, Outgoing, Stats};
 use super::inflight::{Incoming, Stage, Window};

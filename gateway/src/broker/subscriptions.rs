@@ -4,7 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Instant;
 
-use fleet_firmware::mqtt::{v5::reason, valid_topic_filter};
+use fleet_protocol::mqtt::{v5::reason, valid_topic_filter};
 
 use super::action::Action;
 use super::backend::Backend;

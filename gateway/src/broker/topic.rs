@@ -202,7 +202,7 @@ impl TopicTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_firmware::mqtt::QoS;
+    use fleet_protocol::mqtt::QoS;
 
     fn sub() -> Subscription {
         Subscription::new(QoS::AtMostOnce)

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 
-use fleet_firmware::mqtt::{
+use fleet_protocol::mqtt::{
     matches,
     v5::{Packet5, Properties, Property},
 };
@@ -143,7 +143,7 @@ fn deliveries_encode_with_the_codec() {
 #[test]
 fn wills_read_from_a_connect() {
     let props = [Property::WillDelayInterval(30), Property::ContentType("x")];
-    let packet = fleet_firmware::mqtt::Will {
+    let packet = fleet_protocol::mqtt::Will {
         topic: "w/t",
         payload: b"bye",
         qos: QoS::AtLeastOnce,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use fleet_firmware::mqtt::QoS;
+use fleet_protocol::mqtt::QoS;
 
 use super::*;
 
