@@ -157,11 +157,17 @@ pub fn openapi_document(bearer: bool) -> serde_json::Value {
         doc["security"] = serde_json::json!([{ "bearer": [] }]);
         let unauthorized = serde_json::json!({ "description": "Missing or wrong bearer token" });
         if let Some(paths) = doc["paths"].as_object_mut() {
-            // The console's page itself loads without a token; its data does not.
-            let guarded = paths.iter_mut().filter(|(path, _)| path.as_str() != "/");
-            for operation in guarded.filter_map(|(_, p)| p.as_object_mut()) {
+            for (path, operation) in paths.iter_mut() {
+                let Some(operation) = operation.as_object_mut() else {
+                    continue;
+                };
                 for op in operation.values_mut() {
-                    op["responses"]["401"] = unauthorized.clone();
+                    if path == "/" {
+                        // The console's page itself loads without a token; its data does not.
+                        op["security"] = serde_json::json!([]);
+                    } else {
+                        op["responses"]["401"] = unauthorized.clone();
+                    }
                 }
             }
         }
@@ -266,8 +272,19 @@ mod tests {
             "bearer"
         );
         let ops = operations(&guarded);
-        assert_eq!(ops.len(), 7);
-        assert!(ops.iter().all(|op| op["responses"].get("401").is_some()));
+        assert_eq!(ops.len(), 16);
+        let page = &guarded["paths"]["/"]["get"];
+        assert_eq!(
+            page["security"],
+            serde_json::json!([]),
+            "the page needs no token"
+        );
+        assert!(page["responses"].get("401").is_none());
+        let data = ops.iter().filter(|op| !std::ptr::eq(**op, page));
+        assert!(
+            data.clone().count() == 15
+                && data.clone().all(|op| op["responses"].get("401").is_some())
+        );
         assert_eq!(
             guarded["components"]["schemas"],
             open["components"]["schemas"]
