@@ -179,7 +179,16 @@ async fn openapi_says_what_is_served() {
     // One device over mutual TLS, so the metrics have something to say.
     let _device = fleet_tests::raw::connect(&gw, &pki, &bundles[0], 60).await;
 
-    let (metrics_type, metrics) = get_with_type(admin, "/metrics").await;
+    // The gateway counts the session just after its CONNACK is on the wire: wait (bounded).
+    let mut tries = 0;
+    let (metrics_type, metrics) = loop {
+        let (t, m) = get_with_type(admin, "/metrics").await;
+        tries += 1;
+        if m.contains("fleet_gateway_sessions{tenant=\"acme\"} 1") || tries == 50 {
+            break (t, m);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert!(
         metrics.contains("fleet_gateway_sessions{tenant=\"acme\"} 1"),
         "{metrics}"
