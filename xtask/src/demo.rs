@@ -72,7 +72,6 @@ pub fn run(
         "-p",
         "fleet-hil",
     ])?;
-    let bin = |name: &str| PathBuf::from("target/debug").join(name);
     let provision = |args: &[&str]| {
         sh::run(
             Command::new(bin("fleet-provision"))
@@ -81,7 +80,66 @@ pub fn run(
                 .args(args),
         )
     };
+    dev_pki(dir, &provision)?;
+    let fleet_dir = demo_fleet(dir, devices, port, &provision)?;
+    let token = admin_token(dir)?;
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    step(&format!(
+        "starting fleet-gateway on 127.0.0.1:{port} (mutual TLS required), console on {admin}"
+    ));
+    let (mut gateway, log_path) = start_gateway(dir, port, admin)?;
 
+    step(&format!(
+        "{devices} simulated devices (the firmware core on this host) + a backend service, {seconds} s"
+    ));
+    let gateway_addr = format!("127.0.0.1:{port}");
+    let (mut fleet, acked) = start_fleet(dir, &fleet_dir, devices, seconds, &gateway_addr)?;
+    let victim = bundles_in(&fleet_dir)?
+        .get(devices - 1)
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .context("no device to revoke")?;
+    let admin_api = AdminApi { addr: admin, token };
+    let revoked = live_revocation(&admin_api, &acked, devices, &victim, &provision);
+    if let Err(e) = &revoked {
+        println!("live revocation not shown: {e:#}");
+    }
+    println!(
+        "\nfleet console: http://{admin}/   (admin token: {})",
+        admin_api.token
+    );
+    println!("the fleet keeps running until its {seconds} s are up");
+    let fleet_status = fleet.0.wait().context("fleet-hil")?;
+    let refusals = show_refusals(dir, &gateway_addr, &log_path);
+
+    step("stopping the gateway (SIGTERM)");
+    let status = gateway.stop()?;
+    println!("fleet-gateway exited: {status}");
+    if !fleet_status.success() {
+        bail!("fleet-hil fleet failed: {fleet_status}");
+    }
+    refusals?;
+    revoked?;
+    println!(
+        "\ndemo finished: data in {}, gateway log in {}",
+        dir.display(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+/// A binary of this workspace, as `cargo build` left it.
+fn bin(name: &str) -> PathBuf {
+    PathBuf::from("target/debug").join(name)
+}
+
+fn display(p: PathBuf) -> String {
+    p.display().to_string()
+}
+
+/// The dev PKI (root → issuing CA, unencrypted keys), the gateway's server certificate and
+/// the backend's service identity, each made once and then reused.
+fn dev_pki(dir: &Path, provision: &dyn Fn(&[&str]) -> anyhow::Result<()>) -> anyhow::Result<()> {
     step(&format!("station directory {}", dir.display()));
     if dir.join("ca/root.pem").exists() {
         println!(
@@ -104,22 +162,22 @@ pub fn run(
     if !dir.join(format!("services/{SERVICE}.pem")).exists() {
         provision(&["service-cert", "--name", SERVICE, "--tenant", TENANT])?;
     }
-    let fleet_dir = demo_fleet(dir, devices, port, &provision)?;
-    let token = admin_token(dir)?;
-    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
-    step(&format!(
-        "starting fleet-gateway on 127.0.0.1:{port} (mutual TLS required), console on {admin}"
-    ));
-    let (mut gateway, log_path) = start_gateway(dir, port, admin)?;
+    Ok(())
+}
 
-    step(&format!(
-        "{devices} simulated devices (the firmware core on this host) + a backend service, {seconds} s"
-    ));
-    let gateway_addr = format!("127.0.0.1:{port}");
-    let s = |p: PathBuf| p.display().to_string();
+/// `fleet-hil fleet`: the simulated devices and the backend, for `seconds`; returns the
+/// process (stopped with SIGTERM if the demo fails before its time is up) and the count of
+/// acknowledged messages it reports.
+fn start_fleet(
+    dir: &Path,
+    fleet_dir: &Path,
+    devices: usize,
+    seconds: u64,
+    gateway_addr: &str,
+) -> anyhow::Result<(GatewayProcess, Arc<AtomicUsize>)> {
     let mut fleet = Command::new(bin("fleet-hil"))
         .args(["fleet", "--bundles"])
-        .arg(&fleet_dir)
+        .arg(fleet_dir)
         .args([
             "--count",
             &devices.to_string(),
@@ -128,7 +186,7 @@ pub fn run(
         ])
         .args([
             "--gateway",
-            &gateway_addr,
+            gateway_addr,
             "--tenant",
             TENANT,
             "--service",
@@ -136,70 +194,36 @@ pub fn run(
         ])
         .args([
             "--service-cert",
-            &s(dir.join(format!("services/{SERVICE}.pem"))),
+            &display(dir.join(format!("services/{SERVICE}.pem"))),
         ])
         .args([
             "--service-key",
-            &s(dir.join(format!("services/{SERVICE}.key"))),
+            &display(dir.join(format!("services/{SERVICE}.key"))),
         ])
-        .args(["--server-ca", &s(dir.join("ca/root.pem"))])
+        .args(["--server-ca", &display(dir.join("ca/root.pem"))])
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start fleet-hil")?;
     let acked = follow_fleet(fleet.stdout.take().context("fleet-hil stdout")?);
-    // Stopped (SIGTERM) if the demo fails before the fleet's time is up.
-    let mut fleet = GatewayProcess(fleet);
+    Ok((GatewayProcess(fleet), acked))
+}
 
-    let victim = bundles_in(&fleet_dir)?
-        .get(devices - 1)
-        .and_then(|p| p.file_stem())
-        .map(|s| s.to_string_lossy().into_owned())
-        .context("no device to revoke")?;
-    let admin_api = AdminApi { addr: admin, token };
-    let revoked = live_revocation(&admin_api, &acked, devices, &victim, &provision);
-    if let Err(e) = &revoked {
-        println!("live revocation not shown: {e:#}");
-    }
-    println!(
-        "\nfleet console: http://{admin}/   (admin token: {})",
-        admin_api.token
-    );
-    println!("the fleet keeps running until its {seconds} s are up");
-    let fleet_status = fleet.0.wait().context("fleet-hil")?;
-
+/// `fleet-hil refusals` (devices the gateway must refuse), then what the gateway's audit log
+/// says about them.
+fn show_refusals(dir: &Path, gateway_addr: &str, log_path: &Path) -> anyhow::Result<()> {
     step("devices the gateway must refuse");
     let refusals = sh::run(
         Command::new(bin("fleet-hil"))
-            .args([
-                "refusals",
-                "--gateway",
-                &gateway_addr,
-                "--host",
-                "localhost",
-            ])
-            .args(["--server-ca", &s(dir.join("ca/root.pem"))]),
+            .args(["refusals", "--gateway", gateway_addr, "--host", "localhost"])
+            .args(["--server-ca", &display(dir.join("ca/root.pem"))]),
     );
     std::thread::sleep(Duration::from_millis(300));
     println!("the gateway's audit log says:");
-    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log_text = std::fs::read_to_string(log_path).unwrap_or_default();
     for line in log_text.lines().filter(|l| l.contains("refused")).take(20) {
         println!("  {}", line.trim());
     }
-
-    step("stopping the gateway (SIGTERM)");
-    let status = gateway.stop()?;
-    println!("fleet-gateway exited: {status}");
-    if !fleet_status.success() {
-        bail!("fleet-hil fleet failed: {fleet_status}");
-    }
-    refusals?;
-    revoked?;
-    println!(
-        "\ndemo finished: data in {}, gateway log in {}",
-        dir.display(),
-        log_path.display()
-    );
-    Ok(())
+    refusals
 }
 
 /// `dir/demo-fleet/`: copies of the bundles of `devices` devices that are not revoked (a
