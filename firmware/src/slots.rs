@@ -101,31 +101,14 @@ impl<S: SlotStore> Slots<S> {
     }
 }
 
+/// Two slots in memory, erased to 0xff, of `N` bytes each: the flash of the unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_mem {
+    use super::{Bundle, SlotStore};
 
-    struct Mem([[u8; 1024]; 2]);
-
-    impl SlotStore for Mem {
-        fn read(&self, slot: usize) -> &[u8] {
-            &self.0[slot]
-        }
-        fn write(&mut self, slot: usize, bytes: &[u8]) -> bool {
-            if bytes.len() > 1024 {
-                return false;
-            }
-            self.0[slot] = [0xff; 1024];
-            self.0[slot][..bytes.len()].copy_from_slice(bytes);
-            true
-        }
-        fn erase(&mut self, slot: usize) -> bool {
-            self.0[slot] = [0xff; 1024];
-            true
-        }
-    }
-
-    fn bundle(generation: u32, cert: &'static [u8]) -> ([u8; 1024], usize) {
+    /// Device acme-000001's bundle of this generation with this certificate, encoded into
+    /// `out`; returns its length.
+    pub(crate) fn bundle_into(generation: u32, cert: &'static [u8], out: &mut [u8]) -> usize {
         let b = Bundle {
             generation,
             device_id: "acme-000001",
@@ -137,13 +120,46 @@ mod tests {
             gateway_port: 8883,
             seed: None,
         };
+        b.emit(out).unwrap()
+    }
+
+    pub(crate) struct Mem<const N: usize>(pub [[u8; N]; 2]);
+
+    impl<const N: usize> SlotStore for Mem<N> {
+        fn read(&self, slot: usize) -> &[u8] {
+            &self.0[slot]
+        }
+        fn write(&mut self, slot: usize, bytes: &[u8]) -> bool {
+            if bytes.len() > N {
+                return false;
+            }
+            self.0[slot] = [0xff; N];
+            self.0[slot][..bytes.len()].copy_from_slice(bytes);
+            true
+        }
+        fn erase(&mut self, slot: usize) -> bool {
+            self.0[slot] = [0xff; N];
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use test_mem::Mem as Flash;
+
+    type Mem = Flash<1024>;
+
+    fn bundle(generation: u32, cert: &'static [u8]) -> ([u8; 1024], usize) {
         let mut out = [0u8; 1024];
-        let n = b.emit(&mut out).unwrap();
+        let n = test_mem::bundle_into(generation, cert, &mut out);
         (out, n)
     }
 
     fn slots() -> Slots<Mem> {
-        let mut mem = Mem([[0xff; 1024]; 2]);
+        let mut mem = Flash([[0xff; 1024]; 2]);
         let (a, n) = bundle(1, b"\x30\x01\x01");
         mem.write(0, &a[..n]);
         Slots::new(mem, 3)

@@ -181,16 +181,30 @@ impl RotationRig {
 /// A copy of a bundle pointing at another gateway port (written next to it).
 pub fn with_port(bundle: &Path, port: u16) -> anyhow::Result<PathBuf> {
     let bytes = std::fs::read(bundle)?;
-    let b = Bundle::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let moved = Bundle {
-        gateway_port: port,
-        ..b
-    };
-    let mut out = vec![0u8; moved.encoded_len()];
-    moved.emit(&mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = bundle.with_extension("port.bin");
-    std::fs::write(&path, out)?;
+    write_bundle(
+        &Bundle {
+            gateway_port: port,
+            ..parse_bundle(&bytes, bundle)?
+        },
+        &path,
+    )?;
     Ok(path)
+}
+
+/// The bundle in `bytes`, read from `path`.
+pub fn parse_bundle<'a>(bytes: &'a [u8], path: &Path) -> anyhow::Result<Bundle<'a>> {
+    Bundle::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Encodes `bundle` into the file `to`.
+pub fn write_bundle(bundle: &Bundle<'_>, to: &Path) -> anyhow::Result<()> {
+    let mut out = vec![0u8; bundle.encoded_len()];
+    bundle
+        .emit(&mut out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", to.display()))?;
+    std::fs::write(to, out)?;
+    Ok(())
 }
 
 /// An HTTPS endpoint answering `POST /v1/devices/{id}/renew` with a certificate for the

@@ -8,46 +8,19 @@ use std::vec::Vec;
 
 use super::*;
 
-/// Two slots in memory, erased to 0xff.
-struct Mem([[u8; 512]; 2]);
+use crate::slots::test_mem::Mem as Flash;
 
-impl SlotStore for Mem {
-    fn read(&self, slot: usize) -> &[u8] {
-        &self.0[slot]
-    }
-    fn write(&mut self, slot: usize, bytes: &[u8]) -> bool {
-        if bytes.len() > 512 {
-            return false;
-        }
-        self.0[slot] = [0xff; 512];
-        self.0[slot][..bytes.len()].copy_from_slice(bytes);
-        true
-    }
-    fn erase(&mut self, slot: usize) -> bool {
-        self.0[slot] = [0xff; 512];
-        true
-    }
-}
+type Mem = Flash<512>;
 
 fn bundle(generation: u32, cert: &'static [u8]) -> Vec<u8> {
-    let b = Bundle {
-        generation,
-        device_id: "acme-000001",
-        tenant: "acme",
-        cert_der: cert,
-        private_key_der: Some(b"\x30\x01k"),
-        trust_anchor_der: b"\x30\x01a",
-        gateway_host: "gw.test",
-        gateway_port: 8883,
-        seed: None,
-    };
-    let mut out = std::vec![0u8; b.encoded_len()];
-    b.emit(&mut out).unwrap();
+    let mut out = std::vec![0u8; 512];
+    let n = crate::slots::test_mem::bundle_into(generation, cert, &mut out);
+    out.truncate(n);
     out
 }
 
 fn supervisor() -> Supervisor<Mem> {
-    let mut mem = Mem([[0xff; 512]; 2]);
+    let mut mem = Flash([[0xff; 512]; 2]);
     mem.write(0, &bundle(1, b"\x30\x01\x01"));
     Supervisor::new(
         mem,

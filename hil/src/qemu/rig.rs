@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::backend::{Backend, ServiceIdentity};
+use crate::rotation::{parse_bundle, write_bundle};
 
 const TENANT: &str = "acme";
 const SERVICE: &str = "hil-backend";
@@ -163,14 +164,13 @@ pub(super) fn foreign_anchor_bundle(bundle: &Path, dir: &Path) -> anyhow::Result
     let other = dir.join("foreign-ca");
     let foreign = Station::init(&other, "Someone Else", KeyProtection::InsecurePlaintext)?;
     let bytes = std::fs::read(bundle)?;
-    let b = Bundle::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let wrong = Bundle {
-        trust_anchor_der: &foreign.root_ca().cert_der,
-        ..b
-    };
-    let mut out = vec![0u8; wrong.encoded_len()];
-    wrong.emit(&mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = dir.join("wrong-anchor.bin");
-    std::fs::write(&path, out)?;
+    write_bundle(
+        &Bundle {
+            trust_anchor_der: &foreign.root_ca().cert_der,
+            ..parse_bundle(&bytes, bundle)?
+        },
+        &path,
+    )?;
     Ok(path)
 }
