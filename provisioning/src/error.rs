@@ -80,6 +80,9 @@ pub enum Error {
     /// The caller may not do this.
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
+    /// A renewal the station's renewal policy does not allow now.
+    #[error(transparent)]
+    RenewalRefused(#[from] RenewalRefused),
     #[error("Intel HEX: {0}")]
     IntelHex(#[from] ihex::WriterError),
     #[error("{what}: {source}")]
@@ -223,6 +226,36 @@ pub enum Forbidden {
         device_id: String,
         serial_hex: String,
         status: &'static str,
+    },
+}
+
+/// Why the station does not renew a device now; each says what the device can do about it.
+/// Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenewalRefused {
+    /// The presented certificate is not near its end yet.
+    #[error("certificate {serial_hex} of {device_id} is not yet renewable: it ends at {not_after} and may be renewed from {renewable_after} (Unix seconds)")]
+    NotYetRenewable {
+        device_id: String,
+        serial_hex: String,
+        not_after: i64,
+        renewable_after: i64,
+    },
+    /// The device renewed as often as the policy allows within its period.
+    #[error("{device_id} renewed {count} times within the last {period_secs} seconds (at most {max}); try again from {retry_after} (Unix seconds)")]
+    RateLimited {
+        device_id: String,
+        count: usize,
+        max: u32,
+        period_secs: i64,
+        retry_after: i64,
+    },
+    /// The presented certificate was already replaced by a renewal.
+    #[error("certificate {serial_hex} of {device_id} was superseded by a renewal; only the device's current certificate renews")]
+    Superseded {
+        device_id: String,
+        serial_hex: String,
     },
 }
 

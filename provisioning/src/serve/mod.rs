@@ -6,7 +6,11 @@
 //! - operators use service certificates (subject OU=service) and act on their own tenant's
 //!   devices: issue (CSR or key injection), look up, revoke;
 //! - devices may only renew themselves: `POST /v1/renew` with a CSR for a new key, proving
-//!   their current identity with the certificate they connect with.
+//!   their current identity with the certificate they connect with;
+//! - gateways (subject OU=gateway) may only relay renewals of devices they authenticated.
+//!
+//! Either way a renewal follows the station's [`RenewalPolicy`]: only the current
+//! certificate, only near its end, at most so many per device and period.
 //!
 //! `GET /v1/crl` serves the current CRL to any authenticated client; `GET /openapi.json` and
 //! `GET /healthz` need no certificate.
@@ -33,7 +37,7 @@ pub use error::ApiError;
 pub use openapi::openapi_document;
 
 use crate::error::{Error, TlsError};
-use crate::Station;
+use crate::{RenewalPolicy, Station};
 
 /// How the API server runs.
 #[derive(Debug, Clone)]
@@ -58,6 +62,7 @@ struct Shared {
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
     options: Options,
+    renewal: RenewalPolicy,
 }
 
 /// The state handlers extract.
@@ -102,9 +107,19 @@ impl Shared {
 }
 
 impl Server {
+    /// [`Server::bind_with`] the default [`RenewalPolicy`].
+    pub async fn bind(station: Station, options: Options) -> Result<Server, Error> {
+        Server::bind_with(station, options, RenewalPolicy::default()).await
+    }
+
     /// Issues the station's server certificate, binds the listener and settles expired
-    /// grace periods.
-    pub async fn bind(mut station: Station, options: Options) -> Result<Server, Error> {
+    /// grace periods; renewals follow `renewal`.
+    pub async fn bind_with(
+        mut station: Station,
+        options: Options,
+        renewal: RenewalPolicy,
+    ) -> Result<Server, Error> {
+        renewal.check()?;
         let hosts: Vec<&str> = options.hosts.iter().map(String::as_str).collect();
         let (chain_pem, key_pem) = station.issue_server_identity(&hosts)?;
         station.expire_superseded(options.grace)?;
@@ -132,6 +147,7 @@ impl Server {
             server_chain,
             server_key,
             options,
+            renewal,
         });
         Ok(Server { listener, shared })
     }

@@ -24,6 +24,7 @@ pub fn openapi_document() -> serde_json::Value {
         ok
     };
     let issued = serde_json::json!({"$ref": "#/components/schemas/Issued"});
+    let renewal_rules = "The station renews only the device's current certificate (409 superseded_certificate for a superseded one, 403 certificate_not_live for a revoked one), only once it ends within the renewal window (409 not_yet_renewable, with renewable_after), and at most so many times per device and period (429 renewal_rate_limited, with retry_after and Retry-After).";
     serde_json::json!({
         "openapi": "3.0.3",
         "info": {
@@ -50,11 +51,13 @@ pub fn openapi_document() -> serde_json::Value {
             }},
             "/v1/renew": {"post": {
                 "summary": "A device renews itself: PKCS#10 request (PEM or DER) for a new P-256 key; the old certificate is superseded and revoked after the grace period",
+                "description": renewal_rules,
                 "requestBody": {"required": true, "content": {"application/pkcs10": {"schema": {"type": "string", "format": "binary"}}}},
                 "responses": with(serde_json::json!({"200": {"description": "renewed", "content": {"application/json": {"schema": issued}}}}), &["400", "403", "409", "503"])
             }},
             "/v1/devices/{id}/renew": {"post": {
-                "summary": "A gateway (OU=gateway) relays the renewal of a device it authenticated: the CSR and the serial of the certificate the device connected with",
+                "summary": "A gateway (OU=gateway) relays the renewal of a device it authenticated: the CSR and the serial (hex, either case) of the certificate the device connected with",
+                "description": renewal_rules,
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"csr_pem": {"type": "string"}, "presented_serial": {"type": "string"}}, "required": ["csr_pem", "presented_serial"]}}}},
                 "responses": with(serde_json::json!({"200": {"description": "renewed", "content": {"application/json": {"schema": issued}}}}), &["400", "403", "409", "503"])
@@ -66,7 +69,14 @@ pub fn openapi_document() -> serde_json::Value {
             "/healthz": {"get": {"summary": "Liveness (no certificate needed)", "responses": {"200": {"description": "ok"}}}}
         },
         "components": {"schemas": {
-            "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+            "Error": {"type": "object", "properties": {
+                "error": {"type": "string", "description": "what went wrong, one line"},
+                "reason": {"type": "string", "description": "machine-readable: bad_request, bad_csr, unauthenticated, forbidden, certificate_not_live, not_the_devices_certificate, not_found, device_exists, conflict, not_yet_renewable, superseded_certificate, payload_too_large, renewal_rate_limited, busy, ca_expired, internal, ..."},
+                "renewable_after": {"type": "string", "format": "date-time", "description": "not_yet_renewable: when the certificate becomes renewable"},
+                "renewable_after_unix": {"type": "integer"},
+                "retry_after": {"type": "string", "format": "date-time", "description": "renewal_rate_limited: when the next renewal is allowed (also in Retry-After, seconds)"},
+                "retry_after_unix": {"type": "integer"}
+            }, "required": ["error", "reason"]},
             "CreateDevice": {"type": "object", "properties": {
                 "csr_pem": {"type": "string"},
                 "device_id": {"type": "string"},

@@ -25,9 +25,10 @@ pub(super) async fn renew(
     let der = crate::pki::csr_der(&body)?;
     let validity_days = shared.options.validity_days;
     let grace = shared.options.grace;
+    let policy = shared.renewal;
     let out = shared
         .with_station(move |s| {
-            let c = s.renew(&id, &serial_hex, &der, validity_days)?;
+            let c = s.renew(&id, &serial_hex, &der, validity_days, &policy)?;
             // A renewal is also a good moment to retire certificates whose grace ended.
             s.expire_superseded(grace)?;
             Ok(issued(&c, s.issuing_ca().cert_pem.clone(), None))
@@ -62,9 +63,10 @@ pub(super) async fn relayed_renew(
     let der = crate::pki::csr_der(req.csr_pem.as_bytes())?;
     let validity_days = shared.options.validity_days;
     let grace = shared.options.grace;
+    let policy = shared.renewal;
     let out = shared
         .with_station(move |s| {
-            let c = s.renew(&id, &req.presented_serial, &der, validity_days)?;
+            let c = s.renew(&id, &req.presented_serial, &der, validity_days, &policy)?;
             s.expire_superseded(grace)?;
             Ok(issued(&c, s.issuing_ca().cert_pem.clone(), None))
         })

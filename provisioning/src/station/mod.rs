@@ -31,6 +31,7 @@ pub use issue::{BatchRequest, DeviceIssued};
 pub use lookup::{list_registry, verify_audit_dir};
 pub use open::KeyProtection;
 pub use recover::Recovered;
+pub use renew::RenewalPolicy;
 pub use revoke::{Reason, Revoked};
 pub use roles::IssuedFiles;
 

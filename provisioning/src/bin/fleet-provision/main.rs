@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use fleet_provision::{
     boards, serve, write_file, AuditError, BatchRequest, CsrAt, CsrInput, CsrRequest, Error,
-    KeyProtection, Passphrase, Reason, Station,
+    KeyProtection, Passphrase, Reason, RenewalPolicy, Station,
 };
 
 /// The factory station: CA, per-device identities, identity bundles, registry.
@@ -160,6 +160,15 @@ struct ServeArgs {
     /// Validity of certificates issued and renewed through the API.
     #[arg(long, default_value_t = 365)]
     validity_days: u32,
+    /// A device's certificate is renewable once it ends within this many days (the
+    /// gateway's default `[renewal] threshold_days`).
+    #[arg(long, default_value_t = 30)]
+    renew_window_days: u32,
+    /// At most this many renewals of one device per `--renewal-period-hours`.
+    #[arg(long, default_value_t = 3)]
+    max_renewals: u32,
+    #[arg(long, default_value_t = 24)]
+    renewal_period_hours: u32,
 }
 
 #[derive(Subcommand)]
@@ -482,7 +491,12 @@ fn serve_api(ctx: &Context, args: ServeArgs) -> Result<(), Error> {
             grace: time::Duration::hours(i64::from(args.grace_hours)),
             validity_days: args.validity_days,
         };
-        let server = serve::Server::bind(station, options).await?;
+        let renewal = RenewalPolicy {
+            window: time::Duration::days(i64::from(args.renew_window_days)),
+            max_renewals: args.max_renewals,
+            period: time::Duration::hours(i64::from(args.renewal_period_hours)),
+        };
+        let server = serve::Server::bind_with(station, options, renewal).await?;
         println!("fleet-provision serving on https://{}", server.local_addr());
         server.run(fleet_host::shutdown_signal()).await
     })

@@ -1,0 +1,188 @@
+//! What the station enforces itself, whoever calls it (found by an outside black-box test,
+//! issue 21), over real mutual TLS: the renewal window and rate on both renewal routes,
+//! tenant-scoped device ids, and one JSON error shape with the right status.
+
+mod common;
+
+use common::api::{device_identity, gateway_identity, new_csr_pem, Identity, Running};
+use fleet_provision::{BatchRequest, RenewalPolicy, Station};
+
+fn devices(
+    st: &mut Station,
+    tenant: &str,
+    count: u32,
+    validity_days: u32,
+) -> Vec<(String, String, Identity)> {
+    st.issue_devices(&BatchRequest {
+        validity_days,
+        ..common::request(tenant, count)
+    })
+    .unwrap()
+    .into_iter()
+    .map(|d| {
+        let id = device_identity(&d.bundle_path);
+        (d.device_id, d.serial_hex, id)
+    })
+    .collect()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A device renews itself; returns (status, body as JSON).
+async fn renew_direct(server: &Running, device: &Identity) -> (u16, serde_json::Value) {
+    let (_, csr) = new_csr_pem();
+    let (status, body) = server
+        .call(Some(device), "POST", "/v1/renew", csr.into_bytes())
+        .await
+        .unwrap();
+    (status, json(&body))
+}
+
+/// A gateway relays a renewal for `id`, presenting `serial`.
+async fn renew_relayed(
+    server: &Running,
+    gateway: &Identity,
+    id: &str,
+    serial: &str,
+) -> (u16, serde_json::Value) {
+    let (_, csr) = new_csr_pem();
+    let body = serde_json::json!({ "csr_pem": csr, "presented_serial": serial });
+    server
+        .json(
+            Some(gateway),
+            "POST",
+            &format!("/v1/devices/{id}/renew"),
+            body,
+        )
+        .await
+}
+
+fn identity_from(answer: &serde_json::Value, key: &rcgen::KeyPair) -> Identity {
+    Identity {
+        cert: answer["certificate_pem"].as_str().unwrap().to_owned(),
+        key: key.serialize_pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_far_from_its_end_is_not_renewed_on_either_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut st = common::station(d);
+    let far = devices(&mut st, "acme", 1, 365).remove(0);
+    let gateway = gateway_identity(&st, "gw-1");
+    drop(st);
+    let server = Running::start(d, time::Duration::hours(1)).await;
+
+    let (status, body) = renew_direct(&server, &far.2).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["reason"], "not_yet_renewable", "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&far.0), "{body}");
+    // Renewable 30 days (the gateway's default threshold) before the end: ~335 days from now.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let after = body["renewable_after_unix"].as_i64().unwrap();
+    assert!((after - now - 335 * 86_400).abs() < 120, "{body}");
+    let text = body["renewable_after"].as_str().unwrap();
+    assert!(
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .is_ok_and(|t| t.unix_timestamp() == after),
+        "{body}"
+    );
+    let (status, body) = renew_relayed(&server, &gateway, &far.0, &far.1).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["reason"], "not_yet_renewable", "{body}");
+    server.stop().await;
+
+    // Nothing was issued, and the window is configurable.
+    let st = Station::open(d, None).unwrap();
+    assert_eq!(st.device(&far.0).unwrap().len(), 1);
+    drop(st);
+    let wide = RenewalPolicy {
+        window: time::Duration::days(400),
+        ..RenewalPolicy::default()
+    };
+    let server = Running::start_with(d, time::Duration::hours(1), wide).await;
+    let (status, body) = renew_relayed(&server, &gateway, &far.0, &far.1).await;
+    assert_eq!(status, 200, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_current_certificate_renews_and_not_too_often_even_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut st = common::station(d);
+    let near = devices(&mut st, "acme", 1, 10).remove(0);
+    let gateway = gateway_identity(&st, "gw-1");
+    drop(st);
+    let policy = RenewalPolicy {
+        max_renewals: 2,
+        ..RenewalPolicy::default()
+    };
+    let server = Running::start_with(d, time::Duration::hours(1), policy).await;
+
+    // First renewal (the API issues 30-day certificates: renewable again at once).
+    let (key, csr) = new_csr_pem();
+    let (status, body) = server
+        .call(Some(&near.2), "POST", "/v1/renew", csr.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let first = json(&body);
+    let current = identity_from(&first, &key);
+    // The superseded certificate still connects (grace period) but renews on neither route.
+    let (status, body) = renew_direct(&server, &near.2).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["reason"], "superseded_certificate", "{body}");
+    let (status, body) = renew_relayed(&server, &gateway, &near.0, &near.1).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["reason"], "superseded_certificate", "{body}");
+
+    // Second renewal through the gateway, with the serial in upper case.
+    let serial = first["serial"].as_str().unwrap().to_ascii_uppercase();
+    let (status, second) = renew_relayed(&server, &gateway, &near.0, &serial).await;
+    assert_eq!(status, 200, "{second}");
+    let serial = second["serial"].as_str().unwrap().to_owned();
+    // A third within the period: refused with when to try again, on both routes.
+    let (status, headers, body) = server
+        .call_with_headers(Some(&current), "POST", "/v1/renew", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "the superseded certificate again: {body}");
+    assert!(headers.get("retry-after").is_none());
+    let (status, body) = renew_relayed(&server, &gateway, &near.0, &serial).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["reason"], "renewal_rate_limited", "{body}");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let retry = body["retry_after_unix"].as_i64().unwrap();
+    assert!((retry - now - 86_400).abs() < 120, "{body}");
+    server.stop().await;
+
+    // The count is in the registry: a restarted station still refuses.
+    let server = Running::start_with(d, time::Duration::hours(1), policy).await;
+    let (_, csr) = new_csr_pem();
+    let body = serde_json::json!({ "csr_pem": csr, "presented_serial": serial });
+    let (status, headers, text) = server
+        .call_with_headers(
+            Some(&gateway),
+            "POST",
+            &format!("/v1/devices/{}/renew", near.0),
+            body.to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{text}");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((86_000..=86_400).contains(&wait), "{wait}");
+    server.stop().await;
+    let st = Station::open(d, None).unwrap();
+    let statuses: Vec<&str> = st
+        .device(&near.0)
+        .unwrap()
+        .iter()
+        .map(|c| c.status.name())
+        .collect();
+    assert_eq!(statuses, ["superseded", "superseded", "active"]);
+}
