@@ -38,6 +38,7 @@ pub use fs::write_file;
 pub use pki::Passphrase;
 pub use registry::CertRecord;
 pub use station::{
-    bundle_to_pem, list_registry, verify_audit_dir, BatchRequest, Certified, CsrInput, CsrRequest,
-    DeviceIssued, IssuedFiles, KeyProtection, Reason, Recovered, RenewalPolicy, Revoked, Station,
+    bundle_to_pem, in_tenant_namespace, list_registry, verify_audit_dir, BatchRequest, Certified,
+    CsrInput, CsrRequest, DeviceIssued, IssuedFiles, KeyProtection, Reason, Recovered,
+    RenewalPolicy, Revoked, Station,
 };

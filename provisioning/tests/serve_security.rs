@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::api::{device_identity, gateway_identity, new_csr_pem, Identity, Running};
+use common::api::{
+    device_identity, gateway_identity, new_csr_pem, service_identity, Identity, Running,
+};
 use fleet_provision::{BatchRequest, RenewalPolicy, Station};
 
 fn devices(
@@ -185,4 +187,92 @@ async fn only_the_current_certificate_renews_and_not_too_often_even_across_resta
         .map(|c| c.status.name())
         .collect();
     assert_eq!(statuses, ["superseded", "superseded", "active"]);
+}
+
+/// `who` creates a device with an explicit id by the CSR flow.
+async fn create_named(server: &Running, who: &Identity, id: &str) -> (u16, serde_json::Value) {
+    let (_, csr) = new_csr_pem();
+    let body = serde_json::json!({ "csr_pem": csr, "device_id": id });
+    server.json(Some(who), "POST", "/v1/devices", body).await
+}
+
+async fn generate(server: &Running, who: &Identity) -> String {
+    let body = serde_json::json!({ "generate": { "gateway_host": "gw.test" } });
+    let (status, issued) = server.json(Some(who), "POST", "/v1/devices", body).await;
+    assert_eq!(status, 201, "{issued}");
+    issued["device_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_can_neither_see_nor_take_another_tenants_device_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let st = common::station(d);
+    let acme = service_identity(&st, "ops", "acme");
+    let other = service_identity(&st, "ops", "other");
+    let acme_eu = service_identity(&st, "ops-eu", "acme-eu");
+    drop(st);
+    let server = Running::start(d, time::Duration::hours(1)).await;
+    assert_eq!(generate(&server, &acme).await, "acme-000001");
+    assert_eq!(generate(&server, &other).await, "other-000001");
+
+    for (who, victim, name) in [(&other, "acme", "other"), (&acme, "other", "acme")] {
+        let taken = format!("{victim}-000001");
+        let absent = format!("{victim}-000099");
+        // Look-up and revocation: one answer for "another tenant's" and "absent".
+        for (method, route) in [("GET", ""), ("POST", "/revoke")] {
+            let mut answers = Vec::new();
+            for id in [&taken, &absent] {
+                let path = format!("/v1/devices/{id}{route}");
+                let (status, body) = server
+                    .call(Some(who), method, &path, b"{}".to_vec())
+                    .await
+                    .unwrap();
+                answers.push((status, body.replace(id.as_str(), "ID")));
+            }
+            assert_eq!(answers[0], answers[1], "{name}: {method} {route}");
+            assert_eq!(answers[0].0, 404, "{name}: {answers:?}");
+        }
+        // Creating an id in the other tenant's namespace: refused, whether it exists or not,
+        // and the other tenant's own next id does not move.
+        let mut answers = Vec::new();
+        for id in [&taken, &format!("{victim}-000002")] {
+            let (status, body) = create_named(&server, who, id).await;
+            answers.push((status, body.to_string().replace(id.as_str(), "ID")));
+        }
+        assert_eq!(answers[0], answers[1], "{name}");
+        assert_eq!(answers[0].0, 403, "{name}: {answers:?}");
+    }
+    assert_eq!(generate(&server, &acme).await, "acme-000002");
+    assert_eq!(generate(&server, &other).await, "other-000002");
+
+    // A tenant whose name extends another's keeps its own namespace, both ways.
+    let (status, body) = create_named(&server, &acme, "acme-eu-000001").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(generate(&server, &acme_eu).await, "acme-eu-000001");
+    let (status, body) = create_named(&server, &acme_eu, "acme-000003").await;
+    assert_eq!(status, 403, "{body}");
+    // Within its own namespace an operator names ids freely; a taken one is a conflict.
+    let (status, body) = create_named(&server, &acme, "acme-board7").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = create_named(&server, &acme, "acme-board7").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["reason"], "device_exists", "{body}");
+    // Each sees its own devices.
+    for (who, id) in [
+        (&acme, "acme-board7"),
+        (&acme_eu, "acme-eu-000001"),
+        (&other, "other-000002"),
+    ] {
+        let (status, body) = server
+            .json(
+                Some(who),
+                "GET",
+                &format!("/v1/devices/{id}"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(status, 200, "{id}: {body}");
+    }
+    server.stop().await;
 }

@@ -55,20 +55,27 @@ fn device_view(certs: Vec<CertRecord>) -> Option<DeviceView> {
     })
 }
 
-/// A device of the operator's tenant (another tenant's device is "not found").
+/// The one answer for a device id that is absent and for one of another tenant: the same
+/// status and body, so a tenant learns nothing about other tenants' ids.
+fn not_in_tenant(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no device {id:?} in your tenant"),
+    )
+}
+
+/// A device of the operator's tenant; absent and another tenant's are [`not_in_tenant`].
 async fn tenant_device(
     shared: &Arc<Shared>,
     tenant: &str,
     id: String,
 ) -> Result<Vec<CertRecord>, ApiError> {
-    let certs = shared.with_station(move |s| s.device(&id)).await?;
+    let answer = not_in_tenant(&id);
+    let certs = shared.with_station(move |s| s.device_certs(&id)).await?;
     if certs.first().is_some_and(|c| c.tenant == tenant) {
         Ok(certs)
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no such device in your tenant",
-        ))
+        Err(answer)
     }
 }
 
@@ -78,10 +85,10 @@ pub(super) async fn get_device(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let (_, tenant) = operator(&peer)?;
-    let certs = tenant_device(&shared, tenant, id).await?;
+    let certs = tenant_device(&shared, tenant, id.clone()).await?;
     device_view(certs)
         .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such device in your tenant"))
+        .ok_or_else(|| not_in_tenant(&id))
 }
 
 #[derive(Debug, Default, Deserialize)]

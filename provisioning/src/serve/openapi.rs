@@ -30,7 +30,7 @@ pub fn openapi_document() -> serde_json::Value {
         "info": {
             "title": "fleet-provision station API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Mutual TLS only. Operators: service certificates (OU=service) of the station's CA, acting on their own tenant. Devices: their own certificate, for POST /v1/renew only. Errors: 400 bad request, 403 not allowed, 404 unknown device, 409 registry state conflict, 503 station busy (with Retry-After) or issuing CA expired."
+            "description": "Mutual TLS only. Operators: service certificates (OU=service) of the station's CA, acting on their own tenant. Devices: their own certificate, for POST /v1/renew only. A device id of another tenant is answered exactly as an absent one (404). Errors: 400 bad request, 403 not allowed, 404 unknown device, 409 registry state conflict, 503 station busy (with Retry-After) or issuing CA expired."
         },
         "paths": {
             "/v1/devices": {"post": {
@@ -79,7 +79,7 @@ pub fn openapi_document() -> serde_json::Value {
             }, "required": ["error", "reason"]},
             "CreateDevice": {"type": "object", "properties": {
                 "csr_pem": {"type": "string"},
-                "device_id": {"type": "string"},
+                "device_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "description": "CSR flow only: an id in the operator's tenant's namespace, {tenant}-{suffix} with no '-' in the suffix (else 403); default: the tenant's next id, {tenant}-000001, ..."},
                 "generate": {"type": "object", "properties": {"gateway_host": {"type": "string"}, "gateway_port": {"type": "integer"}}, "required": ["gateway_host"]}
             }},
             "Issued": {"type": "object", "properties": {

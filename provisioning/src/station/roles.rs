@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{check_name, Station, SERVER_DAYS};
+use super::{check_name, check_new_name, Station, SERVER_DAYS};
 use crate::audit::Event;
 use crate::digest::sha256_hex;
 use crate::error::Error;
@@ -63,7 +63,7 @@ impl Station {
 
     fn issue_role_cert(&self, name: &str, tenant: &str, role: &str) -> Result<IssuedFiles, Error> {
         check_name("service name", name, true)?;
-        check_name("tenant", tenant, true)?;
+        check_new_name("tenant", tenant)?;
         self.check_ca_valid()?;
         let issued = pki::sign_role(&self.issuing, name, tenant, role, SERVER_DAYS)?;
         let files = IssuedFiles {
