@@ -90,6 +90,9 @@ pub enum Error {
         what: &'static str,
         source: serde_json::Error,
     },
+    /// A CRL file the station will not honour.
+    #[error("{}: CRL refused: {reason}", path.display())]
+    Crl { path: PathBuf, reason: CrlError },
     /// An operation on one item delivered none (a defect in the station, never the input).
     #[error("the station delivered nothing for a request of one")]
     NothingDelivered,
@@ -257,6 +260,24 @@ pub enum RenewalRefused {
         device_id: String,
         serial_hex: String,
     },
+}
+
+/// Why a CRL is not honoured: not the issuing CA's, or older than the one in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlError {
+    #[error("not a CRL: {0}")]
+    Unreadable(String),
+    #[error("issued by {issuer}, not by the station's issuing CA")]
+    ForeignIssuer { issuer: String },
+    #[error("its signature does not verify with the issuing CA's key")]
+    BadSignature,
+    #[error("it has no CRL number (or one over 64 bits)")]
+    NoNumber,
+    #[error("its number {number} is lower than {in_force}, the number of the CRL in force")]
+    LowerNumber { number: u64, in_force: u64 },
+    #[error("its thisUpdate {this_update} is older than {in_force}, that of the CRL in force (Unix seconds)")]
+    OlderThisUpdate { this_update: i64, in_force: i64 },
 }
 
 /// Which part of the station API's TLS setup failed.

@@ -31,8 +31,8 @@ pub mod serve;
 mod station;
 
 pub use error::{
-    AuditError, Busy, Conflict, CsrAt, CsrError, Error, Forbidden, KeyError, RenewalRefused,
-    TlsError,
+    AuditError, Busy, Conflict, CrlError, CsrAt, CsrError, Error, Forbidden, KeyError,
+    RenewalRefused, TlsError,
 };
 pub use fs::write_file;
 pub use pki::Passphrase;

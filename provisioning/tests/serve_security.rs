@@ -276,3 +276,82 @@ async fn a_tenant_can_neither_see_nor_take_another_tenants_device_ids() {
     }
     server.stop().await;
 }
+
+/// The number of the CRL file in a station directory.
+fn crl_number(dir: &std::path::Path) -> u64 {
+    let pem = std::fs::read(dir.join("crl/issuing.crl.pem")).unwrap();
+    let der = pem::parse(pem).unwrap().into_contents();
+    let ca = fleet_provision::pki::CaCert::from_pem(
+        &std::fs::read_to_string(dir.join("ca/issuing.pem")).unwrap(),
+    )
+    .unwrap();
+    fleet_provision::pki::crl_info(&der, &ca.cert_der)
+        .unwrap()
+        .number
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_crl_never_lets_a_revoked_device_back_into_the_station() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut st = common::station(d);
+    let issued = devices(&mut st, "acme", 2, 30);
+    let ops = service_identity(&st, "ops", "acme");
+    drop(st);
+    let crl_file = d.join("crl/issuing.crl.pem");
+    let old = std::fs::read(&crl_file).unwrap();
+    let old_number = crl_number(d);
+    let (revoked, bystander) = (&issued[0].2, &issued[1].2);
+
+    let server = Running::start(d, time::Duration::hours(1)).await;
+    let path = format!("/v1/devices/{}/revoke", issued[0].0);
+    let (status, body) = server
+        .json(Some(&ops), "POST", &path, serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(server
+        .call(Some(revoked), "GET", "/v1/crl", Vec::new())
+        .await
+        .is_err());
+    let newest = crl_number(d);
+    assert!(newest > old_number);
+
+    // While it runs: the old CRL copied over the file is refused at the next operation,
+    // and a fresh one replaces it on disk.
+    std::fs::write(&crl_file, &old).unwrap();
+    let (status, _) = server
+        .json(
+            Some(&ops),
+            "GET",
+            &format!("/v1/devices/{}", issued[1].0),
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(server
+        .call(Some(revoked), "GET", "/v1/crl", Vec::new())
+        .await
+        .is_err());
+    assert!(crl_number(d) > newest);
+    server.stop().await;
+
+    // While it is down: a restarted station refuses it too (the registry knows the last
+    // number it wrote).
+    std::fs::write(&crl_file, &old).unwrap();
+    let server = Running::start(d, time::Duration::hours(1)).await;
+    assert!(
+        server
+            .call(Some(revoked), "GET", "/v1/crl", Vec::new())
+            .await
+            .is_err(),
+        "a revoked device connected with an older CRL in force"
+    );
+    let (status, crl) = server
+        .call(Some(bystander), "GET", "/v1/crl", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_ne!(crl.as_bytes(), old.as_slice());
+    assert!(crl_number(d) > newest);
+    server.stop().await;
+}

@@ -1,7 +1,8 @@
 //! `fleet-provision serve`: the station's HTTPS API over mutual TLS.
 //!
 //! Every client presents a certificate from the station's issuing CA (checked against the
-//! station's own CRL, which is reloaded whenever the station writes a new one):
+//! station's own CRL, which is reloaded whenever it changes; an older one is refused, see
+//! `crl`):
 //!
 //! - operators use service certificates (subject OU=service) and act on their own tenant's
 //!   devices: issue (CSR or key injection), look up, revoke;
@@ -16,6 +17,7 @@
 //! `GET /healthz` need no certificate.
 
 mod auth;
+mod crl;
 mod devices;
 mod error;
 mod issue;
@@ -58,6 +60,8 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// configuration new connections get.
 struct Shared {
     station: Mutex<Station>,
+    /// The CRL the TLS configuration honours (changed only with the station locked).
+    crl: Mutex<crl::CrlInForce>,
     tls: RwLock<Arc<rustls::ServerConfig>>,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
@@ -75,11 +79,27 @@ pub struct Server {
 }
 
 impl Shared {
-    fn tls_config(&self, station: &Station) -> Result<rustls::ServerConfig, Error> {
-        tls::tls_config(station, &self.server_chain, &self.server_key)
+    /// Honours a newer CRL if the file changed (refusing an older one, see [`crl`]).
+    fn follow_crl(&self, station: &mut Station) {
+        let mut in_force = self.crl.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = match crl::after_change(station, &in_force) {
+            Ok(Some(newer)) => newer,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("keeping CRL number {} in force: {e}", in_force.info.number);
+                return;
+            }
+        };
+        match tls::tls_config(station, &newer.der, &self.server_chain, &self.server_key) {
+            Ok(config) => {
+                *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+                *in_force = newer;
+            }
+            Err(e) => tracing::error!("keeping the previous TLS configuration: {e}"),
+        }
     }
 
-    /// Runs a station operation off the async threads; reloads TLS if the CRL changed.
+    /// Runs a station operation off the async threads; then honours the CRL if it changed.
     async fn with_station<T: Send + 'static>(
         self: &Arc<Self>,
         op: impl FnOnce(&mut Station) -> Result<T, Error> + Send + 'static,
@@ -87,17 +107,8 @@ impl Shared {
         let shared = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut station = shared.station.lock().unwrap_or_else(|p| p.into_inner());
-            let crl_before = std::fs::metadata(station.crl_path()).and_then(|m| m.modified());
             let out = op(&mut station);
-            let crl_after = std::fs::metadata(station.crl_path()).and_then(|m| m.modified());
-            if crl_before.ok() != crl_after.ok() {
-                match shared.tls_config(&station) {
-                    Ok(config) => {
-                        *shared.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config)
-                    }
-                    Err(e) => tracing::error!("keeping the previous TLS configuration: {e}"),
-                }
-            }
+            shared.follow_crl(&mut station);
             out
         })
         .await
@@ -140,9 +151,11 @@ impl Server {
                 path: options.listen.to_string().into(),
                 source,
             })?;
-        let config = tls::tls_config(&station, &server_chain, &server_key)?;
+        let crl = crl::at_start(&mut station)?;
+        let config = tls::tls_config(&station, &crl.der, &server_chain, &server_key)?;
         let shared = Arc::new(Shared {
             station: Mutex::new(station),
+            crl: Mutex::new(crl),
             tls: RwLock::new(Arc::new(config)),
             server_chain,
             server_key,
