@@ -355,3 +355,146 @@ async fn an_older_crl_never_lets_a_revoked_device_back_into_the_station() {
     assert!(crl_number(d) > newest);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_one_json_shape_with_its_own_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut st = common::station(d);
+    let (id, serial, device) = devices(&mut st, "acme", 1, 10).remove(0);
+    let ops = service_identity(&st, "ops", "acme");
+    let gateway = gateway_identity(&st, "gw-1");
+    drop(st);
+    let server = Running::start(d, time::Duration::hours(1)).await;
+    let shape = |status: u16, text: &str, want: u16, reason: &str, what: &str| {
+        assert_eq!(status, want, "{what}: {text}");
+        let body = json(text);
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {text}"
+        );
+        assert_eq!(body["reason"], reason, "{what}: {text}");
+    };
+
+    // A body over the limit on every route that takes one: 413, JSON.
+    let big = vec![b' '; 65 * 1024];
+    let revoke = format!("/v1/devices/{id}/revoke");
+    let relay = format!("/v1/devices/{id}/renew");
+    for (who, path) in [
+        (&ops, "/v1/devices"),
+        (&ops, revoke.as_str()),
+        (&device, "/v1/renew"),
+        (&gateway, relay.as_str()),
+    ] {
+        let (status, text) = server
+            .call(Some(who), "POST", path, big.clone())
+            .await
+            .unwrap();
+        shape(status, &text, 413, "payload_too_large", path);
+    }
+    // Bodies that do not parse: 400, JSON.
+    for (who, path, body) in [
+        (&ops, "/v1/devices", &b"{not json"[..]),
+        (&ops, revoke.as_str(), &b"{not json"[..]),
+        (&device, "/v1/renew", &b"not a CSR"[..]),
+        (&gateway, relay.as_str(), &b"[]"[..]),
+    ] {
+        let (status, text) = server
+            .call(Some(who), "POST", path, body.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(json(&text)["error"].is_string(), "{path}: {text}");
+    }
+    // No such route, a wrong method, no certificate.
+    let (status, text) = server
+        .call(Some(&ops), "GET", "/v1/nothing", Vec::new())
+        .await
+        .unwrap();
+    shape(status, &text, 404, "not_found", "unknown route");
+    let (status, text) = server
+        .call(Some(&ops), "DELETE", "/v1/devices", Vec::new())
+        .await
+        .unwrap();
+    shape(status, &text, 405, "method_not_allowed", "wrong method");
+    let (status, text) = server
+        .call(None, "POST", "/v1/renew", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{text}");
+    assert!(json(&text)["error"].is_string(), "{text}");
+    let (status, text) = server
+        .call(None, "GET", "/v1/crl", Vec::new())
+        .await
+        .unwrap();
+    shape(status, &text, 401, "unauthenticated", "no certificate");
+
+    // A serial in upper case is the same serial (it renews: a 10-day certificate).
+    let upper = serial.to_ascii_uppercase();
+    assert_ne!(upper, serial, "the serial has hex letters");
+    let (status, body) = renew_relayed(&server, &gateway, &id, &upper).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The description says what is required: client certificates, no token.
+    let (_, doc) = server
+        .json(None, "GET", "/openapi.json", serde_json::Value::Null)
+        .await;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["clientCertificate"]["type"],
+        "mutualTLS"
+    );
+    assert_eq!(
+        doc["security"],
+        serde_json::json!([{ "clientCertificate": [] }])
+    );
+    assert!(!doc.to_string().contains("bearer"), "no bearer auth: {doc}");
+    for open in ["/healthz", "/openapi.json"] {
+        assert_eq!(
+            doc["paths"][open]["get"]["security"],
+            serde_json::json!([]),
+            "{open}"
+        );
+    }
+    for (path, method) in [("/v1/renew", "post"), ("/v1/devices/{id}/renew", "post")] {
+        let responses = &doc["paths"][path][method]["responses"];
+        for code in ["409", "413", "429"] {
+            assert!(responses[code].is_object(), "{path} lacks {code}");
+        }
+    }
+    server.stop().await;
+}
+
+#[test]
+fn a_new_device_id_or_tenant_starts_with_a_letter_or_digit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = common::station(dir.path());
+    let (_, csr) = new_csr_pem();
+    let der = pem::parse(csr).unwrap().into_contents();
+    let req = fleet_provision::CsrRequest {
+        tenant: "acme".into(),
+        validity_days: 30,
+    };
+    for bad in [".", "..", "-rf", "a/b", "a+b", "a#b", "a b", "a\0b"] {
+        let input = fleet_provision::CsrInput {
+            der: der.clone(),
+            device_id: Some(bad.into()),
+        };
+        let err = st.certify_csrs(&req, &[input], |_| {}).unwrap_err();
+        assert!(
+            matches!(err, fleet_provision::Error::InvalidInput { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+    for bad_tenant in [".", "_x"] {
+        assert!(
+            st.issue_service_cert("ops", bad_tenant).is_err(),
+            "{bad_tenant}"
+        );
+        let req = BatchRequest {
+            tenant: bad_tenant.into(),
+            ..common::request("acme", 1)
+        };
+        assert!(st.issue_devices(&req).is_err(), "{bad_tenant}");
+    }
+    assert!(st.devices().unwrap().is_empty());
+}

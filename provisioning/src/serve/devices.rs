@@ -8,6 +8,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{operator, Peer};
+use super::body::OptionalJson;
 use super::error::ApiError;
 use super::{Shared, SharedState};
 use crate::{CertRecord, Reason};
@@ -108,11 +109,12 @@ pub(super) async fn revoke_device(
     AxState(shared): SharedState,
     Extension(peer): Extension<Peer>,
     UrlPath(id): UrlPath<String>,
-    body: Option<Json<RevokeRequest>>,
+    body: Result<OptionalJson<RevokeRequest>, ApiError>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     let (operator_name, tenant) = operator(&peer)?;
+    let OptionalJson(body) = body?;
     let reason = body
-        .and_then(|Json(b)| b.reason)
+        .and_then(|b| b.reason)
         .map_or(Ok(Reason::Unspecified), |r| Reason::parse(&r))?;
     tenant_device(&shared, tenant, id.clone()).await?;
     tracing::info!("{operator_name} revokes {id} ({})", reason.name());

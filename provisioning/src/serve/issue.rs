@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{operator, Peer};
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::{Shared, SharedState};
 use crate::error::{io, Error};
@@ -70,11 +71,11 @@ pub(super) fn issued(c: &Certified, issuing_ca_pem: String, bundle: Option<Vec<u
 pub(super) async fn create_device(
     AxState(shared): SharedState,
     Extension(peer): Extension<Peer>,
-    body: Result<Json<CreateDevice>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<CreateDevice>, ApiError>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
     let (_, tenant) = operator(&peer)?;
     let tenant = tenant.to_owned();
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let JsonBody(req) = body?;
     if let Some(id) = &req.device_id {
         check_namespace(&tenant, id)?;
     }

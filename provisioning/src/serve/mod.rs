@@ -17,6 +17,7 @@
 //! `GET /healthz` need no certificate.
 
 mod auth;
+mod body;
 mod crl;
 mod devices;
 mod error;
