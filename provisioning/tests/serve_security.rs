@@ -498,3 +498,78 @@ fn a_new_device_id_or_tenant_starts_with_a_letter_or_digit() {
     }
     assert!(st.devices().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_operator_looks_up_and_revokes_in_every_tenant_and_does_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut st = common::station(d);
+    let acme = devices(&mut st, "acme", 1, 10).remove(0);
+    let other = devices(&mut st, "other", 1, 10).remove(0);
+    let files = st.issue_operator_cert("console").unwrap();
+    let console = Identity {
+        cert: std::fs::read_to_string(files.cert_path).unwrap(),
+        key: std::fs::read_to_string(files.key_path).unwrap(),
+    };
+    drop(st);
+    let server = Running::start(d, time::Duration::hours(1)).await;
+
+    for id in [&acme.0, &other.0] {
+        let (status, view) = server
+            .json(
+                Some(&console),
+                "GET",
+                &format!("/v1/devices/{id}"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["device_id"], id.as_str());
+    }
+    let (status, body) = server
+        .json(
+            Some(&console),
+            "GET",
+            "/v1/devices/acme-000404",
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    // Issuing and renewing are not a fleet operator's.
+    let (_, csr) = new_csr_pem();
+    let (status, body) = server
+        .json(
+            Some(&console),
+            "POST",
+            "/v1/devices",
+            serde_json::json!({ "csr_pem": csr }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = renew_relayed(&server, &console, &acme.0, &acme.1).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = renew_direct(&server, &console).await;
+    assert_eq!(status, 403, "{body}");
+
+    let path = format!("/v1/devices/{}/revoke", other.0);
+    let body = serde_json::json!({ "reason": "keyCompromise" });
+    let (status, revoked) = server.json(Some(&console), "POST", &path, body).await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["revoked_serials"], serde_json::json!([other.1]));
+    assert!(server
+        .call(Some(&other.2), "GET", "/v1/crl", Vec::new())
+        .await
+        .is_err());
+    server.stop().await;
+
+    // The audit log names who revoked.
+    let log = std::fs::read_to_string(d.join("audit.log")).unwrap();
+    let record = log
+        .lines()
+        .map(json)
+        .find(|r| r["kind"] == "revoke")
+        .expect("a revoke record");
+    assert_eq!(record["device_id"], other.0.as_str());
+    assert_eq!(record["by"], "console (operator)");
+    assert!(Station::open(d, None).unwrap().verify_audit().is_ok());
+}

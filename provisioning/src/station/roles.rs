@@ -1,5 +1,6 @@
 //! Certificates for the parts around the devices: the gateway's server certificate, backend
-//! service identities (OU=service) and the gateway's client identity (OU=gateway).
+//! service identities (OU=service), the gateway's client identity (OU=gateway) and fleet
+//! operators (OU=operator).
 
 use std::path::PathBuf;
 
@@ -59,6 +60,13 @@ impl Station {
     /// renew certificates on behalf of the devices it authenticated, nothing else.
     pub fn issue_gateway_client_cert(&self, name: &str) -> Result<IssuedFiles, Error> {
         self.issue_role_cert(name, "fleet-gateway", "gateway")
+    }
+
+    /// A fleet operator's client identity towards the station API (subject OU=operator,
+    /// O=fleet), e.g. for the gateway's console: it may look up and revoke any tenant's
+    /// device, nothing else (no issuing, no renewal).
+    pub fn issue_operator_cert(&self, name: &str) -> Result<IssuedFiles, Error> {
+        self.issue_role_cert(name, "fleet", "operator")
     }
 
     fn issue_role_cert(&self, name: &str, tenant: &str, role: &str) -> Result<IssuedFiles, Error> {

@@ -69,6 +69,13 @@ enum Command {
         #[arg(long, default_value = "gateway")]
         name: String,
     },
+    /// Issue a fleet operator's client certificate for the station API (subject OU=operator),
+    /// e.g. for the gateway's console (`[console]`): it looks up and revokes devices of
+    /// every tenant, and may do nothing else.
+    OperatorCert {
+        #[arg(long, default_value = "console")]
+        name: String,
+    },
     /// Inspect or export an identity bundle.
     Bundle {
         #[command(subcommand)]
@@ -319,6 +326,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Bench { devices } => bench(devices),
         Command::ServiceCert { name, tenant } => service_cert(&ctx, &name, &tenant),
         Command::GatewayClientCert { name } => gateway_client_cert(&ctx, &name),
+        Command::OperatorCert { name } => operator_cert(&ctx, &name),
         Command::Bundle { command } => bundle::bundle(command),
         Command::Revoke { device, reason } => revoke(&ctx, &device, &reason),
         Command::Audit {
@@ -538,6 +546,18 @@ fn gateway_client_cert(ctx: &Context, name: &str) -> Result<(), Error> {
     let files = station.issue_gateway_client_cert(name)?;
     println!(
         "gateway client {name} {} {}",
+        files.cert_path.display(),
+        files.key_path.display()
+    );
+    Ok(())
+}
+
+/// `operator-cert`
+fn operator_cert(ctx: &Context, name: &str) -> Result<(), Error> {
+    let station = ctx.open()?;
+    let files = station.issue_operator_cert(name)?;
+    println!(
+        "fleet operator {name} {} {}",
         files.cert_path.display(),
         files.key_path.display()
     );
