@@ -34,8 +34,8 @@ pub struct ApiError {
     pub(super) message: String,
     /// Seconds for `Retry-After`, when trying again later can succeed.
     retry_after: Option<u32>,
-    /// More fields for the body (e.g. `renewable_after`).
-    details: serde_json::Map<String, serde_json::Value>,
+    /// More fields for the body (e.g. `renewable_after`); a `Vec` keeps the error small.
+    details: Vec<(String, serde_json::Value)>,
 }
 
 /// The reason code of a status when nothing more specific applies.
@@ -62,7 +62,7 @@ impl ApiError {
             reason: generic_reason(status),
             message: message.into(),
             retry_after: None,
-            details: serde_json::Map::new(),
+            details: Vec::new(),
         }
     }
 
@@ -85,7 +85,7 @@ impl ApiError {
     }
 
     fn with_detail(mut self, key: &str, value: serde_json::Value) -> ApiError {
-        self.details.insert(key.to_owned(), value);
+        self.details.push((key.to_owned(), value));
         self
     }
 
