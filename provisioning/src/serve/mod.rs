@@ -5,7 +5,10 @@
 //! `crl`):
 //!
 //! - operators use service certificates (subject OU=service) and act on their own tenant's
-//!   devices: issue (CSR or key injection), look up, revoke;
+//!   devices: issue (CSR or key injection, ids only in the tenant's namespace), look up,
+//!   revoke; another tenant's device is answered exactly as an absent one;
+//! - fleet operators (subject OU=operator, e.g. the gateway's console) look up and revoke
+//!   devices of every tenant, nothing else;
 //! - devices may only renew themselves: `POST /v1/renew` with a CSR for a new key, proving
 //!   their current identity with the certificate they connect with;
 //! - gateways (subject OU=gateway) may only relay renewals of devices they authenticated.
