@@ -506,6 +506,7 @@ async fn a_fleet_operator_looks_up_and_revokes_in_every_tenant_and_does_nothing_
     let mut st = common::station(d);
     let acme = devices(&mut st, "acme", 1, 10).remove(0);
     let other = devices(&mut st, "other", 1, 10).remove(0);
+    let gateway = gateway_identity(&st, "gw-1");
     let files = st.issue_operator_cert("console").unwrap();
     let console = Identity {
         cert: std::fs::read_to_string(files.cert_path).unwrap(),
@@ -560,6 +561,10 @@ async fn a_fleet_operator_looks_up_and_revokes_in_every_tenant_and_does_nothing_
         .call(Some(&other.2), "GET", "/v1/crl", Vec::new())
         .await
         .is_err());
+    // A revoked certificate renews on no route (a gateway's CRL may lag behind).
+    let (status, body) = renew_relayed(&server, &gateway, &other.0, &other.1).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["reason"], "certificate_not_live", "{body}");
     server.stop().await;
 
     // The audit log names who revoked.

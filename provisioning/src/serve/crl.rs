@@ -75,7 +75,8 @@ pub(super) fn after_change(
     in_force: &CrlInForce,
 ) -> Result<Option<CrlInForce>, Error> {
     let path = station.crl_path();
-    if stamp(&path).is_some() && stamp(&path) == in_force.stamp {
+    let now = stamp(&path);
+    if now.is_some() && now == in_force.stamp {
         return Ok(None);
     }
     let refused = match read(station) {
