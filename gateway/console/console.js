@@ -350,8 +350,9 @@
     const title = h('h2', { id: 'h-station' }, 'Certificate history (station)');
     if (!d.station) {
       part.replaceChildren(title, notice(d.station_error ? 'The station is configured but unusable: ' +
-        d.station_error : 'No station is configured for this gateway ([renewal] in its config): ' +
-        'certificate history and revocation are done on the station (fleet-provision revoke).'));
+        d.station_error : 'No station is configured for the console: certificate history and Revoke need ' +
+        '[console] in the gateway config, with a fleet operator certificate (fleet-provision operator-cert); ' +
+        'until then revoke on the station (fleet-provision revoke).'));
       return;
     }
     part.replaceChildren(title, h('p', { class: 'muted' }, 'Asking ' + d.station + '…'));
@@ -416,7 +417,7 @@
               td('Left', daysLeft(r.cert_not_after))))))
             : notice('No connected device is due.')),
         c.station ? h('p', { class: 'muted' }, 'Certificate history and revocation: open a device (station ' + c.station + ').')
-          : h('p', { class: 'muted' }, 'No station is configured for this gateway: certificate history and revocation are not available here.'));
+          : h('p', { class: 'muted' }, 'No station is configured for the console ([console] in the gateway config): certificate history and revocation are not available here.'));
     });
   }
 

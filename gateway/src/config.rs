@@ -42,6 +42,12 @@
 //! station_ca = "ca/root.pem"
 //! threshold_days = 30                      # devices expiring sooner are told to renew
 //!
+//! [console]                                # optional: the console's certificate history
+//! station = "station.example.com:8443"     #   and Revoke, at the station
+//! client_cert = "gateway/console-operator.pem" # fleet-provision operator-cert (OU=operator)
+//! client_key = "gateway/console-operator.key"
+//! station_ca = "ca/root.pem"
+//!
 //! [[acl.device]]                           # appended to the default device rules
 //! effect = "deny"
 //! action = "publish"
@@ -255,6 +261,9 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Certificate rotation through the station (`None`: devices are told nothing).
     pub renewal: Option<crate::renewal::Renewal>,
+    /// The console's station actions, with a fleet operator's identity (`None`: the console
+    /// says that certificate history and revocation need `[console]`).
+    pub console: Option<crate::console::ConsoleStation>,
 }
 
 impl Config {
@@ -269,6 +278,7 @@ impl Config {
             admin: None,
             audit_log: None,
             renewal: None,
+            console: None,
         }
     }
 
@@ -531,5 +541,28 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
         std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
         let admin = Config::from_toml(&file, dir.path()).unwrap().admin.unwrap();
         assert_eq!(admin.token.as_deref(), Some(TOKEN), "read and trimmed");
+    }
+
+    #[test]
+    fn the_console_table_names_the_station_and_an_operator_identity() {
+        let base = Path::new("/etc/fleet");
+        let text = format!(
+            "{GOOD}\n[console]\nstation = \"station.example.com:8443\"\nclient_cert = \"op.pem\"\nclient_key = \"op.key\"\nstation_ca = \"/ca/root.pem\"\n"
+        );
+        let console = Config::from_toml(&text, base).unwrap().console.unwrap();
+        assert_eq!(console.station, "station.example.com:8443");
+        assert_eq!(console.server_name, "station.example.com");
+        assert_eq!(console.client_cert, base.join("op.pem"));
+        assert_eq!(console.station_ca, PathBuf::from("/ca/root.pem"));
+        assert!(Config::from_toml(GOOD, base).unwrap().console.is_none());
+        let (key, problem) = key_and_problem(&format!(
+            "{GOOD}\n[console]\nstation = \"nohost\"\nclient_cert = \"c\"\nclient_key = \"k\"\nstation_ca = \"ca\"\n"
+        ));
+        assert_eq!(key, "console.station");
+        assert!(matches!(problem, Problem::NotHostPort { .. }));
+        let (key, _) = key_and_problem(&format!(
+            "{GOOD}\n[console]\nstation = \"s:1\"\nclient_cert = \"c\"\nstation_ca = \"ca\"\n"
+        ));
+        assert_eq!(key, "console", "client_key is required");
     }
 }

@@ -80,6 +80,9 @@ pub enum Error {
     /// The caller may not do this.
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
+    /// A renewal the station's renewal policy does not allow now.
+    #[error(transparent)]
+    RenewalRefused(#[from] RenewalRefused),
     #[error("Intel HEX: {0}")]
     IntelHex(#[from] ihex::WriterError),
     #[error("{what}: {source}")]
@@ -87,6 +90,9 @@ pub enum Error {
         what: &'static str,
         source: serde_json::Error,
     },
+    /// A CRL file the station will not honour.
+    #[error("{}: CRL refused: {reason}", path.display())]
+    Crl { path: PathBuf, reason: CrlError },
     /// An operation on one item delivered none (a defect in the station, never the input).
     #[error("the station delivered nothing for a request of one")]
     NothingDelivered,
@@ -224,6 +230,54 @@ pub enum Forbidden {
         serial_hex: String,
         status: &'static str,
     },
+}
+
+/// Why the station does not renew a device now; each says what the device can do about it.
+/// Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenewalRefused {
+    /// The presented certificate is not near its end yet.
+    #[error("certificate {serial_hex} of {device_id} is not yet renewable: it ends at {not_after} and may be renewed from {renewable_after} (Unix seconds)")]
+    NotYetRenewable {
+        device_id: String,
+        serial_hex: String,
+        not_after: i64,
+        renewable_after: i64,
+    },
+    /// The device renewed as often as the policy allows within its period.
+    #[error("{device_id} renewed {count} times within the last {period_secs} seconds (at most {max}); try again from {retry_after} (Unix seconds)")]
+    RateLimited {
+        device_id: String,
+        count: usize,
+        max: u32,
+        period_secs: i64,
+        retry_after: i64,
+    },
+    /// The presented certificate was already replaced by a renewal.
+    #[error("certificate {serial_hex} of {device_id} was superseded by a renewal; only the device's current certificate renews")]
+    Superseded {
+        device_id: String,
+        serial_hex: String,
+    },
+}
+
+/// Why a CRL is not honoured: not the issuing CA's, or older than the one in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlError {
+    #[error("not a CRL: {0}")]
+    Unreadable(String),
+    #[error("issued by {issuer}, not by the station's issuing CA")]
+    ForeignIssuer { issuer: String },
+    #[error("its signature does not verify with the issuing CA's key")]
+    BadSignature,
+    #[error("it has no CRL number (or one over 64 bits)")]
+    NoNumber,
+    #[error("its number {number} is lower than {in_force}, the number of the CRL in force")]
+    LowerNumber { number: u64, in_force: u64 },
+    #[error("its thisUpdate {this_update} is older than {in_force}, that of the CRL in force (Unix seconds)")]
+    OlderThisUpdate { this_update: i64, in_force: i64 },
 }
 
 /// Which part of the station API's TLS setup failed.

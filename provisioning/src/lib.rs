@@ -31,12 +31,14 @@ pub mod serve;
 mod station;
 
 pub use error::{
-    AuditError, Busy, Conflict, CsrAt, CsrError, Error, Forbidden, KeyError, TlsError,
+    AuditError, Busy, Conflict, CrlError, CsrAt, CsrError, Error, Forbidden, KeyError,
+    RenewalRefused, TlsError,
 };
 pub use fs::write_file;
 pub use pki::Passphrase;
 pub use registry::CertRecord;
 pub use station::{
-    bundle_to_pem, list_registry, verify_audit_dir, BatchRequest, Certified, CsrInput, CsrRequest,
-    DeviceIssued, IssuedFiles, KeyProtection, Reason, Recovered, Revoked, Station,
+    bundle_to_pem, in_tenant_namespace, list_registry, verify_audit_dir, BatchRequest, Certified,
+    CsrInput, CsrRequest, DeviceIssued, IssuedFiles, KeyProtection, Reason, Recovered,
+    RenewalPolicy, Revoked, Station,
 };

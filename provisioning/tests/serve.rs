@@ -3,185 +3,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use fleet_provision::serve::{Options, Server};
-use fleet_provision::{bundle_to_pem, Busy, Error, Passphrase, Station};
-use http_body_util::{BodyExt, Full};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::sync::oneshot;
-
-/// A client identity as PEM (certificate, PKCS#8 key).
-#[derive(Clone)]
-struct Identity {
-    cert: String,
-    key: String,
-}
-
-fn service_identity(st: &Station, name: &str, tenant: &str) -> Identity {
-    let files = st.issue_service_cert(name, tenant).unwrap();
-    Identity {
-        cert: std::fs::read_to_string(files.cert_path).unwrap(),
-        key: std::fs::read_to_string(files.key_path).unwrap(),
-    }
-}
-
-fn device_identity(bundle_path: &Path) -> Identity {
-    let bytes = std::fs::read(bundle_path).unwrap();
-    let b = fleet_protocol::bundle::Bundle::parse(&bytes).unwrap();
-    let (cert, key) = bundle_to_pem(&b).unwrap();
-    Identity { cert, key }
-}
-
-struct Running {
-    addr: SocketAddr,
-    root: Vec<u8>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(dir: &Path, grace: time::Duration) -> Running {
-        let station = Station::open(dir, None::<&Passphrase>).unwrap();
-        let root = station.root_ca().cert_der.clone();
-        let server = Server::bind(
-            station,
-            Options {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                hosts: vec!["localhost".into()],
-                grace,
-                validity_days: 30,
-            },
-        )
-        .await
-        .unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
-        Running {
-            addr,
-            root,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    /// Stops the server and waits until it has let go of the station.
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        (&mut self.task).await.unwrap();
-    }
-
-    /// One HTTPS request; `Err` when TLS or HTTP fails (e.g. a revoked client certificate).
-    async fn call(
-        &self,
-        who: Option<&Identity>,
-        method: &str,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Result<(u16, String), String> {
-        let (status, _, body) = self.call_with_headers(who, method, path, body).await?;
-        Ok((status, body))
-    }
-
-    /// One HTTPS request, with the response headers.
-    async fn call_with_headers(
-        &self,
-        who: Option<&Identity>,
-        method: &str,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Result<(u16, hyper::HeaderMap, String), String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(self.root.clone())).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match who {
-            Some(id) => builder
-                .with_client_auth_cert(
-                    CertificateDer::pem_slice_iter(id.cert.as_bytes())
-                        .collect::<Result<Vec<_>, _>>()
-                        .unwrap(),
-                    PrivateKeyDer::from_pem_slice(id.key.as_bytes()).unwrap(),
-                )
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        let tcp = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("HTTP: {e}"))?;
-        tokio::spawn(conn);
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    async fn json(
-        &self,
-        who: Option<&Identity>,
-        method: &str,
-        path: &str,
-        body: serde_json::Value,
-    ) -> (u16, serde_json::Value) {
-        let (status, text) = self
-            .call(who, method, path, body.to_string().into_bytes())
-            .await
-            .unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        (status, value)
-    }
-}
-
-fn new_csr_pem() -> (rcgen::KeyPair, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    (key, csr)
-}
+use common::api::{device_identity, new_csr_pem, service_identity, Identity, Running};
+use fleet_provision::{bundle_to_pem, Busy, Error, Station};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_issue_look_up_and_revoke_within_their_tenant() {
@@ -358,11 +181,18 @@ async fn devices_renew_themselves_and_old_certificates_retire_after_the_grace_pe
         key: key1.serialize_pem(),
     };
 
-    // The old certificate still works during the grace period: a device whose answer was
-    // lost renews again with it.
+    // The old certificate still connects during the grace period, but it no longer renews:
+    // only the current certificate does.
+    let (_, csr_old) = new_csr_pem();
+    let (status, body) = server
+        .call(Some(&original), "POST", "/v1/renew", csr_old.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("superseded_certificate"), "{body}");
     let (key2, csr2) = new_csr_pem();
     let (status, body) = server
-        .call(Some(&original), "POST", "/v1/renew", csr2.into_bytes())
+        .call(Some(&first), "POST", "/v1/renew", csr2.into_bytes())
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
@@ -413,7 +243,7 @@ async fn devices_renew_themselves_and_old_certificates_retire_after_the_grace_pe
     server.stop().await;
 
     // With the grace period over, both superseded certificates are revoked and shut out;
-    // the current one keeps working.
+    // the current one keeps working (a third renewal within the day: the default allows 3).
     let server = Running::start(d, time::Duration::ZERO).await;
     for old in [&original, &first] {
         assert!(

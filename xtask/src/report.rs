@@ -230,14 +230,21 @@ const THREAT_MODEL: &str = "
 - Is cut off by revocation: `fleet-provision revoke` writes a CRL; the gateway reloads it
   within a second and closes the live session (p99 ≈ 30 ms in `BENCHMARKS.md`); reconnects are
   refused with reason `revoked`, and each refusal is audited with the device, tenant and
-  serial of the certificate. It cannot renew itself out of revocation: the station renews
-  only the serial the gateway saw it authenticate with, and only near expiry.
+  serial of the certificate. It cannot renew itself out of revocation, nor churn the registry
+  and the CRL: whether it asks the station directly or the gateway relays, the station itself
+  renews only the device's current certificate (never a superseded or revoked one), only
+  within the renewal window before it ends (30 days by default, the gateway's threshold;
+  else `not_yet_renewable`, 409), and at most 3 times per device in 24 h (counted in the
+  registry, so across restarts; else `renewal_rate_limited`, 429 with Retry-After).
 - Is not let back in by an older CRL: a validly signed CRL with a lower CRL number or an
   earlier thisUpdate than the one in force from the same issuer (a restored backup, a stale
   sync, someone able to write only that file) is refused as a whole — logged, audited
   (`crl_refused`), counted (`fleet_gateway_crl_rollbacks_total`) — and the newer one stays in
   force; so is dropping the CRL of an issuer that is still a client CA. The comparison is with
   the CRL in force in the running gateway: a restarted gateway takes the CRL on disk as it is.
+  The station's own API refuses such a CRL too (and one of another issuer or badly signed),
+  even across a restart (the registry knows the last CRL number it wrote): it logs it, keeps
+  the newer one in force for its TLS and writes a fresh CRL over the file.
 - TLS files are reloaded when their content changes (a write, a rename or a create, settled
   and compared by SHA-256 with what is loaded), on SIGHUP and on an admin reload; reading the
   files (a checksum, a backup, `check-config`) or a reload never triggers another one.
@@ -245,6 +252,19 @@ const THREAT_MODEL: &str = "
   servers (serverAuth, not a CA) naming the gateway host, chained to their trust anchor.
 - Keys on a board are as safe as the board's flash: without a secure element, a physical
   attacker reads them. Bundles can omit the key for boards that keep it in a secure element.
+
+**An operator at the station API** (a client certificate of the station's CA).
+- A tenant's operator (OU=service) acts on its own tenant only: another tenant's device id
+  gets exactly the answer of an absent one (404, same body), so it learns nothing about other
+  tenants' ids; it names new ids only in its own namespace, `{tenant}-{suffix}` with no `-` in
+  the suffix (so `acme` never owns `acme-eu-…`), so it can neither take nor reserve another
+  tenant's ids nor move another tenant's counter; generated ids (`{tenant}-000001`, …) never
+  collide across tenants, and the gateway, which keys sessions by device id, never sees one
+  id in two tenants.
+- A fleet operator (OU=operator, `fleet-provision operator-cert`, e.g. the gateway console's
+  `[console]` identity) looks up and revokes devices of every tenant and can do nothing else;
+  a gateway's relay identity (OU=gateway, on an internet-facing host) can only relay
+  renewals. Every revocation through the API is audited with who asked.
 
 **A compromised factory station.**
 - Holds the issuing CA key (encrypted at rest with a passphrase; the root key is meant to be

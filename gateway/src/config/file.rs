@@ -26,6 +26,7 @@ pub(super) struct FileConfig {
     admin: Option<FileAdmin>,
     audit_log: Option<PathBuf>,
     renewal: Option<FileRenewal>,
+    console: Option<FileConsole>,
 }
 
 impl FileConfig {
@@ -39,6 +40,7 @@ impl FileConfig {
             Some(admin) => admin.validate(base)?,
         };
         let renewal = self.renewal.map(|r| r.validate(base)).transpose()?;
+        let console = self.console.map(|c| c.validate(base)).transpose()?;
         Ok(Config {
             listen,
             tls,
@@ -48,6 +50,7 @@ impl FileConfig {
             admin,
             audit_log: self.audit_log.map(|p| resolve(base, &p)),
             renewal,
+            console,
         })
     }
 }
@@ -206,6 +209,50 @@ impl FileRenewal {
             client_key: resolve(base, &self.client_key),
             station_ca: resolve(base, &self.station_ca),
             threshold: Duration::from_secs(86_400 * u64::from(self.threshold_days)),
+        })
+    }
+}
+
+/// `[console]`: the station the console asks for certificate history and revocation, with
+/// a fleet operator's identity (`fleet-provision operator-cert`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConsole {
+    station: String,
+    server_name: Option<String>,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    station_ca: PathBuf,
+}
+
+impl FileConsole {
+    fn validate(self, base: &Path) -> Result<crate::console::ConsoleStation, ConfigError> {
+        let server_name = match self.server_name {
+            Some(name) if name.is_empty() => {
+                return Err(ConfigError::new("console.server_name", Problem::Empty))
+            }
+            Some(name) => name,
+            None => match self.station.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                _ => {
+                    return Err(ConfigError::new(
+                        "console.station",
+                        Problem::NotHostPort {
+                            value: self.station,
+                        },
+                    ))
+                }
+            },
+        };
+        Ok(crate::console::ConsoleStation {
+            server_name,
+            station: self.station,
+            client_cert: resolve(base, &self.client_cert),
+            client_key: resolve(base, &self.client_key),
+            station_ca: resolve(base, &self.station_ca),
         })
     }
 }

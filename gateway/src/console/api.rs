@@ -252,7 +252,7 @@ fn station<'a>(
     match &console.station {
         None => Err((
             StatusCode::NOT_FOUND,
-            "no station is configured for this gateway ([renewal] in its config)".into(),
+            "no station is configured for the console: certificate history and revocation need [console] in the gateway config, with a fleet operator certificate from `fleet-provision operator-cert`".into(),
         )),
         Some(Err(e)) => Err((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -299,10 +299,24 @@ struct RevokeBody {
 async fn station_revoke(
     State(console): Shared,
     Path(device): Path<String>,
-    body: Option<Json<RevokeBody>>,
+    body: axum::body::Bytes,
 ) -> Response {
+    // No body (or an empty one, whatever its content type): the reason is "unspecified".
+    let body: Option<RevokeBody> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not {{\"reason\": \"...\"}}: {e}"),
+                )
+            }
+        }
+    };
     let reason = body
-        .and_then(|Json(b)| b.reason)
+        .and_then(|b| b.reason)
         .unwrap_or_else(|| "unspecified".into());
     if reason.len() > 64 || !reason.bytes().all(|c| c.is_ascii_alphabetic()) {
         return error(

@@ -12,8 +12,8 @@
 //! | `GET /v1/console/devices/{device}` | a device's live sessions and the audit records naming it |
 //! | `GET /v1/console/certificates` | expiry histogram of connected clients, devices due for renewal |
 //! | `GET /v1/console/reasons` | every refusal reason in plain words (the table `doctor` uses) |
-//! | `GET /v1/console/station/devices/{device}` | the device's certificate history, from the station |
-//! | `POST /v1/console/station/devices/{device}/revoke` | revoke it through the station |
+//! | `GET /v1/console/station/devices/{device}` | the device's certificate history, from the station (`[console]`) |
+//! | `POST /v1/console/station/devices/{device}/revoke` | revoke it through the station, as the `[console]` operator |
 //! | `GET /v1/audit` | the audit log, newest first, filtered, bounded in bytes and lines |
 //!
 //! The console counts nothing itself: rates are differences of the counters `/metrics`
@@ -29,6 +29,8 @@ pub mod openapi;
 pub mod rows;
 mod station;
 pub mod stats;
+
+pub use station::ConsoleStation;
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -48,7 +50,7 @@ pub struct Console {
 
 impl Console {
     fn new(shared: &Arc<Shared>) -> Console {
-        let station = shared.config.renewal.as_ref().map(station::Station::load);
+        let station = shared.config.console.as_ref().map(station::Station::load);
         if let Some(Err(e)) = &station {
             tracing::error!(error = %e, "console: the station cannot be reached for certificate history and revocation");
         }

@@ -166,11 +166,11 @@ pub fn reasons() -> Value {
 
 pub fn station_device() -> Value {
     json!({ "get": {
-        "summary": "The device's certificate history, from the station the renewal relay uses (GET /v1/devices/{id} there)",
+        "summary": "The device's certificate history, from the station named in [console], asked with its fleet operator identity (GET /v1/devices/{id} there)",
         "parameters": [device_param()],
         "responses": {
             "200": ok("The station's answer as it is", json!({ "type": "object" })),
-            "404": ok("No station configured", error_schema()),
+            "404": ok("No [console] station configured", error_schema()),
             "502": ok("The station refused or could not be reached (station_status: its HTTP status)", error_schema()),
             "503": ok("The station is configured but its files are unusable", error_schema())
         }
@@ -179,7 +179,7 @@ pub fn station_device() -> Value {
 
 pub fn station_revoke() -> Value {
     json!({ "post": {
-        "summary": "Revoke the device through the station (POST /v1/devices/{id}/revoke there); the new CRL reaches the gateway like any other",
+        "summary": "Revoke the device through the station named in [console], as its fleet operator (POST /v1/devices/{id}/revoke there; the station audits it with the operator's name); the new CRL reaches the gateway like any other",
         "parameters": [device_param()],
         "requestBody": { "required": false, "content": { "application/json": { "schema": {
             "type": "object", "properties": { "reason": { "type": "string", "description": "keyCompromise, cessationOfOperation, superseded, affiliationChanged, privilegeWithdrawn or unspecified" } }
@@ -187,7 +187,7 @@ pub fn station_revoke() -> Value {
         "responses": {
             "200": ok("The station's answer as it is", json!({ "type": "object" })),
             "400": ok("Not a device id or not a reason", error_schema()),
-            "404": ok("No station configured", error_schema()),
+            "404": ok("No [console] station configured", error_schema()),
             "502": ok("The station refused or could not be reached", error_schema()),
             "503": ok("The station is configured but its files are unusable", error_schema())
         }

@@ -1,11 +1,15 @@
 //! The station behind the console: a device's certificate history (`GET /v1/devices/{id}`)
-//! and revocation (`POST /v1/devices/{id}/revoke`), over mutual TLS with the identity the
-//! gateway's renewal relay uses (`[renewal]` in the config: station address, station CA,
-//! the gateway's client certificate).
+//! and revocation (`POST /v1/devices/{id}/revoke`), over mutual TLS with a fleet operator's
+//! identity (`[console]` in the config: station address, station CA, and a client
+//! certificate from `fleet-provision operator-cert`, subject OU=operator).
 //!
-//! The station decides who may do what: it answers with its own status and message, which
-//! the console shows as they are.
+//! Not with the renewal relay's identity (OU=gateway): the station lets a gateway relay
+//! renewals only, since its key lives on an internet-facing host. The operator identity may
+//! look up and revoke devices of every tenant at the station and nothing else; the station
+//! audits each revocation with its name. The station decides who may do what: it answers
+//! with its own status and message, which the console shows as they are.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +17,19 @@ use http_body_util::BodyExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::renewal::Renewal;
+/// `[console]` in the config: where the station is and the operator identity to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleStation {
+    /// The station API, `host:port`.
+    pub station: String,
+    /// Name in the station's server certificate (default: the host of `station`).
+    pub server_name: String,
+    /// A fleet operator's client identity (subject OU=operator), PEM.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// CA the station's server certificate chains to.
+    pub station_ca: PathBuf,
+}
 
 /// Largest answer read from the station.
 const MAX_RESPONSE: usize = 256 * 1024;
@@ -39,9 +55,9 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
 }
 
 impl Station {
-    /// The station client from the renewal relay's settings; `Err` says what is unusable.
-    pub fn load(r: &Renewal) -> Result<Station, String> {
-        let bad = |what: &str, e: &dyn std::fmt::Display| format!("renewal.{what}: {e}");
+    /// The station client from `[console]`; `Err` says what is unusable.
+    pub fn load(r: &ConsoleStation) -> Result<Station, String> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| format!("console.{what}: {e}");
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&read(&r.station_ca)?) {
             roots

@@ -58,6 +58,10 @@ pub enum Event {
         device_id: String,
         serial: String,
         reason: String,
+        /// Who asked, when it came through the API: the operator certificate's CN and role
+        /// (`ops (service, acme)`, `console (operator)`). Absent from the command line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     Crl {
         number: u64,

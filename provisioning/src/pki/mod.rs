@@ -17,7 +17,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-pub use crl::{sign_crl, CrlEntry};
+pub use crl::{crl_info, sign_crl, CrlEntry, CrlInfo};
 pub use csr::{check_csr, csr_der, CheckedCsr};
 pub use import::check_importable;
 pub use keys::{key_from_pem, key_to_pem, pkcs8_pem_from_sec1, sec1_from_pkcs8, Passphrase};

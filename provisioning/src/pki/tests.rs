@@ -5,7 +5,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use super::*;
-use crate::error::CsrError;
+use crate::error::{CrlError, CsrError};
 
 fn parse(der: &[u8]) -> X509Certificate<'_> {
     X509Certificate::from_der(der).unwrap().1
@@ -145,6 +145,50 @@ fn crls_are_signed_numbered_and_list_their_entries() {
         assert_eq!(next, (now + time::Duration::days(7)).unix_timestamp());
     }
     assert_eq!(numbers, ["1", "2"]);
+}
+
+#[test]
+fn a_crl_is_read_only_from_its_issuer_and_never_replaced_by_an_older_one() {
+    let (root, issuing) = hierarchy();
+    let now = time::OffsetDateTime::now_utc();
+    let der = |ca: &Ca, number: u64, at: time::OffsetDateTime| {
+        let pem = sign_crl(ca, number, &[], at, time::Duration::days(7)).unwrap();
+        ::pem::parse(pem).unwrap().into_contents()
+    };
+    let info = crl_info(&der(&issuing, 7, now), &issuing.cert_der).unwrap();
+    assert_eq!(info.number, 7);
+    assert_eq!(info.this_update, now.unix_timestamp());
+    // Another issuer's CRL, or one whose signature does not verify, is not read.
+    assert!(matches!(
+        crl_info(&der(&root, 8, now), &issuing.cert_der),
+        Err(CrlError::ForeignIssuer { .. })
+    ));
+    let mut forged = der(&issuing, 8, now);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(crl_info(&forged, &issuing.cert_der).is_err());
+    assert!(matches!(
+        crl_info(b"garbage", &issuing.cert_der),
+        Err(CrlError::Unreadable(_))
+    ));
+
+    let older = |number, secs: i64| CrlInfo {
+        number,
+        this_update: info.this_update + secs,
+    };
+    assert!(older(7, 0).may_replace(&info).is_ok());
+    assert!(older(8, 1).may_replace(&info).is_ok());
+    assert_eq!(
+        older(6, 10).may_replace(&info),
+        Err(CrlError::LowerNumber {
+            number: 6,
+            in_force: 7
+        })
+    );
+    assert!(matches!(
+        older(8, -1).may_replace(&info),
+        Err(CrlError::OlderThisUpdate { .. })
+    ));
 }
 
 #[test]

@@ -130,6 +130,11 @@ pub trait Registry {
     fn revoked(&self) -> Result<Vec<(String, i64, String)>, Error>;
     /// The next CRL number (strictly increasing, durable).
     fn next_crl_number(&mut self) -> Result<u64, Error>;
+    /// The last CRL number handed out (0 before the first CRL).
+    fn last_crl_number(&self) -> Result<u64, Error>;
+    /// When a device's renewals (reservations for an existing device) at or after `since`
+    /// were made, Unix seconds, oldest first.
+    fn renewals_since(&self, device_id: &str, since: i64) -> Result<Vec<i64>, Error>;
 }
 
 /// The SQLite registry in the station directory.
@@ -178,6 +183,12 @@ impl SqliteRegistry {
                  out_dir TEXT,
                  started_at INTEGER NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS renewals (
+                 serial TEXT PRIMARY KEY,
+                 device_id TEXT NOT NULL,
+                 at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS renewals_device ON renewals (device_id, at);
              CREATE TABLE IF NOT EXISTS crl_numbers (
                  id INTEGER PRIMARY KEY CHECK (id = 1),
                  last INTEGER NOT NULL
@@ -270,6 +281,12 @@ impl Registry for SqliteRegistry {
                     if !device_exists(&tx, id).map_err(&err)? {
                         return Err(Error::UnknownDevice(id.clone()));
                     }
+                    // Counted for the renewal rate in the same transaction as the reservation.
+                    tx.prepare_cached(
+                        "INSERT INTO renewals (serial, device_id, at) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![item.serial_hex, id, created]))
+                    .map_err(&err)?;
                     id.clone()
                 }
             };
@@ -479,6 +496,28 @@ impl Registry for SqliteRegistry {
         .map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(last as u64 + 1)
+    }
+
+    fn last_crl_number(&self) -> Result<u64, Error> {
+        self.conn
+            .query_row("SELECT last FROM crl_numbers WHERE id = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|n| n.map_or(0, |n| n.max(0) as u64))
+            .map_err(db_err(&self.path))
+    }
+
+    fn renewals_since(&self, device_id: &str, since: i64) -> Result<Vec<i64>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT at FROM renewals WHERE device_id = ?1 AND at >= ?2 ORDER BY at")
+            .map_err(db_err(&self.path))?;
+        let rows = stmt
+            .query_map(params![device_id, since], |r| r.get(0))
+            .map_err(db_err(&self.path))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(db_err(&self.path))
     }
 }
 

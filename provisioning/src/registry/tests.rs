@@ -290,7 +290,39 @@ fn crl_numbers_strictly_increase_across_reopens() {
     assert_eq!(db.reg.next_crl_number().unwrap(), 2);
     drop(db.reg);
     let mut reg = SqliteRegistry::open(&db.path).unwrap();
+    assert_eq!(reg.last_crl_number().unwrap(), 2);
     assert_eq!(reg.next_crl_number().unwrap(), 3);
+    assert_eq!(reg.last_crl_number().unwrap(), 3);
+}
+
+#[test]
+fn renewals_are_counted_per_device_and_survive_a_reopen() {
+    let mut db = db();
+    let id = db
+        .reg
+        .reserve(&[reservation("01", DeviceId::Next)])
+        .unwrap()[0]
+        .clone();
+    let other = db
+        .reg
+        .reserve(&[reservation("02", DeviceId::Next)])
+        .unwrap()[0]
+        .clone();
+    // A first issue is not a renewal.
+    assert!(db.reg.renewals_since(&id, 0).unwrap().is_empty());
+    db.reg
+        .reserve(&[
+            reservation("03", DeviceId::Existing(id.clone())),
+            reservation("04", DeviceId::Existing(id.clone())),
+            reservation("05", DeviceId::Existing(other.clone())),
+        ])
+        .unwrap();
+    drop(db.reg);
+    let reg = SqliteRegistry::open(&db.path).unwrap();
+    let at = reg.renewals_since(&id, 0).unwrap();
+    assert_eq!(at.len(), 2);
+    assert_eq!(reg.renewals_since(&other, 0).unwrap().len(), 1);
+    assert!(reg.renewals_since(&id, at[1] + 1).unwrap().is_empty());
 }
 
 #[test]

@@ -20,6 +20,29 @@ pub enum Peer {
     Gateway {
         name: String,
     },
+    /// A fleet operator (subject OU=operator, e.g. the gateway's console): looks up and
+    /// revokes devices of every tenant; issues and renews nothing.
+    FleetOperator {
+        name: String,
+    },
+}
+
+/// Which devices an operator acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope<'a> {
+    /// A tenant's operator (OU=service): its own tenant's devices.
+    Tenant(&'a str),
+    /// A fleet operator (OU=operator): every tenant's.
+    Fleet,
+}
+
+impl Scope<'_> {
+    pub(super) fn covers(self, tenant: &str) -> bool {
+        match self {
+            Scope::Tenant(own) => own == tenant,
+            Scope::Fleet => true,
+        }
+    }
 }
 
 /// The caller's role from its (already verified) certificate.
@@ -40,6 +63,7 @@ pub fn peer_from_cert(der: &[u8]) -> Peer {
     };
     match (cn, org) {
         (Some(name), Some(_)) if has_ou("gateway") => Peer::Gateway { name },
+        (Some(name), Some(_)) if has_ou("operator") => Peer::FleetOperator { name },
         (Some(name), Some(tenant)) if has_ou("service") => Peer::Operator { name, tenant },
         (Some(id), Some(_)) => Peer::Device {
             id,
@@ -49,9 +73,14 @@ pub fn peer_from_cert(der: &[u8]) -> Peer {
     }
 }
 
+/// A tenant's operator (OU=service): its name and tenant. Issuing needs a tenant.
 pub(super) fn operator(peer: &Peer) -> Result<(&str, &str), ApiError> {
     match peer {
         Peer::Operator { name, tenant } => Ok((name, tenant)),
+        Peer::FleetOperator { .. } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "fleet operators (OU=operator) look devices up and revoke them; issuing is for a tenant's operator (OU=service)",
+        )),
         Peer::Device { .. } => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "devices may only renew themselves (POST /v1/renew)",
@@ -64,5 +93,17 @@ pub(super) fn operator(peer: &Peer) -> Result<(&str, &str), ApiError> {
             StatusCode::UNAUTHORIZED,
             "a client certificate from the station's CA is required",
         )),
+    }
+}
+
+/// An operator of either kind, for look-up and revocation: who it is (for logs and the
+/// audit) and which devices it covers.
+pub(super) fn overseer(peer: &Peer) -> Result<(String, Scope<'_>), ApiError> {
+    match peer {
+        Peer::FleetOperator { name } => Ok((format!("{name} (operator)"), Scope::Fleet)),
+        other => {
+            let (name, tenant) = operator(other)?;
+            Ok((format!("{name} (service, {tenant})"), Scope::Tenant(tenant)))
+        }
     }
 }

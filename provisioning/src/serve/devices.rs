@@ -1,4 +1,5 @@
-//! An operator's view of its tenant's devices: look-up and revocation.
+//! An operator's view of devices: look-up and revocation, in its own tenant (OU=service) or
+//! in every tenant (a fleet operator, OU=operator).
 
 use std::sync::Arc;
 
@@ -7,7 +8,8 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{operator, Peer};
+use super::auth::{overseer, Peer, Scope};
+use super::body::OptionalJson;
 use super::error::ApiError;
 use super::{Shared, SharedState};
 use crate::{CertRecord, Reason};
@@ -55,20 +57,27 @@ fn device_view(certs: Vec<CertRecord>) -> Option<DeviceView> {
     })
 }
 
-/// A device of the operator's tenant (another tenant's device is "not found").
+/// The one answer for a device id that is absent and for one of another tenant: the same
+/// status and body, so a tenant learns nothing about other tenants' ids.
+fn not_in_tenant(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no device {id:?} in your tenant"),
+    )
+}
+
+/// A device the operator covers; absent and another tenant's are [`not_in_tenant`].
 async fn tenant_device(
     shared: &Arc<Shared>,
-    tenant: &str,
+    scope: Scope<'_>,
     id: String,
 ) -> Result<Vec<CertRecord>, ApiError> {
-    let certs = shared.with_station(move |s| s.device(&id)).await?;
-    if certs.first().is_some_and(|c| c.tenant == tenant) {
+    let answer = not_in_tenant(&id);
+    let certs = shared.with_station(move |s| s.device_certs(&id)).await?;
+    if certs.first().is_some_and(|c| scope.covers(&c.tenant)) {
         Ok(certs)
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no such device in your tenant",
-        ))
+        Err(answer)
     }
 }
 
@@ -77,11 +86,11 @@ pub(super) async fn get_device(
     Extension(peer): Extension<Peer>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    let (_, tenant) = operator(&peer)?;
-    let certs = tenant_device(&shared, tenant, id).await?;
+    let (_, scope) = overseer(&peer)?;
+    let certs = tenant_device(&shared, scope, id.clone()).await?;
     device_view(certs)
         .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such device in your tenant"))
+        .ok_or_else(|| not_in_tenant(&id))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,15 +110,18 @@ pub(super) async fn revoke_device(
     AxState(shared): SharedState,
     Extension(peer): Extension<Peer>,
     UrlPath(id): UrlPath<String>,
-    body: Option<Json<RevokeRequest>>,
+    body: Result<OptionalJson<RevokeRequest>, ApiError>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    let (operator_name, tenant) = operator(&peer)?;
+    let (by, scope) = overseer(&peer)?;
+    let OptionalJson(body) = body?;
     let reason = body
-        .and_then(|Json(b)| b.reason)
+        .and_then(|b| b.reason)
         .map_or(Ok(Reason::Unspecified), |r| Reason::parse(&r))?;
-    tenant_device(&shared, tenant, id.clone()).await?;
-    tracing::info!("{operator_name} revokes {id} ({})", reason.name());
-    let revoked = shared.with_station(move |s| s.revoke(&id, reason)).await?;
+    tenant_device(&shared, scope, id.clone()).await?;
+    tracing::info!("{by} revokes {id} ({})", reason.name());
+    let revoked = shared
+        .with_station(move |s| s.revoke_as(&id, reason, Some(&by)))
+        .await?;
     Ok(Json(RevokeResponse {
         device_id: revoked
             .records

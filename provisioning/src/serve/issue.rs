@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{operator, Peer};
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::{Shared, SharedState};
 use crate::error::{io, Error};
@@ -70,11 +71,14 @@ pub(super) fn issued(c: &Certified, issuing_ca_pem: String, bundle: Option<Vec<u
 pub(super) async fn create_device(
     AxState(shared): SharedState,
     Extension(peer): Extension<Peer>,
-    body: Result<Json<CreateDevice>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<CreateDevice>, ApiError>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
     let (_, tenant) = operator(&peer)?;
     let tenant = tenant.to_owned();
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let JsonBody(req) = body?;
+    if let Some(id) = &req.device_id {
+        check_namespace(&tenant, id)?;
+    }
     let out = match (req.csr_pem, req.generate) {
         (Some(csr), None) => from_csr(&shared, tenant, &csr, req.device_id).await?,
         (None, Some(_)) if req.device_id.is_some() => {
@@ -92,6 +96,21 @@ pub(super) async fn create_device(
         }
     };
     Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// An operator names only ids in its own tenant's namespace (`{tenant}-{suffix}`, see
+/// [`crate::in_tenant_namespace`]), so it can neither take nor probe another tenant's ids nor
+/// move another tenant's counter. The answer never depends on what the registry holds.
+fn check_namespace(tenant: &str, id: &str) -> Result<(), ApiError> {
+    if crate::in_tenant_namespace(tenant, id) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "device_id {id:?} is not in your tenant's namespace: it must be {tenant}-<suffix>, the suffix of letters, digits, '.' and '_'"
+        ),
+    ))
 }
 
 /// The CSR flow: a certificate for the device's own key.

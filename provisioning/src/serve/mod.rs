@@ -1,17 +1,27 @@
 //! `fleet-provision serve`: the station's HTTPS API over mutual TLS.
 //!
 //! Every client presents a certificate from the station's issuing CA (checked against the
-//! station's own CRL, which is reloaded whenever the station writes a new one):
+//! station's own CRL, which is reloaded whenever it changes; an older one is refused, see
+//! `crl`):
 //!
 //! - operators use service certificates (subject OU=service) and act on their own tenant's
-//!   devices: issue (CSR or key injection), look up, revoke;
+//!   devices: issue (CSR or key injection, ids only in the tenant's namespace), look up,
+//!   revoke; another tenant's device is answered exactly as an absent one;
+//! - fleet operators (subject OU=operator, e.g. the gateway's console) look up and revoke
+//!   devices of every tenant, nothing else;
 //! - devices may only renew themselves: `POST /v1/renew` with a CSR for a new key, proving
-//!   their current identity with the certificate they connect with.
+//!   their current identity with the certificate they connect with;
+//! - gateways (subject OU=gateway) may only relay renewals of devices they authenticated.
+//!
+//! Either way a renewal follows the station's [`RenewalPolicy`]: only the current
+//! certificate, only near its end, at most so many per device and period.
 //!
 //! `GET /v1/crl` serves the current CRL to any authenticated client; `GET /openapi.json` and
 //! `GET /healthz` need no certificate.
 
 mod auth;
+mod body;
+mod crl;
 mod devices;
 mod error;
 mod issue;
@@ -33,7 +43,7 @@ pub use error::ApiError;
 pub use openapi::openapi_document;
 
 use crate::error::{Error, TlsError};
-use crate::Station;
+use crate::{RenewalPolicy, Station};
 
 /// How the API server runs.
 #[derive(Debug, Clone)]
@@ -54,10 +64,13 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// configuration new connections get.
 struct Shared {
     station: Mutex<Station>,
+    /// The CRL the TLS configuration honours (changed only with the station locked).
+    crl: Mutex<crl::CrlInForce>,
     tls: RwLock<Arc<rustls::ServerConfig>>,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
     options: Options,
+    renewal: RenewalPolicy,
 }
 
 /// The state handlers extract.
@@ -70,11 +83,27 @@ pub struct Server {
 }
 
 impl Shared {
-    fn tls_config(&self, station: &Station) -> Result<rustls::ServerConfig, Error> {
-        tls::tls_config(station, &self.server_chain, &self.server_key)
+    /// Honours a newer CRL if the file changed (refusing an older one, see [`crl`]).
+    fn follow_crl(&self, station: &mut Station) {
+        let mut in_force = self.crl.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = match crl::after_change(station, &in_force) {
+            Ok(Some(newer)) => newer,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("keeping CRL number {} in force: {e}", in_force.info.number);
+                return;
+            }
+        };
+        match tls::tls_config(station, &newer.der, &self.server_chain, &self.server_key) {
+            Ok(config) => {
+                *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+                *in_force = newer;
+            }
+            Err(e) => tracing::error!("keeping the previous TLS configuration: {e}"),
+        }
     }
 
-    /// Runs a station operation off the async threads; reloads TLS if the CRL changed.
+    /// Runs a station operation off the async threads; then honours the CRL if it changed.
     async fn with_station<T: Send + 'static>(
         self: &Arc<Self>,
         op: impl FnOnce(&mut Station) -> Result<T, Error> + Send + 'static,
@@ -82,17 +111,8 @@ impl Shared {
         let shared = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut station = shared.station.lock().unwrap_or_else(|p| p.into_inner());
-            let crl_before = std::fs::metadata(station.crl_path()).and_then(|m| m.modified());
             let out = op(&mut station);
-            let crl_after = std::fs::metadata(station.crl_path()).and_then(|m| m.modified());
-            if crl_before.ok() != crl_after.ok() {
-                match shared.tls_config(&station) {
-                    Ok(config) => {
-                        *shared.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config)
-                    }
-                    Err(e) => tracing::error!("keeping the previous TLS configuration: {e}"),
-                }
-            }
+            shared.follow_crl(&mut station);
             out
         })
         .await
@@ -102,9 +122,19 @@ impl Shared {
 }
 
 impl Server {
+    /// [`Server::bind_with`] the default [`RenewalPolicy`].
+    pub async fn bind(station: Station, options: Options) -> Result<Server, Error> {
+        Server::bind_with(station, options, RenewalPolicy::default()).await
+    }
+
     /// Issues the station's server certificate, binds the listener and settles expired
-    /// grace periods.
-    pub async fn bind(mut station: Station, options: Options) -> Result<Server, Error> {
+    /// grace periods; renewals follow `renewal`.
+    pub async fn bind_with(
+        mut station: Station,
+        options: Options,
+        renewal: RenewalPolicy,
+    ) -> Result<Server, Error> {
+        renewal.check()?;
         let hosts: Vec<&str> = options.hosts.iter().map(String::as_str).collect();
         let (chain_pem, key_pem) = station.issue_server_identity(&hosts)?;
         station.expire_superseded(options.grace)?;
@@ -125,13 +155,16 @@ impl Server {
                 path: options.listen.to_string().into(),
                 source,
             })?;
-        let config = tls::tls_config(&station, &server_chain, &server_key)?;
+        let crl = crl::at_start(&mut station)?;
+        let config = tls::tls_config(&station, &crl.der, &server_chain, &server_key)?;
         let shared = Arc::new(Shared {
             station: Mutex::new(station),
+            crl: Mutex::new(crl),
             tls: RwLock::new(Arc::new(config)),
             server_chain,
             server_key,
             options,
+            renewal,
         });
         Ok(Server { listener, shared })
     }

@@ -7,6 +7,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::auth::Peer;
+use super::body::{JsonBody, RawBody};
 use super::error::ApiError;
 use super::issue::{issued, Issued};
 use super::SharedState;
@@ -14,7 +15,7 @@ use super::SharedState;
 pub(super) async fn renew(
     AxState(shared): SharedState,
     Extension(peer): Extension<Peer>,
-    body: axum::body::Bytes,
+    body: Result<RawBody, ApiError>,
 ) -> Result<Json<Issued>, ApiError> {
     let Peer::Device { id, serial_hex } = peer else {
         return Err(ApiError::new(
@@ -22,12 +23,14 @@ pub(super) async fn renew(
             "renewal is for devices, authenticated with their current certificate",
         ));
     };
+    let RawBody(body) = body?;
     let der = crate::pki::csr_der(&body)?;
     let validity_days = shared.options.validity_days;
     let grace = shared.options.grace;
+    let policy = shared.renewal;
     let out = shared
         .with_station(move |s| {
-            let c = s.renew(&id, &serial_hex, &der, validity_days)?;
+            let c = s.renew(&id, &serial_hex, &der, validity_days, &policy)?;
             // A renewal is also a good moment to retire certificates whose grace ended.
             s.expire_superseded(grace)?;
             Ok(issued(&c, s.issuing_ca().cert_pem.clone(), None))
@@ -50,7 +53,7 @@ pub(super) async fn relayed_renew(
     AxState(shared): SharedState,
     Extension(peer): Extension<Peer>,
     UrlPath(id): UrlPath<String>,
-    body: Result<Json<RelayedRenewal>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<RelayedRenewal>, ApiError>,
 ) -> Result<Json<Issued>, ApiError> {
     let Peer::Gateway { name } = peer else {
         return Err(ApiError::new(
@@ -58,13 +61,14 @@ pub(super) async fn relayed_renew(
             "only a gateway (OU=gateway) relays renewals; devices use POST /v1/renew",
         ));
     };
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let JsonBody(req) = body?;
     let der = crate::pki::csr_der(req.csr_pem.as_bytes())?;
     let validity_days = shared.options.validity_days;
     let grace = shared.options.grace;
+    let policy = shared.renewal;
     let out = shared
         .with_station(move |s| {
-            let c = s.renew(&id, &req.presented_serial, &der, validity_days)?;
+            let c = s.renew(&id, &req.presented_serial, &der, validity_days, &policy)?;
             s.expire_superseded(grace)?;
             Ok(issued(&c, s.issuing_ca().cert_pem.clone(), None))
         })

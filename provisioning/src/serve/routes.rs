@@ -15,8 +15,8 @@ use super::{devices, issue, openapi, renew};
 use super::{Shared, SharedState};
 use crate::error::io;
 
-/// Largest request body (a CSR is well under 1 KiB).
-const BODY_LIMIT: usize = 64 * 1024;
+/// Largest request body (a CSR is well under 1 KiB); larger ones get 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -28,6 +28,13 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/renew", post(renew::renew))
         .route("/v1/devices/{id}/renew", post(renew::relayed_renew))
         .route("/v1/crl", get(crl))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(shared)
 }

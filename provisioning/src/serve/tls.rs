@@ -8,7 +8,7 @@ use axum::{Extension, Router};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::auth::{peer_from_cert, Peer};
-use crate::error::{io, Error, TlsError};
+use crate::error::{Error, TlsError};
 use crate::Station;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -17,9 +17,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A TLS configuration that trusts the issuing CA and honours the station's current CRL.
+/// A TLS configuration that trusts the issuing CA and honours `crl_der` (the CRL in force).
 pub(super) fn tls_config(
     station: &Station,
+    crl_der: &[u8],
     chain: &[CertificateDer<'static>],
     key: &PrivateKeyDer<'static>,
 ) -> Result<rustls::ServerConfig, Error> {
@@ -27,12 +28,9 @@ pub(super) fn tls_config(
     roots
         .add(CertificateDer::from(station.issuing_ca().cert_der.clone()))
         .map_err(TlsError::IssuingCa)?;
-    let crl_path = station.crl_path();
-    let crl_pem = std::fs::read(&crl_path).map_err(io(&crl_path))?;
-    let crl = pem::parse(&crl_pem).map_err(TlsError::Crl)?.into_contents();
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
-            .with_crls([CertificateRevocationListDer::from(crl)])
+            .with_crls([CertificateRevocationListDer::from(crl_der.to_vec())])
             .allow_unauthenticated()
             .build()
             .map_err(TlsError::ClientVerifier)?;

@@ -2,7 +2,7 @@
 //! never leave them).
 
 use super::deliver::Signed;
-use super::{check_name, positive, Station, CHUNK};
+use super::{check_new_name, positive, Station, CHUNK};
 use crate::audit::{Event, Manifest};
 use crate::error::{CsrAt, Error};
 use crate::pki::{self, CheckedCsr};
@@ -61,7 +61,7 @@ impl Station {
         csrs: &[CsrInput],
         progress: impl FnMut(&Certified),
     ) -> Result<Vec<Certified>, Error> {
-        check_name("tenant", &req.tenant, true)?;
+        check_new_name("tenant", &req.tenant)?;
         positive("validity days", req.validity_days)?;
         self.check_ca_valid()?;
         let mut checked = Vec::with_capacity(csrs.len());
@@ -77,7 +77,7 @@ impl Station {
                 other => other,
             };
             if let Some(id) = &input.device_id {
-                check_name("device id", id, true)?;
+                check_new_name("device id", id)?;
             }
             checked.push(pki::check_csr(&input.der).map_err(at)?);
         }

@@ -43,6 +43,11 @@ impl Station {
         Ok(path)
     }
 
+    /// The number of the last CRL the station wrote (0 before the first).
+    pub fn last_crl_number(&self) -> Result<u64, Error> {
+        self.registry.last_crl_number()
+    }
+
     /// Every serial the registry lists as revoked or aborted.
     fn crl_entries(&self, now: time::OffsetDateTime) -> Result<Vec<CrlEntry>, Error> {
         let mut entries = Vec::new();

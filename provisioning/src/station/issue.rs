@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::bundle::Identity;
 use super::deliver::Signed;
-use super::{check_name, positive, Station, CHUNK};
+use super::{check_new_name, positive, Station, CHUNK};
 use crate::audit::{Event, Manifest};
 use crate::error::Error;
 use crate::pki;
@@ -33,7 +33,7 @@ pub struct DeviceIssued {
 
 impl BatchRequest {
     fn check(&self) -> Result<(), Error> {
-        check_name("tenant", &self.tenant, true)?;
+        check_new_name("tenant", &self.tenant)?;
         positive("count", self.count)?;
         positive("validity days", self.validity_days)?;
         if !fleet_protocol::bundle::valid_host(&self.gateway_host) {

@@ -25,6 +25,11 @@ impl Station {
         known(device_id, self.registry.device(device_id)?)
     }
 
+    /// One device's certificates, oldest first; empty when the device is unknown.
+    pub fn device_certs(&self, device_id: &str) -> Result<Vec<CertRecord>, Error> {
+        self.registry.device(device_id)
+    }
+
     /// A delivered certificate's DER.
     pub fn cert_der(&self, serial_hex: &str) -> Result<Option<Vec<u8>>, Error> {
         self.registry.cert_der(serial_hex)

@@ -31,6 +31,7 @@ pub use issue::{BatchRequest, DeviceIssued};
 pub use lookup::{list_registry, verify_audit_dir};
 pub use open::KeyProtection;
 pub use recover::Recovered;
+pub use renew::RenewalPolicy;
 pub use revoke::{Reason, Revoked};
 pub use roles::IssuedFiles;
 
@@ -94,6 +95,32 @@ fn positive(field: &'static str, n: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `id` lies in `tenant`'s namespace: `{tenant}-{suffix}` with a suffix that holds
+/// no `-`. So the tenant an id belongs to is everything before its last `-`, and no two
+/// tenants' namespaces overlap, whatever `-` their names hold (`acme` owns `acme-7`, never
+/// `acme-eu-7`, which is `acme-eu`'s). Generated ids (`{tenant}-000001`) are in it.
+pub fn in_tenant_namespace(tenant: &str, id: &str) -> bool {
+    id.strip_prefix(tenant)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|suffix| !suffix.is_empty() && !suffix.contains('-'))
+}
+
+/// Checks a new device id or tenant: the protocol's name rule (1-64 of A-Z a-z 0-9 . _ -,
+/// so never a topic separator, a wildcard, NUL or whitespace in a certificate CN or a topic
+/// level) and a letter or digit first (never `.`, `..` or a leading `-`). Names already in
+/// the registry are not checked again.
+fn check_new_name(field: &'static str, value: &str) -> Result<(), Error> {
+    check_name(field, value, true)?;
+    if value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput {
+            field,
+            message: format!("{value:?} must start with a letter or a digit"),
+        })
+    }
+}
+
 /// Checks a name: `strict` ones (ids, tenants, service names) are 1-64 of A-Z a-z 0-9 . _ -;
 /// others (an organisation) 1-64 printable characters.
 fn check_name(field: &'static str, value: &str, strict: bool) -> Result<(), Error> {
@@ -114,5 +141,36 @@ fn check_name(field: &'static str, value: &str, strict: bool) -> Result<(), Erro
             field,
             message: format!("{value:?} must be 1-64 printable characters"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_belongs_to_the_tenant_before_its_last_dash() {
+        assert!(in_tenant_namespace("acme", "acme-000001"));
+        assert!(in_tenant_namespace("acme", "acme-board_7.a"));
+        assert!(in_tenant_namespace("acme-eu", "acme-eu-000001"));
+        // acme-eu's ids are never acme's, and the other way round.
+        assert!(!in_tenant_namespace("acme", "acme-eu-000001"));
+        assert!(!in_tenant_namespace("acme-eu", "acme-000001"));
+        for id in ["acme", "acme-", "acmex-1", "other-000001", "xacme-1", ""] {
+            assert!(!in_tenant_namespace("acme", id), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_new_name_starts_with_a_letter_or_digit() {
+        for good in ["a", "7", "acme-000001", "A.b_c-d"] {
+            assert!(check_new_name("device id", good).is_ok(), "{good}");
+        }
+        for bad in [
+            ".", "..", "-x", "_x", "", "a/b", "a+b", "a#b", "a b", "a\0b", "a\tb",
+        ] {
+            let err = check_new_name("device id", bad).unwrap_err();
+            assert!(err.to_string().contains("device id"), "{bad}: {err}");
+        }
     }
 }

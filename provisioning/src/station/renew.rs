@@ -1,33 +1,79 @@
-//! Renewal: a device that proved its current identity gets a new certificate for a new key.
+//! Renewal: a device that proved its current identity gets a new certificate for a new key,
+//! near the end of its current one and not more often than the [`RenewalPolicy`] allows.
 
 use super::deliver::Signed;
 use super::{positive, Certified, Station};
 use crate::audit::Event;
-use crate::error::{CsrError, Error, Forbidden};
+use crate::error::{CsrError, Error, Forbidden, RenewalRefused};
 use crate::pki::{self, CheckedCsr};
 use crate::registry::{CertRecord, DeviceId, Registry, Reservation, Status};
 
+/// When the station renews a device: whoever asks (the device itself or a gateway relaying
+/// for it), the station enforces this itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalPolicy {
+    /// A certificate is renewable once it ends within this. The default is the gateway's
+    /// default `[renewal] threshold_days` (30 days), so a device the gateway tells to renew
+    /// is renewable.
+    pub window: time::Duration,
+    /// At most this many renewals of one device within `period` (counted in the registry,
+    /// so across restarts).
+    pub max_renewals: u32,
+    pub period: time::Duration,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        RenewalPolicy {
+            window: time::Duration::days(30),
+            max_renewals: 3,
+            period: time::Duration::days(1),
+        }
+    }
+}
+
+impl RenewalPolicy {
+    /// Checks the values a command line or config gave (all positive).
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |field, what: &str| Error::InvalidInput {
+            field,
+            message: format!("{what} must be positive"),
+        };
+        if !self.window.is_positive() {
+            return Err(bad("renewal window", "the renewal window"));
+        }
+        if self.max_renewals == 0 {
+            return Err(bad("renewals per period", "the number of renewals"));
+        }
+        if !self.period.is_positive() {
+            return Err(bad("renewal period", "the renewal period"));
+        }
+        Ok(())
+    }
+}
+
 impl Station {
-    /// Renewal: a device that proved it holds the certificate `presented_serial_hex` (over
-    /// mTLS) gets a new certificate for the same device id and the new key in its CSR. The
-    /// presented certificate must be the device's active one, or one superseded by an
-    /// earlier renewal whose answer the device never received, and not revoked. Every
-    /// older certificate of the device becomes superseded (revoked when its grace ends).
+    /// Renewal: a device that proved it holds the certificate `presented_serial_hex` (hex,
+    /// either case; over mTLS) gets a new certificate for the same device id and the new
+    /// key in its CSR. The presented certificate must be the device's active one (not
+    /// superseded, not revoked), end within the policy's window, and the device must not
+    /// have renewed `max_renewals` times within the policy's period. Every older
+    /// certificate of the device becomes superseded (revoked when its grace ends).
     pub fn renew(
         &mut self,
         device_id: &str,
         presented_serial_hex: &str,
         csr_der: &[u8],
         validity_days: u32,
+        policy: &RenewalPolicy,
     ) -> Result<Certified, Error> {
         positive("validity days", validity_days)?;
         self.check_ca_valid()?;
-        let presented = self.presented(device_id, presented_serial_hex)?;
+        let serial_hex = presented_serial_hex.to_ascii_lowercase();
+        let presented = self.presented(device_id, &serial_hex)?;
+        self.check_policy(&presented, policy)?;
         let key = pki::check_csr(csr_der)?;
-        let old_der = self
-            .registry
-            .cert_der(presented_serial_hex)?
-            .unwrap_or_default();
+        let old_der = self.registry.cert_der(&serial_hex)?.unwrap_or_default();
         let old_key = x509_parser::parse_x509_certificate(&old_der)
             .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
             .unwrap_or_default();
@@ -38,7 +84,7 @@ impl Station {
         self.settle(result)
     }
 
-    /// The certificate a device proved it holds: one of its own, active or superseded.
+    /// The certificate a device proved it holds: its own active one.
     fn presented(&self, device_id: &str, serial_hex: &str) -> Result<CertRecord, Error> {
         let presented = self
             .registry
@@ -49,7 +95,12 @@ impl Station {
                 serial_hex: serial_hex.to_owned(),
             })?;
         match presented.status {
-            Status::Active | Status::Superseded => Ok(presented),
+            Status::Active => Ok(presented),
+            Status::Superseded => Err(RenewalRefused::Superseded {
+                device_id: device_id.to_owned(),
+                serial_hex: serial_hex.to_owned(),
+            }
+            .into()),
             other => Err(Forbidden::CertificateNotLive {
                 device_id: device_id.to_owned(),
                 serial_hex: serial_hex.to_owned(),
@@ -57,6 +108,40 @@ impl Station {
             }
             .into()),
         }
+    }
+
+    /// The renewal window and rate: is `presented` renewable now?
+    fn check_policy(&self, presented: &CertRecord, policy: &RenewalPolicy) -> Result<(), Error> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let window = policy.window.whole_seconds();
+        if let Some(not_after) = presented.not_after {
+            if not_after.saturating_sub(now) > window {
+                return Err(RenewalRefused::NotYetRenewable {
+                    device_id: presented.device_id.clone(),
+                    serial_hex: presented.serial_hex.clone(),
+                    not_after,
+                    renewable_after: not_after.saturating_sub(window),
+                }
+                .into());
+            }
+        }
+        let period = policy.period.whole_seconds();
+        let recent = self
+            .registry
+            .renewals_since(&presented.device_id, now.saturating_sub(period) + 1)?;
+        if recent.len() >= policy.max_renewals as usize {
+            // The oldest counted renewal leaves the period first.
+            let oldest = recent.first().copied().unwrap_or(now);
+            return Err(RenewalRefused::RateLimited {
+                device_id: presented.device_id.clone(),
+                count: recent.len(),
+                max: policy.max_renewals,
+                period_secs: period,
+                retry_after: oldest.saturating_add(period),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     fn renew_inner(

@@ -77,12 +77,23 @@ impl Station {
     /// Revokes a device (its active and any superseded certificates): the registry first,
     /// then a new CRL with every revoked serial.
     pub fn revoke(&mut self, device_id: &str, reason: Reason) -> Result<Revoked, Error> {
+        self.revoke_as(device_id, reason, None)
+    }
+
+    /// [`Station::revoke`], audited with who asked (`by`, e.g. an operator's name).
+    pub fn revoke_as(
+        &mut self,
+        device_id: &str,
+        reason: Reason,
+        by: Option<&str>,
+    ) -> Result<Revoked, Error> {
         let records = self.registry.revoke_device(device_id, reason.name())?;
         self.audit
             .append_many(records.iter().map(|r| Event::Revoke {
                 device_id: r.device_id.clone(),
                 serial: r.serial_hex.clone(),
                 reason: reason.name().to_owned(),
+                by: by.map(str::to_owned),
             }))?;
         let crl_path = self.write_crl()?;
         Ok(Revoked { records, crl_path })

@@ -1,9 +1,10 @@
 //! Certificates for the parts around the devices: the gateway's server certificate, backend
-//! service identities (OU=service) and the gateway's client identity (OU=gateway).
+//! service identities (OU=service), the gateway's client identity (OU=gateway) and fleet
+//! operators (OU=operator).
 
 use std::path::PathBuf;
 
-use super::{check_name, Station, SERVER_DAYS};
+use super::{check_name, check_new_name, Station, SERVER_DAYS};
 use crate::audit::Event;
 use crate::digest::sha256_hex;
 use crate::error::Error;
@@ -61,9 +62,16 @@ impl Station {
         self.issue_role_cert(name, "fleet-gateway", "gateway")
     }
 
+    /// A fleet operator's client identity towards the station API (subject OU=operator,
+    /// O=fleet), e.g. for the gateway's console: it may look up and revoke any tenant's
+    /// device, nothing else (no issuing, no renewal).
+    pub fn issue_operator_cert(&self, name: &str) -> Result<IssuedFiles, Error> {
+        self.issue_role_cert(name, "fleet", "operator")
+    }
+
     fn issue_role_cert(&self, name: &str, tenant: &str, role: &str) -> Result<IssuedFiles, Error> {
         check_name("service name", name, true)?;
-        check_name("tenant", tenant, true)?;
+        check_new_name("tenant", tenant)?;
         self.check_ca_valid()?;
         let issued = pki::sign_role(&self.issuing, name, tenant, role, SERVER_DAYS)?;
         let files = IssuedFiles {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use fleet_provision::{
     boards, serve, write_file, AuditError, BatchRequest, CsrAt, CsrInput, CsrRequest, Error,
-    KeyProtection, Passphrase, Reason, Station,
+    KeyProtection, Passphrase, Reason, RenewalPolicy, Station,
 };
 
 /// The factory station: CA, per-device identities, identity bundles, registry.
@@ -67,6 +67,13 @@ enum Command {
     /// relays device certificate renewals.
     GatewayClientCert {
         #[arg(long, default_value = "gateway")]
+        name: String,
+    },
+    /// Issue a fleet operator's client certificate for the station API (subject OU=operator),
+    /// e.g. for the gateway's console (`[console]`): it looks up and revokes devices of
+    /// every tenant, and may do nothing else.
+    OperatorCert {
+        #[arg(long, default_value = "console")]
         name: String,
     },
     /// Inspect or export an identity bundle.
@@ -160,6 +167,15 @@ struct ServeArgs {
     /// Validity of certificates issued and renewed through the API.
     #[arg(long, default_value_t = 365)]
     validity_days: u32,
+    /// A device's certificate is renewable once it ends within this many days (the
+    /// gateway's default `[renewal] threshold_days`).
+    #[arg(long, default_value_t = 30)]
+    renew_window_days: u32,
+    /// At most this many renewals of one device per `--renewal-period-hours`.
+    #[arg(long, default_value_t = 3)]
+    max_renewals: u32,
+    #[arg(long, default_value_t = 24)]
+    renewal_period_hours: u32,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +326,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Bench { devices } => bench(devices),
         Command::ServiceCert { name, tenant } => service_cert(&ctx, &name, &tenant),
         Command::GatewayClientCert { name } => gateway_client_cert(&ctx, &name),
+        Command::OperatorCert { name } => operator_cert(&ctx, &name),
         Command::Bundle { command } => bundle::bundle(command),
         Command::Revoke { device, reason } => revoke(&ctx, &device, &reason),
         Command::Audit {
@@ -482,7 +499,12 @@ fn serve_api(ctx: &Context, args: ServeArgs) -> Result<(), Error> {
             grace: time::Duration::hours(i64::from(args.grace_hours)),
             validity_days: args.validity_days,
         };
-        let server = serve::Server::bind(station, options).await?;
+        let renewal = RenewalPolicy {
+            window: time::Duration::days(i64::from(args.renew_window_days)),
+            max_renewals: args.max_renewals,
+            period: time::Duration::hours(i64::from(args.renewal_period_hours)),
+        };
+        let server = serve::Server::bind_with(station, options, renewal).await?;
         println!("fleet-provision serving on https://{}", server.local_addr());
         server.run(fleet_host::shutdown_signal()).await
     })
@@ -524,6 +546,18 @@ fn gateway_client_cert(ctx: &Context, name: &str) -> Result<(), Error> {
     let files = station.issue_gateway_client_cert(name)?;
     println!(
         "gateway client {name} {} {}",
+        files.cert_path.display(),
+        files.key_path.display()
+    );
+    Ok(())
+}
+
+/// `operator-cert`
+fn operator_cert(ctx: &Context, name: &str) -> Result<(), Error> {
+    let station = ctx.open()?;
+    let files = station.issue_operator_cert(name)?;
+    println!(
+        "fleet operator {name} {} {}",
         files.cert_path.display(),
         files.key_path.display()
     );
