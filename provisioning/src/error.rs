@@ -255,7 +255,7 @@ pub enum RenewalRefused {
         retry_after: i64,
     },
     /// The presented certificate was already replaced by a renewal.
-    #[error("certificate {serial_hex} of {device_id} was superseded by a renewal; only the device's current certificate renews")]
+    #[error("certificate {serial_hex} of {device_id} is more than one renewal old; only the device's current certificate renews (or, once, the one it was renewed from)")]
     Superseded {
         device_id: String,
         serial_hex: String,

@@ -120,21 +120,25 @@ async fn only_the_current_certificate_renews_and_not_too_often_even_across_resta
     let gateway = gateway_identity(&st, "gw-1");
     drop(st);
     let policy = RenewalPolicy {
-        max_renewals: 2,
+        max_renewals: 3,
         ..RenewalPolicy::default()
     };
     let server = Running::start_with(d, time::Duration::hours(1), policy).await;
 
     // First renewal (the API issues 30-day certificates: renewable again at once).
+    let (status, body) = renew_direct(&server, &near.2).await;
+    assert_eq!(status, 200, "{body}");
+    // Its answer is lost: the device asks again with the certificate it renewed from, once.
     let (key, csr) = new_csr_pem();
     let (status, body) = server
         .call(Some(&near.2), "POST", "/v1/renew", csr.into_bytes())
         .await
         .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let first = json(&body);
-    let current = identity_from(&first, &key);
-    // The superseded certificate still connects (grace period) but renews on neither route.
+    assert_eq!(status, 200, "the retry after a lost answer: {body}");
+    let retried = json(&body);
+    let current = identity_from(&retried, &key);
+    // Two renewals old: the certificate still connects (grace period) but renews on
+    // neither route.
     let (status, body) = renew_direct(&server, &near.2).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["reason"], "superseded_certificate", "{body}");
@@ -142,18 +146,15 @@ async fn only_the_current_certificate_renews_and_not_too_often_even_across_resta
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["reason"], "superseded_certificate", "{body}");
 
-    // Second renewal through the gateway, with the serial in upper case.
-    let serial = first["serial"].as_str().unwrap().to_ascii_uppercase();
-    let (status, second) = renew_relayed(&server, &gateway, &near.0, &serial).await;
-    assert_eq!(status, 200, "{second}");
-    let serial = second["serial"].as_str().unwrap().to_owned();
-    // A third within the period: refused with when to try again, on both routes.
-    let (status, headers, body) = server
-        .call_with_headers(Some(&current), "POST", "/v1/renew", Vec::new())
-        .await
-        .unwrap();
-    assert_eq!(status, 409, "the superseded certificate again: {body}");
-    assert!(headers.get("retry-after").is_none());
+    // The current certificate renews through the gateway, with the serial in upper case.
+    let serial = retried["serial"].as_str().unwrap().to_ascii_uppercase();
+    let (status, third) = renew_relayed(&server, &gateway, &near.0, &serial).await;
+    assert_eq!(status, 200, "{third}");
+    let serial = third["serial"].as_str().unwrap().to_owned();
+    // A fourth within the period: refused with when to try again, on both routes.
+    let (status, body) = renew_direct(&server, &current).await;
+    assert_eq!(status, 429, "the lost-answer retry counts too: {body}");
+    assert_eq!(body["reason"], "renewal_rate_limited", "{body}");
     let (status, body) = renew_relayed(&server, &gateway, &near.0, &serial).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["reason"], "renewal_rate_limited", "{body}");
@@ -186,7 +187,10 @@ async fn only_the_current_certificate_renews_and_not_too_often_even_across_resta
         .iter()
         .map(|c| c.status.name())
         .collect();
-    assert_eq!(statuses, ["superseded", "superseded", "active"]);
+    assert_eq!(
+        statuses,
+        ["superseded", "superseded", "superseded", "active"]
+    );
 }
 
 /// `who` creates a device with an explicit id by the CSR flow.

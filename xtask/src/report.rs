@@ -232,7 +232,8 @@ const THREAT_MODEL: &str = "
   refused with reason `revoked`, and each refusal is audited with the device, tenant and
   serial of the certificate. It cannot renew itself out of revocation, nor churn the registry
   and the CRL: whether it asks the station directly or the gateway relays, the station itself
-  renews only the device's current certificate (never a superseded or revoked one), only
+  renews only the device's current certificate (or, once, the one it was renewed from when
+  that answer was lost: a retry that counts against the rate; never an older or revoked one), only
   within the renewal window before it ends (30 days by default, the gateway's threshold;
   else `not_yet_renewable`, 409), and at most 3 times per device in 24 h (counted in the
   registry, so across restarts; else `renewal_rate_limited`, 429 with Retry-After).

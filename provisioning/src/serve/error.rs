@@ -9,7 +9,7 @@
 //! | a refused caller, a certificate not live        | 403 Forbidden               | `forbidden`, `certificate_not_live`, `not_the_devices_certificate` |
 //! | an unknown device (or another tenant's)         | 404 Not Found               | `not_found` |
 //! | a duplicate device, a registry state conflict   | 409 Conflict                | `device_exists`, `conflict` |
-//! | a renewal outside the window, from a superseded certificate | 409 Conflict    | `not_yet_renewable`, `superseded_certificate` |
+//! | a renewal outside the window, from an older certificate     | 409 Conflict    | `not_yet_renewable`, `superseded_certificate` |
 //! | a body over the limit                           | 413 Payload Too Large       | `payload_too_large` |
 //! | too many renewals                               | 429 with `Retry-After`      | `renewal_rate_limited` |
 //! | a lock another process holds                    | 503 with `Retry-After`      | `busy` |

@@ -24,7 +24,7 @@ pub fn openapi_document() -> serde_json::Value {
         ok
     };
     let issued = serde_json::json!({"$ref": "#/components/schemas/Issued"});
-    let renewal_rules = "The station renews only the device's current certificate (409 superseded_certificate for a superseded one, 403 certificate_not_live for a revoked one), only once it ends within the renewal window (409 not_yet_renewable, with renewable_after), and at most so many times per device and period (429 renewal_rate_limited, with retry_after and Retry-After).";
+    let renewal_rules = "The station renews only the device's current certificate, or once the certificate it was renewed from when that answer was lost (409 superseded_certificate for an older one, 403 certificate_not_live for a revoked one), only once it ends within the renewal window (409 not_yet_renewable, with renewable_after), and at most so many times per device and period (429 renewal_rate_limited, with retry_after and Retry-After).";
     serde_json::json!({
         "openapi": "3.1.0",
         "info": {

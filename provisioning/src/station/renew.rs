@@ -55,8 +55,9 @@ impl RenewalPolicy {
 impl Station {
     /// Renewal: a device that proved it holds the certificate `presented_serial_hex` (hex,
     /// either case; over mTLS) gets a new certificate for the same device id and the new
-    /// key in its CSR. The presented certificate must be the device's active one (not
-    /// superseded, not revoked), end within the policy's window, and the device must not
+    /// key in its CSR. The presented certificate must be the device's active one (or the one
+    /// it was renewed from, when that answer was lost: see `answer_was_lost`; never a revoked
+    /// one), end within the policy's window, and the device must not
     /// have renewed `max_renewals` times within the policy's period. Every older
     /// certificate of the device becomes superseded (revoked when its grace ends).
     pub fn renew(
@@ -96,6 +97,7 @@ impl Station {
             })?;
         match presented.status {
             Status::Active => Ok(presented),
+            Status::Superseded if self.answer_was_lost(&presented)? => Ok(presented),
             Status::Superseded => Err(RenewalRefused::Superseded {
                 device_id: device_id.to_owned(),
                 serial_hex: serial_hex.to_owned(),
@@ -108,6 +110,22 @@ impl Station {
             }
             .into()),
         }
+    }
+
+    /// A renewal whose answer never reached the device: it still holds the certificate it
+    /// renewed from, and the one certificate issued after it is the active one it never
+    /// received. It may ask again once (the window and the rate still apply), so a lost
+    /// answer does not strand a device with a certificate that retires after its grace
+    /// period; a certificate two renewals old may not.
+    fn answer_was_lost(&self, presented: &CertRecord) -> Result<bool, Error> {
+        let certs = self.registry.device(&presented.device_id)?;
+        let newer = certs
+            .iter()
+            .skip_while(|c| c.serial_hex != presented.serial_hex)
+            .skip(1)
+            .filter(|c| !matches!(c.status, Status::Reserved | Status::Aborted))
+            .collect::<Vec<_>>();
+        Ok(matches!(newer[..], [only] if only.status == Status::Active))
     }
 
     /// The renewal window and rate: is `presented` renewable now?
