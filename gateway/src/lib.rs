@@ -31,6 +31,7 @@ pub mod reload;
 pub mod renewal;
 pub mod server;
 pub mod session;
+pub mod station_link;
 pub mod tls;
 
 pub use config::Config;

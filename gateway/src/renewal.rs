@@ -19,14 +19,14 @@
 //! The topics are [`fleet_protocol::topic::Cert`]'s.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_protocol::renewal::{ApiError, CertStatus, Issued, RenewalRequest};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::CertificateDer;
 
 use crate::identity::Identity;
+use crate::station_link::{Access, ExchangeError, LoadError, StationLink};
 use crate::Error;
 
 /// Why the station gave no new certificate. Per connection, like a [`crate::Refusal`]: the
@@ -38,19 +38,8 @@ pub enum RenewalError {
     Timeout,
     #[error("renewal request: {0}")]
     Encode(serde_json::Error),
-    #[error("station {station}: {source}")]
-    Connect {
-        station: String,
-        source: std::io::Error,
-    },
-    #[error("station TLS: {0}")]
-    Tls(std::io::Error),
-    #[error("station HTTP: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("station request: {0}")]
-    Request(#[from] hyper::http::Error),
-    #[error("station answer: {0}")]
-    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Link(#[from] ExchangeError),
     #[error("station answered {status} with non-JSON: {source}")]
     NotJson {
         status: u16,
@@ -87,50 +76,26 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Talks to the station for the gateway.
 pub struct RenewalClient {
-    tls: tokio_rustls::TlsConnector,
-    station: String,
-    server_name: ServerName<'static>,
-}
-
-fn read(path: &PathBuf) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::Read {
-        path: path.clone(),
-        source,
-    })
+    link: StationLink,
 }
 
 impl RenewalClient {
     pub fn load(r: &Renewal) -> Result<RenewalClient, Error> {
-        let bad = |what: &'static str, e: &dyn std::fmt::Display| Error::Renewal {
-            what,
-            detail: e.to_string(),
+        let access = Access {
+            station: &r.station,
+            server_name: &r.server_name,
+            station_ca: &r.station_ca,
+            client_cert: &r.client_cert,
+            client_key: &r.client_key,
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&read(&r.station_ca)?) {
-            roots
-                .add(c.map_err(|e| bad("station_ca", &e))?)
-                .map_err(|e| bad("station_ca", &e))?;
-        }
-        let chain = CertificateDer::pem_slice_iter(&read(&r.client_cert)?)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("client_cert", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&r.client_key)?)
-            .map_err(|e| bad("client_key", &e))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("protocol versions", &e))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| bad("client identity", &e))?;
-        let server_name =
-            ServerName::try_from(r.server_name.clone()).map_err(|e| bad("server_name", &e))?;
-        Ok(RenewalClient {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            station: r.station.clone(),
-            server_name,
-        })
+        let link = StationLink::load(access, MAX_RESPONSE).map_err(|e| match e {
+            LoadError::Read { path, source } => Error::Read { path, source },
+            LoadError::Field { field, detail } => Error::Renewal {
+                what: field,
+                detail,
+            },
+        })?;
+        Ok(RenewalClient { link })
     }
 
     /// Asks the station for a new certificate; returns its DER, or why not.
@@ -141,39 +106,14 @@ impl RenewalClient {
     }
 
     async fn renew_inner(&self, who: &Identity, csr_der: &[u8]) -> Result<Vec<u8>, RenewalError> {
-        use http_body_util::BodyExt;
         let request = RenewalRequest {
             csr_pem: pem_encode("CERTIFICATE REQUEST", csr_der),
             presented_serial: hex(&who.serial),
         };
         let body = serde_json::to_vec(&request).map_err(RenewalError::Encode)?;
-        let tcp = tokio::net::TcpStream::connect(&self.station)
-            .await
-            .map_err(|source| RenewalError::Connect {
-                station: self.station.clone(),
-                source,
-            })?;
-        let tls = self
-            .tls
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(RenewalError::Tls)?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-        let driver = tokio::spawn(conn);
-        let request = hyper::Request::post(format!("/v1/devices/{}/renew", who.id))
-            .header(hyper::header::HOST, self.station.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(RenewalError::Body)?
-            .to_bytes();
-        driver.abort();
-        let pem = answer(status.as_u16(), &bytes)?.certificate_pem;
+        let path = format!("/v1/devices/{}/renew", who.id);
+        let (status, bytes) = self.link.exchange(hyper::Method::POST, &path, body).await?;
+        let pem = answer(status, &bytes)?.certificate_pem;
         CertificateDer::from_pem_slice(pem.as_bytes())
             .map(|c| c.to_vec())
             .map_err(RenewalError::CertificatePem)

@@ -152,7 +152,7 @@ async fn device(
     };
     let (station, station_error) = match &console.station {
         None => (None, None),
-        Some(Ok(s)) => (Some(s.address.clone()), None),
+        Some(Ok(s)) => (Some(s.address().to_owned()), None),
         Some(Err(e)) => (None, Some(e.clone())),
     };
     Json(DeviceView {
@@ -198,7 +198,7 @@ async fn certificates(State(console): Shared) -> Json<CertificatesView> {
         due,
         due_total,
         station: match &console.station {
-            Some(Ok(s)) => Some(s.address.clone()),
+            Some(Ok(s)) => Some(s.address().to_owned()),
             _ => None,
         },
     })

@@ -10,12 +10,9 @@
 //! with its own status and message, which the console shows as they are.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use crate::station_link::{Access, LoadError, StationLink};
 
 /// `[console]` in the config: where the station is and the operator identity to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,46 +41,29 @@ pub struct Answer {
 
 /// Talks to the station for the console.
 pub struct Station {
-    tls: tokio_rustls::TlsConnector,
-    /// `host:port`.
-    pub address: String,
-    server_name: ServerName<'static>,
-}
-
-fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    link: StationLink,
 }
 
 impl Station {
     /// The station client from `[console]`; `Err` says what is unusable.
     pub fn load(r: &ConsoleStation) -> Result<Station, String> {
-        let bad = |what: &str, e: &dyn std::fmt::Display| format!("console.{what}: {e}");
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&read(&r.station_ca)?) {
-            roots
-                .add(c.map_err(|e| bad("station_ca", &e))?)
-                .map_err(|e| bad("station_ca", &e))?;
-        }
-        let chain = CertificateDer::pem_slice_iter(&read(&r.client_cert)?)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("client_cert", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&r.client_key)?)
-            .map_err(|e| bad("client_key", &e))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("station", &e))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| bad("client_cert", &e))?;
-        let server_name =
-            ServerName::try_from(r.server_name.clone()).map_err(|e| bad("server_name", &e))?;
-        Ok(Station {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            address: r.station.clone(),
-            server_name,
-        })
+        let access = Access {
+            station: &r.station,
+            server_name: &r.server_name,
+            station_ca: &r.station_ca,
+            client_cert: &r.client_cert,
+            client_key: &r.client_key,
+        };
+        let link = StationLink::load(access, MAX_RESPONSE).map_err(|e| match e {
+            LoadError::Read { .. } => e.to_string(),
+            LoadError::Field { field, detail } => format!("console.{field}: {detail}"),
+        })?;
+        Ok(Station { link })
+    }
+
+    /// `host:port` of the station.
+    pub fn address(&self) -> &str {
+        self.link.address()
     }
 
     /// `GET /v1/devices/{device}`: the device and all its certificates.
@@ -100,56 +80,16 @@ impl Station {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<Answer, String> {
-        tokio::time::timeout(TIMEOUT, self.exchange(method, path, body))
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "the station {} did not answer in time",
-                    self.address
-                ))
-            })
-    }
-
-    async fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<Answer, String> {
-        let station = &self.address;
-        let tcp = tokio::net::TcpStream::connect(station)
-            .await
-            .map_err(|e| format!("station {station}: {e}"))?;
-        let tls = self
-            .tls
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| format!("station {station}: TLS: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("station {station}: HTTP: {e}"))?;
-        let driver = tokio::spawn(conn);
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, station.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                body.unwrap_or_default(),
-            )))
+        let station = self.link.address();
+        let method = hyper::Method::from_bytes(method.as_bytes())
             .map_err(|e| format!("station request: {e}"))?;
-        let response = sender
-            .send_request(request)
+        let exchange = self
+            .link
+            .exchange(method, path, body.unwrap_or_default().into_bytes());
+        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
             .await
-            .map_err(|e| format!("station {station}: HTTP: {e}"))?;
-        let status = response.status().as_u16();
-        let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| format!("station {station}: answer: {e}"))?
-            .to_bytes();
-        driver.abort();
+            .map_err(|_| format!("the station {station} did not answer in time"))?
+            .map_err(|e| e.to_string())?;
         let body = serde_json::from_slice(&bytes)
             .map_err(|e| format!("station {station} answered {status} with non-JSON: {e}"))?;
         Ok(Answer { status, body })
