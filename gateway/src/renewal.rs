@@ -18,7 +18,6 @@
 //! the same rules as for a device renewing itself; it answers with [`Issued`] or [`ApiError`].
 //! The topics are [`fleet_protocol::topic::Cert`]'s.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use fleet_protocol::renewal::{ApiError, CertStatus, Issued, RenewalRequest};
@@ -26,7 +25,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::identity::Identity;
-use crate::station_link::{Access, ExchangeError, LoadError, StationLink};
+use crate::station_link::{ExchangeError, LoadError, StationAccess, StationLink};
 use crate::Error;
 
 /// Why the station gave no new certificate. Per connection, like a [`crate::Refusal`]: the
@@ -57,15 +56,8 @@ pub enum RenewalError {
 /// `[renewal]` in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renewal {
-    /// The station API, `host:port`.
-    pub station: String,
-    /// Name in the station's server certificate.
-    pub server_name: String,
-    /// The gateway's client identity (subject OU=gateway), PEM.
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    /// CA the station's server certificate chains to.
-    pub station_ca: PathBuf,
+    /// The station and the gateway's client identity (subject OU=gateway).
+    pub access: StationAccess,
     /// Devices whose certificate ends within this are told to renew.
     pub threshold: Duration,
 }
@@ -81,14 +73,7 @@ pub struct RenewalClient {
 
 impl RenewalClient {
     pub fn load(r: &Renewal) -> Result<RenewalClient, Error> {
-        let access = Access {
-            station: &r.station,
-            server_name: &r.server_name,
-            station_ca: &r.station_ca,
-            client_cert: &r.client_cert,
-            client_key: &r.client_key,
-        };
-        let link = StationLink::load(access, MAX_RESPONSE).map_err(|e| match e {
+        let link = StationLink::load(&r.access, MAX_RESPONSE).map_err(|e| match e {
             LoadError::Read { path, source } => Error::Read { path, source },
             LoadError::Field { field, detail } => Error::Renewal {
                 what: field,

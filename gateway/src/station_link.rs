@@ -10,17 +10,19 @@ use http_body_util::BodyExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// Where the station is and who the gateway is towards it (PEM files).
-#[derive(Debug, Clone, Copy)]
-pub struct Access<'a> {
-    /// `host:port`.
-    pub station: &'a str,
-    /// Name in the station's server certificate.
-    pub server_name: &'a str,
+/// Where the station is and who the gateway is towards it (PEM files): `[renewal]` and
+/// `[console]` in the config each name one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StationAccess {
+    /// The station API, `host:port`.
+    pub station: String,
+    /// Name in the station's server certificate (default: the host of `station`).
+    pub server_name: String,
+    /// The client identity, PEM.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
     /// CA the station's server certificate chains to.
-    pub station_ca: &'a Path,
-    pub client_cert: &'a Path,
-    pub client_key: &'a Path,
+    pub station_ca: PathBuf,
 }
 
 /// Why the station client cannot be made; `field` names the setting.
@@ -73,21 +75,21 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 
 impl StationLink {
     /// The client for `access`, reading answers of at most `max_answer` bytes.
-    pub fn load(access: Access<'_>, max_answer: usize) -> Result<StationLink, LoadError> {
+    pub fn load(access: &StationAccess, max_answer: usize) -> Result<StationLink, LoadError> {
         let bad = |field: &'static str, e: &dyn std::fmt::Display| LoadError::Field {
             field,
             detail: e.to_string(),
         };
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&read(access.station_ca)?) {
+        for c in CertificateDer::pem_slice_iter(&read(&access.station_ca)?) {
             roots
                 .add(c.map_err(|e| bad("station_ca", &e))?)
                 .map_err(|e| bad("station_ca", &e))?;
         }
-        let chain = CertificateDer::pem_slice_iter(&read(access.client_cert)?)
+        let chain = CertificateDer::pem_slice_iter(&read(&access.client_cert)?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad("client_cert", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(access.client_key)?)
+        let key = PrivateKeyDer::from_pem_slice(&read(&access.client_key)?)
             .map_err(|e| bad("client_key", &e))?;
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -97,11 +99,11 @@ impl StationLink {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| bad("client_cert", &e))?;
-        let server_name = ServerName::try_from(access.server_name.to_owned())
-            .map_err(|e| bad("server_name", &e))?;
+        let server_name =
+            ServerName::try_from(access.server_name.clone()).map_err(|e| bad("server_name", &e))?;
         Ok(StationLink {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            station: access.station.to_owned(),
+            station: access.station.clone(),
             server_name,
             max_answer,
         })

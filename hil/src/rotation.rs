@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fleet_gateway::config::{Admin, TlsFiles};
 use fleet_gateway::renewal::Renewal;
+use fleet_gateway::station_link::StationAccess;
 use fleet_gateway::{Config, Gateway};
 use fleet_protocol::bundle::Bundle;
 use fleet_protocol::renewal::{ApiError, Issued, RenewalRequest};
@@ -117,11 +118,13 @@ impl RotationRig {
         });
         config.audit_log = Some(d.join("gateway-audit.jsonl"));
         config.renewal = Some(Renewal {
-            station: station_api.to_string(),
-            server_name: "localhost".into(),
-            client_cert: client.cert_path,
-            client_key: client.key_path,
-            station_ca: d.join("ca/root.pem"),
+            access: StationAccess {
+                station: station_api.to_string(),
+                server_name: "localhost".into(),
+                client_cert: client.cert_path,
+                client_key: client.key_path,
+                station_ca: d.join("ca/root.pem"),
+            },
             threshold: Duration::from_secs(86_400 * u64::from(threshold_days)),
         });
         let gw = Gateway::bind(config).await?;

@@ -10,6 +10,7 @@ use super::MIN_ADMIN_TOKEN_CHARS;
 use super::{default_service_ou, parse_addr, resolve, Admin, Config, Limits, TlsFiles};
 use crate::acl::{Policy, Rule};
 use crate::error::{ConfigError, Problem};
+use crate::station_link::StationAccess;
 
 /// The file as serde reads it; [`FileConfig::validate`] turns it into a [`Config`].
 #[derive(Deserialize)]
@@ -188,13 +189,48 @@ impl FileRenewal {
         if self.threshold_days == 0 {
             return Err(ConfigError::new("renewal.threshold_days", Problem::Zero));
         }
+        let fields = StationFields {
+            station: self.station,
+            server_name: self.server_name,
+            client_cert: self.client_cert,
+            client_key: self.client_key,
+            station_ca: self.station_ca,
+        };
+        Ok(crate::renewal::Renewal {
+            access: fields.validate("renewal", base)?,
+            threshold: Duration::from_secs(86_400 * u64::from(self.threshold_days)),
+        })
+    }
+}
+
+/// The station settings `[renewal]` and `[console]` share.
+struct StationFields {
+    station: String,
+    server_name: Option<String>,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    station_ca: PathBuf,
+}
+
+impl StationFields {
+    /// `section` names the table in errors.
+    fn validate(self, section: &str, base: &Path) -> Result<StationAccess, ConfigError> {
         let server_name = match self.server_name {
+            Some(name) if name.is_empty() => {
+                return Err(ConfigError::new(
+                    format!("{section}.server_name"),
+                    Problem::Empty,
+                ))
+            }
             Some(name) => name,
             None => match self.station.rsplit_once(':') {
-                Some((host, _)) => host.to_owned(),
-                None => {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                _ => {
                     return Err(ConfigError::new(
-                        "renewal.station",
+                        format!("{section}.station"),
                         Problem::NotHostPort {
                             value: self.station,
                         },
@@ -202,13 +238,12 @@ impl FileRenewal {
                 }
             },
         };
-        Ok(crate::renewal::Renewal {
+        Ok(StationAccess {
             server_name,
             station: self.station,
             client_cert: resolve(base, &self.client_cert),
             client_key: resolve(base, &self.client_key),
             station_ca: resolve(base, &self.station_ca),
-            threshold: Duration::from_secs(86_400 * u64::from(self.threshold_days)),
         })
     }
 }
@@ -227,32 +262,13 @@ struct FileConsole {
 
 impl FileConsole {
     fn validate(self, base: &Path) -> Result<crate::console::ConsoleStation, ConfigError> {
-        let server_name = match self.server_name {
-            Some(name) if name.is_empty() => {
-                return Err(ConfigError::new("console.server_name", Problem::Empty))
-            }
-            Some(name) => name,
-            None => match self.station.rsplit_once(':') {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned(),
-                _ => {
-                    return Err(ConfigError::new(
-                        "console.station",
-                        Problem::NotHostPort {
-                            value: self.station,
-                        },
-                    ))
-                }
-            },
-        };
-        Ok(crate::console::ConsoleStation {
-            server_name,
+        let fields = StationFields {
             station: self.station,
-            client_cert: resolve(base, &self.client_cert),
-            client_key: resolve(base, &self.client_key),
-            station_ca: resolve(base, &self.station_ca),
-        })
+            server_name: self.server_name,
+            client_cert: self.client_cert,
+            client_key: self.client_key,
+            station_ca: self.station_ca,
+        };
+        fields.validate("console", base)
     }
 }

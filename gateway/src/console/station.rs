@@ -9,24 +9,13 @@
 //! audits each revocation with its name. The station decides who may do what: it answers
 //! with its own status and message, which the console shows as they are.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::station_link::{Access, LoadError, StationLink};
+use crate::station_link::{LoadError, StationAccess, StationLink};
 
-/// `[console]` in the config: where the station is and the operator identity to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsoleStation {
-    /// The station API, `host:port`.
-    pub station: String,
-    /// Name in the station's server certificate (default: the host of `station`).
-    pub server_name: String,
-    /// A fleet operator's client identity (subject OU=operator), PEM.
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    /// CA the station's server certificate chains to.
-    pub station_ca: PathBuf,
-}
+/// `[console]` in the config: where the station is and the operator identity (subject
+/// OU=operator) to use.
+pub type ConsoleStation = StationAccess;
 
 /// Largest answer read from the station.
 const MAX_RESPONSE: usize = 256 * 1024;
@@ -47,14 +36,7 @@ pub struct Station {
 impl Station {
     /// The station client from `[console]`; `Err` says what is unusable.
     pub fn load(r: &ConsoleStation) -> Result<Station, String> {
-        let access = Access {
-            station: &r.station,
-            server_name: &r.server_name,
-            station_ca: &r.station_ca,
-            client_cert: &r.client_cert,
-            client_key: &r.client_key,
-        };
-        let link = StationLink::load(access, MAX_RESPONSE).map_err(|e| match e {
+        let link = StationLink::load(r, MAX_RESPONSE).map_err(|e| match e {
             LoadError::Read { .. } => e.to_string(),
             LoadError::Field { field, detail } => format!("console.{field}: {detail}"),
         })?;
