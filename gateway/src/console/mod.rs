@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use axum::Router;
 
-use crate::server::Shared;
+use crate::state::Shared;
 use exposition::Counters;
 use stats::{History, Sample};
 
