@@ -1,0 +1,15 @@
+//! Fixtures of the MQTT conformance suite (`tests/tests/conformance.rs`): the brokers under
+//! test (Debian's mosquitto as the reference, the `fleet-gateway` binary) on loopback with
+//! mutual TLS, and a raw client that speaks to them packet by packet with an independent
+//! codec (rumqttc's `mqttbytes`, never `fleet_protocol`'s).
+
+pub mod broker;
+pub mod wire;
+
+pub use broker::{Broker, Kind};
+pub use wire::{Conn, ConnAck, Msg, Options, Pkt, Sub, Version, Will};
+
+/// A tool the suite needs is required (fail, not skip) under CI=true or when `var` is set.
+pub fn required(var: &str) -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var_os(var).is_some()
+}
