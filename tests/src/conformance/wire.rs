@@ -660,7 +660,9 @@ impl Conn {
         self.next_where("PINGRESP", is_pong).await;
     }
 
-    /// DISCONNECT (3.1.1), or DISCONNECT with this reason code (5: 0x00 or 0x04).
+    /// DISCONNECT (3.1.1), or DISCONNECT with this reason code (5: 0x00 or 0x04); then
+    /// closes its side and waits until the broker has closed the connection, so the broker
+    /// has handled the DISCONNECT when this returns.
     pub async fn disconnect(mut self, reason: u8) {
         match self.version {
             Version::V4 => self.send4(v4::Packet::Disconnect).await,
@@ -675,6 +677,8 @@ impl Conn {
             }
         }
         let _ = self.tls.shutdown().await;
+        // What was still unread (messages to this client) does not matter here.
+        let _unread = self.expect_close("after DISCONNECT").await;
     }
 }
 
