@@ -71,42 +71,41 @@ pub async fn no_local(ctx: Ctx) {
 }
 
 /// Retain Handling (5): 0 sends the retained message on every SUBSCRIBE [MQTT-3.3.1-9],
-/// 1 only when the subscription is new [MQTT-3.3.1-10], 2 never [MQTT-3.3.1-11].
-pub async fn retain_handling(ctx: Ctx) {
+/// 1 only when the subscription is new [MQTT-3.3.1-10], 2 never [MQTT-3.3.1-11]. Each
+/// client subscribes twice with the same option.
+pub async fn retain_handling(ctx: Ctx, rh: u8) {
     let b = &ctx.broker;
     let v = Version::V5;
     let topic = ctx.topic("rh");
     let kept = Msg::new(&topic, "kept", 1, 1).retained();
     let mut p = Conn::clean(b, &ctx.client("p"), v).await;
     p.publish(&kept).await;
-    let with = |rh: u8| Sub {
+    let sub = Sub {
         retain_handling: rh,
         ..Sub::new(&topic, 1)
     };
-    let mut always = Conn::clean(b, &ctx.client("rh0"), v).await;
-    let mut if_new = Conn::clean(b, &ctx.client("rh1"), v).await;
-    let mut never = Conn::clean(b, &ctx.client("rh2"), v).await;
-    for (pkid, what) in [(1, "first"), (2, "second")] {
-        always.subscribe_ok(pkid, &[with(0)]).await;
-        let m = always.receive("the retained message").await;
-        m.check(&kept, &format!("Retain Handling 0, {what} SUBSCRIBE"));
-    }
-    if_new.subscribe_ok(1, &[with(1)]).await;
-    let m = if_new.receive("the retained message").await;
-    m.check(&kept, "Retain Handling 1, a new subscription");
-    if_new.subscribe_ok(2, &[with(1)]).await;
-    never.subscribe_ok(1, &[with(2)]).await;
-    let marker = Msg::new(&topic, "marker", 1, 2);
-    p.publish(&marker).await;
-    for (c, what) in [
-        (&mut if_new, "Retain Handling 1, the subscription existed"),
-        (&mut never, "Retain Handling 2"),
-    ] {
-        let m = c.receive("the marker").await;
-        m.check(
-            &marker,
-            &format!("{what}: the next message (no retained one)"),
-        );
+    let mut c = Conn::clean(b, &ctx.client("s"), v).await;
+    for (pkid, first) in [(1, true), (2, false)] {
+        c.subscribe_ok(pkid, std::slice::from_ref(&sub)).await;
+        let what = if first { "new" } else { "existing" };
+        if rh == 0 || (rh == 1 && first) {
+            let m = c
+                .receive(&format!("the retained message on the {what} subscription"))
+                .await;
+            m.check(&kept, &format!("Retain Handling {rh}, {what} subscription"));
+        } else {
+            let marker = Msg::new(&topic, &format!("marker{pkid}"), 1, 1 + pkid);
+            p.publish(&marker).await;
+            let m = c
+                .receive(&format!("the marker after the {what} subscription"))
+                .await;
+            m.check(
+                &marker,
+                &format!(
+                    "Retain Handling {rh}, {what} subscription: the next message (no retained one)"
+                ),
+            );
+        }
     }
 }
 

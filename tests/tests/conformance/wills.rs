@@ -53,12 +53,7 @@ pub async fn will_qos(ctx: Ctx, v: Version) {
     }
 }
 
-/// Will Delay Interval (5): the will is not published before the delay has passed
-/// (3.1.3.2.2), and not at all when the session is resumed in time [MQTT-3.1.3-9].
-pub async fn will_delay(ctx: Ctx) {
-    tokio::join!(delayed(ctx.clone(), "late"), cancelled(ctx.clone(), "back"));
-}
-
+/// The Will Delay Interval of the delay cases, in seconds.
 const DELAY: u32 = 2;
 
 fn delayed_will(ctx: &Ctx, part: &str) -> Options {
@@ -69,7 +64,10 @@ fn delayed_will(ctx: &Ctx, part: &str) -> Options {
     }
 }
 
-async fn delayed(ctx: Ctx, part: &'static str) {
+/// Will Delay Interval (5): the will is not published before the delay has passed
+/// (3.1.3.2.2: "until the Will Delay Interval has passed or the Session ends").
+pub async fn will_delay(ctx: Ctx) {
+    let part = "late";
     let b = &ctx.broker;
     let mut sub = Conn::clean(b, &ctx.client(&format!("{part}-s")), Version::V5).await;
     sub.subscribe_ok(1, &[Sub::new(&ctx.topic(&format!("{part}/#")), 1)])
@@ -91,7 +89,10 @@ async fn delayed(ctx: Ctx, part: &'static str) {
     );
 }
 
-async fn cancelled(ctx: Ctx, part: &'static str) {
+/// Will Delay Interval (5): no will when the session is resumed before the delay has
+/// passed [MQTT-3.1.3-9].
+pub async fn will_delay_cancelled(ctx: Ctx) {
+    let part = "back";
     let b = &ctx.broker;
     let mut sub = Conn::clean(b, &ctx.client(&format!("{part}-s")), Version::V5).await;
     sub.subscribe_ok(1, &[Sub::new(&ctx.topic(&format!("{part}/#")), 1)])
