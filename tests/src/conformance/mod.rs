@@ -4,10 +4,12 @@
 //! codec (rumqttc's `mqttbytes`, never `fleet_protocol`'s).
 
 pub mod broker;
+pub mod packet;
 pub mod wire;
 
 pub use broker::{Broker, Kind};
-pub use wire::{Conn, ConnAck, Msg, Options, Pkt, Sub, Version, Will};
+pub use packet::{ConnAck, Msg, Options, Pkt, Sub, Version, Will};
+pub use wire::Conn;
 
 /// A tool the suite needs is required (fail, not skip) under CI=true or when `var` is set.
 pub fn required(var: &str) -> bool {

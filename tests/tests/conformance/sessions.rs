@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_tests::conformance::wire::{disconnect_reason, is_ack, Ack};
+use fleet_tests::conformance::packet::{disconnect_reason, is_ack, Ack};
 use fleet_tests::conformance::{Conn, ConnAck, Msg, Options, Sub, Version};
 
 use crate::Ctx;
