@@ -9,9 +9,11 @@
 //!
 //! The cases of one broker run concurrently (each with its own topics and client ids), so a
 //! run takes about as long as its slowest case. `FLEET_CONFORMANCE_CASE=substring` runs only
-//! the matching cases. Needs mosquitto (`cargo xtask test` installs it; required under CI or
-//! FLEET_REQUIRE_MOSQUITTO) and the gateway binary (FLEET_GATEWAY_BIN or
-//! `target/debug/fleet-gateway`).
+//! the matching cases (of `mosquitto_conforms` and `gateway_conforms`). Needs mosquitto
+//! (`cargo xtask test` installs it; required under CI=true or FLEET_REQUIRE_MOSQUITTO), the
+//! gateway binary (FLEET_GATEWAY_BIN or `target/debug/fleet-gateway`) and, for the paho
+//! tests, a venv with paho-mqtt (FLEET_PAHO_PYTHON or `target/conformance-venv`, made by
+//! `cargo xtask test`; required under CI=true or FLEET_REQUIRE_PAHO).
 
 mod conformance {
     pub mod delivery;
@@ -21,8 +23,6 @@ mod conformance {
     pub mod wills;
 }
 
-use conformance::{delivery, options, paho, sessions, wills};
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use fleet_tests::conformance::broker::paho_python;
 use fleet_tests::conformance::{Broker, Kind, Version};
+
+use conformance::{delivery, options, paho, sessions, wills};
 
 /// A case's future.
 pub type Run = Pin<Box<dyn Future<Output = ()> + Send>>;

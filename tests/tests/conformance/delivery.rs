@@ -17,7 +17,8 @@ pub fn pkid(qos: u8, id: u16) -> u16 {
 /// Every (publish QoS, subscription QoS) pair is delivered at the minimum of the two, with a
 /// packet id exactly when that is above 0, DUP=0 and RETAIN=0.
 /// 3.1.1 [MQTT-3.8.4-6] (and 3.3.5: "the QoS of the message and the granted QoS, whichever
-/// is lower"), 5 [MQTT-3.8.4-8] / 3.3.5; DUP=0 on a first attempt [MQTT-3.3.1-2]; RETAIN=0 to
+/// is lower"), 5 [MQTT-3.8.4-8]; DUP=0 on a first attempt (3.3.1.1, [MQTT-3.3.1-2] at QoS 0,
+/// [MQTT-3.3.1-3]); RETAIN=0 to
 /// an established subscription [MQTT-3.3.1-9 (3.1.1), 3.3.1-12 (5)].
 pub async fn qos_matrix(ctx: Ctx, v: Version) {
     let b = &ctx.broker;

@@ -7,7 +7,7 @@ use crate::Ctx;
 
 /// UNSUBSCRIBE of a filter never subscribed is answered with UNSUBACK and the same packet
 /// id [MQTT-3.10.4-4, 3.10.4-5]; in 5 its reason code is 0x11 "no subscription existed"
-/// (3.11.3).
+/// [MQTT-3.11.3-2].
 pub async fn unsubscribe_unknown(ctx: Ctx, v: Version) {
     let mut c = Conn::clean(&ctx.broker, &ctx.client("c"), v).await;
     let codes = c.unsubscribe(3, &[&ctx.topic("never")]).await;
@@ -18,8 +18,9 @@ pub async fn unsubscribe_unknown(ctx: Ctx, v: Version) {
     assert_eq!(codes, want, "UNSUBACK reason codes");
 }
 
-/// A version 5 UNSUBACK has one reason code per filter, in the UNSUBSCRIBE's order
-/// [MQTT-3.11.3-1]; the removed subscriptions no longer deliver [MQTT-3.10.4-2].
+/// One UNSUBACK for an UNSUBSCRIBE of three filters [MQTT-3.10.4-6], with one reason code per
+/// filter in the UNSUBSCRIBE's order [MQTT-3.11.3-1, 3.11.3-2]; the removed subscriptions no
+/// longer deliver [MQTT-3.10.4-2].
 pub async fn unsubscribe_three(ctx: Ctx) {
     let b = &ctx.broker;
     let v = Version::V5;

@@ -2,7 +2,7 @@
 //! xtask test` makes) publishes at QoS 0, 1 and 2 to subscribers at QoS 0, 1 and 2, in 3.1.1
 //! and in 5, over mutual TLS; `tests/python/paho_qos.py` prints what each subscriber got.
 //! Each must get every message once at min(publish QoS, subscription QoS), RETAIN=0, DUP=0
-//! [MQTT-3.8.4-6 (3.1.1), 3.8.4-8 (5), 3.3.1-2, 3.3.1-9 / 3.3.1-12].
+//! [MQTT-3.8.4-6 (3.1.1), 3.8.4-8 (5), 3.3.1-3, 3.3.1-9 (3.1.1) / 3.3.1-12 (5)].
 
 use std::path::Path;
 use std::time::Duration;
