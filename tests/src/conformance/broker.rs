@@ -134,8 +134,14 @@ impl Broker {
             .expect("the gateway binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let process = Process(child);
-        let mut first = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut first);
+        // Its first line names the address; read it on a thread so the wait is bounded.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
         let addr = first
             .trim()
             .rsplit(' ')
