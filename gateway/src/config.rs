@@ -391,6 +391,20 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
         assert_eq!(c.tls.client_ca.len(), 2);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.limits.max_packet_size, 256 * 1024);
+        assert_eq!(
+            c.limits.queue_overflow,
+            crate::broker::Overflow::DropNewest,
+            "the default overflow policy"
+        );
+        let policy = GOOD.replace(
+            "[limits]",
+            "[limits]\nqueue_overflow = \"disconnect\"\nqueue_messages = 5",
+        );
+        let limits = Config::from_toml(&policy, Path::new(".")).unwrap().limits;
+        assert_eq!(
+            (limits.queue_overflow, limits.queue_messages),
+            (crate::broker::Overflow::Disconnect, 5)
+        );
         assert_eq!(c.policy.device.len(), Policy::default().device.len() + 1);
         assert_eq!(c.admin, Some(Admin::default()));
         let off = format!("{GOOD}\n[admin]\nenabled = false\n");
