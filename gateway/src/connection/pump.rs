@@ -214,26 +214,26 @@ impl<'a> Pump<'a> {
     /// against a kick (revocation, takeover, shutdown): the write races the kick and a
     /// deadline.
     async fn write<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> Result<(), Ended> {
-        if self.out.is_empty() {
-            return Ok(());
+        if !self.out.is_empty() {
+            tokio::select! {
+                written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.out)) => match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(Ended::ConnectionLost),
+                    Err(_) => return Err(Ended::WriteTimeout),
+                },
+                k = &mut self.kick => return Err(kicked(k)),
+            }
+            self.shared
+                .metrics
+                .bytes
+                .get_or_create(&OUT)
+                .inc_by(self.out.len() as u64);
+            self.out.clear();
+            if self.out.capacity() > 64 * 1024 {
+                self.out = Vec::new();
+            }
         }
-        tokio::select! {
-            written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.out)) => match written {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Ended::ConnectionLost),
-                Err(_) => return Err(Ended::WriteTimeout),
-            },
-            k = &mut self.kick => return Err(kicked(k)),
-        }
-        self.shared
-            .metrics
-            .bytes
-            .get_or_create(&OUT)
-            .inc_by(self.out.len() as u64);
-        self.out.clear();
-        if self.out.capacity() > 64 * 1024 {
-            self.out = Vec::new();
-        }
+        // Everything taken from the outbox is written (or was not to be sent at all).
         if std::mem::take(&mut self.resume_after_write) {
             self.shared
                 .hub
