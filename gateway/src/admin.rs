@@ -84,8 +84,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    shared.hub.report(&shared.metrics);
-    let body = shared.metrics.render(&shared.sessions.list());
+    let body = shared.render_metrics(&shared.sessions.list());
     ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
 }
 
