@@ -5,8 +5,10 @@
 //! (whose names are restricted to `[A-Za-z0-9._-]`, so a template can never inject a wildcard).
 //!
 //! - PUBLISH to a topic is allowed when some allow rule matches it and no deny rule does.
-//! - SUBSCRIBE to a filter is allowed only when EVERY topic the filter can match is allowed:
-//!   the filter is contained in some allow pattern, and overlaps no deny pattern.
+//! - SUBSCRIBE versus receive (as AWS IoT separates them): a filter is granted when it is
+//!   contained in some allow pattern and not wholly inside a deny pattern; a granted filter
+//!   that merely overlaps a deny pattern still never carries a denied topic, because every
+//!   message is checked again at delivery ([`Policy::may_receive`]).
 
 use fleet_protocol::mqtt::{matches as filter_matches, valid_topic_filter};
 use fleet_protocol::topic::{self, TooLong};
@@ -165,14 +167,49 @@ impl Policy {
                 .any(|p| filter_matches(&p, topic))
     }
 
-    /// May `who` subscribe to `filter`? Only if every topic it could match is allowed.
+    /// May `who` subscribe to `filter`? Only if the filter is inside an allow pattern and
+    /// not wholly inside a deny pattern. A filter that overlaps a deny pattern is granted:
+    /// the denied topics are filtered out at delivery by [`Policy::may_receive`].
     pub fn may_subscribe(&self, who: &Identity, filter: &str) -> bool {
         !self
             .patterns(who, Action::Subscribe, Effect::Deny)
-            .any(|p| overlaps(&p, filter))
+            .any(|p| contains(&p, filter))
             && self
                 .patterns(who, Action::Subscribe, Effect::Allow)
                 .any(|p| contains(&p, filter))
+    }
+
+    /// May `who` receive a message on `topic` through one of its subscriptions? A subscribe
+    /// allow rule matches it and no subscribe deny rule does.
+    pub fn may_receive(&self, who: &Identity, topic: &str) -> bool {
+        self.receive_rules(who).allows(topic)
+    }
+
+    /// The subscribe rules of `who`, expanded once, to check every message delivered to it.
+    pub fn receive_rules(&self, who: &Identity) -> ReceiveRules {
+        ReceiveRules {
+            allow: self
+                .patterns(who, Action::Subscribe, Effect::Allow)
+                .collect(),
+            deny: self
+                .patterns(who, Action::Subscribe, Effect::Deny)
+                .collect(),
+        }
+    }
+}
+
+/// One identity's subscribe rules with the templates filled in: the ACL at delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiveRules {
+    allow: Vec<String>,
+    deny: Vec<String>,
+}
+
+impl ReceiveRules {
+    /// A subscribe allow rule matches `topic` and no subscribe deny rule does.
+    pub fn allows(&self, topic: &str) -> bool {
+        !self.deny.iter().any(|p| filter_matches(p, topic))
+            && self.allow.iter().any(|p| filter_matches(p, topic))
     }
 }
 
@@ -334,8 +371,15 @@ mod tests {
         });
         p.validate().unwrap();
         let svc = who(Kind::Service, "acme", "backend");
-        assert!(!p.may_subscribe(&svc, "tenants/acme/#"));
+        // Wholly inside the deny rule: refused.
         assert!(!p.may_subscribe(&svc, "tenants/acme/devices/d1/cert/csr"));
+        assert!(!p.may_subscribe(&svc, "tenants/acme/devices/+/cert/#"));
+        // Overlapping it: granted, and the denied topics are not received.
+        assert!(p.may_subscribe(&svc, "tenants/acme/#"));
+        assert!(p.may_receive(&svc, "tenants/acme/devices/d1/telemetry"));
+        assert!(!p.may_receive(&svc, "tenants/acme/devices/d1/cert/new"));
+        // Outside every allow rule: never received, whatever the filter.
+        assert!(!p.may_receive(&svc, "tenants/globex/devices/d1/telemetry"));
         assert!(p.may_subscribe(&svc, "tenants/acme/devices/+/telemetry"));
         assert!(p.may_publish(&svc, "tenants/acme/devices/d1/cert/new"));
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::Kind;
 use crate::registry::Kick;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// One live session as the API shows it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -84,7 +84,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let body = shared.metrics.render(&shared.sessions.list());
+    let body = shared.render_metrics(&shared.sessions.list());
     ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
 }
 
@@ -212,7 +212,7 @@ fn openapi_paths() -> serde_json::Value {
             "/v1/console/station/devices/{device}/revoke": crate::console::openapi::station_revoke(),
             "/v1/audit": crate::console::openapi::audit(),
             "/healthz": { "get": { "summary": "Liveness", "responses": { "200": text("ok") } } },
-            "/readyz": { "get": { "summary": "Readiness: listeners bound, router running", "responses": { "200": text("ready") } } },
+            "/readyz": { "get": { "summary": "Readiness: listeners bound, broker running", "responses": { "200": text("ready") } } },
             "/metrics": { "get": { "summary": "Prometheus / OpenMetrics exposition", "responses": { "200": metrics } } },
             "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" } } } },
             "/v1/sessions": { "get": {

@@ -21,8 +21,9 @@
 //! publish_rate = 100                      # PUBLISH/s per session; above: disconnected
 //! publish_burst = 200
 //! max_subscriptions = 100                 # filters per session; more get SUBACK refusals
-//! router_segment_bytes = 4194304          # per-filter message log: 4 segments of 4 MiB
-//! router_segments = 4
+//! queue_messages = 10000                  # per session, waiting for the client (offline,
+//! queue_bytes = 16777216                  #   or behind its in-flight window)
+//! queue_overflow = "drop_newest"          # drop_newest | drop_oldest | disconnect
 //! audit_source_per_minute = 30            # refusal records per source IP written to the
 //! audit_source_burst = 20                 #   audit log; beyond: counted in a summary record
 //! audit_per_minute = 3000                 # refusal records from all sources together
@@ -137,11 +138,15 @@ pub struct Limits {
     /// Subscription filters one session may hold; further filters are refused in the SUBACK
     /// (0x80, or 0x97 "quota exceeded" in MQTT 5).
     pub max_subscriptions: usize,
-    /// The router keeps messages per subscription filter in a log of this many segments of
-    /// this many bytes. A subscriber that falls further behind than the log loses the
-    /// oldest messages, so size it for the backlog of the slowest online subscriber.
-    pub router_segment_bytes: usize,
-    pub router_segments: usize,
+    /// Messages, and bytes of topic, payload and properties, one session's queue holds for
+    /// its client: while it is offline (a kept session) or behind its in-flight window.
+    /// Nothing is preallocated: an idle session's queue is empty and holds no memory. The
+    /// defaults (10,000 messages, 16 MiB) let a backend subscriber ride out a burst.
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    /// What happens to a message that does not fit (QoS 0 messages are dropped first);
+    /// every drop is counted in `fleet_gateway_dropped_messages_total`.
+    pub queue_overflow: crate::broker::Overflow,
     /// Refusal records written to the audit log per minute per source IP, and the burst;
     /// further refusals from that source are counted and summarised (see [`crate::audit`]).
     pub audit_source_per_minute: f64,
@@ -164,8 +169,9 @@ impl Default for Limits {
             publish_rate: 100.0,
             publish_burst: 200.0,
             max_subscriptions: 100,
-            router_segment_bytes: 4 * 1024 * 1024,
-            router_segments: 4,
+            queue_messages: 10_000,
+            queue_bytes: 16 << 20,
+            queue_overflow: crate::broker::Overflow::DropNewest,
             audit_source_per_minute: 30.0,
             audit_source_burst: 20.0,
             audit_per_minute: 3000.0,
@@ -189,8 +195,8 @@ impl Limits {
             ("max_connections", self.max_connections as u64),
             ("max_handshakes", self.max_handshakes as u64),
             ("max_subscriptions", self.max_subscriptions as u64),
-            ("router_segment_bytes", self.router_segment_bytes as u64),
-            ("router_segments", self.router_segments as u64),
+            ("queue_messages", self.queue_messages as u64),
+            ("queue_bytes", self.queue_bytes as u64),
         ];
         if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(ConfigError::new(key(name), Problem::Zero));
@@ -396,6 +402,20 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
         assert_eq!(c.tls.client_ca.len(), 2);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.limits.max_packet_size, 256 * 1024);
+        assert_eq!(
+            c.limits.queue_overflow,
+            crate::broker::Overflow::DropNewest,
+            "the default overflow policy"
+        );
+        let policy = GOOD.replace(
+            "[limits]",
+            "[limits]\nqueue_overflow = \"disconnect\"\nqueue_messages = 5",
+        );
+        let limits = Config::from_toml(&policy, Path::new(".")).unwrap().limits;
+        assert_eq!(
+            (limits.queue_overflow, limits.queue_messages),
+            (crate::broker::Overflow::Disconnect, 5)
+        );
         assert_eq!(c.policy.device.len(), Policy::default().device.len() + 1);
         assert_eq!(c.admin, Some(Admin::default()));
         let off = format!("{GOOD}\n[admin]\nenabled = false\n");
@@ -447,6 +467,14 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
             (
                 GOOD.replace("[limits]", "[limits]\nmax_connections = 0"),
                 "limits.max_connections",
+            ),
+            (
+                GOOD.replace("[limits]", "[limits]\nqueue_messages = 0"),
+                "limits.queue_messages",
+            ),
+            (
+                GOOD.replace("[limits]", "[limits]\nqueue_overflow = \"drop_all\""),
+                "limits.queue_overflow",
             ),
         ];
         for (text, needle) in cases {

@@ -5,10 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleet_gateway::{Config, Gateway};
 
-/// rumqttd reserves ~230 KB of queues per connection that an idle session never touches. With
-/// glibc's allocator each reservation still costs resident pages (its in-band chunk headers
-/// are written at both ends); jemalloc keeps its metadata apart, so untouched pages stay
-/// unbacked. `cargo xtask bench gateway` measures the difference per idle session.
+/// jemalloc: its size classes fit the many small per-connection allocations (TLS state,
+/// buffers, the session) closely, and it returns memory to the system after a burst of
+/// connections has closed. `cargo xtask bench gateway` measures the bytes per idle session.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -58,7 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    fleet_host::init_tracing("info,rumqttd=warn");
+    fleet_host::init_tracing("info");
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -30,6 +30,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     /// `in` (from clients) or `out` (to clients).
     pub direction: &'static str,
@@ -63,6 +68,16 @@ pub struct Metrics {
     /// CRLs refused for being older than the one in force, by reason (`lower_number`,
     /// `older_this_update`, `issuer_missing`).
     pub crl_rollbacks: Family<ReasonLabels, Counter>,
+    /// Messages the broker did not deliver, by reason (`queue_full`, `expired`, `denied`,
+    /// `session_ended`, `retained_store_full`).
+    pub dropped: Family<ReasonLabels, Counter>,
+    /// Broker events (`overflow_disconnect`, `session_expired`, `session_taken_over`,
+    /// `will_published`, `paused`).
+    pub broker_events: Family<EventLabels, Counter>,
+    /// Sessions the broker holds, connected or kept for a client that is away.
+    pub broker_sessions: Gauge,
+    /// (session, filter) subscriptions held.
+    pub subscriptions: Gauge,
 }
 
 /// Upper bounds (days) of the certificate-expiry histogram of connected devices.
@@ -83,6 +98,10 @@ impl Default for Metrics {
             audit_suppressed: Counter::default(),
             reloads: Family::default(),
             crl_rollbacks: Family::default(),
+            dropped: Family::default(),
+            broker_events: Family::default(),
+            broker_sessions: Gauge::default(),
+            subscriptions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +155,26 @@ impl Default for Metrics {
             "CRLs refused because they are older than the CRL in force, by reason",
             m.crl_rollbacks.clone(),
         );
+        registry.register(
+            "dropped_messages",
+            "Messages not delivered to a subscriber, by reason (queue_full: the overflow policy)",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "broker_events",
+            "Broker events: overflow disconnects, expired and taken-over sessions, wills, paused deliveries",
+            m.broker_events.clone(),
+        );
+        registry.register(
+            "broker_sessions",
+            "Sessions held by the broker, connected or kept for an absent client",
+            m.broker_sessions.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Subscriptions held by the broker",
+            m.subscriptions.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -159,6 +198,20 @@ impl Metrics {
         self.crl_rollbacks
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts `n` messages dropped for `reason` (the family gets the label even at 0, so a
+    /// scrape shows every reason).
+    pub fn dropped(&self, reason: &'static str, n: u64) {
+        self.dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n);
+    }
+
+    pub fn broker_event(&self, event: &'static str, n: u64) {
+        self.broker_events
+            .get_or_create(&EventLabels { event })
+            .inc_by(n);
     }
 
     pub fn traffic(&self, direction: &'static str, messages: u64, bytes: u64) {
@@ -208,6 +261,8 @@ mod tests {
         m.acl_denials.inc();
         m.traffic("in", 2, 100);
         m.crl_rollback("lower_number");
+        m.dropped("queue_full", 3);
+        m.broker_event("paused", 0);
         m.reloads
             .get_or_create(&ReloadLabels {
                 trigger: "file_change",
@@ -229,6 +284,8 @@ mod tests {
             "fleet_gateway_sessions{tenant=\"acme\"} 1",
             "fleet_gateway_cert_expiry_days_count 0",
             "fleet_gateway_crl_rollbacks_total{reason=\"lower_number\"} 1",
+            "fleet_gateway_dropped_messages_total{reason=\"queue_full\"} 3",
+            "fleet_gateway_broker_events_total{event=\"paused\"} 0",
             "fleet_gateway_tls_reloads_total{trigger=\"file_change\",result=\"ok\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

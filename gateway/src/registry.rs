@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::identity::Identity;
 
@@ -47,7 +47,6 @@ struct Entry {
     conn: u64,
     info: SessionInfo,
     kick: Option<oneshot::Sender<Kick>>,
-    ended: watch::Receiver<()>,
 }
 
 type Key = (String, String);
@@ -63,7 +62,6 @@ pub struct Registration {
     registry: Registry,
     key: Key,
     conn: u64,
-    _alive: watch::Sender<()>,
 }
 
 impl Drop for Registration {
@@ -82,38 +80,32 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a session. If the same identity is already connected, that session is kicked
-    /// and this waits until it has fully ended, so the two never overlap in the router.
-    pub async fn register(
+    /// Registers a session. If the same identity is still listed, that connection is told it
+    /// was taken over (the broker core has already moved the session to the new one and
+    /// closed the old connection with 0x8E; this makes sure its task ends with that reason).
+    pub fn register(
         &self,
         info: SessionInfo,
         conn: u64,
     ) -> (Registration, oneshot::Receiver<Kick>) {
         let key = (info.identity.tenant.clone(), info.identity.id.clone());
         let (kick_tx, kick_rx) = oneshot::channel();
-        let (alive_tx, alive_rx) = watch::channel(());
         let previous = self.lock().insert(
             key.clone(),
             Entry {
                 conn,
                 info,
                 kick: Some(kick_tx),
-                ended: alive_rx,
             },
         );
-        if let Some(mut old) = previous {
-            if let Some(k) = old.kick.take() {
-                let _ = k.send(Kick::Takeover);
-            }
-            // Resolves with an error once the old connection drops its Registration.
-            let _ = old.ended.changed().await;
+        if let Some(k) = previous.and_then(|mut old| old.kick.take()) {
+            let _ = k.send(Kick::Takeover);
         }
         (
             Registration {
                 registry: self.clone(),
                 key,
                 conn,
-                _alive: alive_tx,
             },
             kick_rx,
         )

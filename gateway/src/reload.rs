@@ -21,7 +21,7 @@ use crate::audit::AuditEvent;
 use crate::crl::CrlVersions;
 use crate::metrics::ReloadLabels;
 use crate::registry::Kick;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::tls::{self, Material, Revoked, TlsState};
 use crate::Error;
 

@@ -6,157 +6,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::{Notification, Router, RouterConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
-use crate::acl::Policy;
-use crate::audit::{AuditEvent, AuditLimits, AuditLog};
-use crate::config::Config;
-use crate::identity::Identity;
+use crate::audit::{AuditLimits, AuditLog};
+use crate::broker::{BrokerConfig, QueueLimits};
+use crate::config::{Config, Limits};
+use crate::hub::Hub;
 use crate::limits::PerIp;
 use crate::metrics::Metrics;
 use crate::registry::{Kick, Registry};
 use crate::reload::{watch_tls_files, Live, Trigger};
+// Re-exported where embedders (the test harness) have always found it.
+pub use crate::state::Shared;
 use crate::{admin, connection, tls, Error};
-
-/// Opens a router link; rumqttd's `LinkError` is large, so it is boxed.
-type OpenLink = dyn Fn(&str, &str, bool) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>>
-    + Send
-    + Sync;
-
-/// The embedded rumqttd router, reached through local links.
-#[derive(Clone)]
-pub struct RouterHandle {
-    open: Arc<OpenLink>,
-}
-
-impl RouterHandle {
-    /// Starts a router thread sized by `limits`.
-    pub fn spawn(limits: &crate::config::Limits) -> RouterHandle {
-        let config = RouterConfig {
-            max_connections: limits.max_connections,
-            max_outgoing_packet_count: 200,
-            max_segment_size: limits.router_segment_bytes,
-            max_segment_count: limits.router_segments,
-            ..RouterConfig::default()
-        };
-        let tx = Router::new(0, config).spawn();
-        RouterHandle {
-            open: Arc::new(move |client_id, tenant, clean| {
-                LinkBuilder::new(client_id, tx.clone())
-                    .tenant_id(Some(tenant.to_owned()))
-                    .clean_session(clean)
-                    .build()
-                    .map_err(Box::new)
-            }),
-        }
-    }
-
-    /// Opens a router session for an authenticated identity. Returns the link and whether the
-    /// router had a stored session for it; `None` if the router refused.
-    pub async fn open(&self, who: &Identity, clean: bool) -> Option<(LinkTx, LinkRx, bool)> {
-        let open = self.open.clone();
-        let (id, tenant) = (who.id.clone(), who.tenant.clone());
-        // Building a link waits on the router thread's reply: keep that off the async workers.
-        let built = tokio::task::spawn_blocking(move || open(&id, &tenant, clean)).await;
-        let (tx, rx, ack) = match built {
-            Ok(Ok(link)) => link,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, device = %who.id, "router refused a session");
-                return None;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "router link task failed");
-                return None;
-            }
-        };
-        let ack: Option<rumqttd::protocol::Packet> = ack.into();
-        let present =
-            matches!(ack, Some(rumqttd::protocol::Packet::ConnAck(a, _)) if a.session_present);
-        Some((tx, rx, present))
-    }
-}
-
-/// State every connection task shares.
-pub struct Shared {
-    pub config: Config,
-    pub policy: Arc<Policy>,
-    pub(crate) live: RwLock<Live>,
-    /// Held while a reload runs: reloads happen one at a time.
-    pub(crate) reloading: Mutex<()>,
-    pub sessions: Registry,
-    pub router: RouterHandle,
-    /// Certificate rotation through the station, when configured.
-    pub renewal: Option<Arc<crate::renewal::RenewalClient>>,
-    pub metrics: Metrics,
-    pub audit: AuditLog,
-    /// Slots for TLS handshakes in progress.
-    pub handshakes: tokio::sync::Semaphore,
-    per_ip: PerIp,
-}
-
-impl Shared {
-    /// The TLS acceptor in force now (reloads replace it; handshakes in flight keep theirs).
-    pub fn acceptor(&self) -> TlsAcceptor {
-        self.live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .acceptor
-            .clone()
-    }
-
-    /// Whether the CRLs in force revoke this identity's certificate.
-    pub fn is_revoked(&self, who: &Identity) -> bool {
-        self.live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .revoked
-            .contains(&who.issuer, &who.serial)
-    }
-
-    /// Whether a new connection from `peer` may proceed, given `open` connections; the
-    /// refusal reason if not.
-    fn admit(&self, peer: SocketAddr, open: usize) -> Option<&'static str> {
-        if open >= self.config.limits.max_connections {
-            Some("too_many_connections")
-        } else if !self.per_ip.allow(peer.ip(), std::time::Instant::now()) {
-            Some("ip_rate_limited")
-        } else {
-            None
-        }
-    }
-
-    fn refuse_at_accept(&self, peer: SocketAddr, reason: &'static str) {
-        self.metrics.connect(Some(reason));
-        self.audit_refusal(&AuditEvent::new(
-            "refused",
-            reason,
-            "connection closed at accept".into(),
-            peer,
-            None,
-        ));
-    }
-
-    /// Audits a refusal (rate limited per source; see [`crate::audit`]). A handshake refused
-    /// because the client's certificate is revoked is recorded with the device, tenant and
-    /// serial of that certificate (see [`tls::noting_revoked_certificates`]).
-    pub fn audit_refusal(&self, event: &AuditEvent<'_>) {
-        let revoked = (event.reason == "revoked" && event.device.is_none())
-            .then(tls::refused_as_revoked)
-            .flatten()
-            .and_then(|der| Identity::from_cert_der(&der, &self.config.service_ou).ok());
-        let written = match &revoked {
-            Some(who) => self.audit.refusal(&event.clone().with_identity(Some(who))),
-            None => self.audit.refusal(event),
-        };
-        if !written {
-            self.metrics.audit_suppressed.inc();
-        }
-    }
-}
 
 /// A bound gateway, ready to [`run`](Gateway::run).
 pub struct Gateway {
@@ -166,7 +29,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads the TLS material, starts the router and binds the listener (port 0 picks a free
+    /// Loads the TLS material, makes the broker core and binds the listener (port 0 picks a free
     /// port: see [`Gateway::local_addr`]).
     pub async fn bind(config: Config) -> Result<Gateway, Error> {
         let tls = tls::load(&config.tls)?;
@@ -208,7 +71,7 @@ impl Gateway {
             live: RwLock::new(Live::from(tls)),
             reloading: Mutex::new(()),
             sessions: Registry::default(),
-            router: RouterHandle::spawn(&limits),
+            hub: Arc::new(Hub::new(broker_config(&limits))),
         });
         Ok(Gateway {
             listener,
@@ -249,6 +112,7 @@ impl Gateway {
             )
             .ok();
         let mut hangup = hangup_signal();
+        let timer = tokio::spawn(self.shared.hub.clone().run_timer());
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = self.admin.map(|listener| {
             let token = self
@@ -313,7 +177,21 @@ impl Gateway {
         if let Some(task) = admin_task {
             let _ = task.await;
         }
+        timer.abort();
         self.shared.audit.flush_suppressed();
+    }
+}
+
+/// The broker core's configuration from the gateway's limits.
+fn broker_config(limits: &Limits) -> BrokerConfig {
+    BrokerConfig {
+        queue: QueueLimits {
+            max_messages: limits.queue_messages,
+            max_bytes: limits.queue_bytes,
+            overflow: limits.queue_overflow,
+            drop_qos0_first: true,
+        },
+        ..BrokerConfig::default()
     }
 }
 

@@ -11,6 +11,8 @@ use fleet_hil::fleet::DeviceBundle;
 use fleet_provision::{BatchRequest, KeyProtection, Station};
 use tokio::sync::oneshot;
 
+pub mod conformance;
+
 pub const TENANT: &str = "acme";
 pub const SERVICE: &str = "backend";
 

@@ -15,6 +15,7 @@ mod demo;
 mod deny;
 mod firmware;
 mod fuzz;
+mod python;
 mod report;
 mod sh;
 
@@ -211,6 +212,8 @@ fn test() -> anyhow::Result<()> {
     }
     sh::ensure_debian_packages(&[
         ("mosquitto_pub", "mosquitto-clients"),
+        // The reference broker of the MQTT conformance suite (tests/tests/conformance.rs).
+        ("/usr/sbin/mosquitto", "mosquitto"),
         ("openssl", "openssl"),
         ("unshare", "util-linux"),
         ("qemu-system-arm", "qemu-system-arm"),
@@ -255,6 +258,9 @@ fn test() -> anyhow::Result<()> {
     // the board image were all provided above.
     std::env::set_var("FLEET_REQUIRE_MOSQUITTO", "1");
     std::env::set_var("FLEET_REQUIRE_QEMU", "1");
+    // The conformance suite's independent client: paho-mqtt in a venv under target/.
+    std::env::set_var("FLEET_PAHO_PYTHON", python::ensure_paho_venv()?);
+    std::env::set_var("FLEET_REQUIRE_PAHO", "1");
     // The console test drives chromium against the gateway binary: built here, not skipped.
     std::env::set_var("FLEET_REQUIRE_BROWSER", "1");
     sh::cargo(&["build", "-p", "fleet-gateway", "--bin", "fleet-gateway"])?;

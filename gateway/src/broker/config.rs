@@ -3,8 +3,10 @@
 
 use std::num::NonZeroU16;
 
-/// What happens when a message does not fit a session's outgoing queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What happens when a message does not fit a session's outgoing queue (in the gateway
+/// config: `drop_newest`, `drop_oldest`, `disconnect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Overflow {
     /// The new message is dropped.
     DropNewest,

@@ -178,6 +178,15 @@ impl<B: Backend> Broker<B> {
         self.by_client.contains_key(client_id)
     }
 
+    /// The filters `handle`'s session holds, in the order first subscribed; `None` if the
+    /// handle is not live.
+    pub fn filters(&self, handle: Handle) -> Option<&[Box<str>]> {
+        self.sessions
+            .get(&handle.session)
+            .filter(|s| s.conn == Some(handle.conn))
+            .map(|s| &s.filters[..])
+    }
+
     /// Whether `handle`'s connection is still its session's live connection.
     pub fn is_live(&self, handle: Handle) -> bool {
         self.sessions

@@ -46,7 +46,7 @@ pub const EXPLANATIONS: &[Explanation] = &[
     e("client_id_mismatch", "the MQTT client id is neither empty nor the certificate's CN (the device id)"),
     e("acl_will", "the client's will topic is outside what its ACL allows"),
     e("bad_auth_method", "the client asked for an MQTT 5 authentication method; the certificate is the only identity"),
-    e("router_unavailable", "the gateway's message router could not open a session"),
+    e("identifier_rejected", "an MQTT 3.1.1 client with an empty client id asked to keep its session (CleanSession=0); send the device id or CleanSession=1"),
     e("too_many_connections", "the gateway was at its connection limit (limits.max_connections)"),
     e("ip_rate_limited", "the source address opened connections faster than allowed (limits.ip_connect_rate)"),
     e("admin_kick", "an operator closed the session (admin API or console); the device may reconnect"),
@@ -90,7 +90,7 @@ mod tests {
             },
             crate::Refusal::WillDenied(String::new()),
             crate::Refusal::AuthMethod(String::new()),
-            crate::Refusal::RouterUnavailable,
+            crate::Refusal::EmptyIdKeepsSession,
         ];
         let kicks = [
             crate::registry::Kick::Admin,

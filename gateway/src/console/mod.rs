@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use axum::Router;
 
-use crate::server::Shared;
+use crate::state::Shared;
 use exposition::Counters;
 use stats::{History, Sample};
 
@@ -63,7 +63,7 @@ impl Console {
 
     /// The gateway's counters now (the expiry histogram over `sessions`).
     fn counters(&self, sessions: &[crate::registry::SessionInfo]) -> Counters {
-        Counters::read(&self.shared.metrics.render(sessions))
+        Counters::read(&self.shared.render_metrics(sessions))
     }
 
     /// Takes a sample if the last one is a period old.

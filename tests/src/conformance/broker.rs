@@ -1,0 +1,342 @@
+//! The brokers under test, each with its own PKI in a temp dir, listening on loopback with
+//! mutual TLS and stopped (by PID) when dropped:
+//!
+//! - Debian's mosquitto 2 (the reference: a case that fails there is a wrong case), with
+//!   `require_certificate true`, `use_identity_as_username true` and no ACL;
+//! - the `fleet-gateway` binary (FLEET_GATEWAY_BIN, else `target/debug/fleet-gateway`), with
+//!   service identities and ACL rules that let them use `#` and `$conf/#`.
+//!
+//! Every client is a service certificate (OU=service) of tenant `acme` whose CN is its client
+//! id, so the same client works against both brokers.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::{Pki, TENANT};
+
+/// Which broker a case runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Mosquitto,
+    Gateway,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Mosquitto => "mosquitto",
+            Kind::Gateway => "fleet-gateway",
+        })
+    }
+}
+
+/// A child process stopped (SIGKILL, by its PID) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client identity: its certificate and key files (PEM), its CN as the client id.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A running broker and the PKI its clients use.
+pub struct Broker {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    pki: Mutex<Pki>,
+    issued: Mutex<HashSet<String>>,
+    log: PathBuf,
+    _process: Process,
+}
+
+impl Broker {
+    /// mosquitto on a free loopback port, or `None` (a skip) when it is not installed and
+    /// not required (CI=true or FLEET_REQUIRE_MOSQUITTO).
+    pub fn mosquitto() -> Option<Broker> {
+        let Some(bin) = find_program("mosquitto") else {
+            assert!(
+                !super::required("FLEET_REQUIRE_MOSQUITTO"),
+                "mosquitto (the broker) is required (CI or FLEET_REQUIRE_MOSQUITTO) but not \
+                 installed: apt-get install mosquitto (cargo xtask test does)"
+            );
+            eprintln!("skipping: mosquitto is not installed (cargo xtask test installs it)");
+            return None;
+        };
+        let pki = Pki::new();
+        let dir = pki.dir.path().to_owned();
+        // OpenSSL wants the whole chain up to a self-signed root to verify a client.
+        let cafile = dir.join("mosquitto-ca.pem");
+        let bundle = [
+            std::fs::read(dir.join("gateway/clients-ca.pem")).expect("clients CA"),
+            std::fs::read(dir.join("ca/root.pem")).expect("root"),
+        ]
+        .concat();
+        std::fs::write(&cafile, bundle).expect("write the CA bundle");
+        let log = dir.join("mosquitto.log");
+        // A free port can be taken by someone else before mosquitto binds it: try again.
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(&conf, mosquitto_conf(&dir, &cafile, port)).expect("write config");
+            let child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .spawn()
+                .expect("mosquitto starts");
+            let mut process = Process(child);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            if listening(&mut process, addr) {
+                return Some(Broker::new(Kind::Mosquitto, addr, pki, log, process));
+            }
+        }
+        panic!(
+            "mosquitto did not start listening:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// The gateway binary on port 0 (the address is the last word of its first line).
+    pub fn gateway() -> Broker {
+        let bin = gateway_binary();
+        let pki = Pki::new();
+        let dir = pki.dir.path().to_owned();
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, GATEWAY_CONF).expect("write config");
+        let log = dir.join("gateway.log");
+        let mut child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("the gateway binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let process = Process(child);
+        // Its first line names the address; read it on a thread so the wait is bounded.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let addr = first
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "the gateway did not start: {first:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        Broker::new(Kind::Gateway, addr, pki, log, process)
+    }
+
+    fn new(kind: Kind, addr: SocketAddr, pki: Pki, log: PathBuf, process: Process) -> Broker {
+        Broker {
+            kind,
+            addr,
+            dir: pki.dir.path().to_owned(),
+            pki: Mutex::new(pki),
+            issued: Mutex::new(HashSet::new()),
+            log,
+            _process: process,
+        }
+    }
+
+    /// The trust anchor that verifies the broker's certificate.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("ca/root.pem")
+    }
+
+    /// The broker's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A service identity of tenant `acme` named `name` (issued on first use).
+    pub fn identity(&self, name: &str) -> Identity {
+        let mut issued = self.issued.lock().expect("identity lock");
+        if issued.insert(name.to_owned()) {
+            let pki = self.pki.lock().expect("pki lock");
+            pki.station
+                .issue_service_cert(name, TENANT)
+                .unwrap_or_else(|e| panic!("issue the service certificate {name}: {e}"));
+        }
+        Identity {
+            name: name.to_owned(),
+            cert: self.dir.join(format!("services/{name}.pem")),
+            key: self.dir.join(format!("services/{name}.key")),
+        }
+    }
+
+    /// A rustls client config presenting `name`'s certificate and trusting the root.
+    pub fn client_config(&self, name: &str) -> Arc<rustls::ClientConfig> {
+        let id = self.identity(name);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.root()).expect("root pem") {
+            roots.add(c.expect("root cert")).expect("add root");
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&id.cert)
+            .expect("client cert pem")
+            .map(|c| c.expect("client cert"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&id.key).expect("client key");
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client auth"),
+        )
+    }
+}
+
+/// The gateway's config: services may use `#` (so `+` and `#` filters at the first level can
+/// be tried) and `$conf/#` (a `$` topic both brokers let a client publish to).
+const GATEWAY_CONF: &str = r##"listen = "127.0.0.1:0"
+
+[tls]
+server_cert = "gateway/server.pem"
+server_key = "gateway/server.key"
+client_ca = ["gateway/clients-ca.pem"]
+crl = ["crl/issuing.crl.pem"]
+
+[admin]
+enabled = false
+
+[[acl.service]]
+effect = "allow"
+action = "all"
+pattern = "#"
+
+[[acl.service]]
+effect = "allow"
+action = "all"
+pattern = "$conf/#"
+"##;
+
+fn mosquitto_conf(dir: &Path, cafile: &Path, port: u16) -> String {
+    format!(
+        // Run as root, mosquitto would switch to the `mosquitto` user, which cannot read the
+        // temp dir; `user` is ignored when not run as root.
+        "user root\n\
+         per_listener_settings false\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n\
+         log_type notice\n\
+         listener {port} 127.0.0.1\n\
+         cafile {cafile}\n\
+         certfile {cert}\n\
+         keyfile {key}\n\
+         require_certificate true\n\
+         use_identity_as_username true\n",
+        cafile = cafile.display(),
+        cert = dir.join("gateway/server.pem").display(),
+        key = dir.join("gateway/server.key").display(),
+    )
+}
+
+/// Waits (at most 10 s) until `addr` accepts TCP; false if the process exited first.
+fn listening(process: &mut Process, addr: SocketAddr) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // mosquitto listens before it loads the TLS files, and exits if they are bad.
+            std::thread::sleep(Duration::from_millis(100));
+            return matches!(process.0.try_wait(), Ok(None));
+        }
+        if matches!(process.0.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `name` on PATH or in the sbin directories (mosquitto is in /usr/sbin).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn workspace_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn gateway_binary() -> PathBuf {
+    let bin = std::env::var_os("FLEET_GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_target().join("debug/fleet-gateway"));
+    assert!(
+        bin.is_file(),
+        "no gateway binary at {}: run `cargo build -p fleet-gateway` or set FLEET_GATEWAY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The Python interpreter of the paho-mqtt venv: FLEET_PAHO_PYTHON, else the venv
+/// `cargo xtask test` makes under `target/conformance-venv`; `None` (a skip) when it is
+/// missing and not required (CI=true or FLEET_REQUIRE_PAHO).
+pub fn paho_python() -> Option<PathBuf> {
+    let python = std::env::var_os("FLEET_PAHO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_target().join("conformance-venv/bin/python"));
+    if python.is_file() {
+        return Some(python);
+    }
+    assert!(
+        !super::required("FLEET_REQUIRE_PAHO"),
+        "the paho-mqtt venv is required (CI or FLEET_REQUIRE_PAHO) but {} is missing \
+         (cargo xtask test makes it)",
+        python.display()
+    );
+    eprintln!(
+        "skipping: no paho-mqtt venv at {} (cargo xtask test makes it)",
+        python.display()
+    );
+    None
+}
