@@ -91,9 +91,11 @@ async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
             config,
         } => {
             let mut service_ou = "service".to_owned();
+            let mut crl_issuers = Vec::new();
             if let Some(path) = config {
                 let cfg = Config::from_file(&path)?;
                 ca.extend(cfg.tls.client_ca);
+                crl_issuers.extend(cfg.tls.crl_issuers);
                 crl.extend(cfg.tls.crl);
                 service_ou = cfg.service_ou;
             }
@@ -104,6 +106,7 @@ async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
                 cert: &cert,
                 key: key.as_deref(),
                 client_ca: &ca,
+                crl_issuers: &crl_issuers,
                 crl: &crl,
                 service_ou: &service_ou,
                 at: None,
