@@ -29,6 +29,9 @@ pub use traffic::{Flow, Latency, Plan};
 
 use crate::Error;
 
+/// Open files the load generator needs besides the idle sessions.
+pub const FD_MARGIN: u64 = 1000;
+
 /// Every phase, in the order they run.
 pub const PHASES: [&str; 7] = [
     "connects",
@@ -180,6 +183,15 @@ pub async fn run(setup: &Setup) -> Result<Results, Error> {
 /// it); more take minutes to open on one core, so they declare 600 s and nothing times out
 /// while the rest connect.
 async fn idle_phase(setup: &Setup, mint: &Arc<Mint>, n: usize) -> Result<Idle, Error> {
+    let limit = measure::open_file_limit();
+    if (n as u64) + FD_MARGIN > limit {
+        return Err(Error::Backend(format!(
+            "{n} idle sessions need an open-file limit of at least {} here (and in the broker); \
+             this process has {limit}: raise the hard limit (root with CAP_SYS_RESOURCE) or \
+             measure fewer sessions",
+            n as u64 + FD_MARGIN
+        )));
+    }
     // Opening is bounded by 200 connects/s at worst, plus the measurement and close.
     let open_bound = Duration::from_secs(60 + n as u64 / 200);
     let plan = IdlePlan {

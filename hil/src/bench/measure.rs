@@ -39,6 +39,20 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, Error> {
     Ok((tick(11)? + tick(12)?) / ticks_per_second())
 }
 
+/// This process's open-file limit (the soft limit in force).
+pub fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        0
+    }
+}
+
 /// Resident memory of a process in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64, Error> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

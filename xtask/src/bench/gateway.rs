@@ -91,6 +91,25 @@ pub struct GatewayOptions {
     pub no_scaling: bool,
 }
 
+/// Open files the load generator needs besides the idle sessions (as `fleet_hil::bench`).
+const FD_MARGIN: u64 = 1000;
+
+/// The open-file limit the brokers and the load generator get: what [`shell`] can raise it to.
+fn open_file_limit() -> anyhow::Result<u64> {
+    let out = shell(None, Path::new("sh"), &["-c".into(), "ulimit -n".into()]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .or_else(|_| {
+            if text.trim() == "unlimited" {
+                Ok(u64::MAX)
+            } else {
+                Err(())
+            }
+        })
+        .map_err(|()| anyhow::anyhow!("cannot read the open-file limit: {text:?}"))
+}
+
 /// The phases of the unpinned run.
 const SCALING_PHASES: &str = "connects,qos0";
 
@@ -331,6 +350,18 @@ pub fn gateway(o: &GatewayOptions) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores < 2 {
         bail!("per-core measurement pins the broker and the load generator to two different cores; this machine has {cores}");
+    }
+    let fds = open_file_limit()?;
+    let most = o.sessions.iter().copied().max().unwrap_or(0) as u64;
+    let runs_idle = o.phases.is_empty() || o.phases.iter().any(|p| p == "idle");
+    if runs_idle && most + FD_MARGIN > fds {
+        bail!(
+            "{most} idle sessions need an open-file limit of at least {} for the broker and the \
+             load generator; processes started here get {fds} (the hard limit; raising it needs \
+             root with CAP_SYS_RESOURCE). Raise it, or pass --sessions with at most {}",
+            most + FD_MARGIN,
+            fds.saturating_sub(FD_MARGIN)
+        );
     }
     step("building release binaries");
     sh::cargo(&[
