@@ -51,6 +51,10 @@ enum Command {
         /// CRL PEM file(s); taken from --config when absent.
         #[arg(long = "crl")]
         crl: Vec<PathBuf>,
+        /// CA certificate PEM file(s) used only to check CRL signatures (`tls.crl_issuers`);
+        /// taken from --config when absent.
+        #[arg(long = "crl-issuer")]
+        crl_issuer: Vec<PathBuf>,
         /// Gateway config whose client CAs, CRLs and service OU to use.
         #[arg(long, env = "FLEET_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
@@ -88,10 +92,10 @@ async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
             key,
             mut ca,
             mut crl,
+            crl_issuer: mut crl_issuers,
             config,
         } => {
             let mut service_ou = "service".to_owned();
-            let mut crl_issuers = Vec::new();
             if let Some(path) = config {
                 let cfg = Config::from_file(&path)?;
                 ca.extend(cfg.tls.client_ca);

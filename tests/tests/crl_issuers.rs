@@ -473,4 +473,29 @@ fn crl_issuers_are_checked_when_the_config_is_loaded() {
         assert!(matches!(error.problem, Problem::Material(_)), "{err}");
         assert!(err.to_string().contains(says), "{issuers}: {err}");
     }
+
+    // `fleet-gateway doctor` checks the same way: with the CRL issuer the chain passes.
+    let chain = pki.path("dev-x.chain.pem");
+    let pem = [pki.path("dev-x.pem"), pki.path("issuing/cert.pem")]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<String>();
+    std::fs::write(&chain, pem).unwrap();
+    let diagnose = |crl_issuers: &[PathBuf]| {
+        fleet_gateway::doctor::diagnose(&fleet_gateway::doctor::Inputs {
+            cert: &chain,
+            key: Some(&pki.path("dev-x.key")),
+            client_ca: &[pki.path("root/cert.pem")],
+            crl_issuers,
+            crl: &[pki.path("issuing.crl.pem")],
+            service_ou: "service",
+            at: None,
+        })
+    };
+    let report = diagnose(&[pki.path("issuing/cert.pem")]).expect("doctor runs");
+    assert!(report.accepted(), "{:?}", report.findings);
+    let refused = diagnose(&[])
+        .err()
+        .expect("no CRL issuer: the CRL is refused");
+    assert!(crl_not_signed(&refused), "{refused}");
 }
