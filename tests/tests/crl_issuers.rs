@@ -494,8 +494,6 @@ fn crl_issuers_are_checked_when_the_config_is_loaded() {
     };
     let report = diagnose(&[pki.path("issuing/cert.pem")]).expect("doctor runs");
     assert!(report.accepted(), "{:?}", report.findings);
-    let refused = diagnose(&[])
-        .err()
-        .expect("no CRL issuer: the CRL is refused");
+    let refused = diagnose(&[]).expect_err("no CRL issuer: the CRL is refused");
     assert!(crl_not_signed(&refused), "{refused}");
 }
