@@ -107,6 +107,19 @@ async fn subscribers(
     Ok(())
 }
 
+/// Every publisher connected (and its telemetry topic) before any of them sends: traffic
+/// from the first ones would slow the handshakes of the rest.
+async fn connect_all(plan: &Plan, who: &[Minted]) -> Result<Vec<(Conn, String)>, Error> {
+    let mut all = Vec::with_capacity(who.len());
+    for p in who {
+        let conn = Conn::open(plan.target, p, 60, None)
+            .await
+            .map_err(io("publisher"))?;
+        all.push((conn, telemetry(&plan.tenant, &p.id)));
+    }
+    Ok(all)
+}
+
 /// Publishers sending QoS 0 as fast as they can until `stop`, counting into `sent`.
 async fn flat_out_publishers(
     plan: &Plan,
@@ -115,11 +128,7 @@ async fn flat_out_publishers(
     sent: &Arc<AtomicU64>,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), Error> {
-    for p in who {
-        let mut conn = Conn::open(plan.target, p, 60, None)
-            .await
-            .map_err(io("publisher"))?;
-        let topic = telemetry(&plan.tenant, &p.id);
+    for (mut conn, topic) in connect_all(plan, who).await? {
         let (stop, sent) = (stop.clone(), sent.clone());
         tasks.spawn(async move {
             let mut seq = 0u64;
@@ -230,11 +239,7 @@ pub async fn qos1(
     )
     .await?;
     let mut pubs = JoinSet::new();
-    for p in publishers {
-        let mut conn = Conn::open(plan.target, p, 60, None)
-            .await
-            .map_err(io("publisher"))?;
-        let topic = telemetry(&plan.tenant, &p.id);
+    for (mut conn, topic) in connect_all(plan, publishers).await? {
         let (stop, sent, acked) = (stop.clone(), sent.clone(), acked.clone());
         pubs.spawn(async move {
             let mut seq = 0u64;
@@ -323,11 +328,7 @@ pub async fn latency(
     )
     .await?;
     let per_tick = (per_second as f64 / publishers.len() as f64 / 100.0).max(1.0);
-    for p in publishers {
-        let mut conn = Conn::open(plan.target, p, 60, None)
-            .await
-            .map_err(io("publisher"))?;
-        let topic = telemetry(&plan.tenant, &p.id);
+    for (mut conn, topic) in connect_all(plan, publishers).await? {
         let stop = stop.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));

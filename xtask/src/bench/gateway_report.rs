@@ -151,7 +151,7 @@ fn message_rows(s: &mut String, ours: &Results, theirs: &Results) {
             format!(
                 "{}; {} lost of {} acknowledged",
                 rate_cell(&f.rate, "message"),
-                f.lost,
+                thousands(f.lost as f64),
                 thousands(f.acknowledged as f64)
             )
         },
