@@ -8,6 +8,7 @@
 //! server_cert = "gateway/server.pem"      # leaf first, then intermediates
 //! server_key = "gateway/server.key"
 //! client_ca = ["gateway/clients-ca.pem"]  # every CA in every file is a trust anchor
+//! crl_issuers = []                        # intermediates that sign CRLs, not anchors
 //! crl = ["crl/issuing.crl.pem"]           # watched: a change takes effect within a second
 //!
 //! [limits]
@@ -82,7 +83,13 @@ pub struct TlsFiles {
     /// PEM files of CAs that issue client certificates. Every certificate in each file counts.
     #[serde(default)]
     pub client_ca: Vec<PathBuf>,
-    /// PEM files of CRLs (each must be signed by a client CA). Watched and reloaded.
+    /// PEM files of intermediate CA certificates used only to check CRL signatures (the
+    /// issuing CA of a PKI whose root is the only client CA): never trust anchors, each must
+    /// chain to a client CA. Watched and reloaded.
+    #[serde(default)]
+    pub crl_issuers: Vec<PathBuf>,
+    /// PEM files of CRLs (each must be signed by a client CA or a CRL issuer). Watched and
+    /// reloaded.
     #[serde(default)]
     pub crl: Vec<PathBuf>,
 }
@@ -93,6 +100,7 @@ impl TlsFiles {
         [&self.server_cert, &self.server_key]
             .into_iter()
             .chain(&self.client_ca)
+            .chain(&self.crl_issuers)
             .chain(&self.crl)
     }
 
@@ -103,11 +111,28 @@ impl TlsFiles {
         for path in [&mut self.server_cert, &mut self.server_key]
             .into_iter()
             .chain(&mut self.client_ca)
+            .chain(&mut self.crl_issuers)
             .chain(&mut self.crl)
         {
             *path = resolve(base, path);
         }
+        self.check_crl_issuers()?;
         Ok(self)
+    }
+
+    /// Each CRL issuer must be a CA allowed to sign CRLs that chains to a client CA: checked
+    /// when the file is loaded (and again by every TLS load, as the files may change).
+    fn check_crl_issuers(&self) -> Result<(), ConfigError> {
+        if self.crl_issuers.is_empty() {
+            return Ok(());
+        }
+        crate::tls::check_crl_issuers(&self.client_ca, &self.crl_issuers).map_err(|(i, e)| {
+            let key = match i {
+                Some(i) => format!("tls.crl_issuers[{i}]"),
+                None => "tls.client_ca".to_owned(),
+            };
+            ConfigError::new(key, Problem::Material(Box::new(e)))
+        })
     }
 }
 

@@ -1,12 +1,24 @@
 //! Certificate revocation lists: reading them, the index of the certificates they revoke,
 //! and the rule that an older CRL never replaces a newer one.
 //!
-//! Every CRL must be signed by a configured client CA. For each issuer the newest CRL loaded
+//! Every CRL must be signed by a configured client CA or by a configured CRL issuer
+//! (`tls.crl_issuers`, see [`issuers`]: intermediates that chain to a client CA, used only to
+//! check CRL signatures, never as trust anchors). For each issuer the newest CRL loaded
 //! is remembered (its CRL number and thisUpdate); a reload whose CRL of that issuer has a lower
 //! number or an earlier thisUpdate — a validly signed but outdated CRL copied over the
 //! configured file, which would un-revoke every device revoked since — is refused as a whole,
 //! and the CRL in force stays. So is a reload that drops the CRL of an issuer that is still a
-//! client CA.
+//! client CA or CRL issuer.
+//!
+//! What is checked for revocation: at the handshake, rustls-webpki checks every certificate of
+//! the client's chain (the device certificate and each intermediate up to the trust anchor)
+//! against the CRL of its issuer, when one is loaded; with none, the status is unknown and
+//! allowed. So a CRL of the root that revokes an intermediate refuses every device under it.
+//! Live sessions are closed at a reload when their own certificate is revoked, or when their
+//! issuer is a configured CRL issuer that a loaded CRL revokes. A session knows its issuer by
+//! name only, so that second rule applies only while no other configured CA certificate
+//! (client CA or CRL issuer) has the same name: a re-keyed intermediate under the old name is
+//! not mistaken for the revoked one. New handshakes are always checked exactly (above).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -19,17 +31,33 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use x509_parser::time::ASN1Time;
 
 use crate::error::PemProblem;
+use crate::identity::Identity;
 use crate::Error;
 
+pub mod issuers;
+
 /// Certificates revoked by the loaded CRLs, as (issuer name DER, serial without leading
-/// zeros): the index that finds live sessions to close when a CRL changes.
+/// zeros), and the names (DER) of the revoked CRL issuers: the index that finds live sessions
+/// to close when a CRL changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Revoked(HashSet<(Vec<u8>, Vec<u8>)>);
+pub struct Revoked(HashSet<(Vec<u8>, Vec<u8>)>, HashSet<Vec<u8>>);
 
 impl Revoked {
+    /// Whether a loaded CRL revokes the certificate of this issuer and serial.
     pub fn contains(&self, issuer: &[u8], serial: &[u8]) -> bool {
         self.0
             .contains(&(issuer.to_vec(), strip_zeros(serial).to_vec()))
+    }
+
+    /// Whether this identity's certificate is revoked, or its issuer is a revoked CRL issuer
+    /// (see the module documentation).
+    pub fn revokes(&self, who: &Identity) -> bool {
+        self.contains(&who.issuer, &who.serial) || self.1.contains(&who.issuer)
+    }
+
+    /// How many CRL issuers (`tls.crl_issuers`) the loaded CRLs revoke.
+    pub fn revoked_cas(&self) -> usize {
+        self.1.len()
     }
 
     pub fn len(&self) -> usize {
@@ -197,8 +225,28 @@ impl LoadedCrls {
         }
     }
 
+    /// Notes the names of the CRL issuers (`issuers`) a loaded CRL revokes, unless another
+    /// certificate of `cas` (client CAs and CRL issuers) that is not revoked has the same
+    /// name; call once every CRL file is added.
+    pub fn note_revoked_cas(&mut self, issuers: &[CertificateDer<'_>], cas: &[CertificateDer<'_>]) {
+        let parse = |der: &CertificateDer<'_>| {
+            X509Certificate::from_der(der).ok().map(|(_, c)| {
+                let revoked = self.revoked.contains(c.issuer().as_raw(), c.raw_serial());
+                (c.subject().as_raw().to_vec(), revoked)
+            })
+        };
+        let known: Vec<(Vec<u8>, bool)> = cas.iter().filter_map(parse).collect();
+        let names: Vec<Vec<u8>> = issuers
+            .iter()
+            .filter_map(parse)
+            .filter(|(name, revoked)| *revoked && !known.iter().any(|(n, r)| n == name && !r))
+            .map(|(name, _)| name)
+            .collect();
+        self.revoked.1.extend(names);
+    }
+
     /// Adds every CRL of a PEM file (`bytes`, read from `path`), each of which must be signed
-    /// by one of `cas`.
+    /// by one of `cas` (the client CAs and CRL issuers).
     pub fn add_file(
         &mut self,
         path: &Path,
@@ -355,5 +403,83 @@ mod tests {
             messages[0]
         );
         assert!(messages[1].contains("no CRL of CN=x"), "{}", messages[1]);
+    }
+
+    /// A root, two intermediates of the same name (the second re-keyed), a root CRL revoking
+    /// the first, and the identity of a device whose issuer has that name.
+    fn revoked_intermediate() -> (Vec<CertificateDer<'static>>, String, Identity) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca = |name: &str| {
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root = ca("Root").self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(ca("Root"), root_key);
+        let mut old = ca("Issuing");
+        old.serial_number = Some(rcgen::SerialNumber::from_slice(&[7]));
+        let old = old
+            .signed_by(&KeyPair::generate().unwrap(), &root_issuer)
+            .unwrap();
+        let new = ca("Issuing")
+            .signed_by(&KeyPair::generate().unwrap(), &root_issuer)
+            .unwrap();
+        let now = rcgen::date_time_ymd(2024, 1, 1);
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&[7]),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&root_issuer)
+        .unwrap();
+        let (_, parsed) = X509Certificate::from_der(old.der()).unwrap();
+        let who = Identity {
+            id: "d1".into(),
+            tenant: "acme".into(),
+            kind: crate::identity::Kind::Device,
+            serial: vec![1],
+            issuer: parsed.subject().as_raw().to_vec(),
+            fingerprint: [0; 32],
+            not_after: 0,
+        };
+        let certs = vec![root.der().clone(), old.der().clone(), new.der().clone()];
+        (certs, crl.pem().unwrap(), who)
+    }
+
+    #[test]
+    fn a_revoked_crl_issuer_revokes_its_sessions_unless_its_name_is_ambiguous() {
+        let (certs, crl, who) = revoked_intermediate();
+        let load = |issuers: &[CertificateDer<'static>]| {
+            let signers: Vec<_> = std::iter::once(certs[0].clone())
+                .chain(issuers.iter().cloned())
+                .collect();
+            let mut loaded = LoadedCrls::new(&signers);
+            loaded
+                .add_file(Path::new("root.crl.pem"), crl.as_bytes(), &signers)
+                .unwrap();
+            loaded.note_revoked_cas(issuers, &signers);
+            loaded.revoked
+        };
+        let revoked = load(&certs[1..2]);
+        assert_eq!(revoked.revoked_cas(), 1);
+        assert!(revoked.revokes(&who), "the revoked intermediate's device");
+        assert!(
+            !revoked.contains(&who.issuer, &who.serial),
+            "not its own serial"
+        );
+        // A re-keyed intermediate under the same name is configured too: names are ambiguous.
+        let revoked = load(&certs[1..3]);
+        assert_eq!(revoked.revoked_cas(), 0);
+        assert!(!revoked.revokes(&who));
     }
 }

@@ -48,6 +48,8 @@ pub struct Inputs<'a> {
     /// PEM private key to check against the certificate.
     pub key: Option<&'a Path>,
     pub client_ca: &'a [PathBuf],
+    /// CA certificates used only to check CRL signatures (`tls.crl_issuers`).
+    pub crl_issuers: &'a [PathBuf],
     pub crl: &'a [PathBuf],
     pub service_ou: &'a str,
     /// Unix seconds to check validity at (now, unless testing).
@@ -189,7 +191,8 @@ impl Report {
         cert: &X509Certificate<'_>,
         now: i64,
     ) -> Result<(), Error> {
-        let (verifier, revoked) = tls::client_verifier(input.client_ca, input.crl)?;
+        let (verifier, revoked) =
+            tls::client_verifier(input.client_ca, input.crl_issuers, input.crl)?;
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
         match verifier.verify_client_cert(&chain[0], &chain[1..], at) {
             Ok(_) => self.check(

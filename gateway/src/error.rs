@@ -72,8 +72,14 @@ pub enum PemProblem {
         index: usize,
         error: x509_parser::nom::Err<x509_parser::error::X509Error>,
     },
-    #[error("CRL {index} ({issuer}) is not signed by any configured client CA")]
+    #[error(
+        "CRL {index} ({issuer}) is not signed by any configured client CA (tls.client_ca) \
+         or CRL issuer (tls.crl_issuers)"
+    )]
     CrlNotSigned { index: usize, issuer: String },
+    /// A `tls.crl_issuers` certificate that cannot vouch for CRLs.
+    #[error("tls.crl_issuers: {0}")]
+    CrlIssuer(crate::crl::issuers::CrlIssuerProblem),
 }
 
 /// Building the rustls server configuration failed.
@@ -162,4 +168,7 @@ pub enum Problem {
     TokenRequired { listen: SocketAddr },
     #[error("{0}")]
     Pattern(PatternError),
+    /// A TLS file the key names cannot be used (the error says which and why).
+    #[error("{0}")]
+    Material(Box<crate::Error>),
 }

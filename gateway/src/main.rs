@@ -50,6 +50,10 @@ enum Command {
         /// CRL PEM file(s); taken from --config when absent.
         #[arg(long = "crl")]
         crl: Vec<PathBuf>,
+        /// CA certificate PEM file(s) used only to check CRL signatures (`tls.crl_issuers`);
+        /// taken from --config when absent.
+        #[arg(long = "crl-issuer")]
+        crl_issuer: Vec<PathBuf>,
         /// Gateway config whose client CAs, CRLs and service OU to use.
         #[arg(long, env = "FLEET_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
@@ -87,12 +91,14 @@ async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
             key,
             mut ca,
             mut crl,
+            crl_issuer: mut crl_issuers,
             config,
         } => {
             let mut service_ou = "service".to_owned();
             if let Some(path) = config {
                 let cfg = Config::from_file(&path)?;
                 ca.extend(cfg.tls.client_ca);
+                crl_issuers.extend(cfg.tls.crl_issuers);
                 crl.extend(cfg.tls.crl);
                 service_ou = cfg.service_ou;
             }
@@ -103,6 +109,7 @@ async fn run(command: Command) -> Result<(), fleet_gateway::Error> {
                 cert: &cert,
                 key: key.as_deref(),
                 client_ca: &ca,
+                crl_issuers: &crl_issuers,
                 crl: &crl,
                 service_ou: &service_ou,
                 at: None,

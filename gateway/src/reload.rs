@@ -103,9 +103,9 @@ impl Shared {
             state.crls.check_replaces(&live.crls)?;
             *live = Live::from(state);
         }
-        let kicked = self.sessions.kick_where(Kick::Revoked, |s| {
-            revoked.contains(&s.identity.issuer, &s.identity.serial)
-        });
+        let kicked = self
+            .sessions
+            .kick_where(Kick::Revoked, |s| revoked.revokes(&s.identity));
         self.metrics.revocation_kicks.inc_by(kicked as u64);
         Ok(kicked)
     }

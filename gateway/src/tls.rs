@@ -2,27 +2,30 @@
 //!
 //! TLS 1.3 and 1.2 with ECDHE key exchange and AEAD ciphers only (the ring provider's
 //! defaults). Client certificates are verified with rustls' `WebPkiClientVerifier` against the
-//! configured CA files.
+//! configured CA files, behind the gateway's own checks of key strength and KeyUsage
+//! ([`policy`]).
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::TlsFiles;
 pub use crate::crl::Revoked;
 use crate::crl::{CrlVersions, LoadedCrls};
 use crate::error::{PemProblem, TlsSetup};
 use crate::Error;
+use policy::ClientPolicy;
+pub use policy::{check_client_key, check_key_usage, KeyUsageRefused, WeakKey};
+
+mod policy;
 
 /// The crypto provider every TLS object in the gateway uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -76,6 +79,7 @@ pub struct Material {
     server_cert: FileBytes,
     server_key: FileBytes,
     client_ca: Vec<FileBytes>,
+    crl_issuers: Vec<FileBytes>,
     crl: Vec<FileBytes>,
 }
 
@@ -87,6 +91,11 @@ impl Material {
             server_cert: file(&files.server_cert)?,
             server_key: file(&files.server_key)?,
             client_ca: files.client_ca.iter().map(file).collect::<Result<_, _>>()?,
+            crl_issuers: files
+                .crl_issuers
+                .iter()
+                .map(file)
+                .collect::<Result<_, _>>()?,
             crl: files.crl.iter().map(file).collect::<Result<_, _>>()?,
         })
     }
@@ -97,6 +106,7 @@ impl Material {
         let all = [&self.server_cert, &self.server_key]
             .into_iter()
             .chain(&self.client_ca)
+            .chain(&self.crl_issuers)
             .chain(&self.crl);
         for (path, bytes) in all {
             let path = path.as_os_str().as_encoded_bytes();
@@ -121,9 +131,10 @@ pub struct TlsState {
 
 impl TlsState {
     /// Parses and checks the material: mutual TLS required, trust anchors from every client
-    /// CA file, revocation from every CRL file. Any bad file fails the whole load.
+    /// CA file, CRL issuers that chain to them, revocation from every CRL file. Any bad file
+    /// fails the whole load.
     pub fn from_material(m: &Material) -> Result<TlsState, Error> {
-        let (verifier, crls) = verifier(&m.client_ca, &m.crl)?;
+        let (verifier, crls) = verifier(&m.client_ca, &m.crl_issuers, &m.crl)?;
         let chain = parse_certs(&m.server_cert.0, &m.server_cert.1)?;
         let key = parse_key(&m.server_key.0, &m.server_key.1)?;
         let mut config = ServerConfig::builder_with_provider(provider())
@@ -143,21 +154,65 @@ impl TlsState {
     }
 }
 
-/// The client-certificate verifier the gateway uses, from CA and CRL files, with the index of
-/// revoked certificates.
+/// The client-certificate verifier the gateway uses, from CA, CRL issuer and CRL files, with
+/// the index of revoked certificates.
 pub fn client_verifier(
     client_ca: &[PathBuf],
+    crl_issuers: &[PathBuf],
     crl_files: &[PathBuf],
 ) -> Result<(Arc<dyn ClientCertVerifier>, Revoked), Error> {
     let file = |p: &PathBuf| read(p).map(|bytes| (p.clone(), bytes));
     let cas = client_ca.iter().map(file).collect::<Result<Vec<_>, _>>()?;
+    let issuers = crl_issuers
+        .iter()
+        .map(file)
+        .collect::<Result<Vec<_>, _>>()?;
     let crls = crl_files.iter().map(file).collect::<Result<Vec<_>, _>>()?;
-    let (verifier, loaded) = verifier(&cas, &crls)?;
+    let (verifier, loaded) = verifier(&cas, &issuers, &crls)?;
     Ok((verifier, loaded.revoked))
+}
+
+/// The certificates of every CRL issuer file, each checked: a CA allowed to sign CRLs that
+/// chains to a client CA (`anchors`). An error comes with the index of its file.
+fn crl_issuers(
+    anchors: &[CertificateDer<'_>],
+    files: &[FileBytes],
+) -> Result<Vec<CertificateDer<'static>>, (usize, Error)> {
+    let mut per_file = Vec::with_capacity(files.len());
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        per_file.push(parse_certs(path, bytes).map_err(|e| (i, e))?);
+    }
+    let all: Vec<CertificateDer<'static>> = per_file.iter().flatten().cloned().collect();
+    for (i, ((path, _), certs)) in files.iter().zip(&per_file).enumerate() {
+        crate::crl::issuers::check(anchors, &all, certs)
+            .map_err(|p| (i, pem_error(path, PemProblem::CrlIssuer(p))))?;
+    }
+    Ok(all)
+}
+
+/// Checks the `tls.crl_issuers` files of a configuration against its client CA files, as a
+/// load does. The error comes with the index in `crl_issuers` of the file that fails, or
+/// `None` when a client CA file does.
+pub fn check_crl_issuers(
+    client_ca: &[PathBuf],
+    crl_issuers_files: &[PathBuf],
+) -> Result<(), (Option<usize>, Error)> {
+    let mut anchors = Vec::new();
+    for path in client_ca {
+        anchors.extend(load_certs(path).map_err(|e| (None, e))?);
+    }
+    let mut files = Vec::with_capacity(crl_issuers_files.len());
+    for (i, path) in crl_issuers_files.iter().enumerate() {
+        files.push((path.clone(), read(path).map_err(|e| (Some(i), e))?));
+    }
+    crl_issuers(&anchors, &files)
+        .map(drop)
+        .map_err(|(i, e)| (Some(i), e))
 }
 
 fn verifier(
     client_ca: &[FileBytes],
+    crl_issuer_files: &[FileBytes],
     crl_files: &[FileBytes],
 ) -> Result<(Arc<dyn ClientCertVerifier>, LoadedCrls), Error> {
     let mut roots = RootCertStore::empty();
@@ -170,18 +225,22 @@ fn verifier(
             cas.push(cert);
         }
     }
-    let mut crls = LoadedCrls::new(&cas);
+    let issuers = crl_issuers(&cas, crl_issuer_files).map_err(|(_, e)| e)?;
+    // Who may sign a CRL: a client CA, or a CRL issuer (checked above: it chains to one).
+    let signers: Vec<CertificateDer<'static>> = cas.iter().chain(&issuers).cloned().collect();
+    let mut crls = LoadedCrls::new(&signers);
     for (path, bytes) in crl_files {
-        crls.add_file(path, bytes, &cas)?;
+        crls.add_file(path, bytes, &signers)?;
     }
+    crls.note_revoked_cas(&issuers, &signers);
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .with_crls(crls.der.clone())
-        // CRLs list device certificates; a CA without a CRL file is not a reason to refuse.
-        .only_check_end_entity_revocation()
+        // Every certificate of the chain is checked against its issuer's CRL (a root's CRL
+        // revokes intermediates); a CA without a CRL file is not a reason to refuse.
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| Error::Tls(TlsSetup::ClientVerifier(e)))?;
-    Ok((Arc::new(KeyPolicy(verifier)), crls))
+    Ok((Arc::new(ClientPolicy(verifier)), crls))
 }
 
 /// Loads the TLS material (see [`TlsState::from_material`]).
@@ -215,6 +274,12 @@ pub fn refused_as_revoked() -> Option<Vec<u8>> {
         .flatten()
 }
 
+/// Notes, in this connection's task, the certificate the verifier refused as revoked.
+/// Outside a connection's task (`doctor`) there is nowhere to note it: fine.
+fn note_revoked(end_entity: &CertificateDer<'_>) {
+    let _ = REFUSED_AS_REVOKED.try_with(|slot| *slot.borrow_mut() = Some(end_entity.to_vec()));
+}
+
 /// Short machine-readable reason for a failed handshake, for logs and metrics.
 pub fn failure_reason(err: &std::io::Error) -> &'static str {
     use rustls::{CertificateError, Error as E};
@@ -229,6 +294,8 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
         E::InvalidCertificate(rustls::CertificateError::Other(o)) => {
             if o.0.downcast_ref::<WeakKey>().is_some() {
                 "weak_key"
+            } else if o.0.downcast_ref::<KeyUsageRefused>().is_some() {
+                "bad_key_usage"
             } else if matches!(
                 o.0.downcast_ref::<webpki::Error>(),
                 Some(webpki::Error::EndEntityUsedAsCa)
@@ -272,98 +339,5 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
             _ => "client_alert",
         },
         _ => "tls_error",
-    }
-}
-
-/// Why a client certificate's key is refused before its chain is even looked at.
-#[derive(Debug)]
-pub struct WeakKey(pub String);
-
-impl std::fmt::Display for WeakKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client certificate key is too weak: {}", self.0)
-    }
-}
-
-impl std::error::Error for WeakKey {}
-
-/// The keys a client certificate may carry: EC of at least 256 bits, RSA of at least 2048
-/// bits, or Ed25519. `Err` says what the key is.
-pub fn check_client_key(der: &[u8]) -> Result<(), WeakKey> {
-    use x509_parser::public_key::PublicKey;
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| WeakKey(format!("the certificate cannot be parsed ({e})")))?;
-    let spki = cert.public_key();
-    match spki.parsed() {
-        Ok(PublicKey::EC(point)) if point.key_size() >= 256 => Ok(()),
-        Ok(PublicKey::EC(point)) => Err(WeakKey(format!("EC key of {} bits", point.key_size()))),
-        Ok(PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(()),
-        Ok(PublicKey::RSA(rsa)) => Err(WeakKey(format!("RSA key of {} bits", rsa.key_size()))),
-        _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => Ok(()),
-        _ => Err(WeakKey(format!(
-            "key algorithm {} is not accepted",
-            spki.algorithm.algorithm.to_id_string()
-        ))),
-    }
-}
-
-/// rustls' WebPKI client verifier behind a key policy: a certificate with a weak key is
-/// refused as such ("weak_key") rather than failing later on its signature.
-#[derive(Debug)]
-struct KeyPolicy(Arc<dyn ClientCertVerifier>);
-
-impl ClientCertVerifier for KeyPolicy {
-    fn offer_client_auth(&self) -> bool {
-        self.0.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.0.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        check_client_key(end_entity).map_err(|weak| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(weak),
-            )))
-        })?;
-        let verdict = self.0.verify_client_cert(end_entity, intermediates, now);
-        if let Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) = verdict {
-            // Outside a connection's task (`doctor`) there is nowhere to note it: fine.
-            let _ =
-                REFUSED_AS_REVOKED.try_with(|slot| *slot.borrow_mut() = Some(end_entity.to_vec()));
-        }
-        verdict
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }

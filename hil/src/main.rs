@@ -54,7 +54,7 @@ enum Command {
         /// Label for the results (e.g. fleet-gateway, mosquitto).
         #[arg(long)]
         name: String,
-        /// PID of the broker, for its resident memory.
+        /// PID of the broker, for its CPU time and resident memory.
         #[arg(long)]
         pid: u32,
         #[arg(long)]
@@ -68,11 +68,27 @@ enum Command {
         /// CRL file the broker watches (measures revocation latency when given).
         #[arg(long)]
         crl: Option<PathBuf>,
-        /// Idle-session counts to measure memory at.
-        #[arg(long = "idle", default_values_t = vec![1000usize])]
-        idle: Vec<usize>,
+        /// Idle-session counts to measure memory at (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![10_000usize, 100_000])]
+        sessions: Vec<usize>,
         #[arg(long, default_value_t = 10)]
         connect_seconds: u64,
+        /// Seconds of each message window (after a 1 s warm-up).
+        #[arg(long, default_value_t = 5)]
+        window_seconds: u64,
+        /// Seconds the CPU of idle sessions is measured over.
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
+        /// Offered rate of the latency phase, messages/s.
+        #[arg(long, default_value_t = 20_000)]
+        latency_rate: u64,
+        /// QoS 1 messages each publisher keeps unacknowledged (closed loop).
+        #[arg(long, default_value_t = 16)]
+        in_flight: u16,
+        /// Phases to run (comma-separated; default all): connects, idle, qos0, qos1, fanout,
+        /// latency, revocation.
+        #[arg(long, value_delimiter = ',')]
+        phases: Vec<String>,
     },
     /// The real firmware image on QEMU's mps2-an386 against a real gateway, station and
     /// backend: one verdict line per scenario.
@@ -190,9 +206,19 @@ fn main() -> ExitCode {
                 root,
                 tenant,
                 crl,
-                idle,
+                sessions,
                 connect_seconds,
+                window_seconds,
+                idle_seconds,
+                latency_rate,
+                in_flight,
+                phases,
             } => {
+                let phases = if phases.is_empty() {
+                    fleet_hil::bench::PHASES.map(String::from).to_vec()
+                } else {
+                    phases
+                };
                 let setup = fleet_hil::bench::Setup {
                     target,
                     name,
@@ -202,8 +228,13 @@ fn main() -> ExitCode {
                     root,
                     tenant,
                     crl,
-                    idle_sizes: idle,
+                    sessions,
                     connect_seconds,
+                    window_seconds,
+                    idle_seconds,
+                    latency_rate,
+                    in_flight,
+                    phases,
                 };
                 let results = fleet_hil::bench::run(&setup).await?;
                 println!("{}", serde_json::to_string(&results)?);

@@ -109,6 +109,7 @@ impl RotationRig {
                 server_cert: d.join("gateway/server.pem"),
                 server_key: d.join("gateway/server.key"),
                 client_ca: vec![d.join("gateway/clients-ca.pem")],
+                crl_issuers: Vec::new(),
                 crl: vec![crl],
             },
         );

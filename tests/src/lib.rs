@@ -84,6 +84,7 @@ impl Pki {
                 server_cert: self.path("gateway/server.pem"),
                 server_key: self.path("gateway/server.key"),
                 client_ca: vec![self.path("gateway/clients-ca.pem")],
+                crl_issuers: Vec::new(),
                 crl: vec![self.path("crl/issuing.crl.pem")],
             },
         )

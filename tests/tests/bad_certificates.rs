@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_tests::{wait_for, Pki, RunningGateway, TENANT};
-use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use time::{Duration as Days, OffsetDateTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +21,18 @@ fn client_cert(
     not_after: OffsetDateTime,
     eku: ExtendedKeyUsagePurpose,
 ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    client_cert_with_usage(issuer, cn, not_before, not_after, eku, &[])
+}
+
+/// [`client_cert`] with a KeyUsage extension listing `usages` (none: no extension).
+fn client_cert_with_usage(
+    issuer: &rcgen::Issuer<'_, KeyPair>,
+    cn: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    eku: ExtendedKeyUsagePurpose,
+    usages: &[KeyUsagePurpose],
+) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -26,6 +41,7 @@ fn client_cert(
     p.distinguished_name = dn;
     p.is_ca = IsCa::ExplicitNoCa;
     p.extended_key_usages = vec![eku];
+    p.key_usages = usages.to_vec();
     p.not_before = not_before;
     p.not_after = not_after;
     let cert = p.signed_by(&key, issuer).unwrap();
@@ -238,6 +254,22 @@ async fn every_bad_credential_is_refused_with_its_reason() {
         now + Days::days(30),
         client.clone(),
     );
+    // The control: the same kind of certificate with digitalSignature among its usages.
+    let signing = client_cert_with_usage(
+        issuer,
+        "d-signing",
+        now - Days::days(1),
+        now + Days::days(30),
+        client.clone(),
+        &[
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyAgreement,
+        ],
+    );
+    assert!(
+        got_connack(&gw, &root, Some(signing)).await,
+        "a certificate whose KeyUsage has digitalSignature must be accepted"
+    );
     let cases = certificate_cases(issuer, foreign.issuer(), revoked);
     let mut expected = Vec::new();
     for (reason, identity) in cases {
@@ -280,7 +312,11 @@ async fn every_bad_credential_is_refused_with_its_reason() {
             "no metric for {reason}:\n{metrics}"
         );
     }
-    assert!(gw.sessions.is_empty());
+    // The control's session ended when its client closed.
+    wait_for("no live session", Duration::from_secs(5), || {
+        gw.sessions.is_empty()
+    })
+    .await;
     gw.stop().await;
 }
 
@@ -325,6 +361,19 @@ fn certificate_cases(
                 now - Days::days(1),
                 now + Days::days(30),
                 ExtendedKeyUsagePurpose::ServerAuth,
+            )),
+        ),
+        // A KeyUsage without digitalSignature (keyAgreement only): the key may not sign the
+        // handshake. A certificate with digitalSignature among its usages is accepted (below).
+        (
+            "bad_key_usage",
+            Some(client_cert_with_usage(
+                issuer,
+                "d-key-agreement-only",
+                now - Days::days(1),
+                now + Days::days(30),
+                client.clone(),
+                &[KeyUsagePurpose::KeyAgreement],
             )),
         ),
         (

@@ -11,6 +11,7 @@ fn run(pki: &Pki, cert: &Path, key: Option<&Path>, at: Option<i64>) -> Report {
         cert,
         key,
         client_ca: &[pki.path("gateway/clients-ca.pem")],
+        crl_issuers: &[],
         crl: &[pki.path("crl/issuing.crl.pem")],
         service_ou: "service",
         at,

@@ -94,11 +94,12 @@ fn security_md(dir: &Path, fuzz: &[Outcome], advisories: Option<&str>) -> anyhow
     );
     s.push_str("## Figures\n\n| check | cases | result |\n|---|---|---|\n");
     s.push_str(
-        "| Bad-certificate matrix (`tests/tests/bad_certificates.rs`) | 11: expired, not yet \
-         valid, serverAuth-only EKU, foreign CA, revoked, no certificate, CA:false certificate \
-         as issuer, RSA-1024 key, TLS 1.0, TLS 1.1, TLS 1.2 with CBC (non-AEAD) suites only | \
-         11 refused before CONNACK, each with its own audit reason and metric label \
-         (`expired`, `not_yet_valid`, `bad_eku`, `unknown_ca`, `revoked`, \
+        "| Bad-certificate matrix (`tests/tests/bad_certificates.rs`) | 12: expired, not yet \
+         valid, serverAuth-only EKU, KeyUsage without digitalSignature, foreign CA, revoked, \
+         no certificate, CA:false certificate as issuer, RSA-1024 key, TLS 1.0, TLS 1.1, TLS \
+         1.2 with CBC (non-AEAD) suites only | 12 refused before CONNACK, each with its own \
+         audit reason and metric label (`expired`, `not_yet_valid`, `bad_eku`, \
+         `bad_key_usage`, `unknown_ca`, `revoked`, \
          `no_client_certificate`, `issuer_not_a_ca`, `weak_key`, `unsupported_tls_version` ×2, \
          `no_shared_cipher_suite`) |\n",
     );
@@ -209,8 +210,10 @@ const THREAT_MODEL: &str = "
 
 **An attacker on the network** (anyone who can reach the gateway's port).
 - Cannot get a session without a certificate from a configured CA: mutual TLS is required
-  (TLS 1.3/1.2, ECDHE + AEAD only), the chain, validity, EKU (clientAuth), key strength and
-  revocation are checked before any MQTT byte is read.
+  (TLS 1.3/1.2, ECDHE + AEAD only), the chain, validity, EKU (clientAuth), KeyUsage
+  (digitalSignature, when the extension is present), key strength and revocation (of the
+  device certificate and of intermediates whose issuer's CRL is configured) are checked
+  before any MQTT byte is read.
 - Cannot exhaust handshakes by connecting and stalling: the ClientHello is awaited without a
   handshake slot and every handshake has its own timeout; connections are capped in total and
   rate-limited per source address. Can still use bandwidth and, at the connection cap, delay

@@ -26,6 +26,7 @@ pub const EXPLANATIONS: &[Explanation] = &[
     e("bad_eku", "the certificate is not allowed for client authentication (its extended key usage lacks clientAuth)"),
     e("bad_signature", "its signature does not verify against the trusted CA of that name: it was issued by a different CA that uses the same name (another environment's PKI?), or it was altered"),
     e("weak_key", "the certificate's key is too weak or of a kind the gateway does not accept (EC of at least 256 bits, RSA of at least 2048 bits, or Ed25519)"),
+    e("bad_key_usage", "the certificate's KeyUsage extension does not include digitalSignature, so its key may not sign the TLS handshake (RFC 5280 4.2.1.3) — reissue it with digitalSignature"),
     e("issuer_not_a_ca", "the certificate was signed by a certificate that is not a CA"),
     e("bad_certificate", "the certificate is malformed or uses something the verifier refuses"),
     e("no_client_certificate", "the client sent no certificate: every client must log in with one (mutual TLS)"),
@@ -140,6 +141,7 @@ mod tests {
         }
         for label in [
             "weak_key",
+            "bad_key_usage",
             "issuer_not_a_ca",
             "too_many_connections",
             "ip_rate_limited",

@@ -43,6 +43,7 @@ impl Rig {
                 server_cert: d.join("gateway/server.pem"),
                 server_key: d.join("gateway/server.key"),
                 client_ca: vec![d.join("gateway/clients-ca.pem")],
+                crl_issuers: Vec::new(),
                 crl: vec![station.crl_path()],
             },
         );
