@@ -176,6 +176,14 @@ fn security_md(dir: &Path, fuzz: &[Outcome], advisories: Option<&str>) -> anyhow
                 .to_owned(),
         }
     ));
+    s.push_str(&fuzz_table(fuzz));
+    s.push_str(THREAT_MODEL);
+    Ok(s)
+}
+
+/// The fuzzing row of the figures and the table of fuzz targets.
+fn fuzz_table(fuzz: &[Outcome]) -> String {
+    let mut s = String::new();
     let total: u64 = fuzz.iter().map(|o| o.executions).sum();
     let crashes = fuzz.iter().filter(|o| o.crashed).count();
     s.push_str(&format!(
@@ -201,8 +209,7 @@ fn security_md(dir: &Path, fuzz: &[Outcome], advisories: Option<&str>) -> anyhow
             u8::from(o.crashed)
         ));
     }
-    s.push_str(THREAT_MODEL);
-    Ok(s)
+    s
 }
 
 const THREAT_MODEL: &str = "
