@@ -48,7 +48,7 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
     let document = Arc::new(openapi_document(token.is_some()));
     let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/sessions", get(sessions))
         .route("/v1/sessions/{device}/kick", post(kick))
@@ -81,6 +81,19 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Ready unless this gateway is in a cluster that cannot take messages now (NATS
+/// unreachable, the stream or buckets not set up): 503 with the reason.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.cluster.as_ref().map(|c| c.ready()) {
+        Some(Err(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: cluster: {why}\n"),
+        )
+            .into_response(),
+        _ => "ready\n".into_response(),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -213,7 +226,7 @@ fn openapi_paths() -> serde_json::Value {
             "/v1/console/station/devices/{device}/revoke": crate::console::openapi::station_revoke(),
             "/v1/audit": crate::console::openapi::audit(),
             "/healthz": { "get": { "summary": "Liveness", "responses": { "200": text("ok") } } },
-            "/readyz": { "get": { "summary": "Readiness: listeners bound, broker running", "responses": { "200": text("ready") } } },
+            "/readyz": { "get": { "summary": "Readiness: listeners bound, broker running, and in a cluster NATS reachable with the stream and buckets set up", "responses": { "200": text("ready"), "503": text("not ready: the reason") } } },
             "/metrics": { "get": { "summary": "Prometheus / OpenMetrics exposition", "responses": { "200": metrics } } },
             "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" } } } },
             "/v1/sessions": { "get": {

@@ -43,6 +43,9 @@
 //! station_ca = "ca/root.pem"
 //! threshold_days = 30                      # devices expiring sooner are told to renew
 //!
+//! [cluster]                                # optional: gateways sharing NATS JetStream
+//! servers = ["nats://127.0.0.1:4222"]      # see crate::cluster::ClusterConfig for the rest
+//!
 //! [[acl.device]]                           # appended to the default device rules
 //! effect = "deny"
 //! action = "publish"
@@ -260,6 +263,8 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Certificate rotation through the station (`None`: devices are told nothing).
     pub renewal: Option<crate::renewal::Renewal>,
+    /// A cluster of gateways over NATS JetStream (`None`: this gateway alone, in process).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -274,6 +279,7 @@ impl Config {
             admin: None,
             audit_log: None,
             renewal: None,
+            cluster: None,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Shared {
     pub sessions: Registry,
     /// The broker core every connection routes through.
     pub hub: Arc<Hub>,
+    /// This gateway's link to the cluster (`None`: a single gateway).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Certificate rotation through the station, when configured.
     pub renewal: Option<Arc<crate::renewal::RenewalClient>>,
     pub metrics: Metrics,

@@ -26,6 +26,7 @@ pub(super) struct FileConfig {
     admin: Option<FileAdmin>,
     audit_log: Option<PathBuf>,
     renewal: Option<FileRenewal>,
+    cluster: Option<crate::cluster::FileCluster>,
 }
 
 impl FileConfig {
@@ -39,6 +40,7 @@ impl FileConfig {
             Some(admin) => admin.validate(base)?,
         };
         let renewal = self.renewal.map(|r| r.validate(base)).transpose()?;
+        let cluster = self.cluster.map(|c| c.validate(base)).transpose()?;
         Ok(Config {
             listen,
             tls,
@@ -48,6 +50,7 @@ impl FileConfig {
             admin,
             audit_log: self.audit_log.map(|p| resolve(base, &p)),
             renewal,
+            cluster,
         })
     }
 }

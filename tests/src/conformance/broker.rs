@@ -62,8 +62,9 @@ pub struct Broker {
     pub kind: Kind,
     pub addr: SocketAddr,
     dir: PathBuf,
-    pki: Mutex<Pki>,
-    issued: Mutex<HashSet<String>>,
+    /// Shared by the gateways of one cluster ([`Broker::sibling_gateway`]).
+    pki: Arc<Mutex<Pki>>,
+    issued: Arc<Mutex<HashSet<String>>>,
     log: PathBuf,
     _process: Process,
 }
@@ -118,42 +119,41 @@ impl Broker {
 
     /// The gateway binary on port 0 (the address is the last word of its first line).
     pub fn gateway() -> Broker {
-        let bin = gateway_binary();
+        Broker::gateway_with("")
+    }
+
+    /// The gateway binary with `extra` appended to its config (e.g. a `[cluster]` table).
+    pub fn gateway_with(extra: &str) -> Broker {
         let pki = Pki::new();
         let dir = pki.dir.path().to_owned();
-        let config = dir.join("gateway.toml");
-        std::fs::write(&config, GATEWAY_CONF).expect("write config");
-        let log = dir.join("gateway.log");
-        let mut child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("the gateway binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let process = Process(child);
-        // Its first line names the address; read it on a thread so the wait is bounded.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut first = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut first);
-            let _ = tx.send(first);
-        });
-        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let addr = first
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "the gateway did not start: {first:?}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
+        let (addr, log, process) = spawn_gateway(&dir, extra);
         Broker::new(Kind::Gateway, addr, pki, log, process)
+    }
+
+    /// Another gateway binary on the same PKI (so every identity works on both), with
+    /// `extra` appended to its config.
+    pub fn sibling_gateway(&self, extra: &str) -> Broker {
+        let (addr, log, process) = spawn_gateway(&self.dir, extra);
+        Broker {
+            kind: Kind::Gateway,
+            addr,
+            dir: self.dir.clone(),
+            pki: self.pki.clone(),
+            issued: self.issued.clone(),
+            log,
+            _process: process,
+        }
+    }
+
+    /// The broker process's id.
+    pub fn pid(&self) -> u32 {
+        self._process.0.id()
+    }
+
+    /// Kills the broker (SIGKILL, by its PID), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self._process.0.kill();
+        let _ = self._process.0.wait();
     }
 
     fn new(kind: Kind, addr: SocketAddr, pki: Pki, log: PathBuf, process: Process) -> Broker {
@@ -161,8 +161,8 @@ impl Broker {
             kind,
             addr,
             dir: pki.dir.path().to_owned(),
-            pki: Mutex::new(pki),
-            issued: Mutex::new(HashSet::new()),
+            pki: Arc::new(Mutex::new(pki)),
+            issued: Arc::new(Mutex::new(HashSet::new())),
             log,
             _process: process,
         }
@@ -219,7 +219,54 @@ impl Broker {
     }
 }
 
-/// The gateway's config: services may use `#` (so `+` and `#` filters at the first level can
+/// Starts the gateway binary with its config in `dir` (the PKI's) plus `extra`; returns its
+/// address (the last word of its first line), its log and the process.
+fn spawn_gateway(dir: &Path, extra: &str) -> (SocketAddr, PathBuf, Process) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let bin = gateway_binary();
+    let config = dir.join(format!("gateway-{n}.toml"));
+    // No admin listener unless `extra` configures one.
+    let admin = if extra.contains("[admin]") {
+        ""
+    } else {
+        "\n[admin]\nenabled = false\n"
+    };
+    std::fs::write(&config, format!("{GATEWAY_CONF}{admin}\n{extra}")).expect("write config");
+    let log = dir.join(format!("gateway-{n}.log"));
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("the gateway binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let process = Process(child);
+    // Its first line names the address; read it on a thread so the wait is bounded.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let addr = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the gateway did not start: {first:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    (addr, log, process)
+}
+
+/// The gateway's config (without `[admin]`, see [`spawn_gateway`]): services may use `#` (so `+` and `#` filters at the first level can
 /// be tried) and `$conf/#` (a `$` topic both brokers let a client publish to).
 const GATEWAY_CONF: &str = r##"listen = "127.0.0.1:0"
 
@@ -228,9 +275,6 @@ server_cert = "gateway/server.pem"
 server_key = "gateway/server.key"
 client_ca = ["gateway/clients-ca.pem"]
 crl = ["crl/issuing.crl.pem"]
-
-[admin]
-enabled = false
 
 [[acl.service]]
 effect = "allow"

@@ -1,0 +1,418 @@
+//! The cluster's I/O: the tasks between NATS and the hub.
+//!
+//! - `publish`: each queued publish goes to NATS. QoS 0 on the core subject
+//!   `<prefix>.v.<tokens>`; QoS 1/2 to JetStream on `<prefix>.d.<tokens>` (the stream's
+//!   subjects) with `Nats-Msg-Id` for de-duplication, and the hub is told
+//!   ([`Hub::persisted`]) once JetStream acknowledged the store (then the PUBACK / PUBREC
+//!   goes out) or failed to (0x80). A retained message is also written to the KV bucket
+//!   (or its key deleted) before that. While NATS is not ready, QoS 1/2 publishes fail at
+//!   once (never acknowledged) and QoS 0 ones are dropped and counted.
+//! - `interest`: one core NATS subscription per filter this gateway's sessions hold
+//!   (`<prefix>.*.<filter tokens>`), shared by all of them; each message received is handed
+//!   to [`Hub::deliver`] (the broker matches it against its sessions). A message two
+//!   overlapping subscriptions both receive is delivered once (by its `Fleet-Id`).
+//! - `setup`: creates (or finds) the stream and the buckets, then watches the retained
+//!   bucket into the local copy; it retries every second while NATS is unreachable.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use fleet_protocol::mqtt::QoS;
+use futures_util::StreamExt;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+
+use super::backend::{lock, Interest, Outbound, SharedRetained};
+use super::config::ClusterConfig;
+use super::{envelope, subject};
+use crate::broker::{Message, StoreOutcome};
+use crate::hub::Hub;
+
+/// The header naming a message across the cluster (de-duplication on delivery).
+pub const FLEET_ID: &str = "Fleet-Id";
+/// Message ids remembered to drop a second copy of one message.
+const RECENT_IDS: usize = 16_384;
+/// How long to wait before setting up the stream and buckets again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Whether the cluster can take messages, and why not.
+#[derive(Debug, Default)]
+pub struct Status {
+    connected: AtomicBool,
+    set_up: AtomicBool,
+    problem: Mutex<Option<String>>,
+    /// QoS 0 messages dropped because NATS was not ready.
+    pub dropped_volatile: AtomicU64,
+    /// QoS 1/2 publishes refused (0x80 / close) because the store did not take them.
+    pub store_failures: AtomicU64,
+}
+
+impl Status {
+    /// `Ok` when connected to NATS with the stream and buckets in place; else what is wrong.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.connected.load(Ordering::Acquire) {
+            let why = self.problem();
+            return Err(format!(
+                "not connected to NATS{}",
+                why.map_or(String::new(), |w| format!(" ({w})"))
+            ));
+        }
+        if !self.set_up.load(Ordering::Acquire) {
+            let why = self.problem().unwrap_or_else(|| "in progress".into());
+            return Err(format!("JetStream stream and buckets not set up: {why}"));
+        }
+        Ok(())
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_problem(&self, problem: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    pub(super) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+}
+
+/// Message ids seen lately, oldest first out.
+#[derive(Debug, Default)]
+struct Recent {
+    ids: HashSet<Box<str>>,
+    order: VecDeque<Box<str>>,
+}
+
+impl Recent {
+    /// False when `id` was already seen.
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() >= RECENT_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.ids.insert(id.into());
+        self.order.push_back(id.into());
+        true
+    }
+}
+
+/// What the link tasks share.
+pub struct Link {
+    pub(super) config: ClusterConfig,
+    pub(super) client: async_nats::Client,
+    pub(super) js: jetstream::Context,
+    pub(super) hub: Arc<Hub>,
+    pub(super) status: Arc<Status>,
+    pub(super) retained: SharedRetained,
+    retained_kv: Mutex<Option<kv::Store>>,
+    /// Prefix of this process's message ids (gateway name and start time).
+    ids: String,
+    recent: Mutex<Recent>,
+}
+
+impl Link {
+    pub(super) fn new(
+        config: ClusterConfig,
+        client: async_nats::Client,
+        hub: Arc<Hub>,
+        status: Arc<Status>,
+        retained: SharedRetained,
+        name: &str,
+    ) -> Link {
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Link {
+            js: jetstream::new(client.clone()),
+            config,
+            client,
+            hub,
+            status,
+            retained,
+            retained_kv: Mutex::new(None),
+            ids: format!("{name}-{}-{started:x}", std::process::id()),
+            recent: Mutex::new(Recent::default()),
+        }
+    }
+
+    fn subject(&self, kind: char, topic: &str) -> String {
+        format!(
+            "{}.{kind}.{}",
+            self.config.subject_prefix,
+            subject::topic_to_tokens(topic)
+        )
+    }
+
+    fn kv(&self) -> Option<kv::Store> {
+        self.retained_kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sends queued publishes to NATS until the channel closes.
+    pub(super) async fn publish(self: Arc<Self>, mut queue: UnboundedReceiver<Outbound>) {
+        while let Some(Outbound { ticket, message }) = queue.recv().await {
+            let durable = message.qos != QoS::AtMostOnce;
+            if let Err(why) = self.status.ready() {
+                if durable {
+                    self.status.store_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic = %message.topic, "QoS {} publish not stored, refused: {why}", message.qos as u8);
+                    self.hub.persisted(ticket, StoreOutcome::Failed);
+                } else {
+                    self.status.dropped_volatile.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic = %message.topic, "QoS 0 publish dropped: {why}");
+                }
+                continue;
+            }
+            let id = format!("{}-{}", self.ids, ticket.get());
+            let body = envelope::encode(&message, SystemTime::now());
+            let mut headers = HeaderMap::new();
+            headers.insert(FLEET_ID, id.as_str());
+            if !durable {
+                let subject = self.subject('v', &message.topic);
+                if let Err(e) = self
+                    .client
+                    .publish_with_headers(subject, headers, body.clone())
+                    .await
+                {
+                    self.status.dropped_volatile.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic = %message.topic, error = %e, "QoS 0 publish to NATS failed");
+                }
+                if message.retain {
+                    let _ = self.write_retained(&message, body).await;
+                }
+                continue;
+            }
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            let subject = self.subject('d', &message.topic);
+            let sent = self
+                .js
+                .publish_with_headers(subject, headers, body.clone())
+                .await;
+            let link = self.clone();
+            tokio::spawn(async move {
+                let stored = match sent {
+                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let stored = match stored {
+                    Ok(_) if message.retain => link.write_retained(&message, body).await,
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                let outcome = match stored {
+                    Ok(()) => StoreOutcome::Stored,
+                    Err(e) => {
+                        link.status.store_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = %message.topic, error = %e, "JetStream did not store a QoS {} publish: refused", message.qos as u8);
+                        StoreOutcome::Failed
+                    }
+                };
+                link.hub.persisted(ticket, outcome);
+            });
+        }
+    }
+
+    /// Puts a retained message into the bucket, or deletes its key (empty payload).
+    async fn write_retained(&self, message: &Message, body: Bytes) -> Result<(), String> {
+        let Some(kv) = self.kv() else {
+            return Err("the retained bucket is not set up".into());
+        };
+        let key = subject::topic_to_tokens(&message.topic);
+        let written = if message.payload.is_empty() {
+            kv.delete(&key).await.map_err(|e| e.to_string())
+        } else {
+            kv.put(&key, body)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        written.map_err(|e| format!("retained bucket {}: {e}", self.config.retained_bucket))
+    }
+
+    /// Keeps one core NATS subscription per filter the sessions hold.
+    pub(super) async fn interest(self: Arc<Self>, mut changes: UnboundedReceiver<Interest>) {
+        let mut held: HashMap<Box<str>, (usize, Vec<JoinHandle<()>>)> = HashMap::new();
+        while let Some(change) = changes.recv().await {
+            match change {
+                Interest::Add(filter) => {
+                    let entry = held.entry(filter.clone()).or_default();
+                    entry.0 += 1;
+                    if entry.0 == 1 {
+                        entry.1 = self.clone().listen(&filter).await;
+                    }
+                }
+                Interest::Remove(filter) => {
+                    let gone = held.get_mut(&filter).is_some_and(|(n, _)| {
+                        *n = n.saturating_sub(1);
+                        *n == 0
+                    });
+                    if gone {
+                        if let Some((_, readers)) = held.remove(&filter) {
+                            // Dropping a subscriber unsubscribes it.
+                            readers.iter().for_each(JoinHandle::abort);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes to the subjects of `filter` and reads each on its own task.
+    async fn listen(self: Arc<Self>, filter: &str) -> Vec<JoinHandle<()>> {
+        let mut readers = Vec::new();
+        for subject in subject::nats_filters(&self.config.subject_prefix, filter) {
+            match self.client.subscribe(subject.clone()).await {
+                Ok(mut sub) => {
+                    let link = self.clone();
+                    readers.push(tokio::spawn(async move {
+                        while let Some(m) = sub.next().await {
+                            link.incoming(&m.subject, m.headers.as_ref(), m.payload);
+                        }
+                    }));
+                }
+                Err(e) => {
+                    tracing::error!(filter, subject, error = %e, "cannot subscribe on NATS: messages for this filter from other gateways will not arrive")
+                }
+            }
+        }
+        readers
+    }
+
+    /// A message from NATS for the local sessions.
+    fn incoming(&self, subject: &str, headers: Option<&HeaderMap>, payload: Bytes) {
+        let tokens = subject
+            .strip_prefix(self.config.subject_prefix.as_str())
+            .and_then(|s| s.strip_prefix('.'))
+            .and_then(|s| s.split_once('.'))
+            .map(|(_, t)| t);
+        let Some(tokens) = tokens else {
+            return;
+        };
+        if let Some(id) = headers.and_then(|h| h.get(FLEET_ID)) {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if !recent.first_time(id.as_str()) {
+                return;
+            }
+        }
+        let decoded = subject::tokens_to_topic(tokens)
+            .map_err(|e| e.to_string())
+            .and_then(|topic| {
+                envelope::decode(&topic, payload, Instant::now(), SystemTime::now())
+                    .map_err(|e| e.to_string())
+            });
+        match decoded {
+            Ok(message) => self.hub.deliver(Arc::new(message), Instant::now()),
+            Err(e) => tracing::warn!(subject, error = %e, "message from NATS ignored"),
+        }
+    }
+
+    /// Sets up the stream and buckets (retrying while NATS is unreachable), then keeps the
+    /// local copy of the retained messages current; sets up again if the watch ends.
+    pub(super) async fn setup(self: Arc<Self>) {
+        loop {
+            match self.prepare().await {
+                Ok(retained) => {
+                    self.status.set_problem(None);
+                    self.status.set_up.store(true, Ordering::Release);
+                    tracing::info!(stream = %self.config.stream, "cluster: JetStream stream and buckets ready");
+                    if let Err(e) = self.watch_retained(&retained).await {
+                        tracing::warn!(error = %e, "cluster: retained bucket watch ended; watching again");
+                    }
+                }
+                Err(e) => {
+                    self.status.set_up.store(false, Ordering::Release);
+                    tracing::error!(servers = ?self.config.servers, "cluster: {e}; retrying in {} s", RETRY.as_secs());
+                    self.status.set_problem(Some(e));
+                }
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// The stream and the buckets, created when missing.
+    async fn prepare(&self) -> Result<kv::Store, String> {
+        let c = &self.config;
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err("NATS is unreachable".into());
+        }
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: c.stream.clone(),
+                subjects: vec![format!("{}.d.>", c.subject_prefix)],
+                max_age: c.max_age,
+                num_replicas: c.replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("JetStream stream {}: {e}", c.stream))?;
+        let retained = self.bucket(&c.retained_bucket).await?;
+        self.bucket(&c.control_bucket).await?;
+        *self.retained_kv.lock().unwrap_or_else(|p| p.into_inner()) = Some(retained.clone());
+        Ok(retained)
+    }
+
+    pub(super) async fn bucket(&self, name: &str) -> Result<kv::Store, String> {
+        if let Ok(store) = self.js.get_key_value(name).await {
+            return Ok(store);
+        }
+        self.js
+            .create_key_value(kv::Config {
+                bucket: name.to_owned(),
+                history: 1,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("JetStream KV bucket {name}: {e}"))
+    }
+
+    /// Applies every retained message in the bucket, then every change, to the local copy.
+    async fn watch_retained(&self, kv: &kv::Store) -> Result<(), String> {
+        let mut watch = kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let topic = match subject::tokens_to_topic(&entry.key) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retained bucket: key ignored");
+                    continue;
+                }
+            };
+            let message = match entry.operation {
+                kv::Operation::Put => {
+                    envelope::decode(&topic, entry.value, Instant::now(), SystemTime::now())
+                }
+                // An empty retained message clears the topic.
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    Ok(Message::new(&topic, Bytes::new(), QoS::AtMostOnce, true))
+                }
+            };
+            match message {
+                Ok(m) => {
+                    lock(&self.retained).set(&Arc::new(m));
+                }
+                Err(e) => tracing::warn!(topic, error = %e, "retained bucket: value ignored"),
+            }
+        }
+        Err("the watch stream ended".into())
+    }
+}

@@ -1,0 +1,202 @@
+//! A cluster of gateways over NATS JetStream (the `[cluster]` table; without it the gateway
+//! runs alone with the in-process backend, unchanged).
+//!
+//! ```text
+//! device ─TLS─► gateway A: session rules ─► Broker ─► JetStreamBackend ─► link ─► NATS
+//!                                                                           │
+//! backend ─TLS─► gateway B: session rules ◄─ Broker ◄── hub.deliver ◄─ link ◄┘
+//! ```
+//!
+//! The gateway stays the MQTT front end and owns every MQTT rule (its [`crate::broker`]);
+//! NATS is the backbone, and the gateways hold no JetStream state of their own:
+//!
+//! - topics map to NATS subjects reversibly ([`subject`]): QoS 0 travels on core NATS
+//!   (`<prefix>.v.<topic>`), QoS 1/2 through the JetStream stream (`<prefix>.d.<topic>`),
+//!   acknowledged to the publisher only after JetStream stored it (`Nats-Msg-Id` for
+//!   de-duplication); a message is an [`envelope`] (origin, QoS, retain, expiry,
+//!   v5 properties, payload);
+//! - every gateway receives the messages for the filters its sessions hold through one core
+//!   NATS subscription per filter, shared by its sessions — no JetStream consumer per
+//!   session or subscription — and hands them to its broker, which fans them out;
+//! - retained messages live in a KV bucket (key = topic tokens) that every gateway watches
+//!   into its local [`RetainedStore`](crate::broker::RetainedStore) copy.
+
+mod backend;
+mod config;
+pub mod envelope;
+mod link;
+pub mod subject;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::mpsc::unbounded_channel;
+use tokio::task::JoinHandle;
+
+pub use backend::{Interest, JetStreamBackend, Outbound};
+pub use config::ClusterConfig;
+pub(crate) use config::FileCluster;
+pub use link::Status;
+
+use crate::broker::{BrokerConfig, InProcess, RetainedStore};
+use crate::hub::Hub;
+use crate::Error;
+
+/// A gateway's membership in the cluster: its NATS connection and the tasks of its link.
+pub struct Cluster {
+    /// This gateway's name in the cluster.
+    pub name: String,
+    pub status: Arc<Status>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn setup_error(what: &'static str, detail: impl std::fmt::Display) -> Error {
+    Error::Cluster {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+/// The rustls client config for NATS: ring, like every TLS object of the gateway, the
+/// configured CA (else none: then NATS must not ask for TLS) and the client identity.
+fn tls_config(c: &ClusterConfig) -> Result<Option<rustls::ClientConfig>, Error> {
+    if c.ca.is_none() && c.client_auth.is_none() {
+        return Ok(None);
+    }
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|e| setup_error(what, format!("{}: {e}", path.display())))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &c.ca {
+        for cert in CertificateDer::pem_slice_iter(&read("ca", ca)?) {
+            let cert = cert.map_err(|e| setup_error("ca", e))?;
+            roots.add(cert).map_err(|e| setup_error("ca", e))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| setup_error("TLS protocol versions", e))?
+        .with_root_certificates(roots);
+    let config = match &c.client_auth {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&read("client_cert", cert)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| setup_error("client_cert", e))?;
+            let key = PrivateKeyDer::from_pem_slice(&read("client_key", key)?)
+                .map_err(|e| setup_error("client_key", e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| setup_error("client identity", e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Some(config))
+}
+
+/// A name unique enough for a gateway that was given none: its host's process id and start
+/// time.
+fn default_name() -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("gw-{}-{started:x}", std::process::id())
+}
+
+impl Cluster {
+    /// Connects to NATS (in the background: an unreachable NATS is retried, reported by
+    /// [`Status::ready`] and logged, never fatal) and starts the link; returns the hub whose
+    /// broker distributes through the cluster. Only unusable settings (TLS files) fail.
+    pub async fn start(
+        config: &ClusterConfig,
+        broker: BrokerConfig,
+    ) -> Result<(Arc<Hub>, Arc<Cluster>), Error> {
+        let name = config.name.clone().unwrap_or_else(default_name);
+        let status = Arc::new(Status::default());
+        let events = status.clone();
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("fleet-gateway {name}"))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(std::time::Duration::from_secs(2))
+            .reconnect_delay_callback(|attempt| {
+                std::time::Duration::from_millis((100 * attempt as u64).min(1000))
+            })
+            .event_callback(move |event| {
+                let status = events.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            status.set_connected(true);
+                            tracing::info!("cluster: connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => {
+                            status.set_connected(false);
+                            tracing::error!("cluster: disconnected from NATS; reconnecting");
+                        }
+                        other => tracing::warn!("cluster: NATS: {other}"),
+                    }
+                }
+            });
+        if let Some(tls) = tls_config(config)? {
+            options = options.tls_client_config(tls).require_tls(true);
+        }
+        let client = options
+            .connect(config.servers.as_slice())
+            .await
+            .map_err(|e| setup_error("connect", e))?;
+        if client.connection_state() == async_nats::connection::State::Connected {
+            status.set_connected(true);
+        } else {
+            tracing::error!(servers = ?config.servers, "cluster: NATS is unreachable; not ready until it is (retrying)");
+            status.set_problem(Some(format!(
+                "NATS at {} is unreachable",
+                config.servers.join(", ")
+            )));
+        }
+        let (out_tx, out_rx) = unbounded_channel();
+        let (int_tx, int_rx) = unbounded_channel();
+        let retained = Arc::new(Mutex::new(RetainedStore::new(
+            InProcess::DEFAULT_RETAINED_LIMIT,
+        )));
+        let backend = JetStreamBackend::new(out_tx, int_tx, retained.clone());
+        let hub = Arc::new(Hub::with_backend(broker, Box::new(backend)));
+        let link = Arc::new(link::Link::new(
+            config.clone(),
+            client,
+            hub.clone(),
+            status.clone(),
+            retained,
+            &name,
+        ));
+        let tasks = vec![
+            tokio::spawn(link.clone().setup()),
+            tokio::spawn(link.clone().publish(out_rx)),
+            tokio::spawn(link.clone().interest(int_rx)),
+        ];
+        let cluster = Arc::new(Cluster {
+            name,
+            status,
+            tasks: Mutex::new(tasks),
+        });
+        Ok((hub, cluster))
+    }
+
+    /// `Ok` when this gateway can distribute messages; else what is wrong (for `/readyz`).
+    pub fn ready(&self) -> Result<(), String> {
+        self.status.ready()
+    }
+
+    /// Stops the link's tasks (the gateway is shutting down).
+    pub fn stop(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}

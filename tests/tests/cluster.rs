@@ -1,0 +1,253 @@
+//! The gateway cluster over NATS JetStream (issue 17): gateway binaries on nats-server
+//! (FLEET_NATS_SERVER, or the venv `cargo xtask test` makes; required under CI=true or
+//! FLEET_REQUIRE_NATS), clients over mutual TLS with the conformance suite's raw client.
+//!
+//! Every case starts its own NATS and gateways on ephemeral ports; a device on gateway A and
+//! a subscriber on gateway B see the MQTT semantics of one node: delivery at min(publish,
+//! granted QoS) at QoS 0/1/2, retained messages, wills; and a QoS 1 publish the store cannot
+//! take is refused, never acknowledged and then dropped.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use fleet_tests::cluster::{await_route, cluster_toml, free_admin, readyz, Gateways, Nats};
+use fleet_tests::conformance::packet::{ack_fields, is_ack, Ack};
+use fleet_tests::conformance::{Broker, Conn, Msg, Options, Sub, Version, Will};
+
+/// Whether something accepts TCP at a `nats://host:port` URL.
+fn reachable(url: &str) -> bool {
+    let addr = url
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("socket address");
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+#[test]
+fn nats_fixture_starts_a_three_node_cluster_and_kills_one_node() {
+    let Some(mut nats) = Nats::cluster(3) else {
+        return;
+    };
+    let urls = nats.urls();
+    assert_eq!(urls.len(), 3);
+    assert!(urls.iter().all(|u| reachable(u)), "{}", nats.logs());
+    nats.servers[1].kill();
+    assert!(nats.servers[1].pid().is_none());
+    assert!(!reachable(&urls[1]), "a killed server still accepts");
+    nats.servers[1].restart();
+    assert!(reachable(&urls[1]), "{}", nats.logs());
+}
+
+/// One NATS and two ready gateways, or `None` (a skip) without nats-server.
+async fn pair() -> Option<(Nats, Gateways)> {
+    let nats = Nats::single()?;
+    let gws = Gateways::start(&nats.urls(), 2);
+    gws.wait_ready().await;
+    Some((nats, gws))
+}
+
+async fn v5(gw: &Broker, name: &str) -> Conn {
+    Conn::clean(gw, name, Version::V5).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_cross_gateways_at_the_lower_of_publish_and_granted_qos() {
+    let Some((_nats, gws)) = pair().await else {
+        return;
+    };
+    let (a, b) = (&gws.gateways[0], &gws.gateways[1]);
+    let mut device = v5(a, "xq-device").await;
+    let mut sub1 = v5(b, "xq-sub1").await;
+    let mut sub2 = Conn::clean(b, "xq-sub2", Version::V4).await;
+    sub1.subscribe_ok(1, &[Sub::new("xq/t", 1)]).await;
+    sub2.subscribe_ok(1, &[Sub::new("xq/#", 2)]).await;
+    await_route(&mut device, &mut sub1, "xq/t").await;
+    // sub2's filter is another NATS subscription: wait for it too (sub1 drops the probes).
+    await_route(&mut device, &mut sub2, "xq/t").await;
+    while sub1.recv(Duration::from_millis(200)).await.is_ok() {}
+
+    for (qos, pkid) in [(0u8, 0u16), (1, 11), (2, 12)] {
+        let sent = Msg::new("xq/t", &format!("qos{qos}"), qos, pkid);
+        device.publish(&sent).await;
+        let got1 = sub1.receive("at QoS min(pub, 1)").await;
+        got1.check(
+            &Msg::new("xq/t", &format!("qos{qos}"), qos.min(1), 0),
+            "sub1",
+        );
+        let got2 = sub2.receive("at QoS min(pub, 2)").await;
+        got2.check(&Msg::new("xq/t", &format!("qos{qos}"), qos, 0), "sub2");
+    }
+    assert_eq!(
+        sub1.silent(Duration::from_millis(300)).await,
+        Ok(()),
+        "one copy each"
+    );
+    assert_eq!(
+        sub2.silent(Duration::from_millis(100)).await,
+        Ok(()),
+        "one copy each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_set_on_a_is_sent_on_subscribe_at_b_and_cleared_from_a() {
+    let Some((_nats, gws)) = pair().await else {
+        return;
+    };
+    let (a, b) = (&gws.gateways[0], &gws.gateways[1]);
+    let mut device = v5(a, "rt-device").await;
+    device
+        .publish(&Msg::new("rt/state", "on", 1, 5).retained())
+        .await;
+    // The PUBACK came after the KV bucket had it; B's watch follows within milliseconds.
+    let start = Instant::now();
+    let got = loop {
+        let mut sub = v5(b, "rt-sub").await;
+        sub.subscribe_ok(1, &[Sub::new("rt/#", 1)]).await;
+        if let Ok(p) = sub.recv(Duration::from_millis(300)).await {
+            let m = p.publish().expect("a PUBLISH");
+            sub.ack(&m).await;
+            break m;
+        }
+        sub.disconnect(0).await;
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", gws.logs());
+    };
+    got.check(
+        &Msg::new("rt/state", "on", 1, 0).retained(),
+        "retained at B",
+    );
+
+    device
+        .publish(&Msg::new("rt/state", "", 1, 6).retained())
+        .await;
+    let start = Instant::now();
+    loop {
+        let mut sub = v5(b, "rt-sub").await;
+        sub.subscribe_ok(1, &[Sub::new("rt/#", 1)]).await;
+        if sub.silent(Duration::from_millis(300)).await.is_ok() {
+            break;
+        }
+        sub.disconnect(0).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the retained message was not cleared at B"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_from_a_device_on_a_reaches_a_subscriber_on_b() {
+    let Some((_nats, gws)) = pair().await else {
+        return;
+    };
+    let (a, b) = (&gws.gateways[0], &gws.gateways[1]);
+    let mut sub = v5(b, "wl-sub").await;
+    sub.subscribe_ok(1, &[Sub::new("wl/#", 2)]).await;
+    let mut probe = v5(a, "wl-probe").await;
+    await_route(&mut probe, &mut sub, "wl/probe").await;
+
+    let options = Options {
+        will: Some(Will {
+            topic: "wl/device".into(),
+            payload: "gone".into(),
+            qos: 1,
+            retain: false,
+            delay: None,
+        }),
+        ..Options::default()
+    };
+    let (device, _) = Conn::start(a, "wl-device", Version::V4, &options).await;
+    device.drop_connection();
+    let will = sub.receive("the will, from the other gateway").await;
+    will.check(&Msg::new("wl/device", "gone", 1, 0), "will at B");
+}
+
+/// A QoS 1 PUBLISH's acknowledgement: (packet id, success).
+async fn puback(conn: &mut Conn, pkid: u16) -> (u16, bool) {
+    conn.send_publish(&Msg::new("st/t", "x", 1, pkid)).await;
+    let ack = conn.next_where("PUBACK", is_ack(Ack::PubAck)).await;
+    ack_fields(&ack).expect("an acknowledgement")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_unreachable_at_start_is_not_ready_and_refuses_qos1_without_crashing() {
+    let Some(nats_bin) = fleet_tests::cluster::nats::nats_server_binary() else {
+        return;
+    };
+    drop(nats_bin);
+    // Nothing listens on this port.
+    let nowhere = format!(
+        "nats://127.0.0.1:{}",
+        fleet_tests::cluster::nats::free_port()
+    );
+    let admin = free_admin();
+    let gw = Broker::gateway_with(&cluster_toml(&[nowhere], "gw-alone", admin));
+    let (status, body) = readyz(admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("not ready: cluster: not connected to NATS"),
+        "{body}"
+    );
+    assert!(
+        gw.log().contains("unreachable"),
+        "a clear error:\n{}",
+        gw.log()
+    );
+
+    let mut v5c = v5(&gw, "st-v5").await;
+    assert_eq!(
+        puback(&mut v5c, 3).await,
+        (3, false),
+        "v5: PUBACK 0x80, not success"
+    );
+    v5c.publish(&Msg::new("st/t", "q0", 0, 0)).await;
+    let mut v4c = Conn::clean(&gw, "st-v4", Version::V4).await;
+    v4c.send_publish(&Msg::new("st/t", "x", 1, 4)).await;
+    let before = v4c
+        .expect_close("3.1.1: no PUBACK for an unstored publish")
+        .await;
+    assert!(
+        before.iter().all(|p| ack_fields(p).is_none()),
+        "3.1.1 got an acknowledgement: {before:?}"
+    );
+    // Still serving.
+    let (status, _) = readyz(admin).await;
+    assert_eq!(status, 503);
+    Conn::clean(&gw, "st-after", Version::V5).await.ping().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_lost_mid_run_refuses_qos1_until_it_is_back() {
+    let Some((mut nats, gws)) = pair().await else {
+        return;
+    };
+    let a = &gws.gateways[0];
+    let mut device = v5(a, "lost-device").await;
+    assert_eq!(
+        puback(&mut device, 1).await,
+        (1, true),
+        "stored while NATS is up"
+    );
+    nats.servers[0].kill();
+    let start = Instant::now();
+    while readyz(gws.admins[0]).await.0 != 503 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still ready without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        puback(&mut device, 2).await,
+        (2, false),
+        "refused while NATS is down"
+    );
+    nats.servers[0].restart();
+    gws.wait_ready().await;
+    assert_eq!(
+        puback(&mut device, 3).await,
+        (3, true),
+        "stored again: {}",
+        gws.logs()
+    );
+}
