@@ -54,10 +54,12 @@ impl Gateway {
             None => AuditLog::without_file(audit_limits),
         };
         let limits = config.limits;
+        let sessions = Registry::default();
         let (hub, cluster) = match &config.cluster {
             Some(c) => {
                 let (hub, cluster) =
-                    crate::cluster::Cluster::start(c, broker_config(&limits)).await?;
+                    crate::cluster::Cluster::start(c, broker_config(&limits), sessions.clone())
+                        .await?;
                 (hub, Some(cluster))
             }
             None => (Arc::new(Hub::new(broker_config(&limits))), None),
@@ -78,7 +80,7 @@ impl Gateway {
             config,
             live: RwLock::new(Live::from(tls)),
             reloading: Mutex::new(()),
-            sessions: Registry::default(),
+            sessions,
             hub,
             cluster,
         });

@@ -47,8 +47,14 @@ impl Shared {
             .clone()
     }
 
-    /// Whether the CRLs in force revoke this identity's certificate.
+    /// Whether the CRLs in force (or, in a cluster, another gateway's) revoke this
+    /// identity's certificate.
     pub fn is_revoked(&self, who: &Identity) -> bool {
+        if let Some(c) = &self.cluster {
+            if c.is_revoked(&who.issuer, &who.serial) {
+                return true;
+            }
+        }
         self.live
             .read()
             .unwrap_or_else(|p| p.into_inner())

@@ -251,3 +251,121 @@ async fn nats_lost_mid_run_refuses_qos1_until_it_is_back() {
         gws.logs()
     );
 }
+
+/// Waits (bounded by `within`) until the connection is closed by the gateway; returns how
+/// long that took.
+async fn closed_within(conn: &mut Conn, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        match conn.recv(within.saturating_sub(start.elapsed())).await {
+            Err(fleet_tests::conformance::wire::Gone::Closed) => return start.elapsed(),
+            Err(fleet_tests::conformance::wire::Gone::Timeout) => {
+                panic!("{}: still open after {within:?}", conn.name)
+            }
+            // A DISCONNECT (v5) or anything else before the close.
+            Ok(_) | Err(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_change_on_gateway_a_closes_the_session_on_gateway_b_within_a_second() {
+    let Some((_nats, gws)) = pair().await else {
+        return;
+    };
+    let (a, b) = (&gws.gateways[0], &gws.gateways[1]);
+    let (id, tls) = a.device();
+    let options = Options {
+        client_id: Some(id.clone()),
+        ..Options::default()
+    };
+    let mut device = Conn::open_with(b, &id, Version::V5, tls.clone()).await;
+    assert_eq!(device.connect(&options).await.code, 0);
+
+    // Only gateway A's CRL changes; B learns it through NATS.
+    let changed = Instant::now();
+    a.revoke_into(&id, a.crl());
+    closed_within(&mut device, Duration::from_secs(3)).await;
+    let took = changed.elapsed();
+    assert!(
+        took <= Duration::from_secs(1),
+        "closed on B {took:?} after A's CRL changed\n{}",
+        gws.logs()
+    );
+    assert!(
+        !std::fs::read(b.crl())
+            .unwrap()
+            .eq(&std::fs::read(a.crl()).unwrap()),
+        "B's own CRL file is unchanged"
+    );
+    // And B refuses it from now on: no CONNACK, the connection is closed.
+    let mut again = Conn::open_with(b, &id, Version::V5, tls).await;
+    again.send_connect(&options).await;
+    let before = again
+        .expect_close("a revoked device reconnecting to B")
+        .await;
+    assert!(before.is_empty(), "B answered a revoked device: {before:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_kick_on_a_closes_the_session_on_b_and_any_gateway_lists_the_cluster() {
+    let Some((_nats, gws)) = pair().await else {
+        return;
+    };
+    let b = &gws.gateways[1];
+    let mut victim = v5(b, "kick-victim").await;
+
+    // A lists B's session, with the gateway that holds it.
+    let start = Instant::now();
+    let listed = loop {
+        let (status, body) =
+            fleet_tests::cluster::get(gws.admins[0], "/v1/sessions?scope=cluster").await;
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let entry = list
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|s| s["device"] == "kick-victim")
+            .cloned();
+        if let Some(e) = entry {
+            break e;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not listed on A: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(listed["gateway"], "gw-b", "{listed}");
+    assert_eq!(listed["tenant"], "acme", "{listed}");
+    let (_, local) = fleet_tests::cluster::get(gws.admins[0], "/v1/sessions").await;
+    assert!(!local.contains("kick-victim"), "A's own list: {local}");
+
+    let kicked = Instant::now();
+    let (status, body) =
+        fleet_tests::http(gws.admins[0], "POST", "/v1/sessions/kick-victim/kick", None).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("\"forwarded\":true"), "{body}");
+    closed_within(&mut victim, Duration::from_secs(3)).await;
+    let took = kicked.elapsed();
+    assert!(
+        took <= Duration::from_secs(1),
+        "closed on B {took:?} after the kick on A"
+    );
+
+    // Gone from the cluster's list too.
+    let start = Instant::now();
+    loop {
+        let (_, body) =
+            fleet_tests::cluster::get(gws.admins[0], "/v1/sessions?scope=cluster").await;
+        if !body.contains("kick-victim") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still listed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

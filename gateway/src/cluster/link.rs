@@ -118,6 +118,8 @@ pub struct Link {
     pub(super) status: Arc<Status>,
     pub(super) retained: SharedRetained,
     retained_kv: Mutex<Option<kv::Store>>,
+    /// This gateway's name in the cluster.
+    pub(super) name: String,
     /// Prefix of this process's message ids (gateway name and start time).
     ids: String,
     recent: Mutex<Recent>,
@@ -143,6 +145,7 @@ impl Link {
             status,
             retained,
             retained_kv: Mutex::new(None),
+            name: name.to_owned(),
             ids: format!("{name}-{}-{started:x}", std::process::id()),
             recent: Mutex::new(Recent::default()),
         }

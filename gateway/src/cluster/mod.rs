@@ -19,10 +19,13 @@
 //!   NATS subscription per filter, shared by its sessions — no JetStream consumer per
 //!   session or subscription — and hands them to its broker, which fans them out;
 //! - retained messages live in a KV bucket (key = topic tokens) that every gateway watches
-//!   into its local [`RetainedStore`](crate::broker::RetainedStore) copy.
+//!   into its local [`RetainedStore`](crate::broker::RetainedStore) copy;
+//! - revocations, admin kicks and session locations ([`control`]) go through the control
+//!   bucket and a subject every gateway watches.
 
 mod backend;
 mod config;
+pub mod control;
 pub mod envelope;
 mod link;
 pub mod subject;
@@ -38,10 +41,12 @@ use tokio::task::JoinHandle;
 pub use backend::{Interest, JetStreamBackend, Outbound};
 pub use config::ClusterConfig;
 pub(crate) use config::FileCluster;
+pub use control::{Control, Located, Order};
 pub use link::Status;
 
 use crate::broker::{BrokerConfig, InProcess, RetainedStore};
 use crate::hub::Hub;
+use crate::registry::Registry;
 use crate::Error;
 
 /// A gateway's membership in the cluster: its NATS connection and the tasks of its link.
@@ -49,6 +54,9 @@ pub struct Cluster {
     /// This gateway's name in the cluster.
     pub name: String,
     pub status: Arc<Status>,
+    /// Revocations and session locations from the whole cluster.
+    pub control: Arc<Control>,
+    link: Arc<link::Link>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -108,9 +116,12 @@ impl Cluster {
     /// Connects to NATS (in the background: an unreachable NATS is retried, reported by
     /// [`Status::ready`] and logged, never fatal) and starts the link; returns the hub whose
     /// broker distributes through the cluster. Only unusable settings (TLS files) fail.
+    /// `registry`: the gateway's live sessions (revocations and kicks from other gateways
+    /// close them; their locations are published).
     pub async fn start(
         config: &ClusterConfig,
         broker: BrokerConfig,
+        registry: Registry,
     ) -> Result<(Arc<Hub>, Arc<Cluster>), Error> {
         let name = config.name.clone().unwrap_or_else(default_name);
         let status = Arc::new(Status::default());
@@ -170,14 +181,23 @@ impl Cluster {
             retained,
             &name,
         ));
+        let control = Arc::new(Control::default());
         let tasks = vec![
             tokio::spawn(link.clone().setup()),
             tokio::spawn(link.clone().publish(out_rx)),
             tokio::spawn(link.clone().interest(int_rx)),
+            tokio::spawn(
+                link.clone()
+                    .watch_control(control.clone(), registry.clone()),
+            ),
+            tokio::spawn(link.clone().obey_kicks(registry.clone())),
+            tokio::spawn(link.clone().publish_locations(registry)),
         ];
         let cluster = Arc::new(Cluster {
             name,
             status,
+            control,
+            link,
             tasks: Mutex::new(tasks),
         });
         Ok((hub, cluster))
@@ -186,6 +206,35 @@ impl Cluster {
     /// `Ok` when this gateway can distribute messages; else what is wrong (for `/readyz`).
     pub fn ready(&self) -> Result<(), String> {
         self.status.ready()
+    }
+
+    /// Whether another gateway announced this certificate as revoked.
+    pub fn is_revoked(&self, issuer: &[u8], serial: &[u8]) -> bool {
+        self.control.is_revoked(issuer, serial)
+    }
+
+    /// Tells every gateway about certificates this gateway's CRLs now revoke (in the
+    /// background; a failure is logged: each gateway still has its own CRL files).
+    pub fn announce_revoked(&self, revoked: Vec<(Vec<u8>, Vec<u8>)>) {
+        if revoked.is_empty() {
+            return;
+        }
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            if let Err(e) = link.write_revoked(&revoked).await {
+                tracing::error!(error = %e, "cluster: revocations not announced to the other gateways");
+            }
+        });
+    }
+
+    /// Asks the other gateways to close `device`'s session (of `tenant`, if given).
+    pub async fn kick(&self, device: &str, tenant: Option<&str>) -> Result<(), String> {
+        let order = Order {
+            origin: self.name.clone(),
+            device: device.to_owned(),
+            tenant: tenant.map(str::to_owned),
+        };
+        self.link.send_kick(&order).await
     }
 
     /// Stops the link's tasks (the gateway is shutting down).

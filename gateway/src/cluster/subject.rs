@@ -38,6 +38,13 @@ fn encode_level(level: &str, out: &mut String) {
     }
 }
 
+/// Any text (a tenant, a client id, `/` included) as one token.
+pub fn token(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    encode_level(text, &mut out);
+    out
+}
+
 /// A topic name (no wildcards) as subject tokens: `a/b.c//d` → `a.b=2Ec.=.d`.
 pub fn topic_to_tokens(topic: &str) -> String {
     let mut out = String::with_capacity(topic.len() + 8);
@@ -203,6 +210,14 @@ mod tests {
             assert_eq!(filter_to_tokens(filter), tokens, "{filter}");
             assert_eq!(tokens_to_topic(tokens).as_deref(), Ok(filter), "{tokens}");
         }
+    }
+
+    #[test]
+    fn any_text_is_one_token() {
+        assert_eq!(token("acme"), "acme");
+        assert_eq!(token("a/b.c"), "a=2Fb=2Ec");
+        assert_eq!(token(""), "=");
+        assert_eq!(tokens_to_topic(&token("a/b.c")).as_deref(), Ok("a/b.c"));
     }
 
     #[test]
