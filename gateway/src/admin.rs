@@ -97,8 +97,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    shared.hub.report(&shared.metrics);
-    let body = shared.metrics.render(&shared.sessions.list());
+    let body = shared.render_metrics(&shared.sessions.list());
     ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
 }
 

@@ -21,8 +21,8 @@
 //! publish_rate = 100                      # PUBLISH/s per session; above: disconnected
 //! publish_burst = 200
 //! max_subscriptions = 100                 # filters per session; more get SUBACK refusals
-//! queue_messages = 1000                   # per session, waiting for the client (offline,
-//! queue_bytes = 1048576                   #   or behind its in-flight window)
+//! queue_messages = 10000                  # per session, waiting for the client (offline,
+//! queue_bytes = 16777216                  #   or behind its in-flight window)
 //! queue_overflow = "drop_newest"          # drop_newest | drop_oldest | disconnect
 //! audit_source_per_minute = 30            # refusal records per source IP written to the
 //! audit_source_burst = 20                 #   audit log; beyond: counted in a summary record
@@ -137,7 +137,8 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Messages, and bytes of topic, payload and properties, one session's queue holds for
     /// its client: while it is offline (a kept session) or behind its in-flight window.
-    /// Nothing is preallocated: an idle session's queue is empty and holds no memory.
+    /// Nothing is preallocated: an idle session's queue is empty and holds no memory. The
+    /// defaults (10,000 messages, 16 MiB) let a backend subscriber ride out a burst.
     pub queue_messages: usize,
     pub queue_bytes: usize,
     /// What happens to a message that does not fit (QoS 0 messages are dropped first);
@@ -165,8 +166,8 @@ impl Default for Limits {
             publish_rate: 100.0,
             publish_burst: 200.0,
             max_subscriptions: 100,
-            queue_messages: 1000,
-            queue_bytes: 1 << 20,
+            queue_messages: 10_000,
+            queue_bytes: 16 << 20,
             queue_overflow: crate::broker::Overflow::DropNewest,
             audit_source_per_minute: 30.0,
             audit_source_burst: 20.0,
@@ -397,6 +398,20 @@ pattern = "tenants/{tenant}/devices/{device}/cmd/#"
         assert_eq!(c.tls.client_ca.len(), 2);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.limits.max_packet_size, 256 * 1024);
+        assert_eq!(
+            c.limits.queue_overflow,
+            crate::broker::Overflow::DropNewest,
+            "the default overflow policy"
+        );
+        let policy = GOOD.replace(
+            "[limits]",
+            "[limits]\nqueue_overflow = \"disconnect\"\nqueue_messages = 5",
+        );
+        let limits = Config::from_toml(&policy, Path::new(".")).unwrap().limits;
+        assert_eq!(
+            (limits.queue_overflow, limits.queue_messages),
+            (crate::broker::Overflow::Disconnect, 5)
+        );
         assert_eq!(c.policy.device.len(), Policy::default().device.len() + 1);
         assert_eq!(c.admin, Some(Admin::default()));
         let off = format!("{GOOD}\n[admin]\nenabled = false\n");

@@ -459,6 +459,87 @@ mod tests {
         Requested::Granted(filter.into(), Subscription::new(QoS::AtLeastOnce))
     }
 
+    fn join(hub: &Hub, client: &str, conn: u64) -> (Handle, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::default());
+        let request = ConnectRequest::v311(client, ConnId(conn), true);
+        let joined = hub.connect(request, outbox.clone(), Instant::now());
+        (joined.handle, outbox)
+    }
+
+    fn publish(hub: &Hub, from: Handle, n: usize) {
+        for i in 0..n {
+            let m = Message::new("t/x", format!("{i}").into_bytes(), QoS::AtMostOnce, false);
+            hub.publish(from, None, m, Instant::now());
+        }
+    }
+
+    #[test]
+    fn a_full_outbox_pauses_its_session_until_written() {
+        let mut config = BrokerConfig::default();
+        config.queue.max_messages = 10;
+        let hub = Hub::new(config);
+        let (publisher, _) = join(&hub, "p", 1);
+        let (subscriber, outbox) = join(&hub, "s", 2);
+        let filters = [granted("t/#")];
+        assert_eq!(
+            hub.subscribe(subscriber, &filters, 10, Instant::now()),
+            Some(vec![1])
+        );
+        // HIGH_WATER packets reach the outbox; the next 10 wait in the session's queue and
+        // the rest overflow it (counted), instead of piling up in the outbox.
+        publish(&hub, publisher, HIGH_WATER + 15);
+        let taken = outbox.take();
+        assert_eq!(taken.packets.len(), HIGH_WATER);
+        assert!(taken.paused && taken.close.is_none());
+        let metrics = Metrics::default();
+        hub.report(&metrics);
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("fleet_gateway_dropped_messages_total{reason=\"queue_full\"} 5"),
+            "{text}"
+        );
+        assert!(text.contains("fleet_gateway_broker_events_total{event=\"paused\"} 1"));
+        // Written: resuming sends what waited, in order (QoS 0 overflow dropped the oldest).
+        hub.resume(subscriber, Instant::now());
+        let taken = outbox.take();
+        let first = match taken.packets.front() {
+            Some(Outgoing::Publish(d)) => d.message.payload.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (taken.packets.len(), &first[..]),
+            (10, format!("{}", HIGH_WATER + 5).as_bytes())
+        );
+        assert!(!taken.paused);
+        assert_eq!(
+            outbox.take().packets.capacity(),
+            0,
+            "an emptied outbox holds no memory"
+        );
+    }
+
+    #[test]
+    fn takeover_closes_the_old_outbox_and_deadlines_wake_the_timer() {
+        let hub = Hub::new(BrokerConfig::default());
+        let (_, old) = join(&hub, "c", 1);
+        let (handle, new) = join(&hub, "c", 2);
+        assert_eq!(old.take().close, Some(reason::SESSION_TAKEN_OVER));
+        assert_eq!(new.take().close, None);
+        // A kept session's expiry is a deadline: the timer is re-armed for it.
+        let mut request = ConnectRequest::v5("k", ConnId(3), true, 60);
+        request.will = None;
+        let kept = hub.connect(request, Arc::new(Outbox::default()), Instant::now());
+        assert!(hub.lock().armed.is_none());
+        let now = Instant::now();
+        hub.disconnect(ConnId(3), Some(kept.handle), Ending::Abnormal, None, now);
+        let armed = hub.lock().armed.expect("armed");
+        assert!(armed > now + Duration::from_secs(59));
+        // The old connection's end changes nothing for the new one.
+        hub.disconnect(ConnId(1), None, Ending::Abnormal, None, now);
+        assert!(hub.lock().broker.is_live(handle));
+        assert!(!hub.lock().links.contains_key(&ConnId(1)));
+    }
+
     #[test]
     fn quota_counts_new_filters_only() {
         let held: Vec<Box<str>> = vec!["a".into()];

@@ -47,6 +47,13 @@ impl Shared {
             .clone()
     }
 
+    /// The Prometheus exposition of the gateway's metrics, with the broker's totals brought
+    /// up to date first (what `/metrics` and the console read).
+    pub fn render_metrics(&self, sessions: &[crate::registry::SessionInfo]) -> String {
+        self.hub.report(&self.metrics);
+        self.metrics.render(sessions)
+    }
+
     /// Whether the CRLs in force (or, in a cluster, another gateway's) revoke this
     /// identity's certificate.
     pub fn is_revoked(&self, who: &Identity) -> bool {

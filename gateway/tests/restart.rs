@@ -1,6 +1,6 @@
 //! `kill -9` of the gateway under load, then a restart on the same port.
 //!
-//! The guarantee we give, and test here exactly: the router keeps messages in memory, so a
+//! The guarantee we give, and test here exactly: the broker core keeps messages in memory, so a
 //! crash loses what it held (as Mosquitto without persistence does). What survives a crash:
 //! - devices reconnect by themselves (capped exponential backoff, full jitter) and every QoS 1
 //!   message a device had not seen acknowledged is sent again until it is: nothing is lost
@@ -158,7 +158,7 @@ async fn kill_dash_nine_under_load_loses_no_unacknowledged_message_and_leaks_not
         "restart: {DEVICES} devices × {MESSAGES} messages all acknowledged in {all_acked_in:?}; \
          {reconnected} devices reconnected after the kill; {required} messages sent after the \
          backend resubscribed, all delivered; {lost_before} acknowledged before that and not \
-         delivered (in the router when it was killed, or published while no subscriber was back)"
+         delivered (in the broker when it was killed, or published while no subscriber was back)"
     );
     common::record_figures(
         "restart",

@@ -284,6 +284,11 @@ async fn after_handshake(
 
     let keep_alive = (accepted.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(accepted.keep_alive) * 1500));
+    // The CONNECT's read buffer goes: a session that stays idle holds none (a busy one grows
+    // its own, and keeps up to 4 KiB of it).
+    if buf.is_empty() {
+        buf = Vec::new();
+    }
     let mut pump = pump::Pump::new(shared, session, joined.handle, outbox, kick);
     let ended = pump.run(&mut rd, &mut wr, &mut buf, keep_alive).await;
     tenant_gauge.dec();

@@ -9,7 +9,7 @@ use fleet_protocol::mqtt::v5::{reason, Packet5};
 use fleet_protocol::mqtt::{MqttError, Packet, QoS};
 use fleet_protocol::topic::Cert;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Ended, WRITE_TIMEOUT};
@@ -37,10 +37,9 @@ pub(super) struct Pump<'a> {
     out: Vec<u8>,
     /// The session is paused until what was taken from the outbox is written.
     resume_after_write: bool,
-    /// At most one certificate renewal in flight per session; its answer comes back here.
-    renewing: bool,
-    renewed_tx: mpsc::Sender<Renewed>,
-    renewed_rx: mpsc::Receiver<Renewed>,
+    /// The certificate renewal in flight, at most one per session: its answer comes back
+    /// here. Made only when a renewal starts, so an idle session holds no channel.
+    renewal: Option<oneshot::Receiver<Renewed>>,
     seen: SessionStats,
 }
 
@@ -52,7 +51,6 @@ impl<'a> Pump<'a> {
         outbox: Arc<Outbox>,
         kick: oneshot::Receiver<Kick>,
     ) -> Pump<'a> {
-        let (renewed_tx, renewed_rx) = mpsc::channel(1);
         Pump {
             shared,
             session,
@@ -61,9 +59,7 @@ impl<'a> Pump<'a> {
             kick,
             out: Vec::new(),
             resume_after_write: false,
-            renewing: false,
-            renewed_tx,
-            renewed_rx,
+            renewal: None,
             seen: SessionStats::default(),
         }
     }
@@ -106,7 +102,13 @@ impl<'a> Pump<'a> {
                     }
                 },
                 () = self.outbox.ready() => {}
-                Some(renewed) = self.renewed_rx.recv() => self.renewed(renewed),
+                renewed = renewal_answer(&mut self.renewal) => {
+                    self.renewal = None;
+                    // A renewal task that ended without an answer (it cannot) is dropped.
+                    if let Ok(renewed) = renewed {
+                        self.renewed(renewed);
+                    }
+                }
                 k = &mut self.kick => return kicked(k),
                 _ = tokio::time::sleep_until(deadline) => return Ended::KeepAliveTimeout,
             }
@@ -212,26 +214,26 @@ impl<'a> Pump<'a> {
     /// against a kick (revocation, takeover, shutdown): the write races the kick and a
     /// deadline.
     async fn write<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> Result<(), Ended> {
-        if self.out.is_empty() {
-            return Ok(());
+        if !self.out.is_empty() {
+            tokio::select! {
+                written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.out)) => match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(Ended::ConnectionLost),
+                    Err(_) => return Err(Ended::WriteTimeout),
+                },
+                k = &mut self.kick => return Err(kicked(k)),
+            }
+            self.shared
+                .metrics
+                .bytes
+                .get_or_create(&OUT)
+                .inc_by(self.out.len() as u64);
+            self.out.clear();
+            if self.out.capacity() > 64 * 1024 {
+                self.out = Vec::new();
+            }
         }
-        tokio::select! {
-            written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.out)) => match written {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Ended::ConnectionLost),
-                Err(_) => return Err(Ended::WriteTimeout),
-            },
-            k = &mut self.kick => return Err(kicked(k)),
-        }
-        self.shared
-            .metrics
-            .bytes
-            .get_or_create(&OUT)
-            .inc_by(self.out.len() as u64);
-        self.out.clear();
-        if self.out.capacity() > 64 * 1024 {
-            self.out = Vec::new();
-        }
+        // Everything taken from the outbox is written (or was not to be sent at all).
         if std::mem::take(&mut self.resume_after_write) {
             self.shared
                 .hub
@@ -243,7 +245,7 @@ impl<'a> Pump<'a> {
     /// Relays a certificate request to the station (one at a time).
     fn renew(&mut self, csr: Vec<u8>) {
         let refuse = |s: &Session, why: &[u8]| s.cert_message(Cert::Error, why);
-        match (&self.shared.renewal, self.renewing) {
+        match (&self.shared.renewal, self.renewal.is_some()) {
             (None, _) => {
                 let m = refuse(
                     &self.session,
@@ -256,20 +258,19 @@ impl<'a> Pump<'a> {
                 self.out.extend(m);
             }
             (Some(client), false) => {
-                self.renewing = true;
+                let (tx, rx) = oneshot::channel();
+                self.renewal = Some(rx);
                 let client = client.clone();
                 let who = self.session.identity_arc();
-                let tx = self.renewed_tx.clone();
                 tracing::info!(device = %who.id, tenant = %who.tenant, "relaying a certificate renewal to the station");
                 tokio::spawn(async move {
-                    let _ = tx.send(client.renew(&who, &csr).await).await;
+                    let _ = tx.send(client.renew(&who, &csr).await);
                 });
             }
         }
     }
 
     fn renewed(&mut self, renewed: Renewed) {
-        self.renewing = false;
         let who = self.session.identity();
         let message = match renewed {
             Ok(der) => {
@@ -297,6 +298,16 @@ impl<'a> Pump<'a> {
             .inc_by(now.publishes_out - seen.publishes_out);
         m.acl_denials.inc_by(now.acl_denials - seen.acl_denials);
         self.seen = now;
+    }
+}
+
+/// The answer of the renewal in flight; never resolves when there is none.
+async fn renewal_answer(
+    renewal: &mut Option<oneshot::Receiver<Renewed>>,
+) -> Result<Renewed, oneshot::error::RecvError> {
+    match renewal {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
     }
 }
 

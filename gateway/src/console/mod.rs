@@ -61,7 +61,7 @@ impl Console {
 
     /// The gateway's counters now (the expiry histogram over `sessions`).
     fn counters(&self, sessions: &[crate::registry::SessionInfo]) -> Counters {
-        Counters::read(&self.shared.metrics.render(sessions))
+        Counters::read(&self.shared.render_metrics(sessions))
     }
 
     /// Takes a sample if the last one is a period old.

@@ -66,8 +66,7 @@ pub enum Close {
 /// One filter of a SUBSCRIBE after the session rules: refused here, or for the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requested {
-    /// Refused with this version 5 reason code (ACL: 0x87; malformed options: 0x8F is not
-    /// used, the whole packet is a protocol error instead).
+    /// Refused with this version 5 reason code (0x87: outside the ACL).
     Refused(u8),
     Granted(String, Subscription),
 }

@@ -76,7 +76,7 @@ impl Broker {
     pub fn mosquitto() -> Option<Broker> {
         let Some(bin) = find_program("mosquitto") else {
             assert!(
-                super::required("FLEET_REQUIRE_MOSQUITTO"),
+                !super::required("FLEET_REQUIRE_MOSQUITTO"),
                 "mosquitto (the broker) is required (CI or FLEET_REQUIRE_MOSQUITTO) but not \
                  installed: apt-get install mosquitto (cargo xtask test does)"
             );
@@ -428,7 +428,7 @@ pub fn paho_python() -> Option<PathBuf> {
         return Some(python);
     }
     assert!(
-        super::required("FLEET_REQUIRE_PAHO"),
+        !super::required("FLEET_REQUIRE_PAHO"),
         "the paho-mqtt venv is required (CI or FLEET_REQUIRE_PAHO) but {} is missing \
          (cargo xtask test makes it)",
         python.display()
