@@ -9,11 +9,15 @@
 //! - **Kicks**: `POST /v1/sessions/{device}/kick` on any gateway also publishes an order on
 //!   `<prefix>.control.kick`, which every gateway subscribes to; the one holding the session
 //!   closes it.
-//! - **Locations**: each gateway writes `session.<tenant>.<id>` for its live sessions (and
-//!   deletes it when they end), and `gateway.<name>` with a heartbeat, every
+//! - **Locations**: each gateway writes `session.<tenant>.<id>.<gateway>` for its live
+//!   sessions (and deletes it when they end), and `gateway.<name>` with a heartbeat, every
 //!   [`SYNC_EVERY`]; every gateway watches them, so `GET /v1/sessions?scope=cluster` on any
 //!   of them lists the cluster's sessions with the gateway holding each. Sessions of a
 //!   gateway whose heartbeat is older than [`STALE_AFTER`] (it died) are not listed.
+//! - **Takeover**: a gateway that sees another gateway's entry for a client it holds, from
+//!   a later connection, closes its own with 0x8E (session taken over), within
+//!   [`SYNC_EVERY`] and a watch round trip. The session's state does not move: the new
+//!   gateway starts it afresh.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +51,9 @@ pub struct Located {
     pub serial: String,
     /// Seconds since the Unix epoch.
     pub connected_at: u64,
+    /// The same in milliseconds: the newer of two connections of one client wins.
+    #[serde(default)]
+    pub connected_ms: u64,
 }
 
 /// An admin kick, sent to every gateway.
@@ -81,6 +88,11 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn strip_zeros(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     &b[start..]
@@ -97,8 +109,9 @@ fn revoked_key(issuer: &[u8], serial: &[u8]) -> String {
     format!("revoked.{issuer}.{}", hex::encode(strip_zeros(serial)))
 }
 
-fn session_key(tenant: &str, id: &str) -> String {
-    format!("session.{}.{}", token(tenant), token(id))
+/// One gateway's entry for a client: during a takeover both gateways have one for a moment.
+fn session_key(tenant: &str, id: &str, gateway: &str) -> String {
+    format!("session.{}.{}.{}", token(tenant), token(id), token(gateway))
 }
 
 /// What every gateway knows of the cluster, kept current by the watch.
@@ -133,8 +146,9 @@ impl Control {
     }
 
     /// Applies one entry of the control bucket; closes the local sessions a revocation
-    /// names.
-    fn apply(&self, entry: &kv::Entry, registry: &Registry) -> Result<(), String> {
+    /// names, and the local session of a client that connected later to another gateway
+    /// (`me`) — a takeover across gateways, closed with 0x8E.
+    fn apply(&self, entry: &kv::Entry, registry: &Registry, me: &str) -> Result<(), String> {
         let put = entry.operation == kv::Operation::Put;
         let kind = entry.key.split('.').next().unwrap_or("");
         match kind {
@@ -158,6 +172,20 @@ impl Control {
             }
             "session" if put => {
                 let l: Located = serde_json::from_slice(&entry.value).map_err(|e| e.to_string())?;
+                if l.gateway != me {
+                    let taken = registry.kick_where(Kick::Takeover, |s| {
+                        s.identity.id == l.device
+                            && s.identity.tenant == l.tenant
+                            && unix_ms(s.connected_at) < l.connected_ms
+                    });
+                    if taken > 0 {
+                        tracing::info!(
+                            device = l.device,
+                            to = l.gateway,
+                            "cluster: session taken over by another gateway"
+                        );
+                    }
+                }
                 lock(&self.sessions).insert(entry.key.clone(), l);
             }
             "session" => {
@@ -190,6 +218,7 @@ fn located(gateway: &str, s: &SessionInfo) -> Located {
             .connected_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        connected_ms: unix_ms(s.connected_at),
     }
 }
 
@@ -219,7 +248,7 @@ impl Link {
                     while let Some(entry) = watch.next().await {
                         let applied = entry
                             .map_err(|e| e.to_string())
-                            .and_then(|e| control.apply(&e, &registry));
+                            .and_then(|e| control.apply(&e, &registry, &self.name));
                         if let Err(e) = applied {
                             tracing::warn!(error = %e, "cluster: control bucket entry ignored");
                         }
@@ -324,7 +353,7 @@ impl Link {
             .iter()
             .map(|s| {
                 (
-                    session_key(&s.identity.tenant, &s.identity.id),
+                    session_key(&s.identity.tenant, &s.identity.id, &self.name),
                     located(&self.name, s),
                 )
             })
@@ -369,12 +398,15 @@ mod tests {
             "{key}"
         );
         assert_eq!(key.split('.').count(), 3);
-        assert_eq!(session_key("acme", "dev/1.a"), "session.acme.dev=2F1=2Ea");
+        assert_eq!(
+            session_key("acme", "dev/1.a", "gw-1"),
+            "session.acme.dev=2F1=2Ea.gw-1"
+        );
         let ok = |k: &str| {
             k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_=.".contains(&b))
         };
-        assert!(ok(&key) && ok(&session_key("a b", "ü")));
+        assert!(ok(&key) && ok(&session_key("a b", "ü", "g")));
     }
 
     #[test]
@@ -387,6 +419,7 @@ mod tests {
             kind: "device".into(),
             serial: "01".into(),
             connected_at: 0,
+            connected_ms: 0,
         };
         lock(&control.sessions).insert("session.acme.d2".into(), at("gw-b", "d2"));
         lock(&control.sessions).insert("session.acme.d1".into(), at("gw-a", "d1"));

@@ -4,13 +4,16 @@
 //!   `<prefix>.v.<tokens>`; QoS 1/2 to JetStream on `<prefix>.d.<tokens>` (the stream's
 //!   subjects) with `Nats-Msg-Id` for de-duplication, and the hub is told
 //!   ([`Hub::persisted`]) once JetStream acknowledged the store (then the PUBACK / PUBREC
-//!   goes out) or failed to (0x80). A retained message is also written to the KV bucket
-//!   (or its key deleted) before that. While NATS is not ready, QoS 1/2 publishes fail at
-//!   once (never acknowledged) and QoS 0 ones are dropped and counted.
+//!   goes out) or failed to (0x80; a failure while connected is retried for up to
+//!   [`HOLD`] first). A retained message is also written to the KV bucket (or its key
+//!   deleted) before that. While NATS is not connected, QoS 1/2 publishes fail at once
+//!   (never acknowledged) and QoS 0 ones are dropped and counted.
 //! - `interest`: one core NATS subscription per filter this gateway's sessions hold
 //!   (`<prefix>.*.<filter tokens>`), shared by all of them; each message received is handed
 //!   to [`Hub::deliver`] (the broker matches it against its sessions). A message two
 //!   overlapping subscriptions both receive is delivered once (by its `Fleet-Id`).
+//! - `replay_after_reconnect`: what the stream stored while this gateway was cut off from
+//!   NATS is read back for every filter held and delivered (once, by `Fleet-Id`).
 //! - `setup`: creates (or finds) the stream and the buckets, then watches the retained
 //!   bucket into the local copy; it retries every second while NATS is unreachable.
 
@@ -37,6 +40,17 @@ use crate::hub::Hub;
 pub const FLEET_ID: &str = "Fleet-Id";
 /// Message ids remembered to drop a second copy of one message.
 const RECENT_IDS: usize = 16_384;
+/// How long a QoS 1/2 publish JetStream did not store is retried before it is refused.
+const HOLD: Duration = Duration::from_secs(5);
+/// How long one try waits for JetStream's acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// The pause between two tries.
+const RETRY_STORE: Duration = Duration::from_millis(100);
+/// How far before the connection was lost a replay starts (stream timestamps are the NATS
+/// servers' clocks).
+const REPLAY_MARGIN: Duration = Duration::from_secs(2);
+/// How long a replay is tried before it is given up (and logged as an error).
+const REPLAY_WITHIN: Duration = Duration::from_secs(30);
 /// How long to wait before setting up the stream and buckets again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -44,6 +58,10 @@ const RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Status {
     connected: AtomicBool,
+    /// When the connection to NATS was last lost (replay starts a little before).
+    lost_at: Mutex<Option<SystemTime>>,
+    /// Woken when the connection comes back.
+    pub(super) reconnected: tokio::sync::Notify,
     set_up: AtomicBool,
     problem: Mutex<Option<String>>,
     /// QoS 0 messages dropped because NATS was not ready.
@@ -81,7 +99,20 @@ impl Status {
     }
 
     pub(super) fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Release);
+        let was = self.connected.swap(connected, Ordering::AcqRel);
+        if was && !connected {
+            *self.lost_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+        }
+        if !was && connected {
+            self.reconnected.notify_one();
+        }
+    }
+
+    fn take_lost_at(&self) -> Option<SystemTime> {
+        self.lost_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -123,6 +154,8 @@ pub struct Link {
     /// Prefix of this process's message ids (gateway name and start time).
     ids: String,
     recent: Mutex<Recent>,
+    /// The filters the interest task subscribes to (what a replay covers).
+    held: Mutex<HashSet<Box<str>>>,
 }
 
 impl Link {
@@ -138,7 +171,11 @@ impl Link {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         Link {
-            js: jetstream::new(client.clone()),
+            // A publish whose stream leader is gone (a NATS node died) times out after this
+            // and is retried (see `Link::store`) rather than waited on for the default 5 s.
+            js: jetstream::ContextBuilder::new()
+                .timeout(ACK_TIMEOUT)
+                .build(client.clone()),
             config,
             client,
             hub,
@@ -148,6 +185,7 @@ impl Link {
             name: name.to_owned(),
             ids: format!("{name}-{}-{started:x}", std::process::id()),
             recent: Mutex::new(Recent::default()),
+            held: Mutex::new(HashSet::new()),
         }
     }
 
@@ -204,14 +242,11 @@ impl Link {
             let subject = self.subject('d', &message.topic);
             let sent = self
                 .js
-                .publish_with_headers(subject, headers, body.clone())
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
                 .await;
             let link = self.clone();
             tokio::spawn(async move {
-                let stored = match sent {
-                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
+                let stored = link.store(sent, subject, headers, body.clone()).await;
                 let stored = match stored {
                     Ok(_) if message.retain => link.write_retained(&message, body).await,
                     Ok(_) => Ok(()),
@@ -227,6 +262,36 @@ impl Link {
                 };
                 link.hub.persisted(ticket, outcome);
             });
+        }
+    }
+
+    /// Waits for JetStream's acknowledgement of a publish; while NATS is connected, a failure
+    /// (a stream leader being elected after a NATS node died, a timeout) is retried with the
+    /// same `Nats-Msg-Id` (JetStream keeps one copy; gateways deliver one by `Fleet-Id`) for
+    /// up to [`HOLD`]: the client's acknowledgement is held, not refused.
+    async fn store(
+        &self,
+        mut sent: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(), String> {
+        let until = Instant::now() + HOLD;
+        loop {
+            let outcome = match sent {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= until || self.status.ready().is_err() => return Err(e),
+                Err(e) => tracing::debug!(error = %e, "JetStream publish not stored yet; retrying"),
+            }
+            tokio::time::sleep(RETRY_STORE).await;
+            sent = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .await;
         }
     }
 
@@ -257,6 +322,7 @@ impl Link {
                     entry.0 += 1;
                     if entry.0 == 1 {
                         entry.1 = self.clone().listen(&filter).await;
+                        self.held_filters().insert(filter);
                     }
                 }
                 Interest::Remove(filter) => {
@@ -265,6 +331,7 @@ impl Link {
                         *n == 0
                     });
                     if gone {
+                        self.held_filters().remove(&filter);
                         if let Some((_, readers)) = held.remove(&filter) {
                             // Dropping a subscriber unsubscribes it.
                             readers.iter().for_each(JoinHandle::abort);
@@ -273,6 +340,93 @@ impl Link {
                 }
             }
         }
+    }
+
+    fn held_filters(&self) -> std::sync::MutexGuard<'_, HashSet<Box<str>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After each reconnection to NATS: the QoS 1/2 messages stored while this gateway was
+    /// cut off (core NATS does not keep them) are read back from the stream for every filter
+    /// held, from [`REPLAY_MARGIN`] before the connection was lost, and delivered; those
+    /// already delivered are recognised by their `Fleet-Id` and skipped.
+    pub(super) async fn replay_after_reconnect(self: Arc<Self>) {
+        loop {
+            self.status.reconnected.notified().await;
+            let Some(lost) = self.status.take_lost_at() else {
+                continue;
+            };
+            let from = lost - REPLAY_MARGIN;
+            let filters: Vec<Box<str>> = self.held_filters().iter().cloned().collect();
+            let mut replayed = 0;
+            for filter in filters {
+                // The stream may be electing a leader (a NATS node died): try again.
+                let until = Instant::now() + REPLAY_WITHIN;
+                loop {
+                    match self.replay(&filter, from).await {
+                        Ok(n) => {
+                            replayed += n;
+                            break;
+                        }
+                        Err(e) if Instant::now() < until => {
+                            tracing::debug!(filter = %filter, error = %e, "cluster: replay not possible yet");
+                            tokio::time::sleep(RETRY_STORE).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(filter = %filter, error = %e, "cluster: replay after reconnecting failed; QoS 1/2 messages of this filter sent while disconnected may be missing");
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::info!(
+                replayed,
+                "cluster: reconnected to NATS; stored messages replayed"
+            );
+        }
+    }
+
+    /// Reads `filter`'s stored messages since `from` with an ordered consumer (deleted when
+    /// done) and hands them to [`Link::incoming`]; returns how many were read.
+    async fn replay(&self, filter: &str, from: SystemTime) -> Result<usize, String> {
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let start_time = time::OffsetDateTime::from(from);
+        let prefix = &self.config.subject_prefix;
+        let mut read = 0;
+        for subject in subject::nats_filters(prefix, filter) {
+            let durable = subject.replacen(&format!("{prefix}.*."), &format!("{prefix}.d."), 1);
+            let consumer = stream
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: durable,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime { start_time },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let pending = consumer.cached_info().num_pending;
+            if pending == 0 {
+                continue;
+            }
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            loop {
+                let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+                let Ok(Some(m)) = next else {
+                    return Err("the stream stopped answering during the replay".into());
+                };
+                let m = m.map_err(|e| e.to_string())?;
+                let left = m.info().map(|i| i.pending).unwrap_or(0);
+                self.incoming(&m.subject, m.headers.as_ref(), m.payload.clone());
+                read += 1;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(read)
     }
 
     /// Subscribes to the subjects of `filter` and reads each on its own task.

@@ -32,6 +32,7 @@ pub mod subject;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -48,6 +49,9 @@ use crate::broker::{BrokerConfig, InProcess, RetainedStore};
 use crate::hub::Hub;
 use crate::registry::Registry;
 use crate::Error;
+
+/// How long the start waits for the first connection to NATS.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// A gateway's membership in the cluster: its NATS connection and the tasks of its link.
 pub struct Cluster {
@@ -130,9 +134,9 @@ impl Cluster {
             .name(format!("fleet-gateway {name}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .connection_timeout(std::time::Duration::from_secs(2))
+            .connection_timeout(CONNECT_WAIT)
             .reconnect_delay_callback(|attempt| {
-                std::time::Duration::from_millis((100 * attempt as u64).min(1000))
+                Duration::from_millis((100 * attempt as u64).min(1000))
             })
             .event_callback(move |event| {
                 let status = events.clone();
@@ -157,6 +161,14 @@ impl Cluster {
             .connect(config.servers.as_slice())
             .await
             .map_err(|e| setup_error("connect", e))?;
+        // The connection is made in the background: give it the connection timeout before
+        // saying NATS is unreachable.
+        let waited = Instant::now();
+        while client.connection_state() != async_nats::connection::State::Connected
+            && waited.elapsed() < CONNECT_WAIT
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if client.connection_state() == async_nats::connection::State::Connected {
             status.set_connected(true);
         } else {
@@ -186,6 +198,7 @@ impl Cluster {
             tokio::spawn(link.clone().setup()),
             tokio::spawn(link.clone().publish(out_rx)),
             tokio::spawn(link.clone().interest(int_rx)),
+            tokio::spawn(link.clone().replay_after_reconnect()),
             tokio::spawn(
                 link.clone()
                     .watch_control(control.clone(), registry.clone()),

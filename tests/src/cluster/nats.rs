@@ -169,7 +169,9 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
-        wait_healthy(std::slice::from_mut(self));
+        if let Err(e) = wait_healthy(std::slice::from_mut(self)) {
+            panic!("{e}");
+        }
     }
 }
 
@@ -179,12 +181,12 @@ impl Drop for NatsServer {
     }
 }
 
-/// Waits until every server is healthy; panics with their logs otherwise.
-fn wait_healthy(servers: &mut [NatsServer]) {
+/// Waits until every server is healthy; their logs when one exits first or time runs out.
+fn wait_healthy(servers: &mut [NatsServer]) -> Result<(), String> {
     let start = Instant::now();
     loop {
         if servers.iter().all(NatsServer::healthy) {
-            return;
+            return Ok(());
         }
         let exited = servers.iter_mut().any(NatsServer::exited);
         if exited || start.elapsed() > READY_WITHIN {
@@ -192,7 +194,7 @@ fn wait_healthy(servers: &mut [NatsServer]) {
                 .iter()
                 .map(|s| format!("--- {} ---\n{}", s.name, s.log()))
                 .collect();
-            panic!(
+            return Err(format!(
                 "nats-server {} ready:\n{}",
                 if exited {
                     "exited before it was"
@@ -200,7 +202,7 @@ fn wait_healthy(servers: &mut [NatsServer]) {
                     "was not"
                 },
                 logs.join("\n")
-            );
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -224,8 +226,24 @@ impl Nats {
         Nats::start(n)
     }
 
+    /// Starts `n` servers; a start that fails (a free port taken by someone else before the
+    /// server bound it) is tried again with new ports.
     fn start(n: usize) -> Option<Nats> {
         let bin = nats_server_binary()?;
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Nats::try_start(&bin, n) {
+                Ok(nats) => return Some(nats),
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!(
+            "nats-server did not start 3 times:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    fn try_start(bin: &Path, n: usize) -> Result<Nats, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<Ports> = (0..n).map(|_| Ports::pick()).collect();
         let mut servers: Vec<NatsServer> = ports
@@ -250,7 +268,7 @@ impl Nats {
                     name,
                     ports: *p,
                     dir: home,
-                    bin: bin.clone(),
+                    bin: bin.to_owned(),
                     routes,
                     child: None,
                 }
@@ -259,8 +277,8 @@ impl Nats {
         for s in &mut servers {
             s.spawn();
         }
-        wait_healthy(&mut servers);
-        Some(Nats { servers, _dir: dir })
+        wait_healthy(&mut servers)?;
+        Ok(Nats { servers, _dir: dir })
     }
 
     /// Every server's URL, for the gateways' `[cluster] servers`.
