@@ -19,7 +19,7 @@
 //!   NATS subscription per filter, shared by its sessions — no JetStream consumer per
 //!   session or subscription — and hands them to its broker, which fans them out;
 //! - retained messages live in a KV bucket (key = topic tokens) that every gateway watches
-//!   into its local [`RetainedStore`](crate::broker::RetainedStore) copy;
+//!   into its local [`RetainedStore`] copy;
 //! - revocations, admin kicks and session locations ([`control`]) go through the control
 //!   bucket and a subject every gateway watches.
 
