@@ -516,3 +516,67 @@ async fn three_gateways_on_a_three_node_nats_keep_qos1_flowing_when_a_nats_node_
         "QoS 1 paused {longest:?} when a NATS node died"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_reach_nats_over_mutual_tls() {
+    // NATS's own PKI: its server certificate (localhost, 127.0.0.1) and the gateways'
+    // client certificate, both from one station.
+    let nats_pki = fleet_tests::Pki::new();
+    nats_pki
+        .station
+        .issue_service_cert("nats-client", "fleet")
+        .expect("client certificate");
+    let path = |rel: &str| nats_pki.path(rel).display().to_string();
+    let tls = format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}\n",
+        path("gateway/server.pem"),
+        path("gateway/server.key"),
+        path("gateway/clients-ca.pem"),
+    );
+    let Some(nats) = Nats::single_with(&tls) else {
+        return;
+    };
+    let url = nats.urls()[0].replace("nats://", "tls://");
+    let client = format!(
+        "client_cert = \"{}\"\nclient_key = \"{}\"\nca = \"{}\"\n",
+        path("services/nats-client.pem"),
+        path("services/nats-client.key"),
+        path("ca/root.pem"),
+    );
+    let (admin_a, admin_b) = (free_admin(), free_admin());
+    let a = Broker::gateway_with(&format!(
+        "{}{client}",
+        cluster_toml(std::slice::from_ref(&url), "gw-a", admin_a)
+    ));
+    let b = a.sibling_gateway(&format!(
+        "{}{client}",
+        cluster_toml(std::slice::from_ref(&url), "gw-b", admin_b)
+    ));
+    let gws = Gateways {
+        gateways: vec![a, b],
+        admins: vec![admin_a, admin_b],
+    };
+    gws.wait_ready().await;
+    let mut device = v5(&gws.gateways[0], "tls-device").await;
+    let mut sub = v5(&gws.gateways[1], "tls-sub").await;
+    sub.subscribe_ok(1, &[Sub::new("tls/t", 1)]).await;
+    await_route(&mut device, &mut sub, "tls/t").await;
+    device.publish(&Msg::new("tls/t", "over mTLS", 1, 9)).await;
+    let got = sub.receive("a QoS 1 message through NATS over mTLS").await;
+    got.check(&Msg::new("tls/t", "over mTLS", 1, 0), "at B");
+
+    // Without a client certificate NATS refuses the gateway: not ready, never a crash.
+    let admin_c = free_admin();
+    let c = gws.gateways[0].sibling_gateway(&format!(
+        "{}ca = \"{}\"\n",
+        cluster_toml(&[url], "gw-c", admin_c),
+        path("ca/root.pem")
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, body) = readyz(admin_c).await;
+    assert_eq!(
+        status, 503,
+        "a gateway without a NATS client certificate: {body}"
+    );
+    Conn::clean(&c, "tls-after", Version::V5).await.ping().await;
+}

@@ -75,6 +75,8 @@ pub struct NatsServer {
     bin: PathBuf,
     /// The other servers' cluster ports (empty for a single server).
     routes: Vec<u16>,
+    /// Appended to the config (e.g. a `tls { … }` block).
+    extra: String,
     child: Option<Child>,
 }
 
@@ -114,6 +116,7 @@ impl NatsServer {
                 routes.join(", ")
             ));
         }
+        c.push_str(&self.extra);
         c
     }
 
@@ -218,21 +221,26 @@ impl Nats {
     /// One server with JetStream; `None` (a skip) when nats-server is missing and not
     /// required.
     pub fn single() -> Option<Nats> {
-        Nats::start(1)
+        Nats::start(1, "")
+    }
+
+    /// One server with `extra` appended to its config (e.g. `tls { … verify: true }`).
+    pub fn single_with(extra: &str) -> Option<Nats> {
+        Nats::start(1, extra)
     }
 
     /// `n` servers clustered with JetStream (R3 streams need 3).
     pub fn cluster(n: usize) -> Option<Nats> {
-        Nats::start(n)
+        Nats::start(n, "")
     }
 
     /// Starts `n` servers; a start that fails (a free port taken by someone else before the
     /// server bound it) is tried again with new ports.
-    fn start(n: usize) -> Option<Nats> {
+    fn start(n: usize, extra: &str) -> Option<Nats> {
         let bin = nats_server_binary()?;
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Nats::try_start(&bin, n) {
+            match Nats::try_start(&bin, n, extra) {
                 Ok(nats) => return Some(nats),
                 Err(e) => failures.push(e),
             }
@@ -243,7 +251,7 @@ impl Nats {
         );
     }
 
-    fn try_start(bin: &Path, n: usize) -> Result<Nats, String> {
+    fn try_start(bin: &Path, n: usize, extra: &str) -> Result<Nats, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<Ports> = (0..n).map(|_| Ports::pick()).collect();
         let mut servers: Vec<NatsServer> = ports
@@ -269,6 +277,7 @@ impl Nats {
                     ports: *p,
                     dir: home,
                     bin: bin.to_owned(),
+                    extra: extra.to_owned(),
                     routes,
                     child: None,
                 }
