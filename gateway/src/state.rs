@@ -51,6 +51,9 @@ impl Shared {
     /// up to date first (what `/metrics` and the console read).
     pub fn render_metrics(&self, sessions: &[crate::registry::SessionInfo]) -> String {
         self.hub.report(&self.metrics);
+        if let Some(c) = &self.cluster {
+            c.report(&self.metrics);
+        }
         self.metrics.render(sessions)
     }
 

@@ -210,6 +210,20 @@ async fn nats_unreachable_at_start_is_not_ready_and_refuses_qos1_without_crashin
         before.iter().all(|p| ack_fields(p).is_none()),
         "3.1.1 got an acknowledgement: {before:?}"
     );
+    // Counted, not silent.
+    let (_, metrics) = fleet_tests::cluster::get(admin, "/metrics").await;
+    let line = |needle: &str| {
+        metrics
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle} in /metrics:\n{metrics}"))
+            .to_owned()
+    };
+    assert!(
+        line("reason=\"cluster_unavailable\"").ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(line("event=\"store_refused\"").ends_with(" 2"), "{metrics}");
     // Still serving.
     let (status, _) = readyz(admin).await;
     assert_eq!(status, 503);

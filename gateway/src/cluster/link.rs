@@ -64,9 +64,10 @@ pub struct Status {
     pub(super) reconnected: tokio::sync::Notify,
     set_up: AtomicBool,
     problem: Mutex<Option<String>>,
-    /// QoS 0 messages dropped because NATS was not ready.
+    /// QoS 0 messages dropped because NATS was not ready, not yet in the metrics.
     pub dropped_volatile: AtomicU64,
-    /// QoS 1/2 publishes refused (0x80 / close) because the store did not take them.
+    /// QoS 1/2 publishes refused (0x80 / close) because the store did not take them, not yet
+    /// in the metrics.
     pub store_failures: AtomicU64,
 }
 
@@ -214,8 +215,9 @@ impl Link {
                     tracing::warn!(topic = %message.topic, "QoS {} publish not stored, refused: {why}", message.qos as u8);
                     self.hub.persisted(ticket, StoreOutcome::Failed);
                 } else {
+                    // Counted in the metrics; /readyz and the connection errors say why.
                     self.status.dropped_volatile.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(topic = %message.topic, "QoS 0 publish dropped: {why}");
+                    tracing::debug!(topic = %message.topic, "QoS 0 publish dropped: {why}");
                 }
                 continue;
             }

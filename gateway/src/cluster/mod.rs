@@ -250,6 +250,18 @@ impl Cluster {
         self.link.send_kick(&order).await
     }
 
+    /// Adds what the cluster counted since the last report to the metrics:
+    /// `dropped_messages_total{reason="cluster_unavailable"}` (QoS 0 while NATS was not
+    /// ready) and `broker_events_total{event="store_refused"}` (QoS 1/2 publishes refused
+    /// because JetStream did not store them).
+    pub fn report(&self, metrics: &crate::metrics::Metrics) {
+        use std::sync::atomic::Ordering;
+        let dropped = self.status.dropped_volatile.swap(0, Ordering::Relaxed);
+        let refused = self.status.store_failures.swap(0, Ordering::Relaxed);
+        metrics.dropped("cluster_unavailable", dropped);
+        metrics.broker_event("store_refused", refused);
+    }
+
     /// Stops the link's tasks (the gateway is shutting down).
     pub fn stop(&self) {
         for task in self
