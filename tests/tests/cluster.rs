@@ -496,7 +496,9 @@ async fn three_gateways_on_a_three_node_nats_keep_qos1_flowing_when_a_nats_node_
         // that were still in flight are not counted.
         let mut got = Vec::new();
         while acked.iter().any(|p| !got.contains(p)) {
-            let m = match sub.recv(Duration::from_secs(5)).await {
+            // A gateway cut off from NATS replays what it missed once the stream has a
+            // leader again, which can take seconds after a NATS node died.
+            let m = match sub.recv(Duration::from_secs(30)).await {
                 Ok(p) => p.publish().expect("a PUBLISH"),
                 Err(e) => {
                     let missing: Vec<&String> = acked.iter().filter(|p| !got.contains(p)).collect();
@@ -593,4 +595,22 @@ async fn gateways_reach_nats_over_mutual_tls() {
         "a gateway without a NATS client certificate: {body}"
     );
     Conn::clean(&c, "tls-after", Version::V5).await.ping().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_a_right_after_the_suback_on_b_is_delivered() {
+    let Some((_nats, gws)) = pair().await else {
+        return;
+    };
+    let (a, b) = (&gws.gateways[0], &gws.gateways[1]);
+    let mut device = v5(a, "sa-device").await;
+    let mut sub = v5(b, "sa-sub").await;
+    // No probes: the SUBACK comes once B's NATS subscription is in place.
+    for i in 0..5u16 {
+        let topic = format!("sa/{i}");
+        sub.subscribe_ok(i + 1, &[Sub::new(&topic, 1)]).await;
+        device.publish(&Msg::new(&topic, "first", 1, i + 1)).await;
+        let got = sub.receive("the first message after the SUBACK").await;
+        got.check(&Msg::new(&topic, "first", 1, 0), "at B");
+    }
 }

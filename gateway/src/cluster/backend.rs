@@ -10,6 +10,7 @@
 //! - retained messages: a local copy (a [`RetainedStore`] shared with the link task that
 //!   watches the KV bucket), which answers SUBSCRIBE.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -44,6 +45,8 @@ pub(crate) fn lock(store: &SharedRetained) -> MutexGuard<'_, RetainedStore> {
 pub struct JetStreamBackend {
     outbound: UnboundedSender<Outbound>,
     interest: UnboundedSender<Interest>,
+    /// Interest changes queued so far (the link counts those it has made effective).
+    queued: Arc<AtomicU64>,
     retained: SharedRetained,
 }
 
@@ -56,7 +59,20 @@ impl JetStreamBackend {
         JetStreamBackend {
             outbound,
             interest,
+            queued: Arc::new(AtomicU64::new(0)),
             retained,
+        }
+    }
+
+    /// The count of interest changes queued, shared with whoever waits for them to take
+    /// effect ([`super::Cluster::settled`]).
+    pub fn queued(&self) -> Arc<AtomicU64> {
+        self.queued.clone()
+    }
+
+    fn send_interest(&self, change: Interest) {
+        if self.interest.send(change).is_ok() {
+            self.queued.fetch_add(1, Ordering::Release);
         }
     }
 }
@@ -92,11 +108,11 @@ impl Backend for JetStreamBackend {
     }
 
     fn subscribed(&mut self, filter: &str) {
-        let _ = self.interest.send(Interest::Add(filter.into()));
+        self.send_interest(Interest::Add(filter.into()));
     }
 
     fn unsubscribed(&mut self, filter: &str) {
-        let _ = self.interest.send(Interest::Remove(filter.into()));
+        self.send_interest(Interest::Remove(filter.into()));
     }
 }
 

@@ -42,6 +42,8 @@ pub const FLEET_ID: &str = "Fleet-Id";
 const RECENT_IDS: usize = 16_384;
 /// How long a QoS 1/2 publish JetStream did not store is retried before it is refused.
 const HOLD: Duration = Duration::from_secs(5);
+/// How long a flush of new subscriptions may take before SUBACKs go out anyway.
+const FLUSH_WITHIN: Duration = Duration::from_secs(1);
 /// How long one try waits for JetStream's acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// The pause between two tries.
@@ -314,10 +316,18 @@ impl Link {
         written.map_err(|e| format!("retained bucket {}: {e}", self.config.retained_bucket))
     }
 
-    /// Keeps one core NATS subscription per filter the sessions hold.
-    pub(super) async fn interest(self: Arc<Self>, mut changes: UnboundedReceiver<Interest>) {
+    /// Keeps one core NATS subscription per filter the sessions hold. After each batch of
+    /// changes it flushes (the NATS server has the subscriptions) and publishes how many
+    /// changes are in effect on `done`.
+    pub(super) async fn interest(
+        self: Arc<Self>,
+        mut changes: UnboundedReceiver<Interest>,
+        done: tokio::sync::watch::Sender<u64>,
+    ) {
         let mut held: HashMap<Box<str>, (usize, Vec<JoinHandle<()>>)> = HashMap::new();
+        let mut applied = 0u64;
         while let Some(change) = changes.recv().await {
+            applied += 1;
             match change {
                 Interest::Add(filter) => {
                     let entry = held.entry(filter.clone()).or_default();
@@ -340,6 +350,13 @@ impl Link {
                         }
                     }
                 }
+            }
+            if changes.is_empty() {
+                if self.status.ready().is_ok() {
+                    // A PING/PONG round trip: the server has every SUB sent before it.
+                    let _ = tokio::time::timeout(FLUSH_WITHIN, self.client.flush()).await;
+                }
+                done.send_replace(applied);
             }
         }
     }

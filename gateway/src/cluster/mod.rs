@@ -50,6 +50,8 @@ use crate::hub::Hub;
 use crate::registry::Registry;
 use crate::Error;
 
+/// The longest a SUBACK waits for its subscription to reach NATS.
+const SETTLE_WITHIN: Duration = Duration::from_secs(2);
 /// How long the start waits for the first connection to NATS.
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
@@ -61,6 +63,9 @@ pub struct Cluster {
     /// Revocations and session locations from the whole cluster.
     pub control: Arc<Control>,
     link: Arc<link::Link>,
+    /// Interest changes queued by the backend, and those in effect at the NATS server.
+    queued: Arc<std::sync::atomic::AtomicU64>,
+    done: tokio::sync::watch::Receiver<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -184,6 +189,8 @@ impl Cluster {
             InProcess::DEFAULT_RETAINED_LIMIT,
         )));
         let backend = JetStreamBackend::new(out_tx, int_tx, retained.clone());
+        let queued = backend.queued();
+        let (done_tx, done) = tokio::sync::watch::channel(0u64);
         let hub = Arc::new(Hub::with_backend(broker, Box::new(backend)));
         let link = Arc::new(link::Link::new(
             config.clone(),
@@ -197,7 +204,7 @@ impl Cluster {
         let tasks = vec![
             tokio::spawn(link.clone().setup()),
             tokio::spawn(link.clone().publish(out_rx)),
-            tokio::spawn(link.clone().interest(int_rx)),
+            tokio::spawn(link.clone().interest(int_rx, done_tx)),
             tokio::spawn(link.clone().replay_after_reconnect()),
             tokio::spawn(
                 link.clone()
@@ -211,6 +218,8 @@ impl Cluster {
             status,
             control,
             link,
+            queued,
+            done,
             tasks: Mutex::new(tasks),
         });
         Ok((hub, cluster))
@@ -219,6 +228,18 @@ impl Cluster {
     /// `Ok` when this gateway can distribute messages; else what is wrong (for `/readyz`).
     pub fn ready(&self) -> Result<(), String> {
         self.status.ready()
+    }
+
+    /// Resolves once the subscriptions queued so far are in effect at the NATS server (at
+    /// once when none is pending; at most [`SETTLE_WITHIN`]): a connection awaits it before
+    /// writing a SUBACK, so a message published anywhere after the SUBACK reaches it.
+    pub async fn settled(&self) {
+        let target = self.queued.load(std::sync::atomic::Ordering::Acquire);
+        if *self.done.borrow() >= target {
+            return;
+        }
+        let mut done = self.done.clone();
+        let _ = tokio::time::timeout(SETTLE_WITHIN, done.wait_for(|d| *d >= target)).await;
     }
 
     /// Whether another gateway announced this certificate as revoked.

@@ -106,8 +106,8 @@ pub async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
 
 /// Publishes QoS 0 probes on `topic` from `publisher` until `subscriber` (subscribed to a
 /// filter matching it) receives one, then lets the stragglers arrive and drops them: the
-/// subscriber's gateway has its NATS subscription in place when this returns (a SUBACK
-/// comes before the subscription reaches NATS).
+/// route between the two gateways works when this returns. (The SUBACK already waits for
+/// the NATS subscription; a test that checks that publishes right after it instead.)
 pub async fn await_route(publisher: &mut Conn, subscriber: &mut Conn, topic: &str) {
     let start = Instant::now();
     loop {
