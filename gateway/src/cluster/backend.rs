@@ -10,11 +10,13 @@
 //! - retained messages: a local copy (a [`RetainedStore`] shared with the link task that
 //!   watches the KV bucket), which answers SUBSCRIBE.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
+
+use fleet_protocol::mqtt::QoS;
 
 use crate::broker::{Admission, Backend, Message, RetainOutcome, RetainedStore, Ticket};
 
@@ -32,6 +34,21 @@ pub enum Interest {
     Remove(Box<str>),
 }
 
+/// QoS 0 messages waiting for the link beyond which further ones are dropped (counted):
+/// a slow NATS does not grow memory without bound. QoS 1/2 are bounded by the clients'
+/// in-flight windows and always queued.
+pub const MAX_QUEUED_VOLATILE: usize = 65_536;
+
+/// Counters the backend and the link share.
+#[derive(Debug, Default)]
+pub struct Queue {
+    /// Publishes queued and not yet taken by the link.
+    pub waiting: AtomicUsize,
+    /// QoS 0 publishes dropped because [`MAX_QUEUED_VOLATILE`] were waiting, not yet in the
+    /// metrics.
+    pub dropped: AtomicU64,
+}
+
 /// The retained messages as this gateway knows them, shared with the KV watch.
 pub type SharedRetained = Arc<Mutex<RetainedStore>>;
 
@@ -47,6 +64,7 @@ pub struct JetStreamBackend {
     interest: UnboundedSender<Interest>,
     /// Interest changes queued so far (the link counts those it has made effective).
     queued: Arc<AtomicU64>,
+    queue: Arc<Queue>,
     retained: SharedRetained,
 }
 
@@ -60,8 +78,14 @@ impl JetStreamBackend {
             outbound,
             interest,
             queued: Arc::new(AtomicU64::new(0)),
+            queue: Arc::new(Queue::default()),
             retained,
         }
+    }
+
+    /// The publish queue's counters, shared with the link.
+    pub fn queue(&self) -> Arc<Queue> {
+        self.queue.clone()
     }
 
     /// The count of interest changes queued, shared with whoever waits for them to take
@@ -79,6 +103,12 @@ impl JetStreamBackend {
 
 impl Backend for JetStreamBackend {
     fn admit(&mut self, ticket: Ticket, message: &Arc<Message>, _now: Instant) -> Admission {
+        let waiting = self.queue.waiting.load(Ordering::Relaxed);
+        if message.qos == QoS::AtMostOnce && waiting >= MAX_QUEUED_VOLATILE {
+            self.queue.dropped.fetch_add(1, Ordering::Relaxed);
+            return Admission::Pending;
+        }
+        self.queue.waiting.fetch_add(1, Ordering::Relaxed);
         let queued = self.outbound.send(Outbound {
             ticket,
             message: message.clone(),
@@ -165,6 +195,34 @@ mod tests {
                 Ok(Interest::Remove("b".into()))
             ]
         );
+    }
+
+    #[test]
+    fn qos0_beyond_the_queue_limit_is_dropped_and_counted_qos1_is_not() {
+        let (out_tx, mut out_rx) = unbounded_channel();
+        let (int_tx, _int_rx) = unbounded_channel();
+        let store = Arc::new(Mutex::new(RetainedStore::new(10)));
+        let backend = JetStreamBackend::new(out_tx, int_tx, store);
+        let queue = backend.queue();
+        let mut broker = Broker::with_backend(BrokerConfig::default(), backend);
+        let now = Instant::now();
+        let c = broker.connect(ConnectRequest::v311("dev", ConnId(1), true), now);
+        let q0 = Message::new("t", &b"0"[..], QoS::AtMostOnce, false);
+        for _ in 0..MAX_QUEUED_VOLATILE + 3 {
+            broker.publish(c.handle, None, q0.clone(), now);
+        }
+        let q1 = Message::new("t", &b"1"[..], QoS::AtLeastOnce, false);
+        broker.publish(c.handle, Some(1), q1, now);
+        assert_eq!(queue.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            queue.waiting.load(Ordering::Relaxed),
+            MAX_QUEUED_VOLATILE + 1
+        );
+        let mut last = None;
+        while let Ok(o) = out_rx.try_recv() {
+            last = Some(o);
+        }
+        assert_eq!(last.map(|o| o.message.qos), Some(QoS::AtLeastOnce));
     }
 
     #[test]

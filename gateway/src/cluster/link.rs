@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
-use super::backend::{lock, Interest, Outbound, SharedRetained};
+use super::backend::{lock, Interest, Outbound, Queue, SharedRetained};
 use super::config::ClusterConfig;
 use super::{envelope, subject};
 use crate::broker::{Message, StoreOutcome};
@@ -208,8 +208,13 @@ impl Link {
     }
 
     /// Sends queued publishes to NATS until the channel closes.
-    pub(super) async fn publish(self: Arc<Self>, mut queue: UnboundedReceiver<Outbound>) {
+    pub(super) async fn publish(
+        self: Arc<Self>,
+        mut queue: UnboundedReceiver<Outbound>,
+        counters: Arc<Queue>,
+    ) {
         while let Some(Outbound { ticket, message }) = queue.recv().await {
+            counters.waiting.fetch_sub(1, Ordering::Relaxed);
             let durable = message.qos != QoS::AtMostOnce;
             if let Err(why) = self.status.ready() {
                 if durable {

@@ -66,6 +66,8 @@ pub struct Cluster {
     /// Interest changes queued by the backend, and those in effect at the NATS server.
     queued: Arc<std::sync::atomic::AtomicU64>,
     done: tokio::sync::watch::Receiver<u64>,
+    /// The publish queue to NATS.
+    queue: Arc<backend::Queue>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -190,6 +192,7 @@ impl Cluster {
         )));
         let backend = JetStreamBackend::new(out_tx, int_tx, retained.clone());
         let queued = backend.queued();
+        let queue = backend.queue();
         let (done_tx, done) = tokio::sync::watch::channel(0u64);
         let hub = Arc::new(Hub::with_backend(broker, Box::new(backend)));
         let link = Arc::new(link::Link::new(
@@ -203,7 +206,7 @@ impl Cluster {
         let control = Arc::new(Control::default());
         let tasks = vec![
             tokio::spawn(link.clone().setup()),
-            tokio::spawn(link.clone().publish(out_rx)),
+            tokio::spawn(link.clone().publish(out_rx, queue.clone())),
             tokio::spawn(link.clone().interest(int_rx, done_tx)),
             tokio::spawn(link.clone().replay_after_reconnect()),
             tokio::spawn(
@@ -219,6 +222,7 @@ impl Cluster {
             control,
             link,
             queued,
+            queue,
             done,
             tasks: Mutex::new(tasks),
         });
@@ -273,11 +277,12 @@ impl Cluster {
 
     /// Adds what the cluster counted since the last report to the metrics:
     /// `dropped_messages_total{reason="cluster_unavailable"}` (QoS 0 while NATS was not
-    /// ready) and `broker_events_total{event="store_refused"}` (QoS 1/2 publishes refused
+    /// ready, or while [`backend::MAX_QUEUED_VOLATILE`] waited for it) and `broker_events_total{event="store_refused"}` (QoS 1/2 publishes refused
     /// because JetStream did not store them).
     pub fn report(&self, metrics: &crate::metrics::Metrics) {
         use std::sync::atomic::Ordering;
-        let dropped = self.status.dropped_volatile.swap(0, Ordering::Relaxed);
+        let dropped = self.status.dropped_volatile.swap(0, Ordering::Relaxed)
+            + self.queue.dropped.swap(0, Ordering::Relaxed);
         let refused = self.status.store_failures.swap(0, Ordering::Relaxed);
         metrics.dropped("cluster_unavailable", dropped);
         metrics.broker_event("store_refused", refused);
