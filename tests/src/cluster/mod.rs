@@ -25,9 +25,22 @@ pub fn cluster_toml(servers: &[String], name: &str, admin: SocketAddr) -> String
     )
 }
 
-/// A free loopback address for an admin listener.
+/// A free loopback address for an admin listener: below the kernel's ephemeral range (where
+/// the NATS servers' and every client's ports come from, so none of them can take it between
+/// this check and the gateway's bind), from a counter starting at a place of this process's
+/// own.
 pub fn free_admin() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], nats::free_port()))
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + u16::try_from(std::process::id() % 500).unwrap_or(0) * 20;
+    for _ in 0..10_000 {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 10_000;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in 20000..30000 for an admin listener");
 }
 
 /// Gateways on one NATS (the first owns the PKI the others share).
