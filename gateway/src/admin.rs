@@ -48,7 +48,7 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
     let document = Arc::new(openapi_document(token.is_some()));
     let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/sessions", get(sessions))
         .route("/v1/sessions/{device}/kick", post(kick))
@@ -83,13 +83,51 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Ready unless this gateway is in a cluster that cannot take messages now (NATS
+/// unreachable, the stream or buckets not set up): 503 with the reason.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.cluster.as_ref().map(|c| c.ready()) {
+        Some(Err(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: cluster: {why}\n"),
+        )
+            .into_response(),
+        _ => "ready\n".into_response(),
+    }
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let body = shared.render_metrics(&shared.sessions.list());
     ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
 }
 
-async fn sessions(State(shared): State<Arc<Shared>>) -> Json<Vec<SessionView>> {
-    let list = shared
+#[derive(Deserialize)]
+struct SessionsQuery {
+    /// `cluster`: every gateway's sessions, with the gateway holding each.
+    scope: Option<String>,
+}
+
+async fn sessions(State(shared): State<Arc<Shared>>, Query(q): Query<SessionsQuery>) -> Response {
+    match q.scope.as_deref() {
+        None | Some("local") => Json(local_sessions(&shared)).into_response(),
+        Some("cluster") => match &shared.cluster {
+            Some(c) => Json(c.control.sessions()).into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                "scope=cluster: this gateway has no [cluster]\n",
+            )
+                .into_response(),
+        },
+        Some(other) => (
+            StatusCode::BAD_REQUEST,
+            format!("scope={other}: use local or cluster\n"),
+        )
+            .into_response(),
+    }
+}
+
+fn local_sessions(shared: &Shared) -> Vec<SessionView> {
+    shared
         .sessions
         .list()
         .into_iter()
@@ -109,8 +147,7 @@ async fn sessions(State(shared): State<Arc<Shared>>) -> Json<Vec<SessionView>> {
                 .map_or(0, |d| d.as_secs()),
             cert_not_after: s.identity.not_after,
         })
-        .collect();
-    Json(list)
+        .collect()
 }
 
 async fn kick(
@@ -121,12 +158,29 @@ async fn kick(
     let n = shared.sessions.kick_where(Kick::Admin, |s| {
         s.identity.id == device && q.tenant.as_ref().is_none_or(|t| *t == s.identity.tenant)
     });
-    let status = if n == 0 {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::OK
-    };
-    (status, Json(serde_json::json!({ "kicked": n }))).into_response()
+    if n > 0 {
+        return Json(serde_json::json!({ "kicked": n })).into_response();
+    }
+    // Not here: in a cluster, the gateway holding it closes it.
+    match &shared.cluster {
+        Some(c) => match c.kick(&device, q.tenant.as_deref()).await {
+            Ok(()) => (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "kicked": 0, "forwarded": true })),
+            )
+                .into_response(),
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "kicked": 0, "forwarded": false, "error": e })),
+            )
+                .into_response(),
+        },
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "kicked": 0 })),
+        )
+            .into_response(),
+    }
 }
 
 async fn reload(State(shared): State<Arc<Shared>>) -> Response {
@@ -212,13 +266,18 @@ fn openapi_paths() -> serde_json::Value {
             "/v1/console/station/devices/{device}/revoke": crate::console::openapi::station_revoke(),
             "/v1/audit": crate::console::openapi::audit(),
             "/healthz": { "get": { "summary": "Liveness", "responses": { "200": text("ok") } } },
-            "/readyz": { "get": { "summary": "Readiness: listeners bound, broker running", "responses": { "200": text("ready") } } },
+            "/readyz": { "get": { "summary": "Readiness: listeners bound, broker running, and in a cluster NATS reachable with the stream and buckets set up", "responses": { "200": text("ready"), "503": text("not ready: the reason") } } },
             "/metrics": { "get": { "summary": "Prometheus / OpenMetrics exposition", "responses": { "200": metrics } } },
             "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" } } } },
             "/v1/sessions": { "get": {
-                "summary": "Live sessions",
+                "summary": "Live sessions (scope=cluster: every gateway's, with the gateway holding each)",
+                "parameters": [
+                    { "name": "scope", "in": "query", "required": false, "schema": { "type": "string", "enum": ["local", "cluster"] } }
+                ],
                 "responses": {
-                    "200": { "description": "Sessions sorted by tenant and id", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Session" } } } } }
+                    "200": { "description": "Sessions sorted by tenant and id: this gateway's (Session) or the cluster's (entries with gateway, device, tenant, kind, serial, connected_at)", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Session" } } } } },
+                    "400": { "description": "Unknown scope" },
+                    "404": { "description": "scope=cluster on a gateway without [cluster]" }
                 }
             } },
             "/v1/sessions/{device}/kick": { "post": {
@@ -229,7 +288,9 @@ fn openapi_paths() -> serde_json::Value {
                 ],
                 "responses": {
                     "200": { "description": "Kicked", "content": { "application/json": { "schema": { "type": "object", "properties": { "kicked": { "type": "integer" } } } } } },
-                    "404": { "description": "No live session with that id" }
+                    "202": { "description": "Not on this gateway: sent to the other gateways of the cluster, the one holding it closes it" },
+                    "404": { "description": "No live session with that id (a gateway without [cluster])" },
+                    "503": { "description": "Not on this gateway, and the cluster could not be told" }
                 }
             } },
             "/v1/reload": { "post": {

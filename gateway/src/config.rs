@@ -49,6 +49,8 @@
 //! client_cert = "gateway/console-operator.pem" # fleet-provision operator-cert (OU=operator)
 //! client_key = "gateway/console-operator.key"
 //! station_ca = "ca/root.pem"
+//! [cluster]                                # optional: gateways sharing NATS JetStream
+//! servers = ["nats://127.0.0.1:4222"]      # see crate::cluster::ClusterConfig for the rest
 //!
 //! [[acl.device]]                           # appended to the default device rules
 //! effect = "deny"
@@ -295,6 +297,8 @@ pub struct Config {
     /// The console's station actions, with a fleet operator's identity (`None`: the console
     /// says that certificate history and revocation need `[console]`).
     pub console: Option<crate::console::ConsoleStation>,
+    /// A cluster of gateways over NATS JetStream (`None`: this gateway alone, in process).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -310,6 +314,7 @@ impl Config {
             audit_log: None,
             renewal: None,
             console: None,
+            cluster: None,
         }
     }
 

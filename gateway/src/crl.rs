@@ -64,6 +64,11 @@ impl Revoked {
         self.0.len()
     }
 
+    /// The (issuer, serial) pairs revoked here and not in `before`.
+    pub fn added_since(&self, before: &Revoked) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.0.difference(&before.0).cloned().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

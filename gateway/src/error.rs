@@ -41,6 +41,9 @@ pub enum Error {
     /// The `[renewal]` material (station CA, client certificate and key, server name).
     #[error("renewal: {what}: {detail}")]
     Renewal { what: &'static str, detail: String },
+    /// The `[cluster]` settings cannot be used (TLS material for NATS, the NATS URLs).
+    #[error("cluster: {what}: {detail}")]
+    Cluster { what: &'static str, detail: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -171,4 +174,10 @@ pub enum Problem {
     /// A TLS file the key names cannot be used (the error says which and why).
     #[error("{0}")]
     Material(Box<crate::Error>),
+    #[error("{value:?} is not a NATS URL (nats://host:port or tls://host:port)")]
+    NotANatsUrl { value: String },
+    #[error("{value:?} may hold only letters, digits, '-' and '_' (a NATS subject token, stream or bucket name)")]
+    NotANatsName { value: String },
+    #[error("set `client_cert` and `client_key` together, or neither")]
+    CertWithoutKey,
 }

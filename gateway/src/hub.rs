@@ -29,8 +29,8 @@ use fleet_protocol::mqtt::v5::reason;
 use tokio::sync::Notify;
 
 use crate::broker::{
-    Action, Broker, BrokerConfig, ConnId, ConnectRequest, Ending, Handle, Message, Outgoing, Stats,
-    Subscription,
+    Action, Backend, Broker, BrokerConfig, ConnId, ConnectRequest, Ending, Handle, InProcess,
+    Message, Outgoing, Stats, StoreOutcome, Subscription, Ticket,
 };
 use crate::metrics::Metrics;
 use crate::session::Requested;
@@ -109,7 +109,8 @@ struct Link {
 }
 
 struct Core {
-    broker: Broker,
+    /// The in-process backend, or a cluster's ([`crate::cluster`]).
+    broker: Broker<Box<dyn Backend>>,
     links: HashMap<ConnId, Link>,
     /// The deadline the timer task sleeps until.
     armed: Option<Instant>,
@@ -171,9 +172,14 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(config: BrokerConfig) -> Hub {
+        Hub::with_backend(config, Box::new(InProcess::default()))
+    }
+
+    /// A hub whose broker distributes messages through `backend`.
+    pub fn with_backend(config: BrokerConfig, backend: Box<dyn Backend>) -> Hub {
         Hub {
             core: Mutex::new(Core {
-                broker: Broker::new(config),
+                broker: Broker::with_backend(config, backend),
                 links: HashMap::new(),
                 armed: None,
                 reported: Stats::default(),
@@ -196,7 +202,7 @@ impl Hub {
 
     /// Runs one broker call with the lock held and carries out its actions before releasing
     /// it; wakes the timer when the call brought the next deadline forward.
-    fn with<T>(&self, f: impl FnOnce(&mut Broker) -> (T, Vec<Action>)) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Broker<Box<dyn Backend>>) -> (T, Vec<Action>)) -> T {
         let mut core = self.lock();
         let (value, actions) = f(&mut core.broker);
         core.carry_out(actions);
@@ -257,6 +263,18 @@ impl Hub {
 
     pub fn pubcomp(&self, handle: Handle, packet_id: u16, now: Instant) {
         self.with(|b| ((), b.pubcomp(handle, packet_id, now)));
+    }
+
+    /// The backend stored (or failed to store) a publish it admitted as pending: its
+    /// PUBACK / PUBREC goes out.
+    pub fn persisted(&self, ticket: Ticket, outcome: StoreOutcome) {
+        self.with(|b| ((), b.persisted(ticket, outcome)));
+    }
+
+    /// A message the backend brings in (from another gateway, or back from the store) for
+    /// the local sessions.
+    pub fn deliver(&self, message: Arc<Message>, now: Instant) {
+        self.with(|b| ((), b.deliver(message, now)));
     }
 
     /// Lets a paused session's deliveries flow again.

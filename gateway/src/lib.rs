@@ -20,6 +20,7 @@ pub mod acl;
 pub mod admin;
 pub mod audit;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod console;

@@ -98,10 +98,13 @@ impl Shared {
     fn swap_in(&self, loaded: Result<TlsState, Error>) -> Result<usize, Error> {
         let state = loaded?;
         let revoked = state.revoked.clone();
-        {
+        let before = {
             let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
             state.crls.check_replaces(&live.crls)?;
-            *live = Live::from(state);
+            std::mem::replace(&mut *live, Live::from(state)).revoked
+        };
+        if let Some(cluster) = &self.cluster {
+            cluster.announce_revoked(revoked.added_since(&before));
         }
         let kicked = self
             .sessions

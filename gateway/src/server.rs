@@ -54,6 +54,16 @@ impl Gateway {
             None => AuditLog::without_file(audit_limits),
         };
         let limits = config.limits;
+        let sessions = Registry::default();
+        let (hub, cluster) = match &config.cluster {
+            Some(c) => {
+                let (hub, cluster) =
+                    crate::cluster::Cluster::start(c, broker_config(&limits), sessions.clone())
+                        .await?;
+                (hub, Some(cluster))
+            }
+            None => (Arc::new(Hub::new(broker_config(&limits))), None),
+        };
         let renewal = config
             .renewal
             .as_ref()
@@ -70,8 +80,9 @@ impl Gateway {
             config,
             live: RwLock::new(Live::from(tls)),
             reloading: Mutex::new(()),
-            sessions: Registry::default(),
-            hub: Arc::new(Hub::new(broker_config(&limits))),
+            sessions,
+            hub,
+            cluster,
         });
         Ok(Gateway {
             listener,
@@ -178,6 +189,9 @@ impl Gateway {
             let _ = task.await;
         }
         timer.abort();
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.stop();
+        }
         self.shared.audit.flush_suppressed();
     }
 }

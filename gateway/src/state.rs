@@ -26,6 +26,8 @@ pub struct Shared {
     pub sessions: Registry,
     /// The broker core every connection routes through.
     pub hub: Arc<Hub>,
+    /// This gateway's link to the cluster (`None`: a single gateway).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Certificate rotation through the station, when configured.
     pub renewal: Option<Arc<crate::renewal::RenewalClient>>,
     pub metrics: Metrics,
@@ -49,11 +51,20 @@ impl Shared {
     /// up to date first (what `/metrics` and the console read).
     pub fn render_metrics(&self, sessions: &[crate::registry::SessionInfo]) -> String {
         self.hub.report(&self.metrics);
+        if let Some(c) = &self.cluster {
+            c.report(&self.metrics);
+        }
         self.metrics.render(sessions)
     }
 
-    /// Whether the CRLs in force revoke this identity's certificate.
+    /// Whether the CRLs in force (or, in a cluster, another gateway's) revoke this
+    /// identity's certificate.
     pub fn is_revoked(&self, who: &Identity) -> bool {
+        if let Some(c) = &self.cluster {
+            if c.is_revoked(&who.issuer, &who.serial) {
+                return true;
+            }
+        }
         self.live
             .read()
             .unwrap_or_else(|p| p.into_inner())

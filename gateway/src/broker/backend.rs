@@ -89,6 +89,45 @@ pub trait Backend: Send {
 
     /// When [`Backend::tick`] next has something to do.
     fn next_deadline(&self) -> Option<Instant>;
+
+    /// A session here took up `filter` (once per session and filter; a replacement is not
+    /// reported again): a clustered backend counts the sessions per filter and receives the
+    /// filter's messages from elsewhere while any holds it.
+    fn subscribed(&mut self, _filter: &str) {}
+
+    /// A session here let go of `filter` (unsubscribed, or the session ended).
+    fn unsubscribed(&mut self, _filter: &str) {}
+}
+
+/// A backend chosen at start (in-process or clustered) behind one type.
+impl Backend for Box<dyn Backend> {
+    fn admit(&mut self, ticket: Ticket, message: &Arc<Message>, now: Instant) -> Admission {
+        (**self).admit(ticket, message, now)
+    }
+
+    fn retain(&mut self, message: &Arc<Message>) -> RetainOutcome {
+        (**self).retain(message)
+    }
+
+    fn retained(&self, filter: &str, now: Instant, visit: &mut dyn FnMut(&Arc<Message>)) {
+        (**self).retained(filter, now, visit)
+    }
+
+    fn tick(&mut self, now: Instant) {
+        (**self).tick(now)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        (**self).next_deadline()
+    }
+
+    fn subscribed(&mut self, filter: &str) {
+        (**self).subscribed(filter)
+    }
+
+    fn unsubscribed(&mut self, filter: &str) {
+        (**self).unsubscribed(filter)
+    }
 }
 
 /// Everything in this process: the default backend.

@@ -288,7 +288,9 @@ impl<B: Backend> Broker<B> {
             self.by_client.remove(&s.client_id);
         }
         for filter in &s.filters {
-            self.tree.remove(filter, sid);
+            if self.tree.remove(filter, sid).is_some() {
+                self.backend.unsubscribed(filter);
+            }
         }
         for state in s.incoming.values() {
             if let super::inflight::Incoming::Storing(ticket) = state {

@@ -91,6 +91,7 @@ impl<B: Backend> Broker<B> {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.filters.push(filter.into());
             }
+            self.backend.subscribed(filter);
         }
         let send_retained = match sub.retain_handling {
             RetainHandling::OnSubscribe => true,
@@ -133,6 +134,7 @@ impl<B: Backend> Broker<B> {
         if self.tree.remove(filter, sid).is_none() {
             return reason::NO_SUBSCRIPTION_EXISTED;
         }
+        self.backend.unsubscribed(filter);
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.filters.retain(|f| &**f != filter);
             if s.filters.is_empty() {

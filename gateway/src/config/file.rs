@@ -28,6 +28,7 @@ pub(super) struct FileConfig {
     audit_log: Option<PathBuf>,
     renewal: Option<FileRenewal>,
     console: Option<FileConsole>,
+    cluster: Option<crate::cluster::FileCluster>,
 }
 
 impl FileConfig {
@@ -42,6 +43,7 @@ impl FileConfig {
         };
         let renewal = self.renewal.map(|r| r.validate(base)).transpose()?;
         let console = self.console.map(|c| c.validate(base)).transpose()?;
+        let cluster = self.cluster.map(|c| c.validate(base)).transpose()?;
         Ok(Config {
             listen,
             tls,
@@ -52,6 +54,7 @@ impl FileConfig {
             audit_log: self.audit_log.map(|p| resolve(base, &p)),
             renewal,
             console,
+            cluster,
         })
     }
 }

@@ -85,6 +85,10 @@ impl<'a> Pump<'a> {
             if let Err(ended) = self.drain_outbox() {
                 return ended;
             }
+            // In a cluster, a SUBACK goes out once its subscription reached NATS.
+            if let Some(cluster) = &self.shared.cluster {
+                cluster.settled().await;
+            }
             self.account();
             if let Err(ended) = self.write(wr).await {
                 return ended;

@@ -62,9 +62,11 @@ pub struct Broker {
     pub kind: Kind,
     pub addr: SocketAddr,
     dir: PathBuf,
-    pki: Mutex<Pki>,
-    issued: Mutex<HashSet<String>>,
+    /// Shared by the gateways of one cluster ([`Broker::sibling_gateway`]).
+    pki: Arc<Mutex<Pki>>,
+    issued: Arc<Mutex<HashSet<String>>>,
     log: PathBuf,
+    crl: PathBuf,
     _process: Process,
 }
 
@@ -118,51 +120,87 @@ impl Broker {
 
     /// The gateway binary on port 0 (the address is the last word of its first line).
     pub fn gateway() -> Broker {
-        let bin = gateway_binary();
         let pki = Pki::new();
         let dir = pki.dir.path().to_owned();
-        let config = dir.join("gateway.toml");
-        std::fs::write(&config, GATEWAY_CONF).expect("write config");
-        let log = dir.join("gateway.log");
-        let mut child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("the gateway binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let process = Process(child);
-        // Its first line names the address; read it on a thread so the wait is bounded.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut first = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut first);
-            let _ = tx.send(first);
-        });
-        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let addr = first
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "the gateway did not start: {first:?}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
+        let (addr, log, process, _) = spawn_gateway(&dir, "", false);
         Broker::new(Kind::Gateway, addr, pki, log, process)
     }
 
+    /// The gateway binary with `extra` appended to its config (e.g. a `[cluster]` table).
+    /// Its CRL is its own copy of the station's ([`Broker::crl`]), so a test can change
+    /// one gateway's CRL and not another's.
+    pub fn gateway_with(extra: &str) -> Broker {
+        let pki = Pki::new();
+        let dir = pki.dir.path().to_owned();
+        let (addr, log, process, crl) = spawn_gateway(&dir, extra, true);
+        let mut b = Broker::new(Kind::Gateway, addr, pki, log, process);
+        b.crl = crl;
+        b
+    }
+
+    /// Another gateway binary on the same PKI (so every identity works on both), with
+    /// `extra` appended to its config.
+    pub fn sibling_gateway(&self, extra: &str) -> Broker {
+        let (addr, log, process, crl) = spawn_gateway(&self.dir, extra, true);
+        Broker {
+            kind: Kind::Gateway,
+            addr,
+            dir: self.dir.clone(),
+            pki: self.pki.clone(),
+            issued: self.issued.clone(),
+            log,
+            crl,
+            _process: process,
+        }
+    }
+
+    /// The CRL file this broker reads.
+    pub fn crl(&self) -> &Path {
+        &self.crl
+    }
+
+    /// A device of tenant `acme` (issued by the station) and a rustls client config with
+    /// its identity, trusting the root.
+    pub fn device(&self) -> (String, Arc<rustls::ClientConfig>) {
+        let mut pki = self.pki.lock().expect("pki lock");
+        let bundle = pki.devices(TENANT, 1).remove(0);
+        let config = crate::device_client_config(&bundle, &self.root());
+        (bundle.device_id.clone(), config)
+    }
+
+    /// Revokes `device_id` at the station and puts the new CRL in `crl` (renamed into
+    /// place, as the station writes it).
+    pub fn revoke_into(&self, device_id: &str, crl: &Path) {
+        let mut pki = self.pki.lock().expect("pki lock");
+        let revoked = pki
+            .station
+            .revoke(device_id, fleet_provision::Reason::KeyCompromise)
+            .expect("revoke");
+        let staged = crl.with_extension("new");
+        std::fs::copy(&revoked.crl_path, &staged).expect("copy the CRL");
+        std::fs::rename(&staged, crl).expect("put the CRL in place");
+    }
+
+    /// The broker process's id.
+    pub fn pid(&self) -> u32 {
+        self._process.0.id()
+    }
+
+    /// Kills the broker (SIGKILL, by its PID), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self._process.0.kill();
+        let _ = self._process.0.wait();
+    }
+
     fn new(kind: Kind, addr: SocketAddr, pki: Pki, log: PathBuf, process: Process) -> Broker {
+        let crl = pki.path("crl/issuing.crl.pem");
         Broker {
             kind,
             addr,
             dir: pki.dir.path().to_owned(),
-            pki: Mutex::new(pki),
-            issued: Mutex::new(HashSet::new()),
+            pki: Arc::new(Mutex::new(pki)),
+            issued: Arc::new(Mutex::new(HashSet::new())),
+            crl,
             log,
             _process: process,
         }
@@ -219,7 +257,71 @@ impl Broker {
     }
 }
 
-/// The gateway's config: services may use `#` (so `+` and `#` filters at the first level can
+/// Starts the gateway binary with its config in `dir` (the PKI's) plus `extra`, reading its
+/// own copy of the station's CRL when `own_crl`; returns its address (the last word of its
+/// first line), its log, the process and the CRL file it reads.
+fn spawn_gateway(
+    dir: &Path,
+    extra: &str,
+    own_crl: bool,
+) -> (SocketAddr, PathBuf, Process, PathBuf) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let bin = gateway_binary();
+    let station_crl = dir.join("crl/issuing.crl.pem");
+    let crl = if own_crl {
+        let copy = dir.join(format!("gateway-{n}.crl.pem"));
+        std::fs::copy(&station_crl, &copy).expect("copy the CRL");
+        copy
+    } else {
+        station_crl
+    };
+    let config = dir.join(format!("gateway-{n}.toml"));
+    // No admin listener unless `extra` configures one.
+    let admin = if extra.contains("[admin]") {
+        ""
+    } else {
+        "\n[admin]\nenabled = false\n"
+    };
+    let conf = GATEWAY_CONF.replace(
+        "crl = [\"crl/issuing.crl.pem\"]",
+        &format!("crl = [{:?}]", crl.display().to_string()),
+    );
+    std::fs::write(&config, format!("{conf}{admin}\n{extra}")).expect("write config");
+    let log = dir.join(format!("gateway-{n}.log"));
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("the gateway binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let process = Process(child);
+    // Its first line names the address; read it on a thread so the wait is bounded.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let addr = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the gateway did not start: {first:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    (addr, log, process, crl)
+}
+
+/// The gateway's config (without `[admin]`, see [`spawn_gateway`]): services may use `#` (so `+` and `#` filters at the first level can
 /// be tried) and `$conf/#` (a `$` topic both brokers let a client publish to).
 const GATEWAY_CONF: &str = r##"listen = "127.0.0.1:0"
 
@@ -228,9 +330,6 @@ server_cert = "gateway/server.pem"
 server_key = "gateway/server.key"
 client_ca = ["gateway/clients-ca.pem"]
 crl = ["crl/issuing.crl.pem"]
-
-[admin]
-enabled = false
 
 [[acl.service]]
 effect = "allow"

@@ -47,7 +47,18 @@ pub struct Conn {
 impl Conn {
     /// Mutual TLS to the broker as identity `name`; nothing sent yet.
     pub async fn open(broker: &Broker, name: &str, version: Version) -> Conn {
-        let connector = tokio_rustls::TlsConnector::from(broker.client_config(name));
+        Conn::open_with(broker, name, version, broker.client_config(name)).await
+    }
+
+    /// Mutual TLS to the broker with `config` (e.g. a device's identity), called `name` in
+    /// failure messages; nothing sent yet.
+    pub async fn open_with(
+        broker: &Broker,
+        name: &str,
+        version: Version,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Conn {
+        let connector = tokio_rustls::TlsConnector::from(config);
         let tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(broker.addr))
             .await
             .unwrap_or_else(|_| panic!("{name}: TCP connect to {} timed out", broker.kind))
@@ -242,8 +253,8 @@ impl Conn {
         drop(self.tls);
     }
 
-    /// Sends CONNECT and returns the CONNACK.
-    pub async fn connect(&mut self, o: &Options) -> ConnAck {
+    /// Sends CONNECT (the answer is for the caller to read).
+    pub async fn send_connect(&mut self, o: &Options) {
         let id = o.client_id.clone().unwrap_or_else(|| self.name.clone());
         match self.version {
             Version::V4 => self.send4(v4::Packet::Connect(connect4(&id, o))).await,
@@ -252,6 +263,11 @@ impl Conn {
                 self.send5(v5::Packet::Connect(c, will, None)).await;
             }
         }
+    }
+
+    /// Sends CONNECT and returns the CONNACK.
+    pub async fn connect(&mut self, o: &Options) -> ConnAck {
+        self.send_connect(o).await;
         match self.next("CONNACK").await {
             Pkt::V4(v4::Packet::ConnAck(a)) => ConnAck {
                 session_present: a.session_present,
