@@ -93,7 +93,7 @@ impl RenewalClient {
     async fn renew_inner(&self, who: &Identity, csr_der: &[u8]) -> Result<Vec<u8>, RenewalError> {
         let request = RenewalRequest {
             csr_pem: pem_encode("CERTIFICATE REQUEST", csr_der),
-            presented_serial: hex(&who.serial),
+            presented_serial: fleet_host::hex(&who.serial),
         };
         let body = serde_json::to_vec(&request).map_err(RenewalError::Encode)?;
         let path = format!("/v1/devices/{}/renew", who.id);
@@ -122,10 +122,6 @@ pub fn status_payload(who: &Identity, now: i64, threshold_secs: i64) -> Vec<u8> 
     CertStatus::new(now, who.not_after, threshold_secs)
         .to_string()
         .into_bytes()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
