@@ -38,6 +38,16 @@ use crate::session::Requested;
 /// Packets an outbox holds before its session is paused.
 pub const HIGH_WATER: usize = 256;
 
+/// A publisher whose message went into an online session's queue this long (or half the
+/// queue limit, if that is less) is held back (its connection stops reading) until that
+/// queue is half as long, or for at most [`HOLD`]: the gateway acknowledges a publish as soon
+/// as the broker has it, so without this many fast publishers outrun a subscriber's
+/// in-flight window and the queue only grows.
+pub const BACKLOG_HIGH: usize = 1024;
+/// The longest a publisher is held back at once (a subscriber that stopped acknowledging
+/// must not stop its publishers: its queue limit and overflow policy apply instead).
+pub const HOLD: Duration = Duration::from_millis(50);
+
 /// What the broker has for one connection.
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -168,6 +178,8 @@ pub struct Joined {
 pub struct Hub {
     core: Mutex<Core>,
     timer: Notify,
+    /// Wakes held-back publishers: a backlogged queue drained to half.
+    relief: Notify,
 }
 
 impl Hub {
@@ -187,6 +199,7 @@ impl Hub {
                 reported_pauses: 0,
             }),
             timer: Notify::new(),
+            relief: Notify::new(),
         }
     }
 
@@ -245,12 +258,39 @@ impl Hub {
         }
     }
 
-    pub fn publish(&self, handle: Handle, packet_id: Option<u16>, message: Message, now: Instant) {
-        self.with(|b| ((), b.publish(handle, packet_id, message, now)));
+    /// A client's publish; true when it went into an online session's queue that is
+    /// [`BACKLOG_HIGH`] long: hold the publisher back ([`Hub::held_back`]).
+    pub fn publish(
+        &self,
+        handle: Handle,
+        packet_id: Option<u16>,
+        message: Message,
+        now: Instant,
+    ) -> bool {
+        self.with(|b| {
+            let actions = b.publish(handle, packet_id, message, now);
+            (b.take_backlog() >= backlog_high(b), actions)
+        })
+    }
+
+    /// Waits until a backlogged queue drained to half, at most [`HOLD`].
+    pub async fn held_back(&self) {
+        let _ = tokio::time::timeout(HOLD, self.relief.notified()).await;
+    }
+
+    /// Wakes the held-back publishers when `handle`'s queue is short again.
+    fn relieve(&self, b: &Broker<Box<dyn Backend>>, handle: Handle) {
+        if b.queued(handle) < backlog_high(b) / 2 {
+            self.relief.notify_waiters();
+        }
     }
 
     pub fn puback(&self, handle: Handle, packet_id: u16, now: Instant) {
-        self.with(|b| ((), b.puback(handle, packet_id, now)));
+        self.with(|b| {
+            let actions = b.puback(handle, packet_id, now);
+            self.relieve(b, handle);
+            ((), actions)
+        });
     }
 
     pub fn pubrec(&self, handle: Handle, packet_id: u16, code: u8, now: Instant) {
@@ -262,7 +302,11 @@ impl Hub {
     }
 
     pub fn pubcomp(&self, handle: Handle, packet_id: u16, now: Instant) {
-        self.with(|b| ((), b.pubcomp(handle, packet_id, now)));
+        self.with(|b| {
+            let actions = b.pubcomp(handle, packet_id, now);
+            self.relieve(b, handle);
+            ((), actions)
+        });
     }
 
     /// The backend stored (or failed to store) a publish it admitted as pending: its
@@ -279,7 +323,11 @@ impl Hub {
 
     /// Lets a paused session's deliveries flow again.
     pub fn resume(&self, handle: Handle, now: Instant) {
-        self.with(|b| ((), b.resume(handle, now)));
+        self.with(|b| {
+            let actions = b.resume(handle, now);
+            self.relieve(b, handle);
+            ((), actions)
+        });
     }
 
     /// Subscribes the granted filters, at most `max_subscriptions` per session (a filter
@@ -450,6 +498,11 @@ fn within_quota<'a>(
     (slots, wanted)
 }
 
+/// The queue length that holds a publisher back (see [`BACKLOG_HIGH`]).
+fn backlog_high(b: &Broker<Box<dyn Backend>>) -> usize {
+    BACKLOG_HIGH.min(b.config().queue.max_messages / 2).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,6 +569,79 @@ mod tests {
             0,
             "an emptied outbox holds no memory"
         );
+    }
+
+    /// Packet ids of the publishes taken from `outbox`.
+    fn sent_ids(outbox: &Outbox) -> Vec<u16> {
+        outbox
+            .take()
+            .packets
+            .iter()
+            .filter_map(|p| match p {
+                Outgoing::Publish(d) => d.packet_id,
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_publisher_ahead_of_an_online_subscribers_backlog_is_held_back_until_it_drains() {
+        let mut config = BrokerConfig::default();
+        config.queue.max_messages = 10_000;
+        let hub = Hub::new(config);
+        let (publisher, _) = join(&hub, "p", 1);
+        let (subscriber, outbox) = join(&hub, "s", 2);
+        let filters = [granted("t/#")];
+        assert!(hub
+            .subscribe(subscriber, &filters, 10, Instant::now())
+            .is_some());
+        let window = usize::from(BrokerConfig::default().default_receive_maximum.get());
+        let mut backlogged = Vec::new();
+        for i in 0..window + BACKLOG_HIGH {
+            let m = Message::new("t/x", format!("{i}").into_bytes(), QoS::AtLeastOnce, false);
+            let id = u16::try_from(i % 60_000 + 1).unwrap();
+            backlogged.push(hub.publish(publisher, Some(id), m, Instant::now()));
+        }
+        // The window's worth goes out, the queue grows, and only the publish that makes it
+        // BACKLOG_HIGH long holds the publisher back.
+        assert_eq!(backlogged.iter().filter(|b| **b).count(), 1);
+        assert_eq!(backlogged.last(), Some(&true));
+        let relief = hub.relief.notified();
+        tokio::pin!(relief);
+        relief.as_mut().enable();
+        // Acknowledging lets one more out each time; relief comes once the queue is below
+        // half of BACKLOG_HIGH, not before.
+        let mut in_flight = sent_ids(&outbox);
+        assert_eq!(in_flight.len(), window);
+        let mut acked = 0;
+        while acked < BACKLOG_HIGH - BACKLOG_HIGH / 2 {
+            let id = in_flight.remove(0);
+            hub.puback(subscriber, id, Instant::now());
+            acked += 1;
+            in_flight.extend(sent_ids(&outbox));
+            let woken = tokio::time::timeout(Duration::ZERO, relief.as_mut()).await;
+            assert!(woken.is_err(), "woken after {acked} acknowledgements");
+        }
+        let id = in_flight.remove(0);
+        hub.puback(subscriber, id, Instant::now());
+        let woken = tokio::time::timeout(Duration::ZERO, relief.as_mut()).await;
+        assert!(woken.is_ok(), "not woken with the queue drained to half");
+        // An offline session's queue holds nobody back: it is meant to fill.
+        let (kept, _) = {
+            let outbox = Arc::new(Outbox::default());
+            let request = ConnectRequest::v311("k", ConnId(3), false);
+            let joined = hub.connect(request, outbox.clone(), Instant::now());
+            (joined.handle, outbox)
+        };
+        assert!(hub
+            .subscribe(kept, &[granted("k/#")], 10, Instant::now())
+            .is_some());
+        hub.disconnect(ConnId(3), Some(kept), Ending::Normal, None, Instant::now());
+        for i in 0..BACKLOG_HIGH + 10 {
+            let m = Message::new("k/x", format!("{i}").into_bytes(), QoS::AtLeastOnce, false);
+            let id = u16::try_from(i % 60_000 + 1).unwrap();
+            assert!(!hub.publish(publisher, Some(id), m, Instant::now()));
+        }
     }
 
     #[test]

@@ -327,6 +327,9 @@ impl<B: Backend> Broker<B> {
             return;
         }
         let pushed = s.queue.push(item, &limits);
+        if s.conn.is_some() {
+            self.backlog = self.backlog.max(s.queue.len());
+        }
         self.stats.count_drop(
             actions,
             Some(&s.client_id),

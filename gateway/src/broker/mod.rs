@@ -120,6 +120,9 @@ pub struct Broker<B: Backend = InProcess> {
     next_session: u64,
     next_ticket: u64,
     stats: Stats,
+    /// The longest queue of a connected session that the last call queued a message into
+    /// (see [`Broker::take_backlog`]).
+    backlog: usize,
 }
 
 impl Broker<InProcess> {
@@ -143,6 +146,7 @@ impl<B: Backend> Broker<B> {
             next_session: 1,
             next_ticket: 1,
             stats: Stats::default(),
+            backlog: 0,
         }
     }
 
@@ -171,6 +175,23 @@ impl<B: Backend> Broker<B> {
     /// (session, filter) subscriptions held.
     pub fn subscription_count(&self) -> usize {
         self.tree.len()
+    }
+
+    /// The longest queue of a connected session that a message was queued into since the
+    /// last call: how far the publisher just served is ahead of its slowest online
+    /// subscriber. (Offline sessions are left out: their queues are meant to fill.) The
+    /// shell holds a publisher back while this is long, so a publisher cannot outrun its
+    /// subscribers without bound.
+    pub fn take_backlog(&mut self) -> usize {
+        std::mem::take(&mut self.backlog)
+    }
+
+    /// Messages waiting in the queue of `handle`'s session (0 once the broker let go of it).
+    pub fn queued(&self, handle: Handle) -> usize {
+        self.sessions
+            .get(&handle.session)
+            .filter(|s| s.conn == Some(handle.conn))
+            .map_or(0, |s| s.queue.len())
     }
 
     /// Whether a session (connected or kept offline) exists for `client_id`.

@@ -45,6 +45,10 @@ impl Queue {
         self.items.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
     #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -35,6 +35,8 @@ pub(super) struct Pump<'a> {
     kick: oneshot::Receiver<Kick>,
     /// Encoded bytes for the client, written once per turn of the loop.
     out: Vec<u8>,
+    /// The last publish went into a backlogged queue: hold this publisher back.
+    held: bool,
     /// The session is paused until what was taken from the outbox is written.
     resume_after_write: bool,
     /// The certificate renewal in flight, at most one per session: its answer comes back
@@ -59,6 +61,7 @@ impl<'a> Pump<'a> {
             kick,
             out: Vec::new(),
             resume_after_write: false,
+            held: false,
             renewal: None,
             seen: SessionStats::default(),
         }
@@ -92,6 +95,11 @@ impl<'a> Pump<'a> {
             self.account();
             if let Err(ended) = self.write(wr).await {
                 return ended;
+            }
+            // A publisher ahead of a subscriber's backlog waits before reading more, so TCP
+            // holds it back (bounded: `hub::HOLD`).
+            if std::mem::take(&mut self.held) {
+                self.shared.hub.held_back().await;
             }
             // An idle session holds no buffers between packets.
             if buf.is_empty() && buf.capacity() > 4096 {
@@ -143,7 +151,9 @@ impl<'a> Pump<'a> {
         let (hub, h) = (&self.shared.hub, self.handle);
         let now = std::time::Instant::now();
         match inbound {
-            Inbound::Publish { packet_id, message } => hub.publish(h, packet_id, message, now),
+            Inbound::Publish { packet_id, message } => {
+                self.held |= hub.publish(h, packet_id, message, now);
+            }
             Inbound::PubAck(id) => hub.puback(h, id, now),
             Inbound::PubRec { packet_id, code } => hub.pubrec(h, packet_id, code, now),
             Inbound::PubRel(id) => hub.pubrel(h, id),
