@@ -381,3 +381,23 @@ pub mod raw {
         }))
     }
 }
+
+/// The workspace's target directory (CARGO_TARGET_DIR, else `target/` beside this crate).
+pub fn workspace_target() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The gateway binary the end-to-end tests run: FLEET_GATEWAY_BIN, else the debug build.
+pub fn gateway_binary() -> std::path::PathBuf {
+    let bin = std::env::var_os("FLEET_GATEWAY_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_target().join("debug/fleet-gateway"));
+    assert!(
+        bin.is_file(),
+        "no gateway binary at {}: run `cargo build -p fleet-gateway` or set FLEET_GATEWAY_BIN",
+        bin.display()
+    );
+    bin
+}

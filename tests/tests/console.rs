@@ -18,7 +18,7 @@ use fleet_firmware::device::Options;
 use fleet_hil::fleet::{DeviceBundle, Fleet};
 use fleet_hil::refusals;
 use fleet_provision::BatchRequest;
-use fleet_tests::{http, Pki, TENANT};
+use fleet_tests::{gateway_binary, http, workspace_target, Pki, TENANT};
 use thirtyfour::prelude::*;
 
 const TOKEN: &str = "console-test-token-5f1d2c7a";
@@ -38,24 +38,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-fn workspace_target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn gateway_binary() -> PathBuf {
-    let bin = std::env::var_os("FLEET_GATEWAY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_target().join("debug/fleet-gateway"));
-    assert!(
-        bin.is_file(),
-        "no gateway binary at {}: run `cargo build -p fleet-gateway` or set FLEET_GATEWAY_BIN",
-        bin.display()
-    );
-    bin
 }
 
 /// chromium and chromedriver, or `None` (a skip) when they are missing and not required.

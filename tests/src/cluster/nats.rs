@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::workspace_target;
+
 /// How long a server (or a cluster) may take to be ready.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -32,12 +34,6 @@ pub fn nats_server_binary() -> Option<PathBuf> {
         bin.display()
     );
     None
-}
-
-fn workspace_target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
 /// A free loopback port (the server binds it right after; a clash is retried by the caller).

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::{Pki, TENANT};
+use crate::{gateway_binary, workspace_target, Pki, TENANT};
 
 /// Which broker a case runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,24 +397,6 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-fn workspace_target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn gateway_binary() -> PathBuf {
-    let bin = std::env::var_os("FLEET_GATEWAY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_target().join("debug/fleet-gateway"));
-    assert!(
-        bin.is_file(),
-        "no gateway binary at {}: run `cargo build -p fleet-gateway` or set FLEET_GATEWAY_BIN",
-        bin.display()
-    );
-    bin
 }
 
 /// The Python interpreter of the paho-mqtt venv: FLEET_PAHO_PYTHON, else the venv
