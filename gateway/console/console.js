@@ -135,7 +135,10 @@
       const r = await api(path, { method: 'POST', keep: true });
       await new Promise((resolve) => setTimeout(resolve, 300));
       if (after) await load(after);
-      status('Kicked ' + row.device + ': ' + r.kicked + (r.kicked === 1 ? ' session' : ' sessions') + ' closed.');
+      status(r.forwarded
+        ? 'Kicked ' + row.device + ': the kick went to ' + (row.gateway ? 'gateway ' + row.gateway : 'the gateway') +
+          ' holding its session.'
+        : 'Kicked ' + row.device + ': ' + r.kicked + (r.kicked === 1 ? ' session' : ' sessions') + ' closed.');
     } catch (e) {
       if (e instanceof AuthError) { showAuth(e.message); return; }
       status('Kick failed: ' + e.message);
@@ -228,6 +231,7 @@
           h('p', { class: 'big', id: 'sessions-total' }, st.sessions_total),
           tenants.length ? lineChart('Sessions online by tenant', sessionSeries, '', String)
             : h('p', { class: 'muted' }, 'No sessions.')),
+        st.cluster ? clusterCard(st.cluster) : null,
         h('section', { class: 'card', 'aria-labelledby': 'c-connects' },
           h('h2', { id: 'c-connects' }, 'Connects and refusals per second'),
           h('p', { class: 'muted' }, 'Since start: ' + st.connects_total + ' accepted, ' +
@@ -245,11 +249,29 @@
     });
   }
 
-  function sessionRow(r, reload) {
-    return h('tr', { 'data-device': r.device },
+  function gatewayName(r, here) {
+    return r.gateway === here ? [r.gateway, ' ', h('span', { class: 'tag' }, 'this gateway')] : r.gateway;
+  }
+
+  function clusterCard(c) {
+    return h('section', { class: 'card', 'aria-labelledby': 'c-cluster' },
+      h('h2', { id: 'c-cluster' }, 'Cluster'),
+      h('p', { class: 'big', id: 'cluster-total' }, c.sessions_total),
+      h('p', { class: 'muted' }, 'Sessions on the ' + Object.keys(c.sessions).length +
+        ' gateways alive; the other cards show this gateway (' + c.gateway + ').'),
+      h('table', { id: 'gateways' },
+        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Gateway'), h('th', { scope: 'col' }, 'Sessions'))),
+        h('tbody', {}, Object.entries(c.sessions).map(([g, n]) => h('tr', { 'data-gateway': g },
+          td('Gateway', gatewayName({ gateway: g }, c.gateway)),
+          td('Sessions', n))))));
+  }
+
+  function sessionRow(r, reload, here) {
+    return h('tr', { 'data-device': r.device, 'data-gateway': r.gateway || '' },
       td('Device', h('a', { href: deviceHref(r.tenant, r.device) }, r.device),
         r.kind === 'service' ? [' ', h('span', { class: 'tag' }, 'service')] : null),
       td('Tenant', r.tenant),
+      here ? td('Gateway', gatewayName(r, here)) : null,
       td('MQTT', r.protocol),
       td('Since', fmtTime(r.connected_at)),
       td('Peer', h('span', { class: 'mono' }, r.peer)),
@@ -275,7 +297,7 @@
       h('form', { role: 'search', onsubmit: (e) => { e.preventDefault(); devices.q = search.value; devices.offset = 0; refresh(); } },
         h('label', { for: 'search' }, 'Search live sessions'),
         h('div', { class: 'row' }, search, h('button', { type: 'submit' }, 'Search')),
-        h('p', { id: 'search-hint', class: 'hint' }, 'Part of a device id, tenant, serial, fingerprint or peer address.')),
+        h('p', { id: 'search-hint', class: 'hint' }, 'Part of a device id, tenant, serial, fingerprint, peer address or gateway.')),
       count, table, pager);
     const draw = async () => {
       if (table.contains(document.activeElement) && document.activeElement.tagName === 'BUTTON') return;
@@ -284,10 +306,12 @@
       count.textContent = p.total + (p.total === 1 ? ' live session matches.' : ' live sessions match.');
       table.replaceChildren(p.items.length === 0 ? notice('No live session matches.') :
         h('table', { class: 'stack', id: 'sessions' },
-          h('caption', {}, 'Live sessions, by tenant and device id'),
-          h('thead', {}, h('tr', {}, ['Device', 'Tenant', 'MQTT', 'Since', 'Peer', 'Serial',
-            'Fingerprint', 'Certificate expires', 'Action'].map((c) => h('th', { scope: 'col' }, c)))),
-          h('tbody', {}, p.items.map((r) => sessionRow(r, refresh)))));
+          h('caption', {}, p.gateway ? 'Live sessions on every gateway of the cluster, by tenant and device id'
+            : 'Live sessions, by tenant and device id'),
+          h('thead', {}, h('tr', {}, ['Device', 'Tenant', p.gateway ? 'Gateway' : null, 'MQTT', 'Since', 'Peer',
+            'Serial', 'Fingerprint', 'Certificate expires', 'Action'].filter(Boolean)
+            .map((c) => h('th', { scope: 'col' }, c)))),
+          h('tbody', {}, p.items.map((r) => sessionRow(r, refresh, p.gateway)))));
       const last = Math.min(p.offset + p.items.length, p.total);
       pager.replaceChildren(
         h('button', { type: 'button', class: 'secondary', id: 'prev', disabled: p.offset === 0,
@@ -301,7 +325,7 @@
   }
 
   function facts(pairs) {
-    return h('dl', { class: 'facts' }, pairs.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+    return h('dl', { class: 'facts' }, pairs.filter(Boolean).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
   }
 
   function auditTable(id, records, withDevice) {
@@ -327,11 +351,15 @@
       view.replaceChildren(h('h1', {}, 'Device ' + device),
         h('p', {}, h('a', { href: '#/devices' }, '← All devices')),
         h('section', { 'aria-labelledby': 'h-session' }, h('h2', { id: 'h-session' }, 'Live session'),
-          s0 ? [facts([['Tenant', s0.tenant], ['Kind', s0.kind], ['MQTT version', s0.protocol],
+          s0 ? [facts([['Tenant', s0.tenant], ['Kind', s0.kind],
+            s0.gateway ? ['Gateway', h('span', { id: 'held-by' }, gatewayName(s0, d.gateway))] : null,
+            ['MQTT version', s0.protocol],
             ['Peer', h('span', { class: 'mono' }, s0.peer)], ['Connected since', fmtTime(s0.connected_at)],
             ['Certificate serial', h('span', { class: 'mono' }, s0.serial)],
             ['Fingerprint (SHA-256)', h('span', { class: 'mono' }, s0.fingerprint)],
             ['Certificate expires', fmtTime(s0.cert_not_after) + ' (' + daysLeft(s0.cert_not_after) + ')']]),
+          s0.gateway && s0.gateway !== d.gateway
+            ? notice('Gateway ' + s0.gateway + ' holds this session: a Kick from here is sent to it.') : null,
           h('p', {}, h('button', { type: 'button', class: 'danger', id: 'kick',
             onclick: () => kick(s0, draw) }, 'Kick this session…'))]
             : notice('No live session: the device is not connected.')),

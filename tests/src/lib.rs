@@ -11,6 +11,7 @@ use fleet_hil::fleet::DeviceBundle;
 use fleet_provision::{BatchRequest, KeyProtection, Station};
 use tokio::sync::oneshot;
 
+pub mod browser;
 pub mod cluster;
 pub mod conformance;
 

@@ -10,7 +10,9 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use fleet_tests::cluster::{await_route, cluster_toml, free_admin, readyz, Gateways, Nats};
+use fleet_tests::cluster::{
+    await_route, closed_within, cluster_toml, free_admin, pair, readyz, Gateways, Nats,
+};
 use fleet_tests::conformance::packet::{ack_fields, is_ack, Ack};
 use fleet_tests::conformance::{Broker, Conn, Msg, Options, Sub, Version, Will};
 
@@ -36,14 +38,6 @@ fn nats_fixture_starts_a_three_node_cluster_and_kills_one_node() {
     assert!(!reachable(&urls[1]), "a killed server still accepts");
     nats.servers[1].restart();
     assert!(reachable(&urls[1]), "{}", nats.logs());
-}
-
-/// One NATS and two ready gateways, or `None` (a skip) without nats-server.
-async fn pair() -> Option<(Nats, Gateways)> {
-    let nats = Nats::single()?;
-    let gws = Gateways::start(&nats.urls(), 2);
-    gws.wait_ready().await;
-    Some((nats, gws))
 }
 
 async fn v5(gw: &Broker, name: &str) -> Conn {
@@ -264,22 +258,6 @@ async fn nats_lost_mid_run_refuses_qos1_until_it_is_back() {
         "stored again: {}",
         gws.logs()
     );
-}
-
-/// Waits (bounded by `within`) until the connection is closed by the gateway; returns how
-/// long that took.
-async fn closed_within(conn: &mut Conn, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        match conn.recv(within.saturating_sub(start.elapsed())).await {
-            Err(fleet_tests::conformance::wire::Gone::Closed) => return start.elapsed(),
-            Err(fleet_tests::conformance::wire::Gone::Timeout) => {
-                panic!("{}: still open after {within:?}", conn.name)
-            }
-            // A DISCONNECT (v5) or anything else before the close.
-            Ok(_) | Err(_) => {}
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,19 @@ pub struct Located {
     /// The same in milliseconds: the newer of two connections of one client wins.
     #[serde(default)]
     pub connected_ms: u64,
+    /// What the console shows of a session held by another gateway (absent in entries of
+    /// gateways from before they were written).
+    #[serde(default)]
+    pub peer: String,
+    /// SHA-256 of the certificate, hex.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// MQTT version: `3.1.1` or `5`.
+    #[serde(default)]
+    pub protocol: String,
+    /// The certificate's notAfter, Unix seconds.
+    #[serde(default)]
+    pub cert_not_after: i64,
 }
 
 /// An admin kick, sent to every gateway.
@@ -128,14 +141,21 @@ impl Control {
         lock(&self.revoked).contains(&(issuer.to_vec(), strip_zeros(serial).to_vec()))
     }
 
-    /// The sessions of the gateways alive now, sorted by tenant, id.
-    pub fn sessions(&self) -> Vec<Located> {
+    /// The gateways whose heartbeat is current, by name.
+    pub fn gateways(&self) -> Vec<String> {
         let now = unix_secs();
-        let alive: HashSet<String> = lock(&self.heartbeats)
+        let mut alive: Vec<String> = lock(&self.heartbeats)
             .iter()
             .filter(|(_, at)| now.saturating_sub(**at) <= STALE_AFTER.as_secs())
             .map(|(g, _)| g.clone())
             .collect();
+        alive.sort();
+        alive
+    }
+
+    /// The sessions of the gateways alive now, sorted by tenant, id.
+    pub fn sessions(&self) -> Vec<Located> {
+        let alive: HashSet<String> = self.gateways().into_iter().collect();
         let mut list: Vec<Located> = lock(&self.sessions)
             .values()
             .filter(|l| alive.contains(&l.gateway))
@@ -219,6 +239,10 @@ fn located(gateway: &str, s: &SessionInfo) -> Located {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         connected_ms: unix_ms(s.connected_at),
+        peer: s.peer.to_string(),
+        fingerprint: s.identity.fingerprint_hex(),
+        protocol: s.version.name().into(),
+        cert_not_after: s.identity.not_after,
     }
 }
 
@@ -420,6 +444,10 @@ mod tests {
             serial: "01".into(),
             connected_at: 0,
             connected_ms: 0,
+            peer: String::new(),
+            fingerprint: String::new(),
+            protocol: String::new(),
+            cert_not_after: 0,
         };
         lock(&control.sessions).insert("session.acme.d2".into(), at("gw-b", "d2"));
         lock(&control.sessions).insert("session.acme.d1".into(), at("gw-a", "d1"));

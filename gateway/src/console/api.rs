@@ -74,6 +74,82 @@ struct StatsView {
     messages_out_total: u64,
     /// Rates per sampling interval (one second), oldest first: the last five minutes.
     points: Vec<Point>,
+    /// In a cluster: this gateway's name and every live gateway's sessions (the figures
+    /// above are this gateway's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterView>,
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    /// This gateway's `[cluster] name`.
+    gateway: String,
+    /// Live sessions on each gateway whose heartbeat is current (this one's counted now,
+    /// the others' as their last location write says).
+    sessions: BTreeMap<String, u64>,
+    sessions_total: u64,
+}
+
+fn cluster_view(console: &Console, local_sessions: u64) -> Option<ClusterView> {
+    let c = console.shared.cluster.as_ref()?;
+    let mut sessions: BTreeMap<String, u64> =
+        c.control.gateways().into_iter().map(|g| (g, 0)).collect();
+    for l in c.control.sessions() {
+        if l.gateway != c.name {
+            *sessions.entry(l.gateway).or_default() += 1;
+        }
+    }
+    sessions.insert(c.name.clone(), local_sessions);
+    Some(ClusterView {
+        gateway: c.name.clone(),
+        sessions_total: sessions.values().sum(),
+        sessions,
+    })
+}
+
+/// The sessions the console shows: this gateway's and, in a cluster unless `scope=local`,
+/// every other live gateway's; with this gateway's cluster name. `Err`: a bad scope (the
+/// status and why).
+fn session_rows(
+    console: &Console,
+    scope: Option<&str>,
+) -> Result<(Vec<SessionRow>, Option<String>), (StatusCode, String)> {
+    let cluster = console.shared.cluster.as_ref();
+    let everywhere = match (scope, cluster) {
+        (None, _) => cluster.is_some(),
+        (Some("local"), _) => false,
+        (Some("cluster"), Some(_)) => true,
+        (Some("cluster"), None) => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "scope=cluster: this gateway has no [cluster]".into(),
+            ))
+        }
+        (Some(other), _) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("scope={other}: use local or cluster"),
+            ))
+        }
+    };
+    let me = cluster.map(|c| c.name.as_str());
+    let mut rows: Vec<SessionRow> = console
+        .shared
+        .sessions
+        .list()
+        .iter()
+        .map(|s| SessionRow::new(s, me))
+        .collect();
+    if let (Some(c), true) = (cluster, everywhere) {
+        rows.extend(
+            c.control
+                .sessions()
+                .iter()
+                .filter(|l| l.gateway != c.name)
+                .map(SessionRow::located),
+        );
+    }
+    Ok((rows, me.map(str::to_owned)))
 }
 
 async fn stats(State(console): Shared, Query(q): Query<Since>) -> Json<StatsView> {
@@ -83,9 +159,11 @@ async fn stats(State(console): Shared, Query(q): Query<Since>) -> Json<StatsView
         .latest()
         .map(|s| s.counters.clone())
         .unwrap_or_default();
+    let sessions_total = latest.sessions.values().sum();
     Json(StatsView {
         now: stats::unix_now(),
-        sessions_total: latest.sessions.values().sum(),
+        cluster: cluster_view(&console, sessions_total),
+        sessions_total,
         connects_total: latest.connects,
         refused_total: latest.refused_total(),
         messages_in_total: latest.messages_in,
@@ -96,8 +174,15 @@ async fn stats(State(console): Shared, Query(q): Query<Since>) -> Json<StatsView
     })
 }
 
-async fn sessions(State(console): Shared, Query(q): Query<PageQuery>) -> Json<Page> {
-    Json(rows::page(&console.shared.sessions.list(), &q))
+async fn sessions(State(console): Shared, Query(q): Query<PageQuery>) -> Response {
+    match session_rows(&console, q.scope.as_deref()) {
+        Ok((all, gateway)) => Json(Page {
+            gateway,
+            ..rows::page(all, &q)
+        })
+        .into_response(),
+        Err((status, why)) => error(status, why),
+    }
 }
 
 #[derive(Deserialize)]
@@ -109,8 +194,12 @@ struct TenantQuery {
 #[derive(Serialize)]
 struct DeviceView {
     device: String,
-    /// Its live sessions (one per tenant at most).
+    /// Its live sessions (one per tenant at most; in a cluster, on whichever gateway holds
+    /// them — for a moment during a takeover, on two).
     sessions: Vec<SessionRow>,
+    /// In a cluster: this gateway's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<String>,
     /// The newest audit records that name it.
     audit: Feed,
     /// The station's address when certificate history and revocation are available.
@@ -130,16 +219,12 @@ async fn device(
             format!("{device:?} is not a device id"),
         );
     }
-    let sessions = console
-        .shared
-        .sessions
-        .list()
-        .iter()
-        .filter(|s| {
-            s.identity.id == device && q.tenant.as_ref().is_none_or(|t| *t == s.identity.tenant)
-        })
-        .map(SessionRow::new)
-        .collect();
+    let (mut sessions, gateway) = match session_rows(&console, None) {
+        Ok(found) => found,
+        Err((status, why)) => return error(status, why),
+    };
+    sessions.retain(|s| s.device == device && q.tenant.as_ref().is_none_or(|t| *t == s.tenant));
+    sessions.sort_by(|a, b| (&a.tenant, &a.gateway).cmp(&(&b.tenant, &b.gateway)));
     let filter = Filter {
         device: Some(device.clone()),
         tenant: q.tenant,
@@ -158,6 +243,7 @@ async fn device(
     Json(DeviceView {
         device,
         sessions,
+        gateway,
         audit,
         station,
         station_error,

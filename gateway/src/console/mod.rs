@@ -7,9 +7,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /v1/console/stats` | counters and per-second rates (connects, refusals, messages in/out, sessions by tenant), sampled every second from the gateway's metrics |
-//! | `GET /v1/console/sessions` | live sessions, searched and paged, with their MQTT version |
-//! | `GET /v1/console/devices/{device}` | a device's live sessions and the audit records naming it |
+//! | `GET /v1/console/stats` | counters and per-second rates (connects, refusals, messages in/out, sessions by tenant), sampled every second from the gateway's metrics; in a cluster, also every gateway's session count |
+//! | `GET /v1/console/sessions` | live sessions, searched and paged, with their MQTT version; in a cluster, every gateway's, each with the gateway holding it |
+//! | `GET /v1/console/devices/{device}` | a device's live sessions (in a cluster, on whichever gateway) and the audit records naming it |
 //! | `GET /v1/console/certificates` | expiry histogram of connected clients, devices due for renewal |
 //! | `GET /v1/console/reasons` | every refusal reason in plain words (the table `doctor` uses) |
 //! | `GET /v1/console/station/devices/{device}` | the device's certificate history, from the station (`[console]`) |
@@ -17,8 +17,10 @@
 //! | `GET /v1/audit` | the audit log, newest first, filtered, bounded in bytes and lines |
 //!
 //! The console counts nothing itself: rates are differences of the counters `/metrics`
-//! exposes (read back from their exposition), sessions come from the session registry and
-//! refusals from the audit file.
+//! exposes (read back from their exposition), sessions come from the session registry (and,
+//! in a cluster, from the location entries every gateway keeps in the control bucket) and
+//! refusals from the audit file. A Kick of a session another gateway holds is forwarded to
+//! it by the admin API's kick.
 
 mod api;
 mod assets;

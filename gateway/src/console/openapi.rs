@@ -23,7 +23,8 @@ fn session_row() -> Value {
             "peer": { "type": "string" },
             "connected_at": { "type": "integer", "description": "Unix seconds" },
             "cert_not_after": { "type": "integer", "description": "Unix seconds" },
-            "protocol": { "type": "string", "enum": ["3.1.1", "5"], "description": "MQTT version of the session" }
+            "protocol": { "type": "string", "enum": ["3.1.1", "5"], "description": "MQTT version of the session" },
+            "gateway": { "type": "string", "description": "In a cluster: the gateway holding the session ([cluster] name)" }
         }
     })
 }
@@ -92,7 +93,10 @@ pub fn stats() -> Value {
                     "points": { "type": "array", "items": { "type": "object", "properties": {
                         "t": { "type": "number" }, "connects": { "type": "number" }, "refusals": { "type": "number" },
                         "messages_in": { "type": "number" }, "messages_out": { "type": "number" }, "sessions": counts
-                    } } }
+                    } } },
+                    "cluster": { "type": "object", "description": "In a cluster: this gateway's name and the live sessions of every gateway alive (the other figures are this gateway's)", "properties": {
+                        "gateway": { "type": "string" }, "sessions": counts, "sessions_total": { "type": "integer" }
+                    } }
                 }
             }))
         }
@@ -101,18 +105,23 @@ pub fn stats() -> Value {
 
 pub fn sessions() -> Value {
     json!({ "get": {
-        "summary": "Live sessions, searched and one page at a time, sorted by tenant and id",
+        "summary": "Live sessions, searched and one page at a time, sorted by tenant and id (in a cluster: every gateway's, each with the gateway holding it)",
         "parameters": [
-            query("q", "string", "Part of the device id, tenant, serial, fingerprint or peer (any case)"),
+            query("q", "string", "Part of the device id, tenant, serial, fingerprint, peer or gateway (any case)"),
             query("tenant", "string", "Only this tenant"),
             query("offset", "integer", "Rows to skip"),
-            query("limit", "integer", "Rows per page (default 25, at most 500)")
+            query("limit", "integer", "Rows per page (default 25, at most 500)"),
+            { "name": "scope", "in": "query", "required": false, "schema": { "type": "string", "enum": ["local", "cluster"] },
+              "description": "local: this gateway's sessions only; cluster (the default in a cluster): every gateway's" }
         ],
         "responses": {
             "200": ok("One page", json!({ "type": "object", "properties": {
                 "total": { "type": "integer" }, "offset": { "type": "integer" }, "limit": { "type": "integer" },
-                "items": { "type": "array", "items": session_row() }
-            } }))
+                "items": { "type": "array", "items": session_row() },
+                "gateway": { "type": "string", "description": "In a cluster: this gateway's name" }
+            } })),
+            "400": ok("Unknown scope", error_schema()),
+            "404": ok("scope=cluster on a gateway without [cluster]", error_schema())
         }
     } })
 }
@@ -124,7 +133,8 @@ pub fn device() -> Value {
         "responses": {
             "200": ok("The device", json!({ "type": "object", "properties": {
                 "device": { "type": "string" },
-                "sessions": { "type": "array", "items": session_row() },
+                "sessions": { "type": "array", "items": session_row(), "description": "In a cluster: on whichever gateway holds them" },
+                "gateway": { "type": "string", "description": "In a cluster: this gateway's name" },
                 "audit": feed(),
                 "station": { "type": ["string", "null"], "description": "Station address, when certificate history and revocation are available" },
                 "station_error": { "type": ["string", "null"] }

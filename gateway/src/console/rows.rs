@@ -1,14 +1,15 @@
-//! What the console's tables show: live sessions (searchable, a page at a time) and the
-//! certificates of connected devices (expiry histogram, devices due for renewal).
+//! What the console's tables show: live sessions (searchable, a page at a time; in a
+//! cluster, every gateway's, each with the gateway holding it) and the certificates of
+//! connected devices (expiry histogram, devices due for renewal).
 
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
 use super::exposition::Counters;
+use crate::cluster::control::Located;
 use crate::identity::Kind;
 use crate::registry::SessionInfo;
-use crate::session::Version;
 
 /// One live session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -28,10 +29,14 @@ pub struct SessionRow {
     pub cert_not_after: i64,
     /// MQTT version: `3.1.1` or `5`.
     pub protocol: String,
+    /// In a cluster: the gateway holding the session (its `[cluster] name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 impl SessionRow {
-    pub fn new(s: &SessionInfo) -> SessionRow {
+    /// A session of this gateway (`gateway`: its cluster name, if it is in one).
+    pub fn new(s: &SessionInfo, gateway: Option<&str>) -> SessionRow {
         SessionRow {
             device: s.identity.id.clone(),
             tenant: s.identity.tenant.clone(),
@@ -48,16 +53,29 @@ impl SessionRow {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             cert_not_after: s.identity.not_after,
-            protocol: match s.version {
-                Version::V311 => "3.1.1",
-                Version::V5 => "5",
-            }
-            .into(),
+            protocol: s.version.name().into(),
+            gateway: gateway.map(str::to_owned),
         }
     }
 
-    /// Whether `needle` (lowercase) is part of the device id, tenant, serial, fingerprint or
-    /// peer address.
+    /// A session another gateway of the cluster holds, from its location entry.
+    pub fn located(l: &Located) -> SessionRow {
+        SessionRow {
+            device: l.device.clone(),
+            tenant: l.tenant.clone(),
+            kind: l.kind.clone(),
+            serial: l.serial.clone(),
+            fingerprint: l.fingerprint.clone(),
+            peer: l.peer.clone(),
+            connected_at: l.connected_at,
+            cert_not_after: l.cert_not_after,
+            protocol: l.protocol.clone(),
+            gateway: Some(l.gateway.clone()),
+        }
+    }
+
+    /// Whether `needle` (lowercase) is part of the device id, tenant, serial, fingerprint,
+    /// peer address or gateway name.
     fn matches(&self, needle: &str) -> bool {
         [
             &self.device,
@@ -66,7 +84,8 @@ impl SessionRow {
             &self.fingerprint,
             &self.peer,
         ]
-        .iter()
+        .into_iter()
+        .chain(&self.gateway)
         .any(|field| field.to_ascii_lowercase().contains(needle))
     }
 }
@@ -75,13 +94,16 @@ impl SessionRow {
 pub const DEFAULT_PAGE: usize = 25;
 pub const MAX_PAGE: usize = 500;
 
-/// `?q=&tenant=&offset=&limit=`
+/// `?q=&tenant=&offset=&limit=&scope=`
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PageQuery {
     pub q: Option<String>,
     pub tenant: Option<String>,
     pub offset: Option<usize>,
     pub limit: Option<usize>,
+    /// `local`: only this gateway's sessions; `cluster` (the default in a cluster): every
+    /// gateway's.
+    pub scope: Option<String>,
 }
 
 /// One page of the matching sessions.
@@ -92,29 +114,32 @@ pub struct Page {
     pub offset: usize,
     pub limit: usize,
     pub items: Vec<SessionRow>,
+    /// In a cluster: this gateway's name (rows then say which gateway holds each session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
-/// The sessions matching `query`, sorted by tenant and id, one page of them.
-pub fn page(sessions: &[SessionInfo], query: &PageQuery) -> Page {
+/// The rows matching `query`, sorted by tenant, id and gateway, one page of them.
+pub fn page(mut rows: Vec<SessionRow>, query: &PageQuery) -> Page {
     let needle = query.q.as_deref().unwrap_or("").trim().to_ascii_lowercase();
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let offset = query.offset.unwrap_or(0);
-    let matching: Vec<SessionRow> = sessions
-        .iter()
-        .filter(|s| {
-            query
-                .tenant
-                .as_deref()
-                .is_none_or(|t| t.is_empty() || s.identity.tenant == t)
-        })
-        .map(SessionRow::new)
-        .filter(|row| needle.is_empty() || row.matches(&needle))
-        .collect();
+    rows.retain(|row| {
+        query
+            .tenant
+            .as_deref()
+            .is_none_or(|t| t.is_empty() || row.tenant == t)
+            && (needle.is_empty() || row.matches(&needle))
+    });
+    rows.sort_by(|a, b| {
+        (&a.tenant, &a.device, &a.gateway).cmp(&(&b.tenant, &b.device, &b.gateway))
+    });
     Page {
-        total: matching.len(),
+        total: rows.len(),
         offset,
         limit,
-        items: matching.into_iter().skip(offset).take(limit).collect(),
+        items: rows.into_iter().skip(offset).take(limit).collect(),
+        gateway: None,
     }
 }
 
@@ -162,7 +187,10 @@ pub fn due(sessions: &[SessionInfo], now: i64, threshold_secs: i64) -> (usize, V
     let total = due.len();
     (
         total,
-        due.into_iter().take(MAX_DUE).map(SessionRow::new).collect(),
+        due.into_iter()
+            .take(MAX_DUE)
+            .map(|s| SessionRow::new(s, None))
+            .collect(),
     )
 }
 
@@ -173,6 +201,7 @@ mod tests {
 
     use super::*;
     use crate::identity::Identity;
+    use crate::session::Version;
 
     fn session(id: &str, tenant: &str, not_after: i64, version: Version) -> SessionInfo {
         SessionInfo {
@@ -191,19 +220,69 @@ mod tests {
         }
     }
 
+    fn rows(sessions: &[SessionInfo]) -> Vec<SessionRow> {
+        sessions.iter().map(|s| SessionRow::new(s, None)).collect()
+    }
+
+    #[test]
+    fn a_cluster_lists_every_gateways_sessions_with_the_gateway_holding_each() {
+        let here = session("acme-000002", "acme", 5000, Version::V5);
+        let there = Located {
+            gateway: "gw-b".into(),
+            device: "acme-000001".into(),
+            tenant: "acme".into(),
+            kind: "device".into(),
+            serial: "0abc".into(),
+            connected_at: 1000,
+            connected_ms: 1_000_000,
+            peer: "127.0.0.1:5000".into(),
+            fingerprint: "5e".repeat(32),
+            protocol: "3.1.1".into(),
+            cert_not_after: 7000,
+        };
+        let all = vec![
+            SessionRow::new(&here, Some("gw-a")),
+            SessionRow::located(&there),
+        ];
+        let p = page(all.clone(), &PageQuery::default());
+        let held: Vec<(&str, Option<&str>)> = p
+            .items
+            .iter()
+            .map(|r| (r.device.as_str(), r.gateway.as_deref()))
+            .collect();
+        assert_eq!(
+            held,
+            [("acme-000001", Some("gw-b")), ("acme-000002", Some("gw-a"))]
+        );
+        assert_eq!(
+            (p.items[0].cert_not_after, p.items[0].peer.as_str()),
+            (7000, "127.0.0.1:5000")
+        );
+        let on_b = PageQuery {
+            q: Some("GW-B".into()),
+            ..PageQuery::default()
+        };
+        let p = page(all, &on_b);
+        assert_eq!(p.total, 1);
+        assert_eq!(p.items[0].device, "acme-000001");
+        // A row of a single gateway has no gateway field at all.
+        let single = serde_json::to_value(SessionRow::new(&here, None)).unwrap();
+        assert!(single.get("gateway").is_none(), "{single}");
+    }
+
     #[test]
     fn search_and_pages() {
         let sessions: Vec<SessionInfo> = (1..=30)
             .map(|i| session(&format!("acme-{i:06}"), "acme", 0, Version::V311))
             .chain([session("beta-000001", "beta", 0, Version::V5)])
             .collect();
-        let all = page(&sessions, &PageQuery::default());
+        let all = page(rows(&sessions), &PageQuery::default());
         assert_eq!(
             (all.total, all.items.len(), all.limit),
             (31, DEFAULT_PAGE, DEFAULT_PAGE)
         );
         let second = page(
-            &sessions,
+            rows(&sessions),
             &PageQuery {
                 offset: Some(25),
                 ..PageQuery::default()
@@ -212,7 +291,7 @@ mod tests {
         assert_eq!(second.items.len(), 6);
         assert_eq!(second.items[0].device, "acme-000026");
         let found = page(
-            &sessions,
+            rows(&sessions),
             &PageQuery {
                 q: Some(" ACME-000017 ".into()),
                 ..PageQuery::default()
@@ -224,7 +303,7 @@ mod tests {
         assert_eq!(found.items[0].serial, "0abc");
         assert_eq!(found.items[0].connected_at, 1000);
         let beta = page(
-            &sessions,
+            rows(&sessions),
             &PageQuery {
                 tenant: Some("beta".into()),
                 ..PageQuery::default()
@@ -237,7 +316,7 @@ mod tests {
             limit: Some(10_000),
             ..PageQuery::default()
         };
-        let p = page(&sessions, &by_fingerprint);
+        let p = page(rows(&sessions), &by_fingerprint);
         assert_eq!((p.total, p.limit), (31, MAX_PAGE));
     }
 

@@ -46,6 +46,16 @@ pub enum Version {
     V5,
 }
 
+impl Version {
+    /// As the admin API and the console spell it: `3.1.1` or `5`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V311 => "3.1.1",
+            Version::V5 => "5",
+        }
+    }
+}
+
 /// Why a live session ends at the client's doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Close {

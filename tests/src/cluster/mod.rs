@@ -142,3 +142,27 @@ pub async fn await_route(publisher: &mut Conn, subscriber: &mut Conn, topic: &st
         assert_eq!(m.text(), "probe", "{}: {m:?}", subscriber.name);
     }
 }
+
+/// One NATS and two ready gateways, or `None` (a skip) without nats-server.
+pub async fn pair() -> Option<(Nats, Gateways)> {
+    let nats = Nats::single()?;
+    let gws = Gateways::start(&nats.urls(), 2);
+    gws.wait_ready().await;
+    Some((nats, gws))
+}
+
+/// Waits (bounded by `within`) until the connection is closed by the gateway; returns how
+/// long that took.
+pub async fn closed_within(conn: &mut Conn, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        match conn.recv(within.saturating_sub(start.elapsed())).await {
+            Err(crate::conformance::wire::Gone::Closed) => return start.elapsed(),
+            Err(crate::conformance::wire::Gone::Timeout) => {
+                panic!("{}: still open after {within:?}", conn.name)
+            }
+            // A DISCONNECT (v5) or anything else before the close.
+            Ok(_) | Err(_) => {}
+        }
+    }
+}
