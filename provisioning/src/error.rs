@@ -313,7 +313,19 @@ pub enum TlsError {
 /// on the way to it.
 fn pg_message(e: &postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
-        return e.to_string();
+        // The client's own message, then its causes (the TLS or I/O error underneath).
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        for _ in 0..8 {
+            let Some(c) = cause else { break };
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            cause = c.source();
+        }
+        return text;
     };
     let mut text = format!("{} (SQLSTATE {}", db.message(), db.code().code());
     if let Some(constraint) = db.constraint() {

@@ -348,3 +348,35 @@ fn migrations_apply_once_and_a_newer_schema_is_refused(pg: &PgServer, t: &Postgr
     assert!(text.contains(&t.to_string()) && text.contains("password"), "{text}");
     assert!(!text.contains("not-the-password"), "{text}");
 }
+
+#[test]
+fn the_registry_connects_over_tls_and_verifies_the_server() {
+    let db_ca = fleet_provision::pki::new_root_ca("Database CA").unwrap();
+    let Some(pg) = PgServer::start_tls(&db_ca) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, &db_ca.cert_pem).unwrap();
+    let url = format!("postgres://fleet@127.0.0.1:{}/postgres", pg.port);
+
+    let tls = PostgresTarget::new(&url, Some(&pg.password), Some(&ca_file)).unwrap();
+    assert!(tls.is_tls());
+    let mut reg = open(&tls, "s1", "ca1");
+    assert_eq!(
+        reg.reserve(&[reservation("01", DeviceId::Next)]).unwrap(),
+        ["acme-000001"]
+    );
+    // The server takes TLS only: a plain connection is turned away.
+    let plain = PostgresTarget::new(&url, Some(&pg.password), None).unwrap();
+    let err = PostgresRegistry::open(&plain, me("s1", "ca1")).err().expect("refused");
+    assert!(err.to_string().contains("no encryption"), "{err}");
+    // A server whose certificate another CA signed is refused.
+    let other = fleet_provision::pki::new_root_ca("Another CA").unwrap();
+    let other_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_file, &other.cert_pem).unwrap();
+    let wrong = PostgresTarget::new(&url, Some(&pg.password), Some(&other_file)).unwrap();
+    let err = PostgresRegistry::open(&wrong, me("s1", "ca1")).err().expect("refused");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // A CA file that holds no certificate is refused before connecting.
+    let err = PostgresTarget::new(&url, None, Some(&dir.path().join("missing.pem"))).unwrap_err();
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+}

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet_provision::PostgresTarget;
+use postgres::error::SqlState;
 
 /// Where Debian's `postgresql-15` puts the server binaries.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -61,6 +62,16 @@ impl PgServer {
     /// Starts a fresh server; `None` (the test skips) when PostgreSQL 15 is missing and not
     /// [`required`].
     pub fn start() -> Option<PgServer> {
+        PgServer::start_inner(None)
+    }
+
+    /// [`PgServer::start`] with TLS only (plain TCP connections are rejected): its server
+    /// certificate (for 127.0.0.1 and localhost) comes from `ca`.
+    pub fn start_tls(ca: &fleet_provision::pki::Ca) -> Option<PgServer> {
+        PgServer::start_inner(Some(ca))
+    }
+
+    fn start_inner(tls_ca: Option<&fleet_provision::pki::Ca>) -> Option<PgServer> {
         let bin = Path::new(PG_BIN);
         if !bin.join("postgres").exists() {
             assert!(
@@ -96,6 +107,10 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::remove_file(&pwfile).expect("remove the password file");
+        let mut tls_args = Vec::new();
+        if let Some(ca) = tls_ca {
+            tls_args = tls_only(&data, ca, owner);
+        }
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
         chown(&dir.path().join("postgres.log"), owner);
@@ -106,6 +121,7 @@ impl PgServer {
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.path().display()))
             .args(["-c", "fsync=off", "-c", "max_connections=60"])
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -132,8 +148,13 @@ impl PgServer {
             if let Some(status) = self.child.try_wait().expect("wait for postgres") {
                 panic!("postgres exited with {status}: {}", self.log());
             }
-            if self.client("postgres").is_ok() {
-                return;
+            // Any answer of the server's own (a TLS-only one refuses this plain connection).
+            match self.client("postgres") {
+                Ok(_) => return,
+                Err(e) if e.as_db_error().is_some_and(|d| *d.code() != SqlState::CANNOT_CONNECT_NOW) => {
+                    return
+                }
+                Err(_) => {}
             }
             assert!(Instant::now() < deadline, "postgres not ready after 30 s: {}", self.log());
             std::thread::sleep(Duration::from_millis(100));
@@ -172,6 +193,27 @@ impl PgServer {
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
     }
+}
+
+/// Writes the server's certificate and key into `data`, lets only TLS connections in
+/// (pg_hba.conf), and returns the server arguments that switch TLS on.
+fn tls_only(data: &Path, ca: &fleet_provision::pki::Ca, owner: Option<(u32, u32)>) -> Vec<String> {
+    let server = fleet_provision::pki::sign_server(ca, &["127.0.0.1", "localhost"], 30)
+        .expect("database server certificate");
+    let cert = data.join("server.crt");
+    let key = data.join("server.key");
+    std::fs::write(&cert, &server.cert_pem).expect("server.crt");
+    std::fs::write(&key, server.key.serialize_pem()).expect("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    chown(&cert, owner);
+    chown(&key, owner);
+    let hba = data.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    std::fs::write(&hba, format!("hostnossl all all 0.0.0.0/0 reject\n{rules}")).expect("pg_hba.conf");
+    ["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"]
+        .iter()
+        .flat_map(|c| ["-c".to_owned(), (*c).to_owned()])
+        .collect()
 }
 
 fn as_server_user(mut cmd: Command, owner: Option<(u32, u32)>, cwd: &Path) -> Command {
