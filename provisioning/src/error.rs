@@ -43,10 +43,7 @@ pub enum Error {
     /// The shared registry (PostgreSQL) refused or failed; `at` is its URL, never with
     /// the password.
     #[error("registry {at}: {}", pg_message(source))]
-    SharedRegistry {
-        at: String,
-        source: postgres::Error,
-    },
+    SharedRegistry { at: String, source: postgres::Error },
     /// A device's identity bundle could not be encoded.
     #[error("identity bundle for {device_id}: {error}")]
     Bundle {

@@ -9,10 +9,10 @@ mod common;
 use std::collections::HashSet;
 
 use common::pg::PgServer;
-use fleet_provision::Conflict;
 use fleet_provision::registry::{
     Activation, DeviceId, PostgresRegistry, Registry, Reservation, StationIdentity, Status,
 };
+use fleet_provision::Conflict;
 use fleet_provision::{Error, PostgresTarget};
 
 fn me(station: &str, issuer: &str) -> StationIdentity {
@@ -86,7 +86,10 @@ fn reservations_allocate_next_ids_and_survive_a_reopen(t: &PostgresTarget) {
     );
     let row = reg.cert("04").unwrap().unwrap();
     assert_eq!(row.status, Status::Reserved);
-    assert_eq!((row.tenant.as_str(), row.batch.as_str()), ("acme", "batch-1"));
+    assert_eq!(
+        (row.tenant.as_str(), row.batch.as_str()),
+        ("acme", "batch-1")
+    );
     assert_eq!(row.fingerprint_hex, None);
     assert_eq!(reg.cert_der("04").unwrap(), None, "nothing delivered yet");
 }
@@ -101,7 +104,10 @@ fn duplicates_are_refused_all_or_nothing(t: &PostgresTarget) {
             reservation("03", DeviceId::New("board-1".into())),
         ])
         .unwrap_err();
-    assert!(matches!(taken, Error::DuplicateDevice(ref id) if id == "board-1"), "{taken}");
+    assert!(
+        matches!(taken, Error::DuplicateDevice(ref id) if id == "board-1"),
+        "{taken}"
+    );
     let twice = reg
         .reserve(&[
             reservation("04", DeviceId::New("board-3".into())),
@@ -112,15 +118,26 @@ fn duplicates_are_refused_all_or_nothing(t: &PostgresTarget) {
     let unknown = reg
         .reserve(&[reservation("06", DeviceId::Existing("board-9".into()))])
         .unwrap_err();
-    assert!(matches!(unknown, Error::UnknownDevice(ref id) if id == "board-9"), "{unknown}");
+    assert!(
+        matches!(unknown, Error::UnknownDevice(ref id) if id == "board-9"),
+        "{unknown}"
+    );
     // Another station sees the same devices: board-1 is taken fleet-wide.
     let mut other = open(t, "s2", "ca2");
     let elsewhere = other
         .reserve(&[reservation("07", DeviceId::New("board-1".into()))])
         .unwrap_err();
-    assert!(matches!(elsewhere, Error::DuplicateDevice(_)), "{elsewhere}");
+    assert!(
+        matches!(elsewhere, Error::DuplicateDevice(_)),
+        "{elsewhere}"
+    );
     // All or nothing: only the first reservation is there, and board-2 is still free.
-    let serials: Vec<String> = reg.list().unwrap().into_iter().map(|c| c.serial_hex).collect();
+    let serials: Vec<String> = reg
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.serial_hex)
+        .collect();
     assert_eq!(serials, ["01"]);
     other
         .reserve(&[reservation("08", DeviceId::New("board-2".into()))])
@@ -158,14 +175,19 @@ fn activation_supersedes_and_revocation_takes_every_live_certificate(t: &Postgre
         .reserve(&[reservation("03", DeviceId::Existing(id.clone()))])
         .unwrap();
     let err = reg.activate(&[activation(&id, "03")]).unwrap_err();
-    assert!(matches!(err, Error::Conflict(Conflict::NotReserved { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Conflict(Conflict::NotReserved { .. })),
+        "{err}"
+    );
     other.abort_reserved().unwrap();
 
     let revoked = other.revoke_device(&id, "keyCompromise").unwrap();
     let serials: Vec<&str> = revoked.iter().map(|c| c.serial_hex.as_str()).collect();
     assert_eq!(serials, ["01", "02"]);
-    assert!(revoked.iter().all(|c| c.status == Status::Revoked
-        && c.revocation_reason.as_deref() == Some("keyCompromise")));
+    assert!(revoked
+        .iter()
+        .all(|c| c.status == Status::Revoked
+            && c.revocation_reason.as_deref() == Some("keyCompromise")));
     assert_eq!(
         statuses(&reg, &id),
         [Status::Revoked, Status::Revoked, Status::Aborted]
@@ -189,7 +211,12 @@ fn look_ups_and_expiry(t: &PostgresTarget) {
         .unwrap();
     reg.activate(&[activation(&ids[0], "0a"), activation(&ids[1], "0b")])
         .unwrap();
-    let all: Vec<String> = reg.list().unwrap().into_iter().map(|c| c.device_id).collect();
+    let all: Vec<String> = reg
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.device_id)
+        .collect();
     assert_eq!(all, ["alpha", "zeta"], "by device id");
     assert_eq!(reg.device("zeta").unwrap()[0].serial_hex, "0a");
     assert!(reg.device("nobody").unwrap().is_empty());
@@ -241,7 +268,9 @@ fn stations_reserving_at_once_never_share_an_id(t: &PostgresTarget) {
                     let mut mine = Vec::new();
                     for round in 0..25 {
                         let items: Vec<Reservation> = (0..20)
-                            .map(|i| reservation(&format!("{n:02x}{round:02x}{i:02x}"), DeviceId::Next))
+                            .map(|i| {
+                                reservation(&format!("{n:02x}{round:02x}{i:02x}"), DeviceId::Next)
+                            })
                             .collect();
                         mine.extend(reg.reserve(&items).expect("reserve"));
                     }
@@ -257,7 +286,10 @@ fn stations_reserving_at_once_never_share_an_id(t: &PostgresTarget) {
     assert_eq!(unique.len(), 2000, "an id handed out twice");
     // The counter hands out a dense range: acme-000001 .. acme-002000.
     for n in 1..=2000 {
-        assert!(unique.contains(&format!("acme-{n:06}")), "acme-{n:06} missing");
+        assert!(
+            unique.contains(&format!("acme-{n:06}")),
+            "acme-{n:06} missing"
+        );
     }
 }
 
@@ -266,10 +298,20 @@ fn a_station_aborts_only_its_own_reservations(t: &PostgresTarget) {
     let mut two = open(t, "s2", "ca2");
     one.begin_batch("batch-1", Some("/line/out")).unwrap();
     two.begin_batch("batch-1", None).unwrap();
-    assert_eq!(one.batch_out_dir("batch-1").unwrap().as_deref(), Some("/line/out"));
-    assert_eq!(two.batch_out_dir("batch-1").unwrap(), None, "batches are per station");
+    assert_eq!(
+        one.batch_out_dir("batch-1").unwrap().as_deref(),
+        Some("/line/out")
+    );
+    assert_eq!(
+        two.batch_out_dir("batch-1").unwrap(),
+        None,
+        "batches are per station"
+    );
     let a = one
-        .reserve(&[reservation("a1", DeviceId::Next), reservation("a2", DeviceId::Next)])
+        .reserve(&[
+            reservation("a1", DeviceId::Next),
+            reservation("a2", DeviceId::Next),
+        ])
         .unwrap();
     let b = two.reserve(&[reservation("b1", DeviceId::Next)]).unwrap();
     one.activate(&[activation(&a[0], "a1")]).unwrap();
@@ -277,13 +319,20 @@ fn a_station_aborts_only_its_own_reservations(t: &PostgresTarget) {
     assert_eq!(aborted.len(), 1);
     assert_eq!(aborted[0].serial_hex, "a2");
     assert_eq!(one.cert("a2").unwrap().unwrap().status, Status::Aborted);
-    assert_eq!(one.cert("b1").unwrap().unwrap().status, Status::Reserved, "not station 1's");
+    assert_eq!(
+        one.cert("b1").unwrap().unwrap().status,
+        Status::Reserved,
+        "not station 1's"
+    );
     assert!(one.abort_reserved().unwrap().is_empty(), "settled once");
     // Station 2 still delivers its reservation.
     two.activate(&[activation(&b[0], "b1")]).unwrap();
     let crl = one.revoked().unwrap();
     assert_eq!(crl.len(), 1);
-    assert_eq!((crl[0].0.as_str(), crl[0].2.as_str()), ("a2", "cessationOfOperation"));
+    assert_eq!(
+        (crl[0].0.as_str(), crl[0].2.as_str()),
+        ("a2", "cessationOfOperation")
+    );
     assert!(two.revoked().unwrap().is_empty());
 }
 
@@ -305,7 +354,11 @@ fn crls_and_their_numbers_are_per_issuing_ca(t: &PostgresTarget) {
     assert_eq!(one.next_crl_number().unwrap(), 1);
     assert_eq!(three.next_crl_number().unwrap(), 2);
     assert_eq!(one.next_crl_number().unwrap(), 3);
-    assert_eq!(two.next_crl_number().unwrap(), 1, "another CA counts on its own");
+    assert_eq!(
+        two.next_crl_number().unwrap(),
+        1,
+        "another CA counts on its own"
+    );
     drop(one);
     let mut one = open(t, "s1", "ca1");
     assert_eq!(one.last_crl_number().unwrap(), 3);
@@ -317,7 +370,9 @@ fn migrations_apply_once_and_a_newer_schema_is_refused(pg: &PgServer, t: &Postgr
     // Stations opening a fresh database at once: one migrates, the others wait for it.
     std::thread::scope(|s| {
         let opens: Vec<_> = (0..4)
-            .map(|n| s.spawn(move || PostgresRegistry::open(t, me(&format!("s{n}"), "ca")).map(drop)))
+            .map(|n| {
+                s.spawn(move || PostgresRegistry::open(t, me(&format!("s{n}"), "ca")).map(drop))
+            })
             .collect();
         for o in opens {
             o.join().unwrap().expect("concurrent open");
@@ -336,23 +391,32 @@ fn migrations_apply_once_and_a_newer_schema_is_refused(pg: &PgServer, t: &Postgr
         &[],
     )
     .unwrap();
-    let err = PostgresRegistry::open(t, me("s1", "ca")).err().expect("refused");
+    let err = PostgresRegistry::open(t, me("s1", "ca"))
+        .err()
+        .expect("refused");
     assert!(
         err.to_string().contains("schema is at version 99") && err.to_string().contains("upgrade"),
         "{err}"
     );
     // A wrong password is an error naming the registry, never showing the password.
     let wrong = PostgresTarget::new(&t.to_string(), Some("not-the-password"), None).unwrap();
-    let err = PostgresRegistry::open(&wrong, me("s1", "ca")).err().expect("refused");
+    let err = PostgresRegistry::open(&wrong, me("s1", "ca"))
+        .err()
+        .expect("refused");
     let text = err.to_string();
-    assert!(text.contains(&t.to_string()) && text.contains("password"), "{text}");
+    assert!(
+        text.contains(&t.to_string()) && text.contains("password"),
+        "{text}"
+    );
     assert!(!text.contains("not-the-password"), "{text}");
 }
 
 #[test]
 fn the_registry_connects_over_tls_and_verifies_the_server() {
     let db_ca = fleet_provision::pki::new_root_ca("Database CA").unwrap();
-    let Some(pg) = PgServer::start_tls(&db_ca) else { return };
+    let Some(pg) = PgServer::start_tls(&db_ca) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("db-ca.pem");
     std::fs::write(&ca_file, &db_ca.cert_pem).unwrap();
@@ -367,14 +431,18 @@ fn the_registry_connects_over_tls_and_verifies_the_server() {
     );
     // The server takes TLS only: a plain connection is turned away.
     let plain = PostgresTarget::new(&url, Some(&pg.password), None).unwrap();
-    let err = PostgresRegistry::open(&plain, me("s1", "ca1")).err().expect("refused");
+    let err = PostgresRegistry::open(&plain, me("s1", "ca1"))
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("no encryption"), "{err}");
     // A server whose certificate another CA signed is refused.
     let other = fleet_provision::pki::new_root_ca("Another CA").unwrap();
     let other_file = dir.path().join("other-ca.pem");
     std::fs::write(&other_file, &other.cert_pem).unwrap();
     let wrong = PostgresTarget::new(&url, Some(&pg.password), Some(&other_file)).unwrap();
-    let err = PostgresRegistry::open(&wrong, me("s1", "ca1")).err().expect("refused");
+    let err = PostgresRegistry::open(&wrong, me("s1", "ca1"))
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("certificate"), "{err}");
     // A CA file that holds no certificate is refused before connecting.
     let err = PostgresTarget::new(&url, None, Some(&dir.path().join("missing.pem"))).unwrap_err();

@@ -11,7 +11,7 @@ use fleet_provision::{KeyProtection, RegistryLocation, Station};
 #[test]
 fn the_station_api_issues_and_revokes_through_the_shared_registry() {
     let Some(pg) = PgServer::start() else { return };
-    let registry = RegistryLocation::Postgres(pg.target("api"));
+    let registry = RegistryLocation::Postgres(Box::new(pg.target("api")));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -43,7 +43,12 @@ fn the_station_api_issues_and_revokes_through_the_shared_registry() {
             .await;
         assert_eq!(status, 200, "{body}");
         let (status, device) = server
-            .json(Some(&ops), "GET", "/v1/devices/acme-000001", serde_json::Value::Null)
+            .json(
+                Some(&ops),
+                "GET",
+                "/v1/devices/acme-000001",
+                serde_json::Value::Null,
+            )
             .await;
         assert_eq!(status, 200, "{device}");
         assert!(device.to_string().contains("revoked"), "{device}");

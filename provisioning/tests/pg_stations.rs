@@ -82,7 +82,9 @@ impl<'a> Fleet<'a> {
     }
 
     fn cli(&self, dir: &Path, args: &[&str]) -> Output {
-        self.command(dir, args).output().expect("fleet-provision runs")
+        self.command(dir, args)
+            .output()
+            .expect("fleet-provision runs")
     }
 
     fn batch(&self, n: usize, count: u32) -> Child {
@@ -137,7 +139,8 @@ impl<'a> Fleet<'a> {
     /// The serials station `n`'s CRL lists, after checking its signature by station `n`'s
     /// issuing CA.
     fn crl_serials(&self, n: usize) -> HashSet<String> {
-        let pem_text = std::fs::read_to_string(self.station(n).join("crl/issuing.crl.pem")).unwrap();
+        let pem_text =
+            std::fs::read_to_string(self.station(n).join("crl/issuing.crl.pem")).unwrap();
         let der = pem::parse(pem_text).unwrap().into_contents();
         let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
         let issuing = self.issuing_der(n);
@@ -216,28 +219,49 @@ fn three_stations_issue_at_once_and_a_revocation_reaches_the_signing_cas_crl() {
     let children: Vec<Child> = (1..=3).map(|n| fleet.batch(n, 300)).collect();
     for (n, child) in children.into_iter().enumerate() {
         let out = finish(child, &format!("batch on station {}", n + 1));
-        assert!(stdout(&out).contains("300 devices issued"), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("300 devices issued"),
+            "{}",
+            stdout(&out)
+        );
     }
 
     // Station 2 lists every station's devices: 900, each id and serial once, all active.
     let listed = fleet.devices(2);
     assert_eq!(listed.len(), 900);
-    assert!(listed.iter().all(|(_, status, _)| status == "active"), "{listed:?}");
+    assert!(
+        listed.iter().all(|(_, status, _)| status == "active"),
+        "{listed:?}"
+    );
     let ids: HashSet<&str> = listed.iter().map(|d| d.0.as_str()).collect();
     let serials: HashSet<&str> = listed.iter().map(|d| d.2.as_str()).collect();
-    assert_eq!((ids.len(), serials.len()), (900, 900), "an id or serial twice");
+    assert_eq!(
+        (ids.len(), serials.len()),
+        (900, 900),
+        "an id or serial twice"
+    );
     for n in 1..=900 {
-        assert!(ids.contains(format!("acme-{n:06}").as_str()), "acme-{n:06} missing");
+        assert!(
+            ids.contains(format!("acme-{n:06}").as_str()),
+            "acme-{n:06} missing"
+        );
     }
     // Every certificate verifies with its own station's issuing CA, and the registry has
     // the serial each station's file holds.
-    let by_serial: HashMap<&str, &str> = listed.iter().map(|d| (d.2.as_str(), d.0.as_str())).collect();
+    let by_serial: HashMap<&str, &str> = listed
+        .iter()
+        .map(|d| (d.2.as_str(), d.0.as_str()))
+        .collect();
     let mut made_by_one = Vec::new();
     for n in 1..=3 {
         let made = fleet.verified_devices(n);
         assert_eq!(made.len(), 300, "station {n}");
         for (id, serial) in &made {
-            assert_eq!(by_serial.get(serial.as_str()), Some(&id.as_str()), "{serial}");
+            assert_eq!(
+                by_serial.get(serial.as_str()),
+                Some(&id.as_str()),
+                "{serial}"
+            );
         }
         if n == 1 {
             made_by_one = made;
@@ -247,12 +271,25 @@ fn three_stations_issue_at_once_and_a_revocation_reaches_the_signing_cas_crl() {
 
     // Station 2 revokes a device station 1 made: the registry is shared, the CRL is per CA.
     let (victim, victim_serial) = made_by_one[0].clone();
-    let out = fleet.cli(fleet.station(2), &["revoke", &victim, "--reason", "keyCompromise"]);
+    let out = fleet.cli(
+        fleet.station(2),
+        &["revoke", &victim, "--reason", "keyCompromise"],
+    );
     assert!(out.status.success(), "revoke: {}", stderr(&out));
-    assert!(!fleet.crl_serials(2).contains(&victim_serial), "not station 2's CA's certificate");
+    assert!(
+        !fleet.crl_serials(2).contains(&victim_serial),
+        "not station 2's CA's certificate"
+    );
     let on_three = fleet.cli(fleet.station(3), &["devices", "--device", &victim]);
-    assert!(stdout(&on_three).contains("revoked"), "{}", stdout(&on_three));
-    assert!(!fleet.crl_serials(1).contains(&victim_serial), "station 1 has not written its CRL yet");
+    assert!(
+        stdout(&on_three).contains("revoked"),
+        "{}",
+        stdout(&on_three)
+    );
+    assert!(
+        !fleet.crl_serials(1).contains(&victim_serial),
+        "station 1 has not written its CRL yet"
+    );
     let out = fleet.cli(fleet.station(1), &["crl"]);
     assert!(out.status.success(), "crl: {}", stderr(&out));
     assert_eq!(fleet.crl_serials(1), HashSet::from([victim_serial]));
@@ -264,12 +301,18 @@ fn three_stations_issue_at_once_and_a_revocation_reaches_the_signing_cas_crl() {
 fn wait_mid_batch(fleet: &Fleet<'_>, n: usize, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(child.try_wait().unwrap().is_none(), "the batch ended before it was killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the batch ended before it was killed"
+        );
         let c = fleet.counts(n);
         if c.get("active").is_some_and(|&a| a > 0) && c.get("reserved").is_some_and(|&r| r > 0) {
             return;
         }
-        assert!(Instant::now() < deadline, "station {n} never got mid-batch: {c:?}");
+        assert!(
+            Instant::now() < deadline,
+            "station {n} never got mid-batch: {c:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -293,8 +336,14 @@ fn a_station_killed_mid_batch_aborts_only_its_own_reservations_on_restart() {
             break;
         }
     }
-    assert!(reserved_at_kill > 0, "never killed with reservations outstanding");
-    assert!(three.try_wait().unwrap().is_none(), "station 3 must still be issuing: raise its count");
+    assert!(
+        reserved_at_kill > 0,
+        "never killed with reservations outstanding"
+    );
+    assert!(
+        three.try_wait().unwrap().is_none(),
+        "station 3 must still be issuing: raise its count"
+    );
     // (Earlier tries' leftovers were aborted when the next try opened the station.)
     let aborted_before = fleet.counts(1).get("aborted").copied().unwrap_or(0);
 
@@ -302,19 +351,36 @@ fn a_station_killed_mid_batch_aborts_only_its_own_reservations_on_restart() {
     let out = fleet.cli(fleet.station(1), &["crl"]);
     assert!(out.status.success(), "crl: {}", stderr(&out));
     assert!(
-        stderr(&out).contains(&format!("{reserved_at_kill} undelivered certificate(s) aborted")),
+        stderr(&out).contains(&format!(
+            "{reserved_at_kill} undelivered certificate(s) aborted"
+        )),
         "{}",
         stderr(&out)
     );
     let one = fleet.counts(1);
     assert_eq!(one.get("reserved"), None, "{one:?}");
-    assert_eq!(one.get("aborted"), Some(&(aborted_before + reserved_at_kill)), "{one:?}");
+    assert_eq!(
+        one.get("aborted"),
+        Some(&(aborted_before + reserved_at_kill)),
+        "{one:?}"
+    );
     // Station 3's reservations were left alone, and its batch completes.
-    assert!(three.try_wait().unwrap().is_none(), "station 3 finished during the recovery");
+    assert!(
+        three.try_wait().unwrap().is_none(),
+        "station 3 finished during the recovery"
+    );
     let out = finish(three, "batch on station 3");
-    assert!(stdout(&out).contains("3000 devices issued"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("3000 devices issued"),
+        "{}",
+        stdout(&out)
+    );
     let three = fleet.counts(3);
-    assert_eq!((three.get("active"), three.get("aborted")), (Some(&3000), None), "{three:?}");
+    assert_eq!(
+        (three.get("active"), three.get("aborted")),
+        (Some(&3000), None),
+        "{three:?}"
+    );
 
     // Station 1's aborted serials are on its CRL, nowhere else.
     let mut db = pg.client("crash").unwrap();

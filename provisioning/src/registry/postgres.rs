@@ -18,9 +18,7 @@ use postgres::error::SqlState;
 use postgres::{Client, GenericClient, Row, Transaction};
 
 use super::target::PostgresTarget;
-use super::{
-    now, Activation, CertRecord, DeviceId, Registry, Reservation, Status, COLUMNS,
-};
+use super::{now, Activation, CertRecord, DeviceId, Registry, Reservation, Status, COLUMNS};
 use crate::error::{Busy, Conflict, Error};
 
 /// The schema, in order: (version, name, SQL). Applied at open, each once, under a lock.
@@ -413,12 +411,7 @@ fn activate_in(tx: &mut Transaction<'_>, ctx: &Ctx<'_>, items: &[Activation]) ->
 
 /// Sets `status`, `revoked_at` and the reason of the selected rows; returns them as they
 /// are now.
-fn mark_revoked(
-    rows: Vec<CertRecord>,
-    status: Status,
-    at: i64,
-    reason: &str,
-) -> Vec<CertRecord> {
+fn mark_revoked(rows: Vec<CertRecord>, status: Status, at: i64, reason: &str) -> Vec<CertRecord> {
     rows.into_iter()
         .map(|c| CertRecord {
             status,
@@ -500,7 +493,10 @@ impl Registry for PostgresRegistry {
     fn cert_der(&self, serial_hex: &str) -> Result<Option<Vec<u8>>, Error> {
         self.with_tx(|tx, ctx| {
             let row = tx
-                .query_opt("SELECT cert_der FROM certs WHERE serial = $1", &[&serial_hex])
+                .query_opt(
+                    "SELECT cert_der FROM certs WHERE serial = $1",
+                    &[&serial_hex],
+                )
                 .map_err(pg_err(ctx.at))?;
             Ok(row.and_then(|r| r.get::<_, Option<Vec<u8>>>(0)))
         })

@@ -22,7 +22,7 @@ pub enum RegistryLocation {
     #[default]
     StationDir,
     /// A PostgreSQL database several stations share.
-    Postgres(PostgresTarget),
+    Postgres(Box<PostgresTarget>),
 }
 
 /// A PostgreSQL registry to connect to. Its [`Display`](std::fmt::Display) form
@@ -67,9 +67,7 @@ impl PostgresTarget {
         ca_file: Option<&Path>,
     ) -> Result<PostgresTarget, Error> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(invalid(
-                "not a postgres://user@host:port/db URL".to_owned(),
-            ));
+            return Err(invalid("not a postgres://user@host:port/db URL".to_owned()));
         }
         // The parser's messages never repeat the URL, so a password in it is not shown.
         let mut config: postgres::Config = url
@@ -171,8 +169,12 @@ mod tests {
 
     #[test]
     fn a_url_is_shown_without_its_password_and_a_password_in_it_is_refused() {
-        let t = PostgresTarget::new("postgres://fleet@127.0.0.1:6543/reg", Some("s3cret\n"), None)
-            .unwrap();
+        let t = PostgresTarget::new(
+            "postgres://fleet@127.0.0.1:6543/reg",
+            Some("s3cret\n"),
+            None,
+        )
+        .unwrap();
         assert_eq!(t.to_string(), "postgres://fleet@127.0.0.1:6543/reg");
         assert_eq!(t.config.get_password(), Some(&b"s3cret"[..]));
         assert!(!format!("{t:?}").contains("s3cret"));
@@ -188,7 +190,10 @@ mod tests {
             ("mysql://fleet@db/reg", "not a postgres://"),
             ("postgres://db/reg", "no user"),
             ("postgres://fleet@db:notaport/reg", "not a postgres://"),
-            ("postgres://fleet@db/reg?sslmode=require", "--registry-ca-file"),
+            (
+                "postgres://fleet@db/reg?sslmode=require",
+                "--registry-ca-file",
+            ),
         ] {
             let err = PostgresTarget::new(url, None, None).unwrap_err();
             assert!(err.to_string().contains(says), "{url}: {err}");

@@ -71,9 +71,11 @@ pub fn list_registry_at(
     }
     let issuing_der = match registry {
         RegistryLocation::StationDir => Vec::new(),
-        RegistryLocation::Postgres(_) => CaCert::from_pem(&crate::fs::read_to_string(&path)?)
-            .map_err(|message| Error::BadPem { path, message })?
-            .cert_der,
+        RegistryLocation::Postgres(_) => {
+            CaCert::from_pem(&crate::fs::read_to_string(&path)?)
+                .map_err(|message| Error::BadPem { path, message })?
+                .cert_der
+        }
     };
     let registry = open_registry(dir, &issuing_der, registry, false)?;
     match device_id {

@@ -179,9 +179,9 @@ pub(super) fn open_registry(
     create: bool,
 ) -> Result<Box<dyn Registry + Send>, Error> {
     match at {
-        RegistryLocation::StationDir => {
-            Ok(Box::new(SqliteRegistry::open(&dir.join("registry.sqlite3"))?))
-        }
+        RegistryLocation::StationDir => Ok(Box::new(SqliteRegistry::open(
+            &dir.join("registry.sqlite3"),
+        )?)),
         RegistryLocation::Postgres(target) => {
             let me = StationIdentity {
                 station: station_name(dir, create)?,

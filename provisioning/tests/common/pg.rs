@@ -21,7 +21,8 @@ pub const USER: &str = "fleet";
 /// PostgreSQL is required (a missing server fails the test) under CI=true or when
 /// FLEET_REQUIRE_POSTGRES is set; otherwise a missing one skips it.
 pub fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var_os("FLEET_REQUIRE_POSTGRES").is_some()
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var_os("FLEET_REQUIRE_POSTGRES").is_some()
 }
 
 pub struct PgServer {
@@ -40,7 +41,10 @@ fn server_user() -> Option<(u32, u32)> {
             return None;
         }
         let pw = libc::getpwnam(c"nobody".as_ptr());
-        assert!(!pw.is_null(), "running as root, but there is no user `nobody` to run PostgreSQL as");
+        assert!(
+            !pw.is_null(),
+            "running as root, but there is no user `nobody` to run PostgreSQL as"
+        );
         Some(((*pw).pw_uid, (*pw).pw_gid))
     }
 }
@@ -96,7 +100,15 @@ impl PgServer {
         let out = as_server_user(Command::new(bin.join("initdb")), owner, dir.path())
             .arg("-D")
             .arg(&data)
-            .args(["-U", USER, "--auth=scram-sha-256", "--no-locale", "-E", "UTF8", "--no-sync"])
+            .args([
+                "-U",
+                USER,
+                "--auth=scram-sha-256",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .expect("initdb runs");
@@ -151,12 +163,19 @@ impl PgServer {
             // Any answer of the server's own (a TLS-only one refuses this plain connection).
             match self.client("postgres") {
                 Ok(_) => return,
-                Err(e) if e.as_db_error().is_some_and(|d| *d.code() != SqlState::CANNOT_CONNECT_NOW) => {
+                Err(e)
+                    if e.as_db_error()
+                        .is_some_and(|d| *d.code() != SqlState::CANNOT_CONNECT_NOW) =>
+                {
                     return
                 }
                 Err(_) => {}
             }
-            assert!(Instant::now() < deadline, "postgres not ready after 30 s: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "postgres not ready after 30 s: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -209,11 +228,16 @@ fn tls_only(data: &Path, ca: &fleet_provision::pki::Ca, owner: Option<(u32, u32)
     chown(&key, owner);
     let hba = data.join("pg_hba.conf");
     let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
-    std::fs::write(&hba, format!("hostnossl all all 0.0.0.0/0 reject\n{rules}")).expect("pg_hba.conf");
-    ["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"]
-        .iter()
-        .flat_map(|c| ["-c".to_owned(), (*c).to_owned()])
-        .collect()
+    std::fs::write(&hba, format!("hostnossl all all 0.0.0.0/0 reject\n{rules}"))
+        .expect("pg_hba.conf");
+    [
+        "ssl=on",
+        "ssl_cert_file=server.crt",
+        "ssl_key_file=server.key",
+    ]
+    .iter()
+    .flat_map(|c| ["-c".to_owned(), (*c).to_owned()])
+    .collect()
 }
 
 fn as_server_user(mut cmd: Command, owner: Option<(u32, u32)>, cwd: &Path) -> Command {

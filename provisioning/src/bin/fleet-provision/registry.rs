@@ -36,12 +36,9 @@ impl RegistryArgs {
             Some(path) => Some(read(path)?),
             None => std::env::var("PGPASSWORD").ok(),
         };
-        let target = PostgresTarget::new(
-            url,
-            password.as_deref(),
-            self.registry_ca_file.as_deref(),
-        )?;
-        Ok(RegistryLocation::Postgres(target))
+        let target =
+            PostgresTarget::new(url, password.as_deref(), self.registry_ca_file.as_deref())?;
+        Ok(RegistryLocation::Postgres(Box::new(target)))
     }
 }
 
