@@ -407,3 +407,45 @@ fn a_station_killed_mid_batch_aborts_only_its_own_reservations_on_restart() {
     fleet.audit_ok(1);
     fleet.audit_ok(3);
 }
+
+#[test]
+fn registry_errors_name_the_database_and_never_show_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    common::init_cli(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = |registry: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--registry", registry];
+        args.extend_from_slice(extra);
+        args.push("devices");
+        common::cli_env(dir.path(), &args, env)
+    };
+    let secret = "s3cret-registry-password";
+    // A password in the URL is refused, and not repeated.
+    let out = run(
+        &format!("postgres://fleet:{secret}@127.0.0.1:{port}/reg"),
+        &[],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds a password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(secret), "{}", stderr(&out));
+    // Nothing listens there: the error names the database, without the password.
+    let url = format!("postgres://fleet@127.0.0.1:{port}/reg");
+    let out = run(&url, &[], &[("PGPASSWORD", secret)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("registry {url}: ")), "{err}");
+    assert!(!err.contains(secret), "{err}");
+    // TLS options without a shared registry are a mistake, not ignored.
+    let out = common::cli(dir.path(), &["--registry-ca-file", "db-ca.pem", "devices"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("need --registry"), "{}", stderr(&out));
+}
