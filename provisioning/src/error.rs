@@ -40,6 +40,10 @@ pub enum Error {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// The shared registry (PostgreSQL) refused or failed; `at` is its URL, never with
+    /// the password.
+    #[error("registry {at}: {}", pg_message(source))]
+    SharedRegistry { at: String, source: postgres::Error },
     /// A device's identity bundle could not be encoded.
     #[error("identity bundle for {device_id}: {error}")]
     Bundle {
@@ -202,6 +206,8 @@ pub enum Busy {
     Station { dir: PathBuf },
     #[error("registry {}: the database is locked by another connection; try again", path.display())]
     Registry { path: PathBuf },
+    #[error("registry {at}: a lock another station holds, or a conflict with it; try again")]
+    SharedRegistry { at: String },
 }
 
 /// A registry state that does not allow the operation.
@@ -298,6 +304,35 @@ pub enum TlsError {
     ServerChain(pem::PemError),
     #[error("server key: {0}")]
     ServerKey(pem::PemError),
+}
+
+/// What the database said (its message, SQLSTATE, constraint and detail), or what failed
+/// on the way to it.
+fn pg_message(e: &postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        // The client's own message, then its causes (the TLS or I/O error underneath).
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        for _ in 0..8 {
+            let Some(c) = cause else { break };
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            cause = c.source();
+        }
+        return text;
+    };
+    let mut text = format!("{} (SQLSTATE {}", db.message(), db.code().code());
+    if let Some(constraint) = db.constraint() {
+        text.push_str(&format!(", constraint {constraint}"));
+    }
+    text.push(')');
+    if let Some(detail) = db.detail() {
+        text.push_str(&format!(": {detail}"));
+    }
+    text
 }
 
 /// Maps an I/O error to [`Error::Io`], naming the file.

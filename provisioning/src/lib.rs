@@ -36,9 +36,9 @@ pub use error::{
 };
 pub use fs::write_file;
 pub use pki::Passphrase;
-pub use registry::CertRecord;
+pub use registry::{CertRecord, PostgresTarget, RegistryLocation};
 pub use station::{
-    bundle_to_pem, in_tenant_namespace, list_registry, verify_audit_dir, BatchRequest, Certified,
-    CsrInput, CsrRequest, DeviceIssued, IssuedFiles, KeyProtection, Reason, Recovered,
-    RenewalPolicy, Revoked, Station,
+    bundle_to_pem, in_tenant_namespace, list_registry, list_registry_at, station_name,
+    verify_audit_dir, BatchRequest, Certified, CsrInput, CsrRequest, DeviceIssued, ImportFiles,
+    IssuedFiles, KeyProtection, Reason, Recovered, RenewalPolicy, Revoked, Station,
 };

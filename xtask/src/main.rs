@@ -248,6 +248,9 @@ fn test() -> anyhow::Result<()> {
         // The fleet console's browser test (tests/tests/console.rs).
         ("chromium", "chromium"),
         ("chromedriver", "chromium-driver"),
+        // The stations' shared registry tests (provisioning/tests/pg_*.rs) start a server of
+        // their own from these binaries, never the cluster the package may start on 5432.
+        ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
     ])?;
     sh::step(
         "cargo build -p fleet-firmware -p fleet-protocol (the no_std libraries alone, without std or serde)",
@@ -286,6 +289,7 @@ fn test() -> anyhow::Result<()> {
     // the board image were all provided above.
     std::env::set_var("FLEET_REQUIRE_MOSQUITTO", "1");
     std::env::set_var("FLEET_REQUIRE_QEMU", "1");
+    std::env::set_var("FLEET_REQUIRE_POSTGRES", "1");
     // The conformance suite's independent client: paho-mqtt in a venv under target/.
     std::env::set_var("FLEET_PAHO_PYTHON", python::ensure_paho_venv()?);
     std::env::set_var("FLEET_REQUIRE_PAHO", "1");

@@ -1,7 +1,8 @@
 //! The device registry: which device ids, serials and certificates the station has issued.
 //!
 //! One row per certificate (a device has several over its life: renewal supersedes the old
-//! one). Behind a trait so a shared database can serve many stations later; SQLite by default.
+//! one). Behind a trait: SQLite in the station directory by default ([`SqliteRegistry`]), or
+//! a PostgreSQL database several stations share ([`PostgresRegistry`]).
 //!
 //! Crash safety: ids and serials are reserved in a committed transaction BEFORE anything is
 //! signed, so a crash can never lead to an id or serial being handed out twice. A row becomes
@@ -9,8 +10,13 @@
 //! are turned `aborted` by the next run (their serials go on the CRL, in case the certificate
 //! was signed before the crash).
 
+mod postgres;
+mod target;
 #[cfg(test)]
 mod tests;
+
+pub use postgres::{PostgresRegistry, StationIdentity};
+pub use target::{PostgresTarget, RegistryLocation};
 
 use std::path::{Path, PathBuf};
 
@@ -112,7 +118,8 @@ pub trait Registry {
     /// Marks reserved certificates active, all or nothing. Any other active certificate of
     /// the same device becomes superseded.
     fn activate(&mut self, items: &[Activation]) -> Result<(), Error>;
-    /// Turns every reserved row into aborted and returns them.
+    /// Turns every reserved row (in a shared registry: this station's) into aborted and
+    /// returns them.
     fn abort_reserved(&mut self) -> Result<Vec<CertRecord>, Error>;
     /// Every certificate, by device id then age.
     fn list(&self) -> Result<Vec<CertRecord>, Error>;
@@ -124,11 +131,13 @@ pub trait Registry {
     fn cert_der(&self, serial_hex: &str) -> Result<Option<Vec<u8>>, Error>;
     /// Revokes every active and superseded certificate of a device; returns them.
     fn revoke_device(&mut self, device_id: &str, reason: &str) -> Result<Vec<CertRecord>, Error>;
-    /// Revokes (reason superseded) certificates superseded at or before `cutoff`.
+    /// Revokes (reason superseded) certificates superseded at or before `cutoff` (in a
+    /// shared registry: those of this station's issuing CA).
     fn expire_superseded(&mut self, cutoff: i64) -> Result<Vec<CertRecord>, Error>;
-    /// Every serial the CRL must list: (serial hex, revoked at, reason).
+    /// Every serial the station's CRL must list: (serial hex, revoked at, reason). In a
+    /// shared registry: those its issuing CA signed, whichever station revoked them.
     fn revoked(&self) -> Result<Vec<(String, i64, String)>, Error>;
-    /// The next CRL number (strictly increasing, durable).
+    /// The next CRL number (strictly increasing, durable; per issuing CA when shared).
     fn next_crl_number(&mut self) -> Result<u64, Error>;
     /// The last CRL number handed out (0 before the first CRL).
     fn last_crl_number(&self) -> Result<u64, Error>;

@@ -6,7 +6,7 @@ use super::{check_new_name, positive, Station, CHUNK};
 use crate::audit::{Event, Manifest};
 use crate::error::{CsrAt, Error};
 use crate::pki::{self, CheckedCsr};
-use crate::registry::{Activation, DeviceId, Registry, Reservation};
+use crate::registry::{Activation, DeviceId, Reservation};
 
 /// A certificate the station signed for a device-held key (CSR flow or renewal).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,6 @@ use crate::digest::sha256_hex;
 use crate::error::Error;
 use crate::fs::write_file;
 use crate::pki::{self, CrlEntry};
-use crate::registry::Registry;
 
 /// How long a CRL is current (its nextUpdate); `serve` and `fleet-provision crl` renew it.
 const CRL_DAYS: i64 = 7;

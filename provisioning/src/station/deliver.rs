@@ -12,7 +12,7 @@ use crate::digest::sha256_hex;
 use crate::error::{AuditError, Error};
 use crate::fs::{sync_filesystem, write_file, write_file_unsynced};
 use crate::pki;
-use crate::registry::{Activation, Registry};
+use crate::registry::Activation;
 
 /// A file to write with a certificate: path, bytes, secret (mode 0600).
 pub(super) type File = (PathBuf, Vec<u8>, bool);

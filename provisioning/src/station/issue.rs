@@ -9,7 +9,7 @@ use super::{check_new_name, positive, Station, CHUNK};
 use crate::audit::{Event, Manifest};
 use crate::error::Error;
 use crate::pki;
-use crate::registry::{DeviceId, Registry, Reservation};
+use crate::registry::{DeviceId, Reservation};
 
 /// A batch of devices to issue (key-injection flow: the station generates each key and
 /// writes it only into that device's bundle).

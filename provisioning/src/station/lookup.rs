@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
+use super::open::open_registry;
 use super::Station;
 use crate::audit;
 use crate::error::Error;
 use crate::pki::CaCert;
-use crate::registry::{CertRecord, Registry, SqliteRegistry};
+use crate::registry::{CertRecord, RegistryLocation};
 
 impl Station {
     /// Checks the audit chain, its anchor and every signed batch manifest.
@@ -47,14 +48,36 @@ fn known(device_id: &str, certs: Vec<CertRecord>) -> Result<Vec<CertRecord>, Err
 /// Every certificate in a station's registry, without its CA key or its writer lock (so it
 /// works while `serve` runs).
 pub fn list_registry(dir: &Path, device_id: Option<&str>) -> Result<Vec<CertRecord>, Error> {
-    let path = dir.join("registry.sqlite3");
+    list_registry_at(dir, &RegistryLocation::StationDir, device_id)
+}
+
+/// [`list_registry`] in the registry at `registry` (a shared one lists every station's
+/// certificates).
+pub fn list_registry_at(
+    dir: &Path,
+    registry: &RegistryLocation,
+    device_id: Option<&str>,
+) -> Result<Vec<CertRecord>, Error> {
+    let needed = match registry {
+        RegistryLocation::StationDir => "registry.sqlite3",
+        RegistryLocation::Postgres(_) => "ca/issuing.pem",
+    };
+    let path = dir.join(needed);
     if !path.exists() {
         return Err(Error::NotAStation {
             dir: dir.to_owned(),
             what: path,
         });
     }
-    let registry = SqliteRegistry::open(&path)?;
+    let issuing_der = match registry {
+        RegistryLocation::StationDir => Vec::new(),
+        RegistryLocation::Postgres(_) => {
+            CaCert::from_pem(&crate::fs::read_to_string(&path)?)
+                .map_err(|message| Error::BadPem { path, message })?
+                .cert_der
+        }
+    };
+    let registry = open_registry(dir, &issuing_der, registry, false)?;
     match device_id {
         None => registry.list(),
         Some(id) => known(id, registry.device(id)?),

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 pub use bundle::bundle_to_pem;
 pub use certify::{Certified, CsrInput, CsrRequest};
 pub use issue::{BatchRequest, DeviceIssued};
-pub use lookup::{list_registry, verify_audit_dir};
-pub use open::KeyProtection;
+pub use lookup::{list_registry, list_registry_at, verify_audit_dir};
+pub use open::{station_name, ImportFiles, KeyProtection};
 pub use recover::Recovered;
 pub use renew::RenewalPolicy;
 pub use revoke::{Reason, Revoked};
@@ -38,7 +38,7 @@ pub use roles::IssuedFiles;
 use crate::audit::AuditLog;
 use crate::error::Error;
 use crate::pki::{Ca, CaCert};
-use crate::registry::SqliteRegistry;
+use crate::registry::Registry;
 
 /// Validity of gateway server and service certificates.
 const SERVER_DAYS: i64 = 825;
@@ -53,7 +53,7 @@ pub struct Station {
     root: CaCert,
     issuing: Ca,
     issuing_not_after: time::OffsetDateTime,
-    registry: SqliteRegistry,
+    registry: Box<dyn Registry + Send>,
     audit: AuditLog,
     recovered: Recovered,
     /// Held for the station's lifetime: one writer per directory keeps the audit chain whole.

@@ -8,7 +8,9 @@ use crate::digest::sha256_hex;
 use crate::error::Error;
 use crate::fs::{lock_station, read_to_string, write_file};
 use crate::pki::{self, Ca, CaCert, Passphrase};
-use crate::registry::SqliteRegistry;
+use crate::registry::{
+    PostgresRegistry, Registry, RegistryLocation, SqliteRegistry, StationIdentity,
+};
 
 /// How the CA private keys are stored.
 #[derive(Debug, Clone)]
@@ -31,6 +33,16 @@ impl KeyProtection {
 impl Station {
     /// Creates the CA hierarchy in `dir` (which must not already hold one).
     pub fn init(dir: &Path, org: &str, keys: KeyProtection) -> Result<Station, Error> {
+        Station::init_at(dir, org, keys, &RegistryLocation::StationDir)
+    }
+
+    /// [`Station::init`] with the registry at `registry`.
+    pub fn init_at(
+        dir: &Path,
+        org: &str,
+        keys: KeyProtection,
+        registry: &RegistryLocation,
+    ) -> Result<Station, Error> {
         check_name("org", org, false)?;
         refuse_existing_ca(dir)?;
         let root = pki::new_root_ca(org)?;
@@ -39,7 +51,7 @@ impl Station {
         write_key(&dir.join("ca/root.key"), &root, pass)?;
         write_key(&dir.join("ca/issuing.key"), &issuing, pass)?;
         write_ca_certs(dir, &issuing.cert(), &root.cert())?;
-        let mut station = Station::open(dir, pass)?;
+        let mut station = Station::open_at(dir, pass, registry)?;
         station.audit.append(Event::CaInit {
             org: org.to_owned(),
             root_fingerprint: sha256_hex(&station.root.cert_der),
@@ -61,6 +73,22 @@ impl Station {
         root_cert: Option<&Path>,
         keys: KeyProtection,
     ) -> Result<Station, Error> {
+        let files = ImportFiles {
+            cert: issuing_cert,
+            key: issuing_key,
+            root: root_cert,
+        };
+        Station::import_at(dir, &files, keys, &RegistryLocation::StationDir)
+    }
+
+    /// [`Station::import`] with the registry at `registry`.
+    pub fn import_at(
+        dir: &Path,
+        files: &ImportFiles<'_>,
+        keys: KeyProtection,
+        registry: &RegistryLocation,
+    ) -> Result<Station, Error> {
+        let (issuing_cert, issuing_key, root_cert) = (files.cert, files.key, files.root);
         refuse_existing_ca(dir)?;
         let pass = keys.passphrase();
         let cert_of = |path: &Path| {
@@ -76,7 +104,7 @@ impl Station {
         pki::check_importable(&ca, &root)?;
         write_key(&dir.join("ca/issuing.key"), &ca, pass)?;
         write_ca_certs(dir, &cert, &root)?;
-        let mut station = Station::open(dir, pass)?;
+        let mut station = Station::open_at(dir, pass, registry)?;
         station.audit.append(Event::CaImport {
             issuing_fingerprint: sha256_hex(&station.issuing.cert_der),
             root_fingerprint: sha256_hex(&station.root.cert_der),
@@ -88,6 +116,15 @@ impl Station {
     /// Opens an existing station directory; `passphrase` opens an encrypted issuing CA key.
     /// Settles what an earlier crash left behind (see [`Station::recovered`]).
     pub fn open(dir: &Path, passphrase: Option<&Passphrase>) -> Result<Station, Error> {
+        Station::open_at(dir, passphrase, &RegistryLocation::StationDir)
+    }
+
+    /// [`Station::open`] with the registry at `registry`.
+    pub fn open_at(
+        dir: &Path,
+        passphrase: Option<&Passphrase>,
+        registry: &RegistryLocation,
+    ) -> Result<Station, Error> {
         let (root_path, root_text) = read_station_file(dir, "ca/root.pem")?;
         let root = CaCert::from_pem(&root_text).map_err(|message| Error::BadPem {
             path: root_path,
@@ -108,7 +145,7 @@ impl Station {
             .not_after
             .to_datetime();
         let lock = lock_station(dir)?;
-        let registry = SqliteRegistry::open(&dir.join("registry.sqlite3"))?;
+        let registry = open_registry(dir, &issuing.cert_der, registry, true)?;
         let (audit, torn_bytes) = AuditLog::open(dir)?;
         let mut station = Station {
             dir: dir.to_owned(),
@@ -123,6 +160,64 @@ impl Station {
         station.recovered = station.recover(torn_bytes)?;
         Ok(station)
     }
+}
+
+/// The files of an issuing CA to import (see [`Station::import`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ImportFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub root: Option<&'a Path>,
+}
+
+/// The station's registry: SQLite in `dir`, or the shared one as this station (named by
+/// `dir/station-name`, made on first use when `create`).
+pub(super) fn open_registry(
+    dir: &Path,
+    issuing_der: &[u8],
+    at: &RegistryLocation,
+    create: bool,
+) -> Result<Box<dyn Registry + Send>, Error> {
+    match at {
+        RegistryLocation::StationDir => Ok(Box::new(SqliteRegistry::open(
+            &dir.join("registry.sqlite3"),
+        )?)),
+        RegistryLocation::Postgres(target) => {
+            let me = StationIdentity {
+                station: station_name(dir, create)?,
+                issuer: sha256_hex(issuing_der),
+            };
+            Ok(Box::new(PostgresRegistry::open(target, me)?))
+        }
+    }
+}
+
+/// The station's name in a shared registry, from `dir/station-name`: made once (`station-`
+/// and 16 random hex digits) when missing and `create`. It names whose reservations a
+/// crashed run left, so no two station directories may hold the same one (never copy it).
+pub fn station_name(dir: &Path, create: bool) -> Result<String, Error> {
+    let path = dir.join("station-name");
+    if !path.exists() {
+        if !create {
+            return Ok(String::new());
+        }
+        let mut bytes = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+        let name = format!("station-{}", hex::encode(bytes));
+        write_file(&path, format!("{name}\n").as_bytes(), false)?;
+        return Ok(name);
+    }
+    let name = read_to_string(&path)?.trim().to_owned();
+    if !fleet_protocol::bundle::valid_name(&name) {
+        return Err(Error::InvalidInput {
+            field: "station name",
+            message: format!(
+                "{}: {name:?} must be 1-64 of A-Z a-z 0-9 . _ -",
+                path.display()
+            ),
+        });
+    }
+    Ok(name)
 }
 
 /// A file the station directory must hold: (its path, its text).

@@ -7,7 +7,7 @@ use super::Station;
 use crate::audit::Event;
 use crate::error::Error;
 use crate::fs::remove_if_present;
-use crate::registry::{Registry, Status};
+use crate::registry::Status;
 
 /// What opening a station found after a crash and settled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

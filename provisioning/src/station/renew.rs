@@ -6,7 +6,7 @@ use super::{positive, Certified, Station};
 use crate::audit::Event;
 use crate::error::{CsrError, Error, Forbidden, RenewalRefused};
 use crate::pki::{self, CheckedCsr};
-use crate::registry::{CertRecord, DeviceId, Registry, Reservation, Status};
+use crate::registry::{CertRecord, DeviceId, Reservation, Status};
 
 /// When the station renews a device: whoever asks (the device itself or a gateway relaying
 /// for it), the station enforces this itself.

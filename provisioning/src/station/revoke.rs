@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::Station;
 use crate::audit::Event;
 use crate::error::Error;
-use crate::registry::{CertRecord, Registry};
+use crate::registry::CertRecord;
 
 /// Why a certificate is revoked (the CRL reason codes a fleet operator uses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

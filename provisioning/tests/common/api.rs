@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fleet_provision::serve::{Options, Server};
-use fleet_provision::{bundle_to_pem, Passphrase, RenewalPolicy, Station};
+use fleet_provision::{bundle_to_pem, Passphrase, RegistryLocation, RenewalPolicy, Station};
 use http_body_util::{BodyExt, Full};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -49,6 +49,17 @@ impl Running {
 
     pub async fn start_with(dir: &Path, grace: time::Duration, policy: RenewalPolicy) -> Running {
         let station = Station::open(dir, None::<&Passphrase>).unwrap();
+        Running::serve(station, grace, policy).await
+    }
+
+    /// A server on the station in `dir` with its registry at `registry`, opened here (in
+    /// the async context, as an embedding application might).
+    pub async fn start_at(dir: &Path, registry: &RegistryLocation) -> Running {
+        let station = Station::open_at(dir, None::<&Passphrase>, registry).unwrap();
+        Running::serve(station, time::Duration::hours(1), RenewalPolicy::default()).await
+    }
+
+    async fn serve(station: Station, grace: time::Duration, policy: RenewalPolicy) -> Running {
         let root = station.root_ca().cert_der.clone();
         let server = Server::bind_with(
             station,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod pg;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -2,6 +2,7 @@
 //! its own function.
 
 mod bundle;
+mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use fleet_provision::{
     boards, serve, write_file, AuditError, BatchRequest, CsrAt, CsrInput, CsrRequest, Error,
-    KeyProtection, Passphrase, Reason, RenewalPolicy, Station,
+    ImportFiles, KeyProtection, Passphrase, Reason, RegistryLocation, RenewalPolicy, Station,
 };
 
 /// The factory station: CA, per-device identities, identity bundles, registry.
@@ -27,6 +28,8 @@ struct Cli {
     /// File holding the CA key passphrase (else the FLEET_CA_PASSPHRASE environment variable).
     #[arg(long, global = true, env = "FLEET_CA_PASSPHRASE_FILE")]
     passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    registry: registry::RegistryArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -276,17 +279,19 @@ fn protection(pass: Option<Passphrase>, insecure: bool) -> Result<KeyProtection,
     }
 }
 
-/// What every subcommand may need: the station directory and the CA key passphrase.
+/// What every subcommand may need: the station directory, the CA key passphrase and where
+/// the registry is.
 struct Context {
     dir: PathBuf,
     pass: Option<Passphrase>,
+    registry: RegistryLocation,
 }
 
 impl Context {
     /// Opens the station, telling the operator what an interrupted run left and how it was
     /// settled.
     fn open(&self) -> Result<Station, Error> {
-        let station = Station::open(&self.dir, self.pass.as_ref())?;
+        let station = Station::open_at(&self.dir, self.pass.as_ref(), &self.registry)?;
         let r = station.recovered();
         if !r.aborted.is_empty() || r.torn_bytes > 0 {
             eprintln!(
@@ -306,6 +311,7 @@ impl Context {
 fn run(cli: Cli) -> Result<(), Error> {
     let ctx = Context {
         pass: passphrase(cli.passphrase_file.as_deref())?,
+        registry: cli.registry.location()?,
         dir: cli.dir,
     };
     match cli.command {
@@ -340,7 +346,12 @@ fn run(cli: Cli) -> Result<(), Error> {
 /// `ca init`
 fn ca_init(ctx: &Context, org: &str, insecure_plaintext_keys: bool) -> Result<(), Error> {
     let dir = &ctx.dir;
-    Station::init(dir, org, ctx.protection(insecure_plaintext_keys)?)?;
+    Station::init_at(
+        dir,
+        org,
+        ctx.protection(insecure_plaintext_keys)?,
+        &ctx.registry,
+    )?;
     println!("root CA     {}", dir.join("ca/root.pem").display());
     println!("issuing CA  {}", dir.join("ca/issuing.pem").display());
     println!(
@@ -352,12 +363,16 @@ fn ca_init(ctx: &Context, org: &str, insecure_plaintext_keys: bool) -> Result<()
 
 /// `ca import`
 fn ca_import(ctx: &Context, args: &ImportArgs) -> Result<(), Error> {
-    Station::import(
+    let files = ImportFiles {
+        cert: &args.cert,
+        key: &args.key,
+        root: args.root.as_deref(),
+    };
+    Station::import_at(
         &ctx.dir,
-        &args.cert,
-        &args.key,
-        args.root.as_deref(),
+        &files,
         ctx.protection(args.insecure_plaintext_keys)?,
+        &ctx.registry,
     )?;
     println!(
         "issuing CA {} imported into {}",
@@ -620,7 +635,7 @@ fn crl(ctx: &Context, grace_hours: u32) -> Result<(), Error> {
 
 /// `devices`
 fn devices(ctx: &Context, device: Option<&str>) -> Result<(), Error> {
-    for d in fleet_provision::list_registry(&ctx.dir, device)? {
+    for d in fleet_provision::list_registry_at(&ctx.dir, &ctx.registry, device)? {
         println!(
             "{:<24} {:<10} {:<10} serial {} {}",
             d.device_id,

@@ -1,0 +1,451 @@
+//! Three stations on one PostgreSQL registry, through the real `fleet-provision` binary:
+//! each with its own issuing CA under one root (`ca import`), batches issued at once, a
+//! station killed (SIGKILL) mid-batch and restarted, and a fleet-wide revocation reaching
+//! the CRL of the CA that signed the device. The server is the test's own (see common/pg).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pg::PgServer;
+use common::{stderr, stdout};
+use fleet_provision::pki;
+
+/// Three station directories, their issuing CAs under one root, on database `db`.
+struct Fleet<'a> {
+    pg: &'a PgServer,
+    db: String,
+    url: String,
+    _dir: tempfile::TempDir,
+    stations: Vec<PathBuf>,
+    root_der: Vec<u8>,
+}
+
+impl<'a> Fleet<'a> {
+    fn new(pg: &'a PgServer, db: &str) -> Fleet<'a> {
+        let url = pg.database(db);
+        let dir = tempfile::tempdir().unwrap();
+        let root = pki::new_root_ca("Acme").unwrap();
+        std::fs::write(dir.path().join("root.pem"), &root.cert_pem).unwrap();
+        let mut fleet = Fleet {
+            pg,
+            db: db.into(),
+            url,
+            stations: Vec::new(),
+            root_der: root.cert_der.clone(),
+            _dir: dir,
+        };
+        for n in 1..=3 {
+            let base = fleet._dir.path();
+            let issuing = pki::new_issuing_ca(&root, &format!("Acme Line {n}")).unwrap();
+            let cert = base.join(format!("issuing-{n}.pem"));
+            let key = base.join(format!("issuing-{n}.key"));
+            std::fs::write(&cert, &issuing.cert_pem).unwrap();
+            std::fs::write(&key, pki::key_to_pem(&issuing.key, None).unwrap()).unwrap();
+            let station = base.join(format!("station-{n}"));
+            let out = fleet.cli(
+                &station,
+                &[
+                    "ca",
+                    "import",
+                    "--cert",
+                    cert.to_str().unwrap(),
+                    "--key",
+                    key.to_str().unwrap(),
+                    "--root",
+                    base.join("root.pem").to_str().unwrap(),
+                    "--insecure-plaintext-keys",
+                ],
+            );
+            assert!(out.status.success(), "ca import {n}: {}", stderr(&out));
+            fleet.stations.push(station);
+        }
+        fleet
+    }
+
+    fn station(&self, n: usize) -> &Path {
+        &self.stations[n - 1]
+    }
+
+    /// `fleet-provision` on `dir` with the shared registry (URL and password from the
+    /// environment, as a factory line would set them).
+    fn command(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-provision"));
+        cmd.arg("--dir").arg(dir).args(args);
+        cmd.env_remove("FLEET_CA_PASSPHRASE")
+            .env("FLEET_REGISTRY", &self.url)
+            .env("PGPASSWORD", &self.pg.password);
+        cmd
+    }
+
+    fn cli(&self, dir: &Path, args: &[&str]) -> Output {
+        self.command(dir, args)
+            .output()
+            .expect("fleet-provision runs")
+    }
+
+    fn batch(&self, n: usize, count: u32) -> Child {
+        self.command(
+            self.station(n),
+            &[
+                "batch",
+                "--count",
+                &count.to_string(),
+                "--tenant",
+                "acme",
+                "--gateway-host",
+                "gw.test",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fleet-provision batch starts")
+    }
+
+    /// `devices` on station `n`: (device id, status, serial) per certificate.
+    fn devices(&self, n: usize) -> Vec<(String, String, String)> {
+        let out = self.cli(self.station(n), &["devices"]);
+        assert!(out.status.success(), "devices: {}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].to_owned(), f[2].to_owned(), f[4].to_owned())
+            })
+            .collect()
+    }
+
+    fn station_name(&self, n: usize) -> String {
+        fleet_provision::station_name(self.station(n), false).unwrap()
+    }
+
+    /// (status, count) of station `n`'s certificates, straight from the database.
+    fn counts(&self, n: usize) -> HashMap<String, i64> {
+        let mut c = self.pg.client(&self.db).unwrap();
+        c.query(
+            "SELECT status, count(*) FROM certs WHERE station = $1 GROUP BY status",
+            &[&self.station_name(n)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    }
+
+    /// The serials station `n`'s CRL lists, after checking its signature by station `n`'s
+    /// issuing CA.
+    fn crl_serials(&self, n: usize) -> HashSet<String> {
+        let pem_text =
+            std::fs::read_to_string(self.station(n).join("crl/issuing.crl.pem")).unwrap();
+        let der = pem::parse(pem_text).unwrap().into_contents();
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        let issuing = self.issuing_der(n);
+        let (_, ca) = x509_parser::parse_x509_certificate(&issuing).unwrap();
+        crl.verify_signature(ca.public_key())
+            .expect("the CRL is signed by the station's issuing CA");
+        crl.iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect()
+    }
+
+    fn issuing_der(&self, n: usize) -> Vec<u8> {
+        let text = std::fs::read_to_string(self.station(n).join("ca/issuing.pem")).unwrap();
+        pem::parse(text).unwrap().into_contents()
+    }
+
+    /// Checks every device certificate station `n` wrote against its issuing CA and the
+    /// root; returns (device id, serial hex) of each.
+    fn verified_devices(&self, n: usize) -> Vec<(String, String)> {
+        let issuing_der = self.issuing_der(n);
+        let (_, issuing) = x509_parser::parse_x509_certificate(&issuing_der).unwrap();
+        let (_, root) = x509_parser::parse_x509_certificate(&self.root_der).unwrap();
+        issuing
+            .verify_signature(Some(root.public_key()))
+            .expect("the issuing CA chains to the root");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.station(n).join("devices")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "pem") {
+                continue;
+            }
+            let der = pem::parse(std::fs::read_to_string(&path).unwrap())
+                .unwrap()
+                .into_contents();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            cert.verify_signature(Some(issuing.public_key()))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(cert.issuer(), issuing.subject(), "{}", path.display());
+            let cn = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|c| c.as_str().ok())
+                .unwrap()
+                .to_owned();
+            assert_eq!(Some(cn.as_str()), path.file_stem().and_then(|s| s.to_str()));
+            out.push((cn, hex::encode(cert.raw_serial())));
+        }
+        out
+    }
+
+    fn audit_ok(&self, n: usize) {
+        let out = self.cli(self.station(n), &["audit", "verify"]);
+        assert!(
+            out.status.success() && stdout(&out).contains("audit log OK"),
+            "audit verify on station {n}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+}
+
+fn finish(child: Child, what: &str) -> Output {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{what}: {}", stderr(&out));
+    out
+}
+
+#[test]
+fn three_stations_issue_at_once_and_a_revocation_reaches_the_signing_cas_crl() {
+    let Some(pg) = PgServer::start() else { return };
+    let fleet = Fleet::new(&pg, "lines");
+    let names: HashSet<String> = (1..=3).map(|n| fleet.station_name(n)).collect();
+    assert_eq!(names.len(), 3, "each station has its own name");
+
+    let children: Vec<Child> = (1..=3).map(|n| fleet.batch(n, 300)).collect();
+    for (n, child) in children.into_iter().enumerate() {
+        let out = finish(child, &format!("batch on station {}", n + 1));
+        assert!(
+            stdout(&out).contains("300 devices issued"),
+            "{}",
+            stdout(&out)
+        );
+    }
+
+    // Station 2 lists every station's devices: 900, each id and serial once, all active.
+    let listed = fleet.devices(2);
+    assert_eq!(listed.len(), 900);
+    assert!(
+        listed.iter().all(|(_, status, _)| status == "active"),
+        "{listed:?}"
+    );
+    let ids: HashSet<&str> = listed.iter().map(|d| d.0.as_str()).collect();
+    let serials: HashSet<&str> = listed.iter().map(|d| d.2.as_str()).collect();
+    assert_eq!(
+        (ids.len(), serials.len()),
+        (900, 900),
+        "an id or serial twice"
+    );
+    for n in 1..=900 {
+        assert!(
+            ids.contains(format!("acme-{n:06}").as_str()),
+            "acme-{n:06} missing"
+        );
+    }
+    // Every certificate verifies with its own station's issuing CA, and the registry has
+    // the serial each station's file holds.
+    let by_serial: HashMap<&str, &str> = listed
+        .iter()
+        .map(|d| (d.2.as_str(), d.0.as_str()))
+        .collect();
+    let mut made_by_one = Vec::new();
+    for n in 1..=3 {
+        let made = fleet.verified_devices(n);
+        assert_eq!(made.len(), 300, "station {n}");
+        for (id, serial) in &made {
+            assert_eq!(
+                by_serial.get(serial.as_str()),
+                Some(&id.as_str()),
+                "{serial}"
+            );
+        }
+        if n == 1 {
+            made_by_one = made;
+        }
+        fleet.audit_ok(n);
+    }
+
+    // Station 2 revokes a device station 1 made: the registry is shared, the CRL is per CA.
+    let (victim, victim_serial) = made_by_one[0].clone();
+    let out = fleet.cli(
+        fleet.station(2),
+        &["revoke", &victim, "--reason", "keyCompromise"],
+    );
+    assert!(out.status.success(), "revoke: {}", stderr(&out));
+    assert!(
+        !fleet.crl_serials(2).contains(&victim_serial),
+        "not station 2's CA's certificate"
+    );
+    let on_three = fleet.cli(fleet.station(3), &["devices", "--device", &victim]);
+    assert!(
+        stdout(&on_three).contains("revoked"),
+        "{}",
+        stdout(&on_three)
+    );
+    assert!(
+        !fleet.crl_serials(1).contains(&victim_serial),
+        "station 1 has not written its CRL yet"
+    );
+    let out = fleet.cli(fleet.station(1), &["crl"]);
+    assert!(out.status.success(), "crl: {}", stderr(&out));
+    assert_eq!(fleet.crl_serials(1), HashSet::from([victim_serial]));
+    fleet.audit_ok(1);
+    fleet.audit_ok(2);
+}
+
+/// Waits (at most 60 s) until station `n` has both delivered and reserved certificates.
+fn wait_mid_batch(fleet: &Fleet<'_>, n: usize, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the batch ended before it was killed"
+        );
+        let c = fleet.counts(n);
+        if c.get("active").is_some_and(|&a| a > 0) && c.get("reserved").is_some_and(|&r| r > 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "station {n} never got mid-batch: {c:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_station_killed_mid_batch_aborts_only_its_own_reservations_on_restart() {
+    let Some(pg) = PgServer::start() else { return };
+    let fleet = Fleet::new(&pg, "crash");
+    // Station 3 issues a long batch throughout.
+    let mut three = fleet.batch(3, 3000);
+    // Station 1 is killed with reservations outstanding (retried if the kill landed just
+    // after a chunk was delivered, at most 5 times).
+    let mut reserved_at_kill = 0;
+    for _ in 0..5 {
+        let mut one = fleet.batch(1, 3000);
+        wait_mid_batch(&fleet, 1, &mut one);
+        one.kill().unwrap();
+        one.wait().unwrap();
+        reserved_at_kill = fleet.counts(1).get("reserved").copied().unwrap_or(0);
+        if reserved_at_kill > 0 {
+            break;
+        }
+    }
+    assert!(
+        reserved_at_kill > 0,
+        "never killed with reservations outstanding"
+    );
+    assert!(
+        three.try_wait().unwrap().is_none(),
+        "station 3 must still be issuing: raise its count"
+    );
+    // (Earlier tries' leftovers were aborted when the next try opened the station.)
+    let aborted_before = fleet.counts(1).get("aborted").copied().unwrap_or(0);
+
+    // Restart station 1 (any command that opens it settles what the crash left).
+    let out = fleet.cli(fleet.station(1), &["crl"]);
+    assert!(out.status.success(), "crl: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{reserved_at_kill} undelivered certificate(s) aborted"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let one = fleet.counts(1);
+    assert_eq!(one.get("reserved"), None, "{one:?}");
+    assert_eq!(
+        one.get("aborted"),
+        Some(&(aborted_before + reserved_at_kill)),
+        "{one:?}"
+    );
+    // Station 3's reservations were left alone, and its batch completes.
+    assert!(
+        three.try_wait().unwrap().is_none(),
+        "station 3 finished during the recovery"
+    );
+    let out = finish(three, "batch on station 3");
+    assert!(
+        stdout(&out).contains("3000 devices issued"),
+        "{}",
+        stdout(&out)
+    );
+    let three = fleet.counts(3);
+    assert_eq!(
+        (three.get("active"), three.get("aborted")),
+        (Some(&3000), None),
+        "{three:?}"
+    );
+
+    // Station 1's aborted serials are on its CRL, nowhere else.
+    let mut db = pg.client("crash").unwrap();
+    let aborted: HashSet<String> = db
+        .query(
+            "SELECT serial FROM certs WHERE station = $1 AND status = 'aborted'",
+            &[&fleet.station_name(1)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(aborted.is_subset(&fleet.crl_serials(1)));
+    assert!(fleet.crl_serials(3).is_empty());
+
+    // Station 1 issues again: no id or serial is reused.
+    finish(fleet.batch(1, 20), "batch on station 1 after the crash");
+    let listed = fleet.devices(2);
+    let ids: HashSet<&str> = listed.iter().map(|d| d.0.as_str()).collect();
+    let serials: HashSet<&str> = listed.iter().map(|d| d.2.as_str()).collect();
+    assert_eq!(ids.len(), listed.len(), "an id reused");
+    assert_eq!(serials.len(), listed.len(), "a serial reused");
+    assert!(fleet.verified_devices(1).len() >= 20);
+    fleet.audit_ok(1);
+    fleet.audit_ok(3);
+}
+
+#[test]
+fn registry_errors_name_the_database_and_never_show_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    common::init_cli(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = |registry: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--registry", registry];
+        args.extend_from_slice(extra);
+        args.push("devices");
+        common::cli_env(dir.path(), &args, env)
+    };
+    let secret = "s3cret-registry-password";
+    // A password in the URL is refused, and not repeated.
+    let out = run(
+        &format!("postgres://fleet:{secret}@127.0.0.1:{port}/reg"),
+        &[],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds a password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(secret), "{}", stderr(&out));
+    // Nothing listens there: the error names the database, without the password.
+    let url = format!("postgres://fleet@127.0.0.1:{port}/reg");
+    let out = run(&url, &[], &[("PGPASSWORD", secret)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("registry {url}: ")), "{err}");
+    assert!(!err.contains(secret), "{err}");
+    // TLS options without a shared registry are a mistake, not ignored.
+    let out = common::cli(dir.path(), &["--registry-ca-file", "db-ca.pem", "devices"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("need --registry"), "{}", stderr(&out));
+}
