@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use fleet_protocol::mqtt::v5::{reason, Packet5};
 use fleet_protocol::mqtt::{MqttError, Packet};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -178,59 +178,76 @@ async fn run(
     // The ClientHello is awaited without a handshake slot: a client that connects and sends
     // nothing, or trickles, waits only on its own timeout and never in front of others. The
     // slot bounds the handshakes doing work; they wait for one within their own timeout too.
-    let handshake = async {
+    // The handshake future holds rustls' whole handshake state inline (two connection
+    // structures, its buffers): in a box of its own, freed when the handshake ends, it does
+    // not size the task, which an idle session keeps for as long as it lives.
+    let handshake = Box::pin(async {
         // No TLS state at all until the client sends something.
         tcp.readable().await?;
         let hello =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
         let _slot = shared.handshakes.acquire().await;
         hello.into_stream(config).await
-    };
+    });
     let tls = match timeout(limits.handshake_timeout, handshake).await {
         Err(_) => return Err((Refusal::HandshakeTimeout, None)),
         Ok(Err(e)) => return Err((Refusal::Handshake(tls::failure_reason(&e)), None)),
         Ok(Ok(s)) => s,
     };
+    let identity = client_identity(shared, &tls).map_err(|r| (r, None))?;
     // Everything after the handshake lives in its own allocation, made only now: a
-    // connection still waiting for its handshake costs just the handshake's state.
-    Box::pin(after_handshake(shared, tls, peer, conn)).await
+    // connection still waiting for its handshake costs just the handshake's state. It gets
+    // the stream's two halves (a pointer each), not the stream by value: an async function
+    // keeps room for its arguments for as long as it lives, and rustls' connection state is
+    // over a kilobyte.
+    let (rd, wr) = tokio::io::split(tls);
+    Box::pin(after_handshake(shared, identity, rd, wr, peer, conn)).await
 }
 
-/// Identity, CONNECT, the broker session and the pump, for a client whose handshake
-/// succeeded.
-async fn after_handshake(
-    shared: &Shared,
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: SocketAddr,
-    conn: u64,
-) -> Result<(Arc<Identity>, Ended), Refused> {
-    let limits = shared.config.limits;
+/// The TLS stream of a client whose handshake succeeded.
+type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Who the client is, from the certificate it presented.
+fn client_identity(shared: &Shared, tls: &Tls) -> Result<Arc<Identity>, Refusal> {
     let cert = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or((Refusal::Handshake("no_client_certificate"), None))?;
-    let identity = Arc::new(
-        Identity::from_cert_der(cert, &shared.config.service_ou)
-            .map_err(|e| (Refusal::BadIdentity(e.to_string()), None))?,
-    );
+        .ok_or(Refusal::Handshake("no_client_certificate"))?;
+    Identity::from_cert_der(cert, &shared.config.service_ou)
+        .map(Arc::new)
+        .map_err(|e| Refusal::BadIdentity(e.to_string()))
+}
+
+/// CONNECT, the broker session and the pump, for a client whose handshake succeeded.
+///
+/// An idle session keeps this future (boxed) for as long as it lives, so the steps that
+/// come before and after the pump, with timers and parsed packets of their own, run in boxes
+/// of their own that are freed when they end: what stays is the pump's state.
+async fn after_handshake(
+    shared: &Shared,
+    identity: Arc<Identity>,
+    mut rd: ReadHalf<Tls>,
+    mut wr: WriteHalf<Tls>,
+    peer: SocketAddr,
+    conn: u64,
+) -> Result<(Arc<Identity>, Ended), Refused> {
+    let limits = shared.config.limits;
     let refused = |r: Refusal| (r, Some(identity.clone()));
-    let (mut rd, mut wr) = tokio::io::split(tls);
     let mut buf = Vec::with_capacity(1024);
 
-    let connect = timeout(
+    let connect = Box::pin(timeout(
         limits.connect_timeout,
         read_connect(&mut rd, &mut buf, limits.max_packet_size, &identity, shared),
-    )
+    ))
     .await
     .unwrap_or(Err((Version::V311, Refusal::ConnectTimeout)));
     let accepted = match connect {
         Ok(a) => a,
         Err((version, refusal)) => {
             if let Some(connack) = refusal.connack(version) {
-                let _ = wr.write_all(&connack).await;
-                let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
+                Box::pin(close(&mut wr, Some(connack))).await;
             }
             return Err(refused(refusal));
         }
@@ -257,7 +274,13 @@ async fn after_handshake(
         session_expiry: joined.session_expiry,
     };
     let connack = accepted.connack(joined.session_present, server);
-    if wr.write_all(&connack).await.is_err() {
+    // What the session still needs of the CONNECT; the rest (client id, will) goes now
+    // rather than staying for as long as the session lives.
+    let (version, keep_alive) = (accepted.version, accepted.keep_alive);
+    drop(accepted);
+    let written = wr.write_all(&connack).await;
+    drop(connack);
+    if written.is_err() {
         shared
             .hub
             .disconnect(conn, Some(joined.handle), Ending::Abnormal, None, now);
@@ -267,7 +290,7 @@ async fn after_handshake(
         identity: identity.clone(),
         peer,
         connected_at: SystemTime::now(),
-        version: accepted.version,
+        version,
     };
     let (registration, kick) = shared.sessions.register(info, conn.0);
     tracing::info!(peer = %peer, device = %identity.id, tenant = %identity.tenant, "session started");
@@ -282,8 +305,8 @@ async fn after_handshake(
         .clone();
     tenant_gauge.inc();
 
-    let keep_alive = (accepted.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(accepted.keep_alive) * 1500));
+    let keep_alive =
+        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     // The CONNECT's read buffer goes: a session that stays idle holds none (a busy one grows
     // its own, and keeps up to 4 KiB of it).
     if buf.is_empty() {
@@ -303,15 +326,21 @@ async fn after_handshake(
     // The session is over for everyone else now, whether or not the client reads our
     // close_notify: a client that stopped reading gets a bounded goodbye.
     drop(registration);
-    if let (Version::V5, Some((code, why))) = (accepted.version, ended.disconnect5()) {
-        let _ = timeout(
-            CLOSE_TIMEOUT,
-            wr.write_all(&session::disconnect5(code, &why)),
-        )
-        .await;
+    let last = match (version, ended.disconnect5()) {
+        (Version::V5, Some((code, why))) => Some(session::disconnect5(code, &why)),
+        _ => None,
+    };
+    Box::pin(close(&mut wr, last)).await;
+    Ok((identity, ended))
+}
+
+/// Writes `last` (a refusing CONNACK, a version 5 DISCONNECT) if there is one, then the TLS
+/// close_notify, each within [`CLOSE_TIMEOUT`].
+async fn close(wr: &mut WriteHalf<Tls>, last: Option<Vec<u8>>) {
+    if let Some(bytes) = last {
+        let _ = timeout(CLOSE_TIMEOUT, wr.write_all(&bytes)).await;
     }
     let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
-    Ok((identity, ended))
 }
 
 /// What the broker core is asked for: the session of this identity (keyed by tenant and
