@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::audit::AuditEvent;
-use crate::broker::{ConnId, ConnectRequest, Ending};
+use crate::broker::{ConnId, ConnectRequest, Ending, Handle};
 use crate::hub::Outbox;
 use crate::identity::Identity;
 use crate::metrics::{ReasonLabels, TenantLabels};
@@ -194,98 +194,86 @@ async fn run(
         Ok(Err(e)) => return Err((Refusal::Handshake(tls::failure_reason(&e)), None)),
         Ok(Ok(s)) => s,
     };
-    let identity = client_identity(shared, &tls).map_err(|r| (r, None))?;
     // Everything after the handshake lives in its own allocation, made only now: a
     // connection still waiting for its handshake costs just the handshake's state. It gets
     // the stream's two halves (a pointer each), not the stream by value: an async function
-    // keeps room for its arguments for as long as it lives, and rustls' connection state is
-    // over a kilobyte.
-    let (rd, wr) = tokio::io::split(tls);
-    Box::pin(after_handshake(shared, identity, rd, wr, peer, conn)).await
+    // keeps room for its arguments, and for any local it borrowed, for as long as it lives,
+    // and rustls' connection state is over a kilobyte.
+    let (identity, rd, wr) = split_with_identity(shared, tls).map_err(|r| (r, None))?;
+    Box::pin(after_handshake(
+        shared,
+        identity,
+        rd,
+        wr,
+        peer,
+        ConnId(conn),
+    ))
+    .await
 }
 
 /// The TLS stream of a client whose handshake succeeded.
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// Who the client is, from the certificate it presented.
-fn client_identity(shared: &Shared, tls: &Tls) -> Result<Arc<Identity>, Refusal> {
+/// Who the client is, from the certificate it presented, and the stream in two halves.
+fn split_with_identity(
+    shared: &Shared,
+    tls: Tls,
+) -> Result<(Arc<Identity>, ReadHalf<Tls>, WriteHalf<Tls>), Refusal> {
     let cert = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or(Refusal::Handshake("no_client_certificate"))?;
-    Identity::from_cert_der(cert, &shared.config.service_ou)
-        .map(Arc::new)
-        .map_err(|e| Refusal::BadIdentity(e.to_string()))
+    let identity = Identity::from_cert_der(cert, &shared.config.service_ou)
+        .map_err(|e| Refusal::BadIdentity(e.to_string()))?;
+    let (rd, wr) = tokio::io::split(tls);
+    Ok((Arc::new(identity), rd, wr))
 }
 
-/// CONNECT, the broker session and the pump, for a client whose handshake succeeded.
+/// A client whose CONNECT the broker core accepted and who was sent its CONNACK.
+struct Joined {
+    session: Session,
+    handle: Handle,
+    outbox: Arc<Outbox>,
+    version: Version,
+    keep_alive: u16,
+}
+
+/// The broker session and the pump, for a client whose handshake succeeded.
 ///
-/// An idle session keeps this future (boxed) for as long as it lives, so the steps that
-/// come before and after the pump, with timers and parsed packets of their own, run in boxes
-/// of their own that are freed when they end: what stays is the pump's state.
+/// An idle session keeps this future (boxed) for as long as it lives, so the CONNECT step
+/// before the pump and the close after it, with timers and parsed packets of their own, run
+/// in boxes of their own that are freed when they end: what stays is the pump's state.
 async fn after_handshake(
     shared: &Shared,
     identity: Arc<Identity>,
     mut rd: ReadHalf<Tls>,
     mut wr: WriteHalf<Tls>,
     peer: SocketAddr,
-    conn: u64,
+    conn: ConnId,
 ) -> Result<(Arc<Identity>, Ended), Refused> {
-    let limits = shared.config.limits;
-    let refused = |r: Refusal| (r, Some(identity.clone()));
     let mut buf = Vec::with_capacity(1024);
-
-    let connect = Box::pin(timeout(
-        limits.connect_timeout,
-        read_connect(&mut rd, &mut buf, limits.max_packet_size, &identity, shared),
+    let joined = Box::pin(join(
+        shared,
+        identity.clone(),
+        &mut rd,
+        &mut wr,
+        &mut buf,
+        conn,
     ))
     .await
-    .unwrap_or(Err((Version::V311, Refusal::ConnectTimeout)));
-    let accepted = match connect {
-        Ok(a) => a,
-        Err((version, refusal)) => {
-            if let Some(connack) = refusal.connack(version) {
-                Box::pin(close(&mut wr, Some(connack))).await;
-            }
-            return Err(refused(refusal));
-        }
-    };
-    // A CRL may have arrived while this handshake used the previous TLS state.
-    if shared.is_revoked(&identity) {
-        return Err(refused(Refusal::Handshake("revoked")));
-    }
-
-    let now = std::time::Instant::now();
-    let session =
-        Session::new(identity.clone(), shared.policy.clone(), &limits, now).for_client(&accepted);
-    let session = match &shared.config.renewal {
-        Some(r) => session.with_renewal(r.threshold),
-        None => session,
-    };
-    let conn = ConnId(conn);
-    let outbox = Arc::new(Outbox::default());
-    let request = connect_request(&accepted, &identity, conn, &session);
-    let joined = shared.hub.connect(request, outbox.clone(), now);
-    let server = ServerLimits {
-        max_packet_size: limits.max_packet_size,
-        receive_maximum: shared.hub.config().server_receive_maximum.get(),
-        session_expiry: joined.session_expiry,
-    };
-    let connack = accepted.connack(joined.session_present, server);
-    // What the session still needs of the CONNECT; the rest (client id, will) goes now
-    // rather than staying for as long as the session lives.
-    let (version, keep_alive) = (accepted.version, accepted.keep_alive);
-    drop(accepted);
-    let written = wr.write_all(&connack).await;
-    drop(connack);
-    if written.is_err() {
-        shared
-            .hub
-            .disconnect(conn, Some(joined.handle), Ending::Abnormal, None, now);
+    .map_err(|r| (r, Some(identity.clone())))?;
+    let Some(Joined {
+        session,
+        handle,
+        outbox,
+        version,
+        keep_alive,
+    }) = joined
+    else {
         return Ok((identity, Ended::ConnectionLost));
-    }
+    };
     let info = SessionInfo {
         identity: identity.clone(),
         peer,
@@ -305,20 +293,19 @@ async fn after_handshake(
         .clone();
     tenant_gauge.inc();
 
-    let keep_alive =
-        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     // The CONNECT's read buffer goes: a session that stays idle holds none (a busy one grows
     // its own, and keeps up to 4 KiB of it).
     if buf.is_empty() {
         buf = Vec::new();
     }
-    let mut pump = pump::Pump::new(shared, session, joined.handle, outbox, kick);
+    let mut pump = pump::Pump::new(shared, session, handle, outbox, kick);
     let ended = pump.run(&mut rd, &mut wr, &mut buf, keep_alive).await;
     tenant_gauge.dec();
     let (ending, expiry) = ended.ending();
     shared.hub.disconnect(
         conn,
-        Some(joined.handle),
+        Some(handle),
         ending,
         expiry,
         std::time::Instant::now(),
@@ -332,6 +319,68 @@ async fn after_handshake(
     };
     Box::pin(close(&mut wr, last)).await;
     Ok((identity, ended))
+}
+
+/// Reads and checks the CONNECT, joins the broker core and sends the CONNACK. `None` when
+/// the client went away before its CONNACK could be written.
+async fn join(
+    shared: &Shared,
+    identity: Arc<Identity>,
+    rd: &mut ReadHalf<Tls>,
+    wr: &mut WriteHalf<Tls>,
+    buf: &mut Vec<u8>,
+    conn: ConnId,
+) -> Result<Option<Joined>, Refusal> {
+    let limits = &shared.config.limits;
+    let connect = timeout(
+        limits.connect_timeout,
+        read_connect(rd, buf, limits.max_packet_size, &identity, shared),
+    )
+    .await
+    .unwrap_or(Err((Version::V311, Refusal::ConnectTimeout)));
+    let accepted = match connect {
+        Ok(a) => a,
+        Err((version, refusal)) => {
+            if let Some(connack) = refusal.connack(version) {
+                close(wr, Some(connack)).await;
+            }
+            return Err(refusal);
+        }
+    };
+    // A CRL may have arrived while this handshake used the previous TLS state.
+    if shared.is_revoked(&identity) {
+        return Err(Refusal::Handshake("revoked"));
+    }
+
+    let now = std::time::Instant::now();
+    let session =
+        Session::new(identity.clone(), shared.policy.clone(), limits, now).for_client(&accepted);
+    let session = match &shared.config.renewal {
+        Some(r) => session.with_renewal(r.threshold),
+        None => session,
+    };
+    let outbox = Arc::new(Outbox::default());
+    let request = connect_request(&accepted, &identity, conn, &session);
+    let joined = shared.hub.connect(request, outbox.clone(), now);
+    let server = ServerLimits {
+        max_packet_size: limits.max_packet_size,
+        receive_maximum: shared.hub.config().server_receive_maximum.get(),
+        session_expiry: joined.session_expiry,
+    };
+    let connack = accepted.connack(joined.session_present, server);
+    if wr.write_all(&connack).await.is_err() {
+        shared
+            .hub
+            .disconnect(conn, Some(joined.handle), Ending::Abnormal, None, now);
+        return Ok(None);
+    }
+    Ok(Some(Joined {
+        session,
+        handle: joined.handle,
+        outbox,
+        version: accepted.version,
+        keep_alive: accepted.keep_alive,
+    }))
 }
 
 /// Writes `last` (a refusing CONNACK, a version 5 DISCONNECT) if there is one, then the TLS
