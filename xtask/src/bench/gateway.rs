@@ -416,7 +416,10 @@ fn per_core(dir: &Path, target: &Target, o: &GatewayOptions) -> anyhow::Result<R
     }
     if selected(&"idle") {
         for &n in &o.sessions {
-            step(&format!("{}: {n} idle sessions, a fresh broker", target.name));
+            step(&format!(
+                "{}: {n} idle sessions, a fresh broker",
+                target.name
+            ));
             let mut args = timing.clone();
             args.extend([
                 "--phases".into(),
