@@ -3,6 +3,15 @@
 //! This is the I/O shell around [`crate::session`] (the rules of one connection) and
 //! [`crate::hub`] (the broker core every connection shares); every decision is made there.
 //! `pump` is the loop of a live session.
+//!
+//! Memory: an idle session costs about 12.7 KiB of resident memory (`cargo xtask bench
+//! gateway`). Measured with heaptrack at 5,000 idle TLS 1.3 sessions, per session: rustls'
+//! read buffer 4 KiB (its buffered API keeps 4 KiB between records), the TLS stream in its
+//! split halves 1.2 KiB, traffic keys and key schedule 2.2 KiB, the client's certificate
+//! chain 1 KiB, other rustls state 1.1 KiB; the session's future (`after_handshake`,
+//! boxed) 1.2 KiB; the tokio task and I/O registration 0.9 KiB; the rest is the broker core
+//! and the session registry. The handshake and the CONNECT step run in boxes of their own,
+//! freed when they end, so none of their state stays with a session that has become idle.
 
 mod pump;
 
