@@ -223,11 +223,11 @@ async fn run(
 /// The TLS stream of a client whose handshake succeeded.
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
 
+/// A client's identity and its TLS stream's two halves.
+type Split = (Arc<Identity>, ReadHalf<Tls>, WriteHalf<Tls>);
+
 /// Who the client is, from the certificate it presented, and the stream in two halves.
-fn split_with_identity(
-    shared: &Shared,
-    tls: Tls,
-) -> Result<(Arc<Identity>, ReadHalf<Tls>, WriteHalf<Tls>), Refusal> {
+fn split_with_identity(shared: &Shared, tls: Tls) -> Result<Split, Refusal> {
     let cert = tls
         .get_ref()
         .1
