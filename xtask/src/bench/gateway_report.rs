@@ -244,8 +244,10 @@ pub(super) fn report(ours: &Measured, theirs: &Measured) -> String {
          loopback. **Per core:** each broker is pinned to core 1 (`taskset -c 1`) and the load \
          generator to core 0; next to each rate is the broker's CPU time (user + system, from \
          /proc/<pid>/stat) per operation. A rate marked \"load generator at its core's limit\" \
-         measures the load generator more than the broker. Idle sessions come from 127.0.0.2 \
-         onwards (20,000 per source address) with the open-file limit of both processes raised \
+         measures the load generator more than the broker. Each size of idle sessions is \
+         measured against a freshly started broker (a process that had held sessions before \
+         would lend them the memory it kept), with sessions from 127.0.0.2 onwards (20,000 per \
+         source address) with the open-file limit of both processes raised \
          (1,048,576), our `max_connections` at 1,000,000 and Mosquitto's `max_connections -1`; \
          Mosquitto runs with `max_queued_messages 0` and `max_queued_bytes 0` (no limit: with its \
          default it drops QoS 1 messages to online subscribers) and our gateway likewise with \
