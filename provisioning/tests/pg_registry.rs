@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::pg::PgServer;
+use common::pg::{self, PgServer};
 use fleet_provision::registry::{
     Activation, DeviceId, PostgresRegistry, Registry, Reservation, StationIdentity, Status,
 };
@@ -55,16 +55,19 @@ fn statuses(reg: &PostgresRegistry, device_id: &str) -> Vec<Status> {
 
 #[test]
 fn the_shared_registry_keeps_the_registry_semantics_across_stations() {
-    let Some(pg) = PgServer::start() else { return };
-    reservations_allocate_next_ids_and_survive_a_reopen(&pg.target("next_ids"));
-    duplicates_are_refused_all_or_nothing(&pg.target("duplicates"));
-    activation_supersedes_and_revocation_takes_every_live_certificate(&pg.target("lifecycle"));
-    look_ups_and_expiry(&pg.target("look_ups"));
-    renewals_are_counted_per_device(&pg.target("renewals"));
-    stations_reserving_at_once_never_share_an_id(&pg.target("concurrent"));
-    a_station_aborts_only_its_own_reservations(&pg.target("abort"));
-    crls_and_their_numbers_are_per_issuing_ca(&pg.target("crl"));
-    migrations_apply_once_and_a_newer_schema_is_refused(&pg, &pg.target("schema"));
+    let Some(pg) = pg::start() else { return };
+    reservations_allocate_next_ids_and_survive_a_reopen(&pg::target(&pg, "next_ids"));
+    duplicates_are_refused_all_or_nothing(&pg::target(&pg, "duplicates"));
+    activation_supersedes_and_revocation_takes_every_live_certificate(&pg::target(
+        &pg,
+        "lifecycle",
+    ));
+    look_ups_and_expiry(&pg::target(&pg, "look_ups"));
+    renewals_are_counted_per_device(&pg::target(&pg, "renewals"));
+    stations_reserving_at_once_never_share_an_id(&pg::target(&pg, "concurrent"));
+    a_station_aborts_only_its_own_reservations(&pg::target(&pg, "abort"));
+    crls_and_their_numbers_are_per_issuing_ca(&pg::target(&pg, "crl"));
+    migrations_apply_once_and_a_newer_schema_is_refused(&pg, &pg::target(&pg, "schema"));
 }
 
 fn reservations_allocate_next_ids_and_survive_a_reopen(t: &PostgresTarget) {
@@ -414,7 +417,7 @@ fn migrations_apply_once_and_a_newer_schema_is_refused(pg: &PgServer, t: &Postgr
 #[test]
 fn the_registry_connects_over_tls_and_verifies_the_server() {
     let db_ca = fleet_provision::pki::new_root_ca("Database CA").unwrap();
-    let Some(pg) = PgServer::start_tls(&db_ca) else {
+    let Some(pg) = pg::start_tls(&db_ca) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

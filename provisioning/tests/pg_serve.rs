@@ -5,13 +5,13 @@
 mod common;
 
 use common::api::{service_identity, Running};
-use common::pg::PgServer;
+use common::pg;
 use fleet_provision::{KeyProtection, RegistryLocation, Station};
 
 #[test]
 fn the_station_api_issues_and_revokes_through_the_shared_registry() {
-    let Some(pg) = PgServer::start() else { return };
-    let registry = RegistryLocation::Postgres(Box::new(pg.target("api")));
+    let Some(pg) = pg::start() else { return };
+    let registry = RegistryLocation::Postgres(Box::new(pg::target(&pg, "api")));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::pg::PgServer;
+use common::pg::{self, PgServer};
 use common::{stderr, stdout};
 use fleet_provision::pki;
 
@@ -26,7 +26,7 @@ struct Fleet<'a> {
 
 impl<'a> Fleet<'a> {
     fn new(pg: &'a PgServer, db: &str) -> Fleet<'a> {
-        let url = pg.database(db);
+        let url = pg::database(pg, db);
         let dir = tempfile::tempdir().unwrap();
         let root = pki::new_root_ca("Acme").unwrap();
         std::fs::write(dir.path().join("root.pem"), &root.cert_pem).unwrap();
@@ -211,7 +211,7 @@ fn finish(child: Child, what: &str) -> Output {
 
 #[test]
 fn three_stations_issue_at_once_and_a_revocation_reaches_the_signing_cas_crl() {
-    let Some(pg) = PgServer::start() else { return };
+    let Some(pg) = pg::start() else { return };
     let fleet = Fleet::new(&pg, "lines");
     let names: HashSet<String> = (1..=3).map(|n| fleet.station_name(n)).collect();
     assert_eq!(names.len(), 3, "each station has its own name");
@@ -319,7 +319,7 @@ fn wait_mid_batch(fleet: &Fleet<'_>, n: usize, child: &mut Child) {
 
 #[test]
 fn a_station_killed_mid_batch_aborts_only_its_own_reservations_on_restart() {
-    let Some(pg) = PgServer::start() else { return };
+    let Some(pg) = pg::start() else { return };
     let fleet = Fleet::new(&pg, "crash");
     // Station 3 issues a long batch throughout.
     let mut three = fleet.batch(3, 3000);
