@@ -402,3 +402,32 @@ pub fn gateway_binary() -> std::path::PathBuf {
     );
     bin
 }
+
+/// The address a `fleet-gateway serve` child listens on, from the first line of its
+/// stdout (`... listening on <addr>`), waiting at most 20 s; panics with `log` (its stderr
+/// file) when it does not come. Take the stdout and put the child under a guard that stops
+/// it before calling this, so a panic here does not leave it running.
+pub fn gateway_address(stdout: std::process::ChildStdout, log: &std::path::Path) -> SocketAddr {
+    use std::io::BufRead;
+    // Read on a thread so that the wait is bounded.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_default();
+    first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the gateway did not start: {first:?}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+}
