@@ -40,6 +40,7 @@ pub use pki::Passphrase;
 pub use registry::{CertRecord, PostgresTarget, RegistryLocation};
 pub use station::{
     bundle_to_pem, in_tenant_namespace, list_registry, list_registry_at, station_name,
-    verify_all_stations, verify_audit_dir, verify_audit_dir_at, BatchRequest, Certified, CsrInput, CsrRequest, DeviceIssued, ImportFiles,
-    IssuedFiles, KeyProtection, Reason, Recovered, RenewalPolicy, Revoked, Station,
+    verify_all_stations, verify_audit_dir, verify_audit_dir_at, BatchRequest, Certified, CsrInput,
+    CsrRequest, DeviceIssued, ImportFiles, IssuedFiles, KeyProtection, Reason, Recovered,
+    RenewalPolicy, Revoked, Station,
 };

@@ -70,12 +70,11 @@ pub fn migrate(dir: &Path, target: &PostgresTarget) -> Result<Migrated, Error> {
             });
         }
     }
-    let issuing = CaCert::from_pem(&read_to_string(&cert_path)?).map_err(|message| {
-        Error::BadPem {
+    let issuing =
+        CaCert::from_pem(&read_to_string(&cert_path)?).map_err(|message| Error::BadPem {
             path: cert_path.clone(),
             message,
-        }
-    })?;
+        })?;
     let _lock = lock_station(dir)?;
     // Only an intact log is moved: its chain, its SQLite anchor and its manifests.
     if let Err(problems) = audit::verify(dir, &issuing.cert_der) {
@@ -175,7 +174,9 @@ fn read_sqlite(path: &Path) -> Result<Sqlite, Error> {
         })
         .map_err(&err)?;
     let crl_last = db
-        .query_row("SELECT last FROM crl_numbers WHERE id = 1", [], |r| r.get(0))
+        .query_row("SELECT last FROM crl_numbers WHERE id = 1", [], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(&err)?;
     Ok(Sqlite {
@@ -214,9 +215,18 @@ fn refuse(tx: &mut Transaction<'_>, at: &str, station: &str, data: &Sqlite) -> R
             "an audit log",
             "SELECT 1 FROM audit_heads WHERE station = $1",
         ),
-        ("certificates", "SELECT 1 FROM certs WHERE station = $1 LIMIT 1"),
-        ("batches", "SELECT 1 FROM batches WHERE station = $1 LIMIT 1"),
-        ("devices", "SELECT 1 FROM devices WHERE station = $1 LIMIT 1"),
+        (
+            "certificates",
+            "SELECT 1 FROM certs WHERE station = $1 LIMIT 1",
+        ),
+        (
+            "batches",
+            "SELECT 1 FROM batches WHERE station = $1 LIMIT 1",
+        ),
+        (
+            "devices",
+            "SELECT 1 FROM devices WHERE station = $1 LIMIT 1",
+        ),
     ] {
         if tx.query_opt(sql, &[&station]).map_err(&err)?.is_some() {
             return Err(Conflict::AlreadyMigrated {
@@ -229,10 +239,11 @@ fn refuse(tx: &mut Transaction<'_>, at: &str, station: &str, data: &Sqlite) -> R
     }
     let ids: Vec<&str> = data.certs.iter().map(|c| c.device_id.as_str()).collect();
     let serials: Vec<&str> = data.certs.iter().map(|c| c.serial.as_str()).collect();
-    let taken = |tx: &mut Transaction<'_>, sql: &str, keys: &[&str]| -> Result<Vec<String>, Error> {
-        let rows = tx.query(sql, &[&keys]).map_err(&err)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    };
+    let taken =
+        |tx: &mut Transaction<'_>, sql: &str, keys: &[&str]| -> Result<Vec<String>, Error> {
+            let rows = tx.query(sql, &[&keys]).map_err(&err)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        };
     let device_ids = taken(
         tx,
         "SELECT device_id FROM devices WHERE device_id = ANY($1) ORDER BY device_id LIMIT 10",
@@ -324,7 +335,6 @@ fn insert_certs(
     me: &StationIdentity,
     certs: &[Cert],
 ) -> Result<(), Error> {
-
     tx.execute(
         "INSERT INTO certs (serial, issuer, station, device_id, tenant, status, batch,
              created_at, fingerprint, not_after, cert_der, superseded_at, revoked_at,

@@ -61,7 +61,9 @@ impl<'a> Shared<'a> {
     }
 
     fn cli(&self, n: usize, args: &[&str]) -> Output {
-        self.command(n, args).output().expect("fleet-provision runs")
+        self.command(n, args)
+            .output()
+            .expect("fleet-provision runs")
     }
 
     fn batch(&self, n: usize, count: u32) -> Child {
@@ -186,7 +188,10 @@ fn tampering_in_the_database_or_a_file_is_named_by_station_and_record() {
 
     // A line edited in the database: station 2's first issue record, named from station 1.
     let lines = shared.lines(2);
-    let i = lines.iter().position(|l| l.contains("\"kind\":\"issue\"")).unwrap();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("\"kind\":\"issue\""))
+        .unwrap();
     let seq = i as i64 + 1;
     let original = lines[i].clone();
     let edited = original.replace("acme", "evil");
@@ -231,7 +236,9 @@ fn tampering_in_the_database_or_a_file_is_named_by_station_and_record() {
     );
     let (ok, out) = shared.verify(1, false);
     assert!(
-        !ok && out.contains(&format!("record {last}: anchored in the registry, but its copy")),
+        !ok && out.contains(&format!(
+            "record {last}: anchored in the registry, but its copy"
+        )),
         "{out}"
     );
     let (prev, line, hash): (String, String, String) = (row.get(0), row.get(1), row.get(2));
@@ -251,7 +258,10 @@ fn tampering_in_the_database_or_a_file_is_named_by_station_and_record() {
     std::fs::write(shared.dir(1).join("audit.log"), text).unwrap();
     let (ok, out) = shared.verify(1, false);
     assert!(!ok, "{out}");
-    assert!(out.contains("TAMPERED: record 1: the log's line differs"), "{out}");
+    assert!(
+        out.contains("TAMPERED: record 1: the log's line differs"),
+        "{out}"
+    );
     assert!(out.contains("TAMPERED: record 2: does not chain"), "{out}");
     let (ok, out) = shared.verify(1, true);
     assert!(!ok, "{out}");

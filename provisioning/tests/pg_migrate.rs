@@ -27,7 +27,12 @@ fn cli(pg: &PgServer, dir: &Path, url: Option<&str>, args: &[&str]) -> Output {
 }
 
 fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     stdout(&out)
 }
 
@@ -50,7 +55,12 @@ fn sqlite_station(pg: &PgServer, dir: &Path, count: u32) {
 
 fn migrate(pg: &PgServer, dir: &Path, url: &str) -> Output {
     let from = dir.to_str().unwrap();
-    cli(pg, dir, None, &["registry", "migrate", "--from", from, "--to", url])
+    cli(
+        pg,
+        dir,
+        None,
+        &["registry", "migrate", "--from", from, "--to", url],
+    )
 }
 
 /// (device id, status, serial) of every certificate `devices` lists.
@@ -96,7 +106,12 @@ fn a_sqlite_station_moves_into_the_shared_registry_once() {
     let old = tmp.path().join("old");
     sqlite_station(&pg, &old, 5);
     ok(
-        cli(&pg, &old, None, &["revoke", "acme-000002", "--reason", "keyCompromise"]),
+        cli(
+            &pg,
+            &old,
+            None,
+            &["revoke", "acme-000002", "--reason", "keyCompromise"],
+        ),
         "revoke",
     );
     let before = devices(&pg, &old, None);
@@ -107,12 +122,19 @@ fn a_sqlite_station_moves_into_the_shared_registry_once() {
     let revoked_serial = revoked[0].2.clone();
     let (old_number, _) = crl(&old);
     let sqlite = read(&old.join("registry.sqlite3"));
-    let log_lines = std::fs::read_to_string(old.join("audit.log")).unwrap().lines().count();
+    let log_lines = std::fs::read_to_string(old.join("audit.log"))
+        .unwrap()
+        .lines()
+        .count();
 
     // Run against the shared registry before migrating: refused, it must be migrated.
     let out = cli(&pg, &old, Some(&url), &["crl"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("registry migrate --from"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("registry migrate --from"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = ok(migrate(&pg, &old, &url), "migrate");
     let name = fleet_provision::station_name(&old, false).unwrap();
@@ -128,11 +150,23 @@ fn a_sqlite_station_moves_into_the_shared_registry_once() {
     // The audit log moved with a record saying so, and verifies there.
     let log = std::fs::read_to_string(old.join("audit.log")).unwrap();
     assert_eq!(log.lines().count(), log_lines + 1);
-    assert!(log.lines().last().unwrap().contains("\"kind\":\"migrated\""));
-    let out = ok(cli(&pg, &old, Some(&url), &["audit", "verify"]), "audit verify");
+    assert!(log
+        .lines()
+        .last()
+        .unwrap()
+        .contains("\"kind\":\"migrated\""));
+    let out = ok(
+        cli(&pg, &old, Some(&url), &["audit", "verify"]),
+        "audit verify",
+    );
     assert!(out.contains("audit log OK"), "{out}");
     ok(
-        cli(&pg, &old, Some(&url), &["audit", "verify", "--all-stations"]),
+        cli(
+            &pg,
+            &old,
+            Some(&url),
+            &["audit", "verify", "--all-stations"],
+        ),
         "audit verify --all-stations",
     );
     // Run without the shared registry now: refused, its SQLite registry is stale.
@@ -147,10 +181,21 @@ fn a_sqlite_station_moves_into_the_shared_registry_once() {
     // Its CRL still lists the revoked serial, numbered above the old one.
     ok(cli(&pg, &old, Some(&url), &["crl"]), "crl");
     let (number, serials) = crl(&old);
-    assert!(number > old_number, "CRL number {number} after {old_number}");
+    assert!(
+        number > old_number,
+        "CRL number {number} after {old_number}"
+    );
     assert!(serials.contains(&revoked_serial), "{serials:?}");
     // The tenant's counter moved too: new ids continue after the old ones.
-    let batch = ["batch", "--count", "1", "--tenant", "acme", "--gateway-host", "gw.test"];
+    let batch = [
+        "batch",
+        "--count",
+        "1",
+        "--tenant",
+        "acme",
+        "--gateway-host",
+        "gw.test",
+    ];
     ok(cli(&pg, &old, Some(&url), &batch), "batch after migrate");
     let after = devices(&pg, &old, Some(&url));
     assert!(after.iter().any(|d| d.0 == "acme-000006"), "{after:?}");
@@ -165,7 +210,10 @@ fn a_sqlite_station_moves_into_the_shared_registry_once() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(count(&pg, "migrate", "SELECT count(*) FROM audit_records"), records);
+    assert_eq!(
+        count(&pg, "migrate", "SELECT count(*) FROM audit_records"),
+        records
+    );
     assert_eq!(read(&old.join("audit.log")), log);
 
     // Another SQLite station whose ids the registry holds: refused, nothing written.
@@ -182,7 +230,10 @@ fn a_sqlite_station_moves_into_the_shared_registry_once() {
         stderr(&out)
     );
     assert_eq!(count(&pg, "migrate", "SELECT count(*) FROM certs"), certs);
-    assert_eq!(count(&pg, "migrate", "SELECT count(*) FROM audit_records"), records);
+    assert_eq!(
+        count(&pg, "migrate", "SELECT count(*) FROM audit_records"),
+        records
+    );
     assert_eq!(count(&pg, "migrate", "SELECT count(*) FROM audit_heads"), 1);
     assert_eq!(read(&other.join("audit.log")), other_log);
 }

@@ -215,7 +215,7 @@ impl WholeLog {
 /// The open anchor.
 enum Anchor {
     Sqlite { db: Connection, path: PathBuf },
-    Postgres(postgres::PgAnchor),
+    Postgres(Box<postgres::PgAnchor>),
 }
 
 impl Anchor {
@@ -226,9 +226,9 @@ impl Anchor {
                 let db = Connection::open(&path).map_err(db_err(&path))?;
                 Ok(Anchor::Sqlite { db, path })
             }
-            AnchorAt::Shared { target, station } => Ok(Anchor::Postgres(
+            AnchorAt::Shared { target, station } => Ok(Anchor::Postgres(Box::new(
                 postgres::PgAnchor::open(target, station)?,
-            )),
+            ))),
         }
     }
 

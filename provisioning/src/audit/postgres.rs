@@ -52,11 +52,7 @@ impl<'a> Columns<'a> {
     }
 
     /// [`ADVANCE`]'s parameters for `station`, the lines following record `after`.
-    fn params<'p>(
-        &'p mut self,
-        station: &'p String,
-        after: u64,
-    ) -> [&'p (dyn ToSql + Sync); 8] {
+    fn params<'p>(&'p mut self, station: &'p String, after: u64) -> [&'p (dyn ToSql + Sync); 8] {
         self.after = after as i64;
         [
             station,
@@ -78,6 +74,14 @@ pub(super) struct PgAnchor {
     station: String,
     /// [`ADVANCE`], prepared on first use.
     advance: Option<Statement>,
+}
+
+/// What the database holds of the stations' logs.
+pub(super) struct DbCopy {
+    /// By station, then seq.
+    pub records: Vec<DbRecord>,
+    /// (station, seq, hash) of each anchor.
+    pub heads: Vec<(String, u64, String)>,
 }
 
 /// One station's copy of its log in the database.
@@ -172,10 +176,7 @@ impl PgAnchor {
     }
 
     /// Every station's records (or only `station`'s), by station and seq, and every head.
-    pub(super) fn all(
-        &mut self,
-        station: Option<&str>,
-    ) -> Result<(Vec<DbRecord>, Vec<(String, u64, String)>), Error> {
+    pub(super) fn all(&mut self, station: Option<&str>) -> Result<DbCopy, Error> {
         let at = &self.at;
         self.conn.run(at, |client| {
             let mut tx = client.transaction().map_err(pg_err(at))?;
@@ -211,7 +212,7 @@ impl PgAnchor {
                 .iter()
                 .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64, r.get(2)))
                 .collect();
-            Ok((records, heads))
+            Ok(DbCopy { records, heads })
         })
     }
 }

@@ -51,7 +51,7 @@ pub fn verify_all_stations(
     target: &PostgresTarget,
     local: &str,
 ) -> Result<Vec<StationVerified>, Vec<StationProblem>> {
-    let (rows, heads) = PgAnchor::open(target, local)
+    let copy = PgAnchor::open(target, local)
         .and_then(|mut pg| pg.all(None))
         .map_err(|e| {
             vec![StationProblem {
@@ -64,10 +64,14 @@ pub fn verify_all_stations(
         })?;
     let mut stations: BTreeMap<String, Copy> = BTreeMap::new();
     stations.entry(local.to_owned()).or_default();
-    for row in rows {
-        stations.entry(row.station.clone()).or_default().rows.push(row);
+    for row in copy.records {
+        stations
+            .entry(row.station.clone())
+            .or_default()
+            .rows
+            .push(row);
     }
-    for (station, seq, hash) in heads {
+    for (station, seq, hash) in copy.heads {
         stations.entry(station).or_default().head = Some((seq, hash));
     }
     let mut verified = Vec::new();

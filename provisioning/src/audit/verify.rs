@@ -157,8 +157,13 @@ pub fn verify_at(
         AnchorAt::Shared { target, station } => {
             let shared = PgAnchor::open(target, station).and_then(|mut pg| pg.all(Some(station)));
             match shared {
-                Ok((rows, heads)) => {
-                    let head = heads.into_iter().next().map(|(_, seq, hash)| (seq, hash));
+                Ok(copy) => {
+                    let rows = copy.records;
+                    let head = copy
+                        .heads
+                        .into_iter()
+                        .next()
+                        .map(|(_, seq, hash)| (seq, hash));
                     let anchored = head.as_ref().map_or(0, |h| h.0);
                     problems.extend(anchor_problem(head, &chain, false));
                     compare_copy(&text, &rows, anchored, &mut problems);

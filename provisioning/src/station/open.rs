@@ -170,7 +170,13 @@ fn open_audit(dir: &Path, at: &RegistryLocation) -> Result<(AuditLog, usize), Er
         RegistryLocation::StationDir => AuditLog::open(dir),
         RegistryLocation::Postgres(target) => {
             let station = station_name(dir, false)?;
-            AuditLog::open_at(dir, AnchorAt::Shared { target, station: &station })
+            AuditLog::open_at(
+                dir,
+                AnchorAt::Shared {
+                    target,
+                    station: &station,
+                },
+            )
         }
     }
 }
