@@ -126,53 +126,47 @@ pub fn migrate(dir: &Path, target: &PostgresTarget) -> Result<Migrated, Error> {
 fn read_sqlite(path: &Path) -> Result<Sqlite, Error> {
     let err = db_err(path);
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
-    let counters = db
-        .prepare("SELECT tenant, next FROM counters ORDER BY tenant")
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(&err)?;
-    let certs = db
-        .prepare(
-            "SELECT serial, device_id, tenant, status, batch, created_at, fingerprint, not_after,
-                    cert_der, superseded_at, revoked_at, revocation_reason
-             FROM certs ORDER BY rowid",
-        )
-        .and_then(|mut s| {
-            s.query_map([], |r| {
-                Ok(Cert {
-                    serial: r.get(0)?,
-                    device_id: r.get(1)?,
-                    tenant: r.get(2)?,
-                    status: r.get(3)?,
-                    batch: r.get(4)?,
-                    created_at: r.get(5)?,
-                    fingerprint: r.get(6)?,
-                    not_after: r.get(7)?,
-                    cert_der: r.get(8)?,
-                    superseded_at: r.get(9)?,
-                    revoked_at: r.get(10)?,
-                    revocation_reason: r.get(11)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(&err)?;
-    let batches = db
-        .prepare("SELECT batch, out_dir, started_at FROM batches ORDER BY rowid")
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(&err)?;
-    let renewals = db
-        .prepare("SELECT serial, device_id, at FROM renewals ORDER BY rowid")
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(&err)?;
+    let counters = all(
+        &db,
+        "SELECT tenant, next FROM counters ORDER BY tenant",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .map_err(&err)?;
+    let certs = all(
+        &db,
+        "SELECT serial, device_id, tenant, status, batch, created_at, fingerprint, not_after,
+                cert_der, superseded_at, revoked_at, revocation_reason
+         FROM certs ORDER BY rowid",
+        |r| {
+            Ok(Cert {
+                serial: r.get(0)?,
+                device_id: r.get(1)?,
+                tenant: r.get(2)?,
+                status: r.get(3)?,
+                batch: r.get(4)?,
+                created_at: r.get(5)?,
+                fingerprint: r.get(6)?,
+                not_after: r.get(7)?,
+                cert_der: r.get(8)?,
+                superseded_at: r.get(9)?,
+                revoked_at: r.get(10)?,
+                revocation_reason: r.get(11)?,
+            })
+        },
+    )
+    .map_err(&err)?;
+    let batches = all(
+        &db,
+        "SELECT batch, out_dir, started_at FROM batches ORDER BY rowid",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .map_err(&err)?;
+    let renewals = all(
+        &db,
+        "SELECT serial, device_id, at FROM renewals ORDER BY rowid",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .map_err(&err)?;
     let crl_last = db
         .query_row("SELECT last FROM crl_numbers WHERE id = 1", [], |r| {
             r.get(0)
@@ -186,6 +180,15 @@ fn read_sqlite(path: &Path) -> Result<Sqlite, Error> {
         renewals,
         crl_last,
     })
+}
+
+/// Every row `sql` selects, each made by `f`.
+fn all<T>(
+    db: &Connection,
+    sql: &str,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    db.prepare(sql)?.query_map([], f)?.collect()
 }
 
 /// One row per device: (id, tenant, when its first certificate was reserved).

@@ -68,16 +68,7 @@ impl<'a> Shared<'a> {
 
     fn batch(&self, n: usize, count: u32) -> Child {
         let count = count.to_string();
-        let args = [
-            "batch",
-            "--count",
-            &count,
-            "--tenant",
-            "acme",
-            "--gateway-host",
-            "gw.test",
-        ];
-        self.command(n, &args)
+        self.command(n, &common::batch_args(&count))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

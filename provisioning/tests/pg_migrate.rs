@@ -41,16 +41,7 @@ fn sqlite_station(pg: &PgServer, dir: &Path, count: u32) {
     let init = ["ca", "init", "--org", "Acme", "--insecure-plaintext-keys"];
     ok(cli(pg, dir, None, &init), "ca init");
     let count = count.to_string();
-    let batch = [
-        "batch",
-        "--count",
-        &count,
-        "--tenant",
-        "acme",
-        "--gateway-host",
-        "gw.test",
-    ];
-    ok(cli(pg, dir, None, &batch), "batch");
+    ok(cli(pg, dir, None, &common::batch_args(&count)), "batch");
 }
 
 fn migrate(pg: &PgServer, dir: &Path, url: &str) -> Output {
@@ -187,15 +178,7 @@ fn a_sqlite_station_moves_into_the_shared_registry_once() {
     );
     assert!(serials.contains(&revoked_serial), "{serials:?}");
     // The tenant's counter moved too: new ids continue after the old ones.
-    let batch = [
-        "batch",
-        "--count",
-        "1",
-        "--tenant",
-        "acme",
-        "--gateway-host",
-        "gw.test",
-    ];
+    let batch = common::batch_args("1");
     ok(cli(&pg, &old, Some(&url), &batch), "batch after migrate");
     let after = devices(&pg, &old, Some(&url));
     assert!(after.iter().any(|d| d.0 == "acme-000006"), "{after:?}");
