@@ -15,6 +15,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use postgres::{pg_err, Conn};
 pub use postgres::{PostgresRegistry, StationIdentity};
 pub use target::{PostgresTarget, RegistryLocation};
 

@@ -22,11 +22,14 @@ use super::{now, Activation, CertRecord, DeviceId, Registry, Reservation, Status
 use crate::error::{Busy, Conflict, Error};
 
 /// The schema, in order: (version, name, SQL). Applied at open, each once, under a lock.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "shared registry",
-    include_str!("migrations/0001_shared_registry.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "shared registry",
+        include_str!("migrations/0001_shared_registry.sql"),
+    ),
+    (2, "audit", include_str!("migrations/0002_audit.sql")),
+];
 
 /// The advisory lock stations take while migrating (any constant the fleet agrees on).
 const MIGRATION_LOCK: i64 = 0x666c_6565_7472_6567; // "fleetreg"
@@ -50,8 +53,8 @@ pub struct PostgresRegistry {
     me: StationIdentity,
 }
 
-/// The client, used and dropped off any tokio runtime.
-struct Conn(Option<Client>);
+/// The client, used and dropped off any tokio runtime (the audit log's anchor has one too).
+pub(crate) struct Conn(pub(crate) Option<Client>);
 
 fn in_runtime() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
@@ -60,7 +63,7 @@ fn in_runtime() -> bool {
 impl Conn {
     /// Runs `f` with the client: on this thread, or on a scoped thread of its own when this
     /// one is inside a tokio runtime (the client blocks on a runtime of its own).
-    fn run<T: Send>(
+    pub(crate) fn run<T: Send>(
         &mut self,
         at: &str,
         f: impl FnOnce(&mut Client) -> Result<T, Error> + Send,
@@ -161,7 +164,7 @@ impl PostgresRegistry {
 }
 
 impl Conn {
-    fn connect(target: &PostgresTarget, at: &str) -> Result<Client, Error> {
+    pub(crate) fn connect(target: &PostgresTarget, at: &str) -> Result<Client, Error> {
         let connect = || match &target.tls {
             Some(tls) => target.config.connect(tls.clone()),
             None => target.config.connect(postgres::NoTls),

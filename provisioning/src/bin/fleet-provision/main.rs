@@ -109,6 +109,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The device registry itself.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
+    },
 }
 
 #[derive(Args)]
@@ -213,8 +218,14 @@ struct ImportArgs {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain, its anchor in the registry and every signed batch manifest.
-    Verify,
+    /// Check the hash chain, its anchor in the registry and every signed batch manifest
+    /// (with a shared registry: also the registry's copy of every record).
+    Verify {
+        /// Check every station's chain in the shared registry (`--registry postgres://...`),
+        /// from the records the stations copied there.
+        #[arg(long)]
+        all_stations: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -309,9 +320,14 @@ impl Context {
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
+    let registry = match &cli.command {
+        // `registry migrate` names its registry with --to.
+        Command::Registry { .. } => RegistryLocation::StationDir,
+        _ => cli.registry.location()?,
+    };
     let ctx = Context {
         pass: passphrase(cli.passphrase_file.as_deref())?,
-        registry: cli.registry.location()?,
+        registry,
         dir: cli.dir,
     };
     match cli.command {
@@ -336,8 +352,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Bundle { command } => bundle::bundle(command),
         Command::Revoke { device, reason } => revoke(&ctx, &device, &reason),
         Command::Audit {
-            command: AuditCommand::Verify,
-        } => audit_verify(&ctx),
+            command: AuditCommand::Verify { all_stations },
+        } => audit_verify(&ctx, all_stations),
+        Command::Registry { command } => registry::registry(&cli.registry, command),
         Command::Crl { grace_hours } => crl(&ctx, grace_hours),
         Command::Devices { device } => devices(&ctx, device.as_deref()),
     }
@@ -597,8 +614,11 @@ fn revoke(ctx: &Context, device: &str, reason: &str) -> Result<(), Error> {
 }
 
 /// `audit verify`
-fn audit_verify(ctx: &Context) -> Result<(), Error> {
-    match fleet_provision::verify_audit_dir(&ctx.dir) {
+fn audit_verify(ctx: &Context, all_stations: bool) -> Result<(), Error> {
+    if all_stations {
+        return registry::verify_all_stations(&ctx.dir, &ctx.registry);
+    }
+    match fleet_provision::verify_audit_dir_at(&ctx.dir, &ctx.registry) {
         Ok(v) => {
             println!(
                 "audit log OK: {} records, {} signed batch manifests covering {} devices",
