@@ -34,6 +34,7 @@ use crate::error::PemProblem;
 use crate::identity::Identity;
 use crate::Error;
 
+pub(crate) mod from_cluster;
 pub mod issuers;
 
 /// Certificates revoked by the loaded CRLs, as (issuer name DER, serial without leading
@@ -187,6 +188,11 @@ impl CrlVersions {
         }
     }
 
+    /// The newest CRL of every issuer.
+    pub fn iter(&self) -> impl Iterator<Item = &CrlVersion> {
+        self.newest.values()
+    }
+
     /// The newest CRL of an issuer (by name DER), if there is one.
     pub fn get(&self, issuer: &[u8]) -> Option<&CrlVersion> {
         self.newest.get(issuer)
@@ -214,9 +220,12 @@ impl CrlVersions {
     }
 }
 
-/// The CRLs of one load: what rustls checks, the revoked index, and the newest per issuer.
+/// The CRLs of one load: what rustls checks (the newest CRL of each issuer: rustls-webpki
+/// uses the first CRL of an issuer it finds, so an older one must not be in the list), the
+/// revoked index, and the newest per issuer.
 pub struct LoadedCrls {
-    pub der: Vec<CertificateRevocationListDer<'static>>,
+    /// By issuer name DER: the newest CRL's DER.
+    der: BTreeMap<Vec<u8>, CertificateRevocationListDer<'static>>,
     pub revoked: Revoked,
     pub versions: CrlVersions,
 }
@@ -224,10 +233,15 @@ pub struct LoadedCrls {
 impl LoadedCrls {
     pub fn new(cas: &[CertificateDer<'_>]) -> LoadedCrls {
         LoadedCrls {
-            der: Vec::new(),
+            der: BTreeMap::new(),
             revoked: Revoked::default(),
             versions: CrlVersions::for_cas(cas),
         }
+    }
+
+    /// The newest CRL of every issuer, for the verifier.
+    pub fn der(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.der.values().cloned().collect()
     }
 
     /// Notes the names of the CRL issuers (`issuers`) a loaded CRL revokes, unless another
@@ -281,28 +295,100 @@ impl LoadedCrls {
                     issuer: crl.issuer().to_string(),
                 }));
             }
-            self.add(path, &crl);
+            self.add(path, &crl, der);
         }
-        self.der.extend(crls);
         Ok(())
     }
 
-    fn add(&mut self, path: &Path, crl: &CertificateRevocationList<'_>) {
+    fn add(
+        &mut self,
+        path: &Path,
+        crl: &CertificateRevocationList<'_>,
+        der: &CertificateRevocationListDer<'static>,
+    ) {
         let issuer = crl.issuer().as_raw();
+        let version = version_of(crl, path);
+        let newest = self
+            .versions
+            .get(issuer)
+            .is_none_or(|known| version.is_newer_than(known));
+        if newest {
+            self.der.insert(issuer.to_vec(), der.clone());
+        }
         for entry in crl.iter_revoked_certificates() {
             self.revoked
                 .0
                 .insert((issuer.to_vec(), strip_zeros(entry.raw_serial()).to_vec()));
         }
-        self.versions.record(
-            issuer,
-            CrlVersion {
-                issuer: crl.issuer().to_string(),
-                number: crl.crl_number().cloned(),
-                this_update: crl.last_update(),
-                path: path.to_owned(),
-            },
-        );
+        self.versions.record(issuer, version);
+    }
+}
+
+fn version_of(crl: &CertificateRevocationList<'_>, path: &Path) -> CrlVersion {
+    CrlVersion {
+        issuer: crl.issuer().to_string(),
+        number: crl.crl_number().cloned(),
+        this_update: crl.last_update(),
+        path: path.to_owned(),
+    }
+}
+
+/// Why a CRL from outside the configured files (the cluster's CRL bucket) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlRefused {
+    #[error("not a DER CRL: {0}")]
+    Unparsable(String),
+    #[error("the CRL of {issuer} is not signed by a configured client CA or CRL issuer")]
+    BadSignature { issuer: String },
+    #[error(transparent)]
+    Rollback(CrlRollback),
+}
+
+impl CrlRefused {
+    /// Stable label for metrics and the audit log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CrlRefused::Unparsable(_) => "unparsable",
+            CrlRefused::BadSignature { .. } => "bad_signature",
+            CrlRefused::Rollback(r) => r.label(),
+        }
+    }
+}
+
+/// Checks one DER CRL from `source` (a label for messages): it parses and is signed by one
+/// of `signers` (client CAs and CRL issuers). Returns its issuer name DER and version.
+pub fn check_one(
+    der: &[u8],
+    source: &Path,
+    signers: &[CertificateDer<'_>],
+) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
+    let (rest, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|e| CrlRefused::Unparsable(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CrlRefused::Unparsable(format!(
+            "{} bytes after the CRL",
+            rest.len()
+        )));
+    }
+    if !signed_by_one_of(&crl, signers) {
+        return Err(CrlRefused::BadSignature {
+            issuer: crl.issuer().to_string(),
+        });
+    }
+    Ok((crl.issuer().as_raw().to_vec(), version_of(&crl, source)))
+}
+
+impl CrlVersion {
+    /// Whether `self` may replace `in_force` (see [`CrlVersions::check_replaces`]).
+    pub fn may_replace(&self, in_force: &CrlVersion) -> Result<(), CrlRollback> {
+        self.rollback_from(in_force).map_or(Ok(()), Err)
+    }
+
+    /// Whether this is the same CRL as `other` (number and thisUpdate).
+    pub fn same_as(&self, other: &CrlVersion) -> bool {
+        (&self.number, self.this_update.timestamp())
+            == (&other.number, other.this_update.timestamp())
     }
 }
 
