@@ -356,13 +356,9 @@ impl CrlRefused {
     }
 }
 
-/// Checks one DER CRL from `source` (a label for messages): it parses and is signed by one
-/// of `signers` (client CAs and CRL issuers). Returns its issuer name DER and version.
-pub fn check_one(
-    der: &[u8],
-    source: &Path,
-    signers: &[CertificateDer<'_>],
-) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
+/// The issuer (name DER) and version of one DER CRL from `source` (a label for messages),
+/// its signature not checked.
+pub fn parse_one(der: &[u8], source: &Path) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
     let (rest, crl) = CertificateRevocationList::from_der(der)
         .map_err(|e| CrlRefused::Unparsable(e.to_string()))?;
     if !rest.is_empty() {
@@ -371,12 +367,25 @@ pub fn check_one(
             rest.len()
         )));
     }
+    Ok((crl.issuer().as_raw().to_vec(), version_of(&crl, source)))
+}
+
+/// Checks one DER CRL from `source`: it parses ([`parse_one`]) and is signed by one of
+/// `signers` (client CAs and CRL issuers). Returns its issuer name DER and version.
+pub fn check_one(
+    der: &[u8],
+    source: &Path,
+    signers: &[CertificateDer<'_>],
+) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
+    let parsed = parse_one(der, source)?;
+    let (_, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|e| CrlRefused::Unparsable(e.to_string()))?;
     if !signed_by_one_of(&crl, signers) {
         return Err(CrlRefused::BadSignature {
             issuer: crl.issuer().to_string(),
         });
     }
-    Ok((crl.issuer().as_raw().to_vec(), version_of(&crl, source)))
+    Ok(parsed)
 }
 
 impl CrlVersion {
@@ -572,5 +581,82 @@ mod tests {
         let revoked = load(&certs[1..3]);
         assert_eq!(revoked.revoked_cas(), 0);
         assert!(!revoked.revokes(&who));
+    }
+}
+
+#[cfg(test)]
+mod one_crl_tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    /// A CA named "Issuing" (a fresh key each call): its certificate and what signs for it.
+    fn ca() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "Issuing");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.clone().self_signed(&key).unwrap();
+        (cert.der().clone(), Issuer::new(p, key))
+    }
+
+    fn crl(by: &Issuer<'_, KeyPair>, number: u8, serial: u8) -> Vec<u8> {
+        let now = rcgen::date_time_ymd(2024, 1, number);
+        rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from_slice(&[number]),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&[serial]),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(by)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
+    #[test]
+    fn only_the_newest_crl_of_an_issuer_goes_to_the_verifier() {
+        let (cert, issuer) = ca();
+        let signers = [cert];
+        let pem = |der: &[u8]| pem::encode(&pem::Pem::new("X509 CRL", der.to_vec()));
+        let (older, newer) = (crl(&issuer, 2, 7), crl(&issuer, 5, 8));
+        let mut loaded = LoadedCrls::new(&signers);
+        // The newer one first, as when the cluster's CRL comes after an older file.
+        for der in [&newer, &older] {
+            loaded
+                .add_file(Path::new("x.pem"), pem(der).as_bytes(), &signers)
+                .unwrap();
+        }
+        assert_eq!(loaded.der().len(), 1);
+        assert_eq!(loaded.der()[0].as_ref(), newer.as_slice());
+        let name = X509Certificate::from_der(&signers[0]).unwrap().1;
+        let name = name.subject().as_raw();
+        assert!(loaded.revoked.contains(name, &[7]) && loaded.revoked.contains(name, &[8]));
+    }
+
+    #[test]
+    fn one_crl_is_checked_for_its_signature_and_shape() {
+        let (cert, issuer) = ca();
+        let (_, forger) = ca();
+        let signers = [cert];
+        let at = Path::new("fleet-crl/key");
+        let (_, version) = check_one(&crl(&issuer, 3, 1), at, &signers).unwrap();
+        assert_eq!(version.number, Some(BigUint::from(3u8)));
+        let forged = check_one(&crl(&forger, 9, 1), at, &signers).unwrap_err();
+        assert_eq!(forged.label(), "bad_signature", "same name, another key");
+        let garbage = check_one(b"not a CRL", at, &signers).unwrap_err();
+        assert_eq!(garbage.label(), "unparsable");
+        let mut trailing = crl(&issuer, 3, 1);
+        trailing.push(0);
+        assert_eq!(
+            check_one(&trailing, at, &signers).unwrap_err().label(),
+            "unparsable"
+        );
     }
 }

@@ -58,22 +58,37 @@ async fn session(addr: SocketAddr, root: &Path, b: &DeviceBundle) -> raw::Tls {
     tls
 }
 
+/// Polls `check` every 50 ms until it gives `Ok`; panics after [`READY_WITHIN`] with what
+/// it gave last.
+async fn eventually<T, F: std::future::Future<Output = Result<T, String>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(last) => assert!(
+                start.elapsed() < READY_WITHIN,
+                "{what} not within {READY_WITHIN:?}: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `/readyz` of the gateway answers 200 and says nothing about the CRL source.
 async fn wait_watching(gw: &RunningGateway) {
     let admin = gw.admin.expect("admin listener");
-    let start = Instant::now();
-    loop {
+    eventually("the gateway watching the CRL bucket", || async {
         let (status, body) = cluster::readyz(admin).await;
         if status == 200 && !body.contains("crl source") {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
         }
-        assert!(
-            start.elapsed() < READY_WITHIN,
-            "gateway {} not watching the CRL bucket: {status} {body}",
-            gw.addr
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// The value of one sample (`name{labels}` as exposed) of the gateway's metrics.
@@ -83,23 +98,20 @@ async fn metric(gw: &RunningGateway, sample: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Waits (bounded) until `/readyz` and the metrics of the gateway agree with `up`.
+/// Waits (bounded) until `/readyz` and the metrics of the gateway agree with `up`; returns
+/// what `/readyz` said.
 async fn wait_source(gw: &RunningGateway, up: bool) -> String {
     let admin = gw.admin.expect("admin listener");
-    let start = Instant::now();
-    loop {
+    eventually(&format!("CRL source up={up} reported"), || async {
         let (_, body) = cluster::readyz(admin).await;
         let gauge = metric(gw, "fleet_gateway_crl_source_up").await;
         if gauge == Some(f64::from(u8::from(up))) && body.contains("crl source") != up {
-            return body;
+            Ok(body)
+        } else {
+            Err(format!("gauge {gauge:?}, readyz {body}"))
         }
-        assert!(
-            start.elapsed() < READY_WITHIN,
-            "gateway {}: CRL source up={up} not reported: gauge {gauge:?}, readyz {body}",
-            gw.addr
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -242,8 +254,7 @@ async fn forged_crls_are_refused(
         .publish("garbage", b"not a CRL")
         .expect("put garbage");
     for gw in gateways {
-        let start = Instant::now();
-        loop {
+        eventually("both refusals counted", || async {
             let bad = metric(
                 gw,
                 "fleet_gateway_crl_refused_total{reason=\"bad_signature\"}",
@@ -252,15 +263,12 @@ async fn forged_crls_are_refused(
             let garbage =
                 metric(gw, "fleet_gateway_crl_refused_total{reason=\"unparsable\"}").await;
             if bad >= Some(1.0) && garbage >= Some(1.0) {
-                break;
+                Ok(())
+            } else {
+                Err(format!("{}: {bad:?}, {garbage:?}", gw.addr))
             }
-            assert!(
-                start.elapsed() < READY_WITHIN,
-                "gateway {}: refusals not counted ({bad:?}, {garbage:?})",
-                gw.addr
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
         assert!(
             !refused(gw.addr, root, z).await,
             "the forged CRL is not in force"

@@ -83,7 +83,7 @@ impl CrlSource {
             }
         };
         for der in CertificateRevocationListDer::pem_slice_iter(&bytes).flatten() {
-            match parsed(&der, path) {
+            match crate::crl::parse_one(&der, path) {
                 Ok((issuer, version)) => {
                     lock(&source.accepted).insert(issuer, (der.to_vec(), version));
                 }
@@ -165,22 +165,6 @@ impl CrlSource {
     fn set_up(&self, up: bool) {
         self.watching.store(up, Ordering::Relaxed);
     }
-}
-
-/// The issuer (name DER) and version of a DER CRL, without checking its signature.
-fn parsed(der: &[u8], path: &Path) -> Result<(Vec<u8>, CrlVersion), crate::crl::CrlRefused> {
-    use x509_parser::prelude::FromDer;
-    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
-        .map_err(|e| crate::crl::CrlRefused::Unparsable(e.to_string()))?;
-    Ok((
-        crl.issuer().as_raw().to_vec(),
-        CrlVersion {
-            issuer: crl.issuer().to_string(),
-            number: crl.crl_number().cloned(),
-            this_update: crl.last_update(),
-            path: path.to_owned(),
-        },
-    ))
 }
 
 impl Link {
