@@ -356,9 +356,8 @@ impl CrlRefused {
     }
 }
 
-/// The issuer (name DER) and version of one DER CRL from `source` (a label for messages),
-/// its signature not checked.
-pub fn parse_one(der: &[u8], source: &Path) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
+/// One DER CRL, parsed whole (nothing may follow it).
+fn parse_der(der: &[u8]) -> Result<CertificateRevocationList<'_>, CrlRefused> {
     let (rest, crl) = CertificateRevocationList::from_der(der)
         .map_err(|e| CrlRefused::Unparsable(e.to_string()))?;
     if !rest.is_empty() {
@@ -367,25 +366,30 @@ pub fn parse_one(der: &[u8], source: &Path) -> Result<(Vec<u8>, CrlVersion), Crl
             rest.len()
         )));
     }
+    Ok(crl)
+}
+
+/// The issuer (name DER) and version of one DER CRL from `source` (a label for messages),
+/// its signature not checked.
+pub fn parse_one(der: &[u8], source: &Path) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
+    let crl = parse_der(der)?;
     Ok((crl.issuer().as_raw().to_vec(), version_of(&crl, source)))
 }
 
-/// Checks one DER CRL from `source`: it parses ([`parse_one`]) and is signed by one of
-/// `signers` (client CAs and CRL issuers). Returns its issuer name DER and version.
+/// Checks one DER CRL from `source`: it parses whole and is signed by one of `signers`
+/// (client CAs and CRL issuers). Returns its issuer name DER and version.
 pub fn check_one(
     der: &[u8],
     source: &Path,
     signers: &[CertificateDer<'_>],
 ) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
-    let parsed = parse_one(der, source)?;
-    let (_, crl) = CertificateRevocationList::from_der(der)
-        .map_err(|e| CrlRefused::Unparsable(e.to_string()))?;
+    let crl = parse_der(der)?;
     if !signed_by_one_of(&crl, signers) {
         return Err(CrlRefused::BadSignature {
             issuer: crl.issuer().to_string(),
         });
     }
-    Ok(parsed)
+    Ok((crl.issuer().as_raw().to_vec(), version_of(&crl, source)))
 }
 
 impl CrlVersion {

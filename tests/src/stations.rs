@@ -83,7 +83,8 @@ impl Stations {
     /// A gateway on loopback (ports picked by the system) with its admin listener, its
     /// server certificate from station 1 (`issue_server_cert` there first), trusting the issuing CA of every
     /// station as client CA and signer of CRLs — and no CRL file: what it revokes comes
-    /// from the cluster's CRL bucket (cached at `crl_cache`).
+    /// from the cluster's CRL bucket (cached at `crl_cache`). Its audit log is `crl_cache`
+    /// with the extension `audit.jsonl`.
     pub fn gateway_config(&self, nats: &[String], name: &str, crl_cache: &Path) -> Config {
         let one = self.station_dir(1);
         let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
@@ -99,6 +100,7 @@ impl Stations {
                 crl: Vec::new(),
             },
         );
+        config.audit_log = Some(crl_cache.with_extension("audit.jsonl"));
         config.admin = Some(Admin {
             listen: any,
             token: None,

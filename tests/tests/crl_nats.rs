@@ -195,6 +195,19 @@ async fn a_revocation_on_station_2_reaches_every_gateway_and_survives_nats_outag
     gw_c.stop().await;
 
     forged_crls_are_refused(&url, &one_key, &issued[2].serial, [&gw_a, &gw_b], &root, z).await;
+    for name in ["gw-a", "gw-b"] {
+        let audit = caches.path().join(format!("{name}.crls.audit.jsonl"));
+        let audit = std::fs::read_to_string(&audit).expect("audit log");
+        let refusals: Vec<&str> = audit
+            .lines()
+            .filter(|l| l.contains("crl_refused"))
+            .collect();
+        assert!(
+            refusals.iter().any(|l| l.contains("bad_signature"))
+                && refusals.iter().any(|l| l.contains("unparsable")),
+            "{name} audited both refusals: {refusals:?}"
+        );
+    }
 
     // NATS goes away: the CRLs in force stay, /readyz and the metrics say so.
     nats.servers[0].kill();
