@@ -10,7 +10,7 @@
 //! at all: every revocation they enforce came through the CRL bucket.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleet_hil::fleet::DeviceBundle;
@@ -194,20 +194,15 @@ async fn a_revocation_on_station_2_reaches_every_gateway_and_survives_nats_outag
     assert!(!refused(gw_c.addr, &root, z).await, "z is not revoked");
     gw_c.stop().await;
 
-    forged_crls_are_refused(&url, &one_key, &issued[2].serial, [&gw_a, &gw_b], &root, z).await;
-    for name in ["gw-a", "gw-b"] {
-        let audit = caches.path().join(format!("{name}.crls.audit.jsonl"));
-        let audit = std::fs::read_to_string(&audit).expect("audit log");
-        let refusals: Vec<&str> = audit
-            .lines()
-            .filter(|l| l.contains("crl_refused"))
-            .collect();
-        assert!(
-            refusals.iter().any(|l| l.contains("bad_signature"))
-                && refusals.iter().any(|l| l.contains("unparsable")),
-            "{name} audited both refusals: {refusals:?}"
-        );
-    }
+    let audits = ["gw-a", "gw-b"].map(|n| caches.path().join(format!("{n}.crls.audit.jsonl")));
+    let forger = Forger {
+        url: &url,
+        key: &one_key,
+        z_serial: &issued[2].serial,
+    };
+    forger
+        .refused_by([(&gw_a, &audits[0]), (&gw_b, &audits[1])], &root, z)
+        .await;
 
     // NATS goes away: the CRLs in force stay, /readyz and the metrics say so.
     nats.servers[0].kill();
@@ -237,54 +232,72 @@ async fn a_revocation_on_station_2_reaches_every_gateway_and_survives_nats_outag
         .expect("station 1 served");
 }
 
-/// A CRL of station 1's issuer name signed by a foreign CA, and a value that is no CRL,
-/// put into the bucket: refused and counted by every gateway; the state in force stays (z
-/// still connects, x is still refused).
-async fn forged_crls_are_refused(
-    url: &str,
-    one_key: &str,
-    z_serial: &[u8],
-    gateways: [&RunningGateway; 2],
-    root: &Path,
-    z: &DeviceBundle,
-) {
-    let foreign_root = pki::new_root_ca("Mallory").expect("foreign root");
-    let forged_ca = pki::new_issuing_ca(&foreign_root, "Acme Line 1").expect("forged CA");
-    let now = time::OffsetDateTime::now_utc();
-    let entry = pki::CrlEntry {
-        serial: z_serial.to_vec(),
-        revoked_at: now,
-        reason: rcgen::RevocationReason::KeyCompromise,
-    };
-    let forged = pki::sign_crl(&forged_ca, 1 << 40, &[entry], now, time::Duration::days(7))
-        .expect("forged CRL");
-    let forged = CertificateRevocationListDer::from_pem_slice(forged.as_bytes()).expect("PEM");
-    let publisher = Publisher::new(url);
-    publisher
-        .publish(one_key, &forged)
-        .expect("put the forged CRL");
-    publisher
-        .publish("garbage", b"not a CRL")
-        .expect("put garbage");
-    for gw in gateways {
-        eventually("both refusals counted", || async {
-            let bad = metric(
-                gw,
-                "fleet_gateway_crl_refused_total{reason=\"bad_signature\"}",
-            )
+/// What is put into the bucket under station 1's key: a forged CRL revoking z.
+struct Forger<'a> {
+    url: &'a str,
+    key: &'a str,
+    z_serial: &'a [u8],
+}
+
+impl Forger<'_> {
+    /// A CRL of station 1's issuer name signed by a foreign CA, and a value that is no CRL,
+    /// put into the bucket: refused, counted and audited (`crl_refused`, in each gateway's
+    /// audit log) by every gateway; the state in force stays (z still connects).
+    async fn refused_by(
+        &self,
+        gateways: [(&RunningGateway, &PathBuf); 2],
+        root: &Path,
+        z: &DeviceBundle,
+    ) {
+        let foreign_root = pki::new_root_ca("Mallory").expect("foreign root");
+        let forged_ca = pki::new_issuing_ca(&foreign_root, "Acme Line 1").expect("forged CA");
+        let now = time::OffsetDateTime::now_utc();
+        let entry = pki::CrlEntry {
+            serial: self.z_serial.to_vec(),
+            revoked_at: now,
+            reason: rcgen::RevocationReason::KeyCompromise,
+        };
+        let forged = pki::sign_crl(&forged_ca, 1 << 40, &[entry], now, time::Duration::days(7))
+            .expect("forged CRL");
+        let forged = CertificateRevocationListDer::from_pem_slice(forged.as_bytes()).expect("PEM");
+        let publisher = Publisher::new(self.url);
+        publisher
+            .publish(self.key, &forged)
+            .expect("put the forged CRL");
+        publisher
+            .publish("garbage", b"not a CRL")
+            .expect("put garbage");
+        for (gw, audit) in gateways {
+            eventually("both refusals counted", || async {
+                let bad = metric(
+                    gw,
+                    "fleet_gateway_crl_refused_total{reason=\"bad_signature\"}",
+                )
+                .await;
+                let garbage =
+                    metric(gw, "fleet_gateway_crl_refused_total{reason=\"unparsable\"}").await;
+                if bad >= Some(1.0) && garbage >= Some(1.0) {
+                    Ok(())
+                } else {
+                    Err(format!("{}: {bad:?}, {garbage:?}", gw.addr))
+                }
+            })
             .await;
-            let garbage =
-                metric(gw, "fleet_gateway_crl_refused_total{reason=\"unparsable\"}").await;
-            if bad >= Some(1.0) && garbage >= Some(1.0) {
-                Ok(())
-            } else {
-                Err(format!("{}: {bad:?}, {garbage:?}", gw.addr))
-            }
-        })
-        .await;
-        assert!(
-            !refused(gw.addr, root, z).await,
-            "the forged CRL is not in force"
-        );
+            assert!(
+                !refused(gw.addr, root, z).await,
+                "the forged CRL is not in force"
+            );
+            let audit = std::fs::read_to_string(audit).expect("audit log");
+            let refusals: Vec<&str> = audit
+                .lines()
+                .filter(|l| l.contains("crl_refused"))
+                .collect();
+            assert!(
+                refusals.iter().any(|l| l.contains("bad_signature"))
+                    && refusals.iter().any(|l| l.contains("unparsable")),
+                "{} audited both refusals: {refusals:?}",
+                gw.addr
+            );
+        }
     }
 }
