@@ -97,6 +97,9 @@ pub enum Error {
     /// A CRL file the station will not honour.
     #[error("{}: CRL refused: {reason}", path.display())]
     Crl { path: PathBuf, reason: CrlError },
+    /// A CRL written but not published to the gateway cluster's NATS.
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
     /// An operation on one item delivered none (a defect in the station, never the input).
     #[error("the station delivered nothing for a request of one")]
     NothingDelivered,

@@ -11,7 +11,8 @@
 //! DIR/services/{name}.pem, {name}.key    backend service identities
 //! DIR/registry.sqlite3                   device registry
 //! DIR/audit.log, batches/                tamper-evident audit log, signed batch manifests
-//! DIR/crl/issuing.crl.pem                the CRL the gateway watches
+//! DIR/crl/issuing.crl.pem                the CRL the gateway watches (and, with
+//!                                        `--publish-crl`, the cluster's CRL bucket: [`publish`])
 //! DIR/station.lock                       held by the one process issuing from DIR
 //! ```
 //!
@@ -27,6 +28,7 @@ mod error;
 mod fs;
 pub mod migrate;
 pub mod pki;
+pub mod publish;
 pub mod registry;
 pub mod serve;
 mod station;

@@ -51,6 +51,7 @@ pub struct PostgresRegistry {
     conn: Mutex<Conn>,
     at: String,
     me: StationIdentity,
+    target: PostgresTarget,
 }
 
 /// The client, used and dropped off any tokio runtime (the audit log's anchor has one too).
@@ -125,6 +126,7 @@ impl PostgresRegistry {
             conn: Mutex::new(conn),
             at,
             me,
+            target: target.clone(),
         };
         reg.with_tx(migrate)?;
         Ok(reg)
@@ -505,6 +507,13 @@ impl Registry for PostgresRegistry {
         })
     }
 
+    fn revocation_watch(&self) -> Option<super::RevocationWatch> {
+        Some(super::RevocationWatch {
+            target: self.target.clone(),
+            me: self.me.clone(),
+        })
+    }
+
     fn revoke_device(&mut self, device_id: &str, reason: &str) -> Result<Vec<CertRecord>, Error> {
         self.with_tx(|tx, ctx| {
             let certs = select(
@@ -533,6 +542,7 @@ impl Registry for PostgresRegistry {
                 &[&device_id, &at, &reason],
             )
             .map_err(pg_err(ctx.at))?;
+            super::notify::notify_revoked(tx, ctx.at, ctx.me, device_id, at)?;
             Ok(mark_revoked(live, Status::Revoked, at, reason))
         })
     }

@@ -60,6 +60,10 @@ pub struct Station {
     recovered: Recovered,
     /// Held for the station's lifetime: one writer per directory keeps the audit chain whole.
     _lock: std::fs::File,
+    /// Where every CRL written is also published (the gateway cluster's NATS), if anywhere.
+    publisher: Option<crate::publish::Publisher>,
+    /// Why the last CRL written was not published, until taken.
+    unpublished: Option<crate::publish::PublishError>,
 }
 
 impl Station {

@@ -157,6 +157,8 @@ impl Station {
             audit,
             recovered: Recovered::default(),
             _lock: lock,
+            publisher: None,
+            unpublished: None,
         };
         station.recovered = station.recover(torn_bytes)?;
         Ok(station)

@@ -2,6 +2,7 @@
 //! its own function.
 
 mod bundle;
+mod publish;
 mod registry;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ struct Cli {
     passphrase_file: Option<PathBuf>,
     #[command(flatten)]
     registry: registry::RegistryArgs,
+    #[command(flatten)]
+    publish: publish::PublishArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -296,13 +299,15 @@ struct Context {
     dir: PathBuf,
     pass: Option<Passphrase>,
     registry: RegistryLocation,
+    publisher: Option<fleet_provision::publish::Publisher>,
 }
 
 impl Context {
     /// Opens the station, telling the operator what an interrupted run left and how it was
     /// settled.
     fn open(&self) -> Result<Station, Error> {
-        let station = Station::open_at(&self.dir, self.pass.as_ref(), &self.registry)?;
+        let mut station = Station::open_at(&self.dir, self.pass.as_ref(), &self.registry)?;
+        station.publish_crls_to(self.publisher.clone());
         let r = station.recovered();
         if !r.aborted.is_empty() || r.torn_bytes > 0 {
             eprintln!(
@@ -328,6 +333,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     let ctx = Context {
         pass: passphrase(cli.passphrase_file.as_deref())?,
         registry,
+        publisher: cli.publish.publisher()?,
         dir: cli.dir,
     };
     match cli.command {
@@ -610,7 +616,7 @@ fn revoke(ctx: &Context, device: &str, reason: &str) -> Result<(), Error> {
         );
     }
     println!("CRL written to {}", revoked.crl_path.display());
-    Ok(())
+    publish::check(&mut station)
 }
 
 /// `audit verify`
@@ -650,7 +656,7 @@ fn crl(ctx: &Context, grace_hours: u32) -> Result<(), Error> {
         );
     }
     println!("CRL written to {}", station.write_crl()?.display());
-    Ok(())
+    publish::check(&mut station)
 }
 
 /// `devices`
