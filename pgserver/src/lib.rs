@@ -257,6 +257,11 @@ impl PgServer {
         format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The PID of the server's postmaster (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's temp directory (its data directory is `data` in it).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
