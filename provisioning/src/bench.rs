@@ -194,14 +194,15 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<R
         }
     })?;
     let key_injection = flow(devices, started, at);
-    let storage_bytes_per_device = matches!(opts.registry, RegistryLocation::StationDir).then(|| {
-        let bytes: u64 = ["registry.sqlite3", "registry.sqlite3-wal", "audit.log"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(dir.0.join(f)).ok())
-            .map(|m| m.len())
-            .sum();
-        bytes as f64 / (2.0 * f64::from(devices))
-    });
+    let storage_bytes_per_device =
+        matches!(opts.registry, RegistryLocation::StationDir).then(|| {
+            let bytes: u64 = ["registry.sqlite3", "registry.sqlite3-wal", "audit.log"]
+                .iter()
+                .filter_map(|f| std::fs::metadata(dir.0.join(f)).ok())
+                .map(|m| m.len())
+                .sum();
+            bytes as f64 / (2.0 * f64::from(devices))
+        });
     Ok(Report {
         csr_flow,
         key_injection,

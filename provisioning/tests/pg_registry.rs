@@ -12,7 +12,7 @@ mod cases;
 
 use std::collections::HashSet;
 
-use cases::{activation, reservation, serials, statuses, Backend};
+use cases::{activation, assert_not_reserved, reservation, serials, statuses, Backend};
 use common::pg::{self, PgServer};
 use fleet_provision::registry::{
     Activation, DeviceId, PostgresRegistry, Registry, Reservation, StationIdentity, Status,
@@ -118,11 +118,7 @@ fn a_station_activates_its_own_and_any_station_revokes(t: &PostgresTarget) {
     other
         .reserve(&[reservation("03", DeviceId::Existing(id.clone()))])
         .unwrap();
-    let err = reg.activate(&[activation(&id, "03")]).unwrap_err();
-    assert!(
-        matches!(err, Error::Conflict(Conflict::NotReserved { ref serial_hex }) if serial_hex == "03"),
-        "{err}"
-    );
+    assert_not_reserved(reg.activate(&[activation(&id, "03")]), "03");
     other.abort_reserved().unwrap();
 
     // Station 2 revokes what station 1 made.

@@ -135,7 +135,8 @@ impl Fleet {
             .password(&self.password)
             .dbname(&self.db)
             .connect_timeout(Duration::from_secs(5));
-        c.connect(postgres::NoTls).expect("connect to the fleet's database")
+        c.connect(postgres::NoTls)
+            .expect("connect to the fleet's database")
     }
 
     /// (status, count) of station `n`'s certificates, straight from the database.
@@ -205,6 +206,24 @@ impl Fleet {
             out.push((cn, hex::encode(cert.raw_serial())));
         }
         out
+    }
+
+    /// Restarts station `n` after a crash (`crl`: any command that opens it settles what
+    /// the crash left) and checks that exactly the `reserved` reservations it had
+    /// outstanding were aborted, and that none are left.
+    pub fn recover(&self, n: usize, reserved: i64) {
+        let aborted_before = self.counts(n).get("aborted").copied().unwrap_or(0);
+        let out = self.cli(self.station(n), &["crl"]);
+        assert!(out.status.success(), "crl: {}", stderr(&out));
+        let said = format!("{reserved} undelivered certificate(s) aborted");
+        assert!(stderr(&out).contains(&said), "{}", stderr(&out));
+        let now = self.counts(n);
+        assert_eq!(now.get("reserved"), None, "{now:?}");
+        assert_eq!(
+            now.get("aborted"),
+            Some(&(aborted_before + reserved)),
+            "{now:?}"
+        );
     }
 
     pub fn audit_ok(&self, n: usize) {

@@ -143,9 +143,7 @@ fn watchdog(pids: Vec<u32>, done: Arc<AtomicBool>) {
             std::thread::sleep(Duration::from_millis(200));
         }
         for pid in pids {
-            let _ = Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     });
 }
@@ -182,7 +180,10 @@ fn stations_at_once(
         });
     }
     let done = Arc::new(AtomicBool::new(false));
-    watchdog(stations.iter().map(|s| s.child.id()).collect(), done.clone());
+    watchdog(
+        stations.iter().map(|s| s.child.id()).collect(),
+        done.clone(),
+    );
     for (what, label) in [("csr", "CSR flow"), ("keys", "key injection")] {
         for (n, s) in stations.iter_mut().enumerate() {
             s.ready(n + 1, what, &root.join(format!("station-{}.log", n + 1)))?;
@@ -234,7 +235,13 @@ pub fn provisioning(devices: u32) -> anyhow::Result<()> {
         "PostgreSQL: one station on core 0, the server on core 1, {devices} devices per flow"
     ));
     let url = pg.database("one").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let args = ["--registry", &url, "bench", "--devices", &devices.to_string()];
+    let args = [
+        "--registry",
+        &url,
+        "bench",
+        "--devices",
+        &devices.to_string(),
+    ];
     let pg_one = one_station("0", &args, Some(&pg.password))?;
 
     step(&format!(

@@ -50,7 +50,8 @@ impl Known {
                 &[&ids],
             )
             .map_err(pg_err(ctx.at))?;
-        self.taken.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        self.taken
+            .extend(rows.iter().map(|r| r.get::<_, String>(0)));
         self.looked_up.extend(ids);
         Ok(())
     }
@@ -220,7 +221,11 @@ pub(super) fn reserve_in(
         }
         known.taken.extend(lost);
     }
-    let Some(Plan { ids, counters: next }) = planned else {
+    let Some(Plan {
+        ids,
+        counters: next,
+    }) = planned
+    else {
         return Err(Error::Busy(Busy::SharedRegistry {
             at: ctx.at.to_owned(),
         }));
