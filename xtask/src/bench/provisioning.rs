@@ -30,6 +30,12 @@ struct Flow {
     ended_at: f64,
 }
 
+impl Flow {
+    fn seconds(&self) -> f64 {
+        self.ended_at - self.started_at
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Report {
     csr_flow: Flow,
@@ -208,11 +214,49 @@ fn stations_at_once(
     Ok(reports)
 }
 
+/// One statement's share of the one-station PostgreSQL run (pg_stat_statements).
+struct Statement {
+    calls: u64,
+    total_ms: f64,
+    mean_ms: f64,
+    query: String,
+}
+
+/// The server's statements of database `db` since the last reset, most time first.
+fn profile(pg: &PgServer, db: &str) -> anyhow::Result<Vec<Statement>> {
+    let out = pg
+        .psql(
+            db,
+            "SELECT calls, total_exec_time, mean_exec_time, \
+                 left(regexp_replace(query, '\\s+', ' ', 'g'), 90) \
+             FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             ORDER BY total_exec_time DESC LIMIT 10",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(4, '|').collect();
+            let [calls, total, mean, query] = f[..] else {
+                bail!("pg_stat_statements: unexpected line {l:?}");
+            };
+            Ok(Statement {
+                calls: calls.parse()?,
+                total_ms: total.parse()?,
+                mean_ms: mean.parse()?,
+                query: query.to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// The figures of one run.
 struct Figures {
     sqlite: Report,
     pg_one: Report,
     pg_three: Vec<Report>,
+    profile: Vec<Statement>,
 }
 
 /// Issuance throughput with SQLite and with PostgreSQL (1 and 3 stations).
@@ -227,6 +271,7 @@ pub fn provisioning(devices: u32) -> anyhow::Result<()> {
     step("PostgreSQL 15: starting a server of the bench's own (fsync on)");
     let pg = PgServer::start(Options {
         fsync: true,
+        settings: vec!["shared_preload_libraries=pg_stat_statements".into()],
         ..Options::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -235,6 +280,11 @@ pub fn provisioning(devices: u32) -> anyhow::Result<()> {
         "PostgreSQL: one station on core 0, the server on core 1, {devices} devices per flow"
     ));
     let url = pg.database("one").map_err(|e| anyhow::anyhow!("{e}"))?;
+    pg.psql(
+        "one",
+        "CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset()",
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let args = [
         "--registry",
         &url,
@@ -243,6 +293,7 @@ pub fn provisioning(devices: u32) -> anyhow::Result<()> {
         &devices.to_string(),
     ];
     let pg_one = one_station("0", &args, Some(&pg.password))?;
+    let profile = profile(&pg, "one")?;
 
     step(&format!(
         "PostgreSQL: 3 stations at once on one database, {devices} devices per flow each (both cores, shared with the server)"
@@ -265,6 +316,7 @@ pub fn provisioning(devices: u32) -> anyhow::Result<()> {
         sqlite,
         pg_one,
         pg_three: pg_three?,
+        profile,
     };
     let s = section(&figures);
     println!("\n{s}");
@@ -343,6 +395,23 @@ fn section(f: &Figures) -> String {
     ];
     for (what, value, cores, target) in rows {
         s.push_str(&format!("| {what} | {value:.0} | {cores} | {target} |\n"));
+    }
+    let groups = 2.0 * (f64::from(devices) / 256.0).ceil();
+    let wall_ms = 1000.0 * (f.pg_one.csr_flow.seconds() + f.pg_one.key_injection.seconds());
+    s.push_str(&format!(
+        "\nWhere the server's time goes, one station, both flows ({wall_ms:.0} ms of wall time for \
+         {groups} groups of 256; pg_stat_statements, the statements that set up the station \
+         included; COMMIT holds the WAL flush):\n\n\
+         | statement | calls per group | mean ms | total ms |\n|---|---|---|---|\n"
+    ));
+    for st in &f.profile {
+        s.push_str(&format!(
+            "| `{}` | {:.1} | {:.3} | {:.0} |\n",
+            st.query.replace('|', "\\|"),
+            st.calls as f64 / groups,
+            st.mean_ms,
+            st.total_ms
+        ));
     }
     if let Some(bytes) = f.sqlite.storage_bytes_per_device {
         s.push_str(&format!(
