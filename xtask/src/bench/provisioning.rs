@@ -201,14 +201,18 @@ fn stations_at_once(
         }
     }
     let mut reports = Vec::new();
-    for (n, s) in stations.into_iter().enumerate() {
-        let out = s.child.wait_with_output()?;
-        if !out.status.success() {
+    for (n, mut s) in stations.into_iter().enumerate() {
+        // The report follows the last `ready` line on the stdout this run reads.
+        let mut report = Vec::new();
+        std::io::Read::read_to_end(&mut s.stdout, &mut report)?;
+        drop(s.stdin);
+        let status = s.child.wait()?;
+        if !status.success() {
             let log = std::fs::read_to_string(root.join(format!("station-{}.log", n + 1)))
                 .unwrap_or_default();
-            bail!("station {}: bench failed: {}\n{log}", n + 1, out.status);
+            bail!("station {}: bench failed: {status}\n{log}", n + 1);
         }
-        reports.push(parse(&out.stdout)?);
+        reports.push(parse(&report)?);
     }
     done.store(true, Ordering::Relaxed);
     Ok(reports)
