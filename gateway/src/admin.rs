@@ -84,15 +84,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Ready unless this gateway is in a cluster that cannot take messages now (NATS
-/// unreachable, the stream or buckets not set up): 503 with the reason.
+/// unreachable, the stream or buckets not set up): 503 with the reason. While the cluster's
+/// CRL bucket is not watched, a line says so and which CRLs stay in force; that alone is
+/// no reason for 503 (the gateway still refuses what its last verified CRLs revoke).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let crl = shared
+        .crl_source_down()
+        .map_or(String::new(), |note| format!("{note}\n"));
     match shared.cluster.as_ref().map(|c| c.ready()) {
         Some(Err(why)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: cluster: {why}\n"),
+            format!("not ready: cluster: {why}\n{crl}"),
         )
             .into_response(),
-        _ => "ready\n".into_response(),
+        _ => format!("ready\n{crl}").into_response(),
     }
 }
 

@@ -34,6 +34,7 @@ use crate::error::PemProblem;
 use crate::identity::Identity;
 use crate::Error;
 
+pub(crate) mod from_cluster;
 pub mod issuers;
 
 /// Certificates revoked by the loaded CRLs, as (issuer name DER, serial without leading
@@ -187,6 +188,11 @@ impl CrlVersions {
         }
     }
 
+    /// The newest CRL of every issuer.
+    pub fn iter(&self) -> impl Iterator<Item = &CrlVersion> {
+        self.newest.values()
+    }
+
     /// The newest CRL of an issuer (by name DER), if there is one.
     pub fn get(&self, issuer: &[u8]) -> Option<&CrlVersion> {
         self.newest.get(issuer)
@@ -214,9 +220,12 @@ impl CrlVersions {
     }
 }
 
-/// The CRLs of one load: what rustls checks, the revoked index, and the newest per issuer.
+/// The CRLs of one load: what rustls checks (the newest CRL of each issuer: rustls-webpki
+/// uses the first CRL of an issuer it finds, so an older one must not be in the list), the
+/// revoked index, and the newest per issuer.
 pub struct LoadedCrls {
-    pub der: Vec<CertificateRevocationListDer<'static>>,
+    /// By issuer name DER: the newest CRL's DER.
+    der: BTreeMap<Vec<u8>, CertificateRevocationListDer<'static>>,
     pub revoked: Revoked,
     pub versions: CrlVersions,
 }
@@ -224,10 +233,15 @@ pub struct LoadedCrls {
 impl LoadedCrls {
     pub fn new(cas: &[CertificateDer<'_>]) -> LoadedCrls {
         LoadedCrls {
-            der: Vec::new(),
+            der: BTreeMap::new(),
             revoked: Revoked::default(),
             versions: CrlVersions::for_cas(cas),
         }
+    }
+
+    /// The newest CRL of every issuer, for the verifier.
+    pub fn der(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.der.values().cloned().collect()
     }
 
     /// Notes the names of the CRL issuers (`issuers`) a loaded CRL revokes, unless another
@@ -281,28 +295,113 @@ impl LoadedCrls {
                     issuer: crl.issuer().to_string(),
                 }));
             }
-            self.add(path, &crl);
+            self.add(path, &crl, der);
         }
-        self.der.extend(crls);
         Ok(())
     }
 
-    fn add(&mut self, path: &Path, crl: &CertificateRevocationList<'_>) {
+    fn add(
+        &mut self,
+        path: &Path,
+        crl: &CertificateRevocationList<'_>,
+        der: &CertificateRevocationListDer<'static>,
+    ) {
         let issuer = crl.issuer().as_raw();
+        let version = version_of(crl, path);
+        let newest = self
+            .versions
+            .get(issuer)
+            .is_none_or(|known| version.is_newer_than(known));
+        if newest {
+            self.der.insert(issuer.to_vec(), der.clone());
+        }
         for entry in crl.iter_revoked_certificates() {
             self.revoked
                 .0
                 .insert((issuer.to_vec(), strip_zeros(entry.raw_serial()).to_vec()));
         }
-        self.versions.record(
-            issuer,
-            CrlVersion {
-                issuer: crl.issuer().to_string(),
-                number: crl.crl_number().cloned(),
-                this_update: crl.last_update(),
-                path: path.to_owned(),
-            },
-        );
+        self.versions.record(issuer, version);
+    }
+}
+
+fn version_of(crl: &CertificateRevocationList<'_>, path: &Path) -> CrlVersion {
+    CrlVersion {
+        issuer: crl.issuer().to_string(),
+        number: crl.crl_number().cloned(),
+        this_update: crl.last_update(),
+        path: path.to_owned(),
+    }
+}
+
+/// Why a CRL from outside the configured files (the cluster's CRL bucket) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlRefused {
+    #[error("not a DER CRL: {0}")]
+    Unparsable(String),
+    #[error("the CRL of {issuer} is not signed by a configured client CA or CRL issuer")]
+    BadSignature { issuer: String },
+    #[error(transparent)]
+    Rollback(CrlRollback),
+}
+
+impl CrlRefused {
+    /// Stable label for metrics and the audit log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CrlRefused::Unparsable(_) => "unparsable",
+            CrlRefused::BadSignature { .. } => "bad_signature",
+            CrlRefused::Rollback(r) => r.label(),
+        }
+    }
+}
+
+/// One DER CRL, parsed whole (nothing may follow it).
+fn parse_der(der: &[u8]) -> Result<CertificateRevocationList<'_>, CrlRefused> {
+    let (rest, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|e| CrlRefused::Unparsable(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CrlRefused::Unparsable(format!(
+            "{} bytes after the CRL",
+            rest.len()
+        )));
+    }
+    Ok(crl)
+}
+
+/// The issuer (name DER) and version of one DER CRL from `source` (a label for messages),
+/// its signature not checked.
+pub fn parse_one(der: &[u8], source: &Path) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
+    let crl = parse_der(der)?;
+    Ok((crl.issuer().as_raw().to_vec(), version_of(&crl, source)))
+}
+
+/// Checks one DER CRL from `source`: it parses whole and is signed by one of `signers`
+/// (client CAs and CRL issuers). Returns its issuer name DER and version.
+pub fn check_one(
+    der: &[u8],
+    source: &Path,
+    signers: &[CertificateDer<'_>],
+) -> Result<(Vec<u8>, CrlVersion), CrlRefused> {
+    let crl = parse_der(der)?;
+    if !signed_by_one_of(&crl, signers) {
+        return Err(CrlRefused::BadSignature {
+            issuer: crl.issuer().to_string(),
+        });
+    }
+    Ok((crl.issuer().as_raw().to_vec(), version_of(&crl, source)))
+}
+
+impl CrlVersion {
+    /// Whether `self` may replace `in_force` (see [`CrlVersions::check_replaces`]).
+    pub fn may_replace(&self, in_force: &CrlVersion) -> Result<(), CrlRollback> {
+        self.rollback_from(in_force).map_or(Ok(()), Err)
+    }
+
+    /// Whether this is the same CRL as `other` (number and thisUpdate).
+    pub fn same_as(&self, other: &CrlVersion) -> bool {
+        (&self.number, self.this_update.timestamp())
+            == (&other.number, other.this_update.timestamp())
     }
 }
 
@@ -486,5 +585,82 @@ mod tests {
         let revoked = load(&certs[1..3]);
         assert_eq!(revoked.revoked_cas(), 0);
         assert!(!revoked.revokes(&who));
+    }
+}
+
+#[cfg(test)]
+mod one_crl_tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    /// A CA named "Issuing" (a fresh key each call): its certificate and what signs for it.
+    fn ca() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "Issuing");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.clone().self_signed(&key).unwrap();
+        (cert.der().clone(), Issuer::new(p, key))
+    }
+
+    fn crl(by: &Issuer<'_, KeyPair>, number: u8, serial: u8) -> Vec<u8> {
+        let now = rcgen::date_time_ymd(2024, 1, number);
+        rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from_slice(&[number]),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&[serial]),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(by)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
+    #[test]
+    fn only_the_newest_crl_of_an_issuer_goes_to_the_verifier() {
+        let (cert, issuer) = ca();
+        let signers = [cert];
+        let pem = |der: &[u8]| pem::encode(&pem::Pem::new("X509 CRL", der.to_vec()));
+        let (older, newer) = (crl(&issuer, 2, 7), crl(&issuer, 5, 8));
+        let mut loaded = LoadedCrls::new(&signers);
+        // The newer one first, as when the cluster's CRL comes after an older file.
+        for der in [&newer, &older] {
+            loaded
+                .add_file(Path::new("x.pem"), pem(der).as_bytes(), &signers)
+                .unwrap();
+        }
+        assert_eq!(loaded.der().len(), 1);
+        assert_eq!(loaded.der()[0].as_ref(), newer.as_slice());
+        let name = X509Certificate::from_der(&signers[0]).unwrap().1;
+        let name = name.subject().as_raw();
+        assert!(loaded.revoked.contains(name, &[7]) && loaded.revoked.contains(name, &[8]));
+    }
+
+    #[test]
+    fn one_crl_is_checked_for_its_signature_and_shape() {
+        let (cert, issuer) = ca();
+        let (_, forger) = ca();
+        let signers = [cert];
+        let at = Path::new("fleet-crl/key");
+        let (_, version) = check_one(&crl(&issuer, 3, 1), at, &signers).unwrap();
+        assert_eq!(version.number, Some(BigUint::from(3u8)));
+        let forged = check_one(&crl(&forger, 9, 1), at, &signers).unwrap_err();
+        assert_eq!(forged.label(), "bad_signature", "same name, another key");
+        let garbage = check_one(b"not a CRL", at, &signers).unwrap_err();
+        assert_eq!(garbage.label(), "unparsable");
+        let mut trailing = crl(&issuer, 3, 1);
+        trailing.push(0);
+        assert_eq!(
+            check_one(&trailing, at, &signers).unwrap_err().label(),
+            "unparsable"
+        );
     }
 }

@@ -48,6 +48,12 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// A CRL issuer, by name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub issuer: String,
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +74,15 @@ pub struct Metrics {
     /// CRLs refused for being older than the one in force, by reason (`lower_number`,
     /// `older_this_update`, `issuer_missing`).
     pub crl_rollbacks: Family<ReasonLabels, Counter>,
+    /// CRLs from the cluster's CRL bucket refused, by reason (`unparsable`, `bad_signature`,
+    /// `lower_number`, `older_this_update`, `load_failed`).
+    pub crl_refused: Family<ReasonLabels, Counter>,
+    /// 1 while the cluster's CRL bucket is watched, 0 while it is not (NATS unreachable).
+    pub crl_source_up: Gauge,
+    /// The number of the CRL in force, by issuer.
+    pub crl_number: Family<IssuerLabels, Gauge>,
+    /// The thisUpdate (Unix seconds) of the CRL in force, by issuer.
+    pub crl_this_update: Family<IssuerLabels, Gauge>,
     /// Messages the broker did not deliver, by reason (`queue_full`, `expired`, `denied`,
     /// `session_ended`, `retained_store_full`).
     pub dropped: Family<ReasonLabels, Counter>,
@@ -98,6 +113,10 @@ impl Default for Metrics {
             audit_suppressed: Counter::default(),
             reloads: Family::default(),
             crl_rollbacks: Family::default(),
+            crl_refused: Family::default(),
+            crl_source_up: Gauge::default(),
+            crl_number: Family::default(),
+            crl_this_update: Family::default(),
             dropped: Family::default(),
             broker_events: Family::default(),
             broker_sessions: Gauge::default(),
@@ -156,6 +175,26 @@ impl Default for Metrics {
             m.crl_rollbacks.clone(),
         );
         registry.register(
+            "crl_refused",
+            "CRLs from the cluster's CRL bucket refused (bad signature, unparsable, older than the one in force), by reason",
+            m.crl_refused.clone(),
+        );
+        registry.register(
+            "crl_source_up",
+            "1 while the cluster's CRL bucket is watched; 0 while it is not (the last verified CRLs stay in force)",
+            m.crl_source_up.clone(),
+        );
+        registry.register(
+            "crl_number",
+            "The CRL number of the CRL in force, by issuer",
+            m.crl_number.clone(),
+        );
+        registry.register(
+            "crl_this_update_seconds",
+            "The thisUpdate (Unix seconds) of the CRL in force, by issuer",
+            m.crl_this_update.clone(),
+        );
+        registry.register(
             "dropped_messages",
             "Messages not delivered to a subscriber, by reason (queue_full: the overflow policy)",
             m.dropped.clone(),
@@ -196,6 +235,12 @@ impl Metrics {
 
     pub fn crl_rollback(&self, reason: &'static str) {
         self.crl_rollbacks
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn crl_refused(&self, reason: &'static str) {
+        self.crl_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

@@ -22,15 +22,18 @@ use crate::crl::CrlVersions;
 use crate::metrics::ReloadLabels;
 use crate::registry::Kick;
 use crate::state::Shared;
-use crate::tls::{self, Material, Revoked, TlsState};
+use crate::tls::{Material, Revoked, TlsState};
 use crate::Error;
 
 /// The TLS state in force: swapped whole on reload.
 pub(crate) struct Live {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) revoked: Revoked,
-    crls: CrlVersions,
+    pub(crate) crls: CrlVersions,
     digest: [u8; 32],
+    /// Who may sign a CRL (client CAs and CRL issuers): what a CRL from the cluster is
+    /// checked against.
+    pub(crate) signers: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl From<TlsState> for Live {
@@ -40,6 +43,7 @@ impl From<TlsState> for Live {
             revoked: state.revoked,
             crls: state.crls,
             digest: state.digest,
+            signers: state.signers,
         }
     }
 }
@@ -54,6 +58,8 @@ pub enum Trigger {
     Sighup,
     /// A direct call of [`Shared::reload`] by code embedding the gateway.
     Api,
+    /// A new CRL in the cluster's CRL bucket.
+    ClusterCrl,
 }
 
 impl Trigger {
@@ -63,6 +69,7 @@ impl Trigger {
             Trigger::Admin => "admin",
             Trigger::Sighup => "sighup",
             Trigger::Api => "api",
+            Trigger::ClusterCrl => "cluster_crl",
         }
     }
 }
@@ -75,7 +82,7 @@ impl Shared {
     pub fn reload(&self, trigger: Trigger) -> Result<usize, Error> {
         // One reload at a time: two racing reloads must not swap in their states out of order.
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.swap_in(tls::load(&self.config.tls));
+        let result = self.swap_in(self.material().and_then(|m| TlsState::from_material(&m)));
         let labels = ReloadLabels {
             trigger: trigger.label(),
             result: if result.is_ok() { "ok" } else { "refused" },
@@ -95,7 +102,13 @@ impl Shared {
         result
     }
 
-    fn swap_in(&self, loaded: Result<TlsState, Error>) -> Result<usize, Error> {
+    /// The TLS files, and the CRLs taken from the cluster's CRL bucket.
+    pub(crate) fn material(&self) -> Result<Material, Error> {
+        let cluster_crls = self.cluster.as_ref().and_then(|c| c.crls.material());
+        Ok(Material::read(&self.config.tls)?.with_cluster_crls(cluster_crls))
+    }
+
+    pub(crate) fn swap_in(&self, loaded: Result<TlsState, Error>) -> Result<usize, Error> {
         let state = loaded?;
         let revoked = state.revoked.clone();
         let before = {
@@ -128,7 +141,7 @@ impl Shared {
     /// Whether the TLS files on disk differ from what the state in force was built from (an
     /// unreadable file counts as a difference: the reload will say what is wrong).
     pub fn files_changed(&self) -> bool {
-        let on_disk = Material::read(&self.config.tls).map(|m| m.digest());
+        let on_disk = self.material().map(|m| m.digest());
         let live = self.live.read().unwrap_or_else(|p| p.into_inner());
         on_disk.map_or(true, |digest| digest != live.digest)
     }

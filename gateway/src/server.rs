@@ -32,7 +32,13 @@ impl Gateway {
     /// Loads the TLS material, makes the broker core and binds the listener (port 0 picks a free
     /// port: see [`Gateway::local_addr`]).
     pub async fn bind(config: Config) -> Result<Gateway, Error> {
-        let tls = tls::load(&config.tls)?;
+        let crls = config.cluster.as_ref().map(|c| {
+            Arc::new(crate::cluster::CrlSource::open(
+                &c.crl_bucket,
+                c.crl_cache.as_deref(),
+            ))
+        });
+        let tls = crate::crl::from_cluster::load_at_start(&config.tls, crls.as_deref())?;
         let listener = listen(config.listen).map_err(|source| Error::Bind {
             addr: config.listen,
             source,
@@ -57,9 +63,16 @@ impl Gateway {
         let sessions = Registry::default();
         let (hub, cluster) = match &config.cluster {
             Some(c) => {
-                let (hub, cluster) =
-                    crate::cluster::Cluster::start(c, broker_config(&limits), sessions.clone())
-                        .await?;
+                let crls = crls.unwrap_or_else(|| {
+                    Arc::new(crate::cluster::CrlSource::open(&c.crl_bucket, None))
+                });
+                let (hub, cluster) = crate::cluster::Cluster::start(
+                    c,
+                    broker_config(&limits),
+                    sessions.clone(),
+                    crls,
+                )
+                .await?;
                 (hub, Some(cluster))
             }
             None => (Arc::new(Hub::new(broker_config(&limits))), None),
@@ -122,6 +135,18 @@ impl Gateway {
                 |e| tracing::error!(error = %e, "TLS files are not watched; use SIGHUP to reload"),
             )
             .ok();
+        // The CRLs the stations publish to the cluster, applied as they arrive.
+        let crl_follower = self
+            .shared
+            .cluster
+            .as_ref()
+            .and_then(|c| c.take_crl_entries())
+            .map(|entries| {
+                tokio::spawn(crate::crl::from_cluster::follow(
+                    self.shared.clone(),
+                    entries,
+                ))
+            });
         let mut hangup = hangup_signal();
         let timer = tokio::spawn(self.shared.hub.clone().run_timer());
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -189,6 +214,9 @@ impl Gateway {
             let _ = task.await;
         }
         timer.abort();
+        if let Some(task) = crl_follower {
+            task.abort();
+        }
         if let Some(cluster) = &self.shared.cluster {
             cluster.stop();
         }

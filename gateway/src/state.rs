@@ -53,6 +53,25 @@ impl Shared {
         self.hub.report(&self.metrics);
         if let Some(c) = &self.cluster {
             c.report(&self.metrics);
+            self.metrics.crl_source_up.set(i64::from(c.crls.up()));
+        }
+        {
+            let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+            for v in live.crls.iter() {
+                let labels = crate::metrics::IssuerLabels {
+                    issuer: v.issuer.clone(),
+                };
+                let number = v
+                    .number
+                    .as_ref()
+                    .and_then(|n| i64::try_from(n.clone()).ok())
+                    .unwrap_or(-1);
+                self.metrics.crl_number.get_or_create(&labels).set(number);
+                self.metrics
+                    .crl_this_update
+                    .get_or_create(&labels)
+                    .set(v.this_update.timestamp());
+            }
         }
         self.metrics.render(sessions)
     }

@@ -81,6 +81,8 @@ pub struct Material {
     client_ca: Vec<FileBytes>,
     crl_issuers: Vec<FileBytes>,
     crl: Vec<FileBytes>,
+    /// The CRLs taken from the cluster's CRL bucket, as one PEM (see [`Material::with_cluster_crls`]).
+    cluster_crls: Option<FileBytes>,
 }
 
 impl Material {
@@ -97,7 +99,15 @@ impl Material {
                 .map(file)
                 .collect::<Result<_, _>>()?,
             crl: files.crl.iter().map(file).collect::<Result<_, _>>()?,
+            cluster_crls: None,
         })
+    }
+
+    /// Adds the CRLs taken from the cluster's CRL bucket (PEM; `label` names them in
+    /// messages): checked like the CRL files, the newest CRL of each issuer wins.
+    pub fn with_cluster_crls(mut self, cluster: Option<(PathBuf, Vec<u8>)>) -> Material {
+        self.cluster_crls = cluster;
+        self
     }
 
     /// SHA-256 over every file's path, length and content, in configuration order.
@@ -107,7 +117,8 @@ impl Material {
             .into_iter()
             .chain(&self.client_ca)
             .chain(&self.crl_issuers)
-            .chain(&self.crl);
+            .chain(&self.crl)
+            .chain(&self.cluster_crls);
         for (path, bytes) in all {
             let path = path.as_os_str().as_encoded_bytes();
             hash.update((path.len() as u64).to_be_bytes());
@@ -127,6 +138,8 @@ pub struct TlsState {
     pub crls: CrlVersions,
     /// [`Material::digest`] of the files this state was built from.
     pub digest: [u8; 32],
+    /// Who may sign a CRL: the client CAs and CRL issuers.
+    pub signers: Vec<CertificateDer<'static>>,
 }
 
 impl TlsState {
@@ -134,7 +147,8 @@ impl TlsState {
     /// CA file, CRL issuers that chain to them, revocation from every CRL file. Any bad file
     /// fails the whole load.
     pub fn from_material(m: &Material) -> Result<TlsState, Error> {
-        let (verifier, crls) = verifier(&m.client_ca, &m.crl_issuers, &m.crl)?;
+        let crl_files: Vec<FileBytes> = m.crl.iter().chain(&m.cluster_crls).cloned().collect();
+        let (verifier, crls, signers) = verifier(&m.client_ca, &m.crl_issuers, &crl_files)?;
         let chain = parse_certs(&m.server_cert.0, &m.server_cert.1)?;
         let key = parse_key(&m.server_key.0, &m.server_key.1)?;
         let mut config = ServerConfig::builder_with_provider(provider())
@@ -150,6 +164,7 @@ impl TlsState {
             revoked: crls.revoked,
             crls: crls.versions,
             digest: m.digest(),
+            signers,
         })
     }
 }
@@ -168,7 +183,7 @@ pub fn client_verifier(
         .map(file)
         .collect::<Result<Vec<_>, _>>()?;
     let crls = crl_files.iter().map(file).collect::<Result<Vec<_>, _>>()?;
-    let (verifier, loaded) = verifier(&cas, &issuers, &crls)?;
+    let (verifier, loaded, _) = verifier(&cas, &issuers, &crls)?;
     Ok((verifier, loaded.revoked))
 }
 
@@ -210,11 +225,18 @@ pub fn check_crl_issuers(
         .map_err(|(i, e)| (Some(i), e))
 }
 
+/// The verifier, the CRLs loaded, and who may sign CRLs.
+type Verifier = (
+    Arc<dyn ClientCertVerifier>,
+    LoadedCrls,
+    Vec<CertificateDer<'static>>,
+);
+
 fn verifier(
     client_ca: &[FileBytes],
     crl_issuer_files: &[FileBytes],
     crl_files: &[FileBytes],
-) -> Result<(Arc<dyn ClientCertVerifier>, LoadedCrls), Error> {
+) -> Result<Verifier, Error> {
     let mut roots = RootCertStore::empty();
     let mut cas = Vec::new();
     for (path, bytes) in client_ca {
@@ -234,13 +256,13 @@ fn verifier(
     }
     crls.note_revoked_cas(&issuers, &signers);
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .with_crls(crls.der.clone())
+        .with_crls(crls.der())
         // Every certificate of the chain is checked against its issuer's CRL (a root's CRL
         // revokes intermediates); a CA without a CRL file is not a reason to refuse.
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| Error::Tls(TlsSetup::ClientVerifier(e)))?;
-    Ok((Arc::new(ClientPolicy(verifier)), crls))
+    Ok((Arc::new(ClientPolicy(verifier)), crls, signers))
 }
 
 /// Loads the TLS material (see [`TlsState::from_material`]).

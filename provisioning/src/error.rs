@@ -97,6 +97,9 @@ pub enum Error {
     /// A CRL file the station will not honour.
     #[error("{}: CRL refused: {reason}", path.display())]
     Crl { path: PathBuf, reason: CrlError },
+    /// A CRL written but not published to the gateway cluster's NATS.
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
     /// An operation on one item delivered none (a defect in the station, never the input).
     #[error("the station delivered nothing for a request of one")]
     NothingDelivered,
@@ -196,6 +199,16 @@ pub enum AuditError {
     AnchorMismatch { path: PathBuf, seq: u64 },
     #[error("{problems} problem(s) in {}", path.display())]
     Tampered { path: PathBuf, problems: usize },
+    #[error("registry {at}: the audit anchor of station {station} is no longer at record {expected}: another process appends to this station's log (the same station-name in two directories?); run `fleet-provision audit verify --all-stations`")]
+    AnchorMoved {
+        at: String,
+        station: String,
+        expected: u64,
+    },
+    #[error("{}: this station's registry and audit log are in its registry.sqlite3, not in {at}: move them with `fleet-provision registry migrate --from DIR --to {at}` first", path.display())]
+    NotMigrated { path: PathBuf, at: String },
+    #[error("{}: this station was migrated to {to} (`registry migrate`); its registry.sqlite3 is stale: run it with --registry {to}", path.display())]
+    Migrated { path: PathBuf, to: String },
 }
 
 /// A lock another process holds.
@@ -218,6 +231,21 @@ pub enum Conflict {
     NotReserved { serial_hex: String },
     #[error("{device_id} has no active certificate (already revoked, or never issued)")]
     NothingToRevoke { device_id: String },
+    /// `registry migrate` of a station the shared registry already holds.
+    #[error("registry {at}: station {station} was migrated before (it already has {what} there); nothing was written")]
+    AlreadyMigrated {
+        at: String,
+        station: String,
+        what: &'static str,
+    },
+    /// `registry migrate` of a station whose device ids or serials the shared registry
+    /// already holds (at most 10 of each named).
+    #[error("registry {at}: already holds this station's device ids [{}] and serials [{}] (at most 10 of each named); nothing was written", device_ids.join(", "), serials.join(", "))]
+    MigrateCollides {
+        at: String,
+        device_ids: Vec<String>,
+        serials: Vec<String>,
+    },
 }
 
 /// A refused caller.

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 pub mod browser;
 pub mod cluster;
 pub mod conformance;
+pub mod stations;
 
 pub const TENANT: &str = "acme";
 pub const SERVICE: &str = "backend";
@@ -267,13 +268,23 @@ pub mod raw {
 
     /// Mutual TLS to the gateway with a device identity, nothing sent yet.
     pub async fn open(gw: &RunningGateway, pki: &Pki, b: &DeviceBundle) -> Tls {
-        let connector =
-            tokio_rustls::TlsConnector::from(device_client_config(b, &pki.path("ca/root.pem")));
-        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        try_open(gw.addr, &pki.path("ca/root.pem"), b)
+            .await
+            .expect("TLS to the gateway")
+    }
+
+    /// Mutual TLS to the gateway at `addr` (whose chain ends at `root_pem`) with a device
+    /// identity; the handshake's error if the gateway refuses it.
+    pub async fn try_open(
+        addr: std::net::SocketAddr,
+        root_pem: &std::path::Path,
+        b: &DeviceBundle,
+    ) -> std::io::Result<Tls> {
+        let connector = tokio_rustls::TlsConnector::from(device_client_config(b, root_pem));
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
         connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
-            .unwrap()
     }
 
     /// A raw version 5 client: packets are written with our codec and read back as bytes.
@@ -349,6 +360,20 @@ pub mod raw {
     /// Connects with a device identity, sends CONNECT and waits for an accepting CONNACK.
     pub async fn connect(gw: &RunningGateway, pki: &Pki, b: &DeviceBundle, keep_alive: u16) -> Tls {
         let mut tls = open(gw, pki, b).await;
+        let ack = mqtt_connect(&mut tls, b, keep_alive)
+            .await
+            .expect("CONNACK");
+        assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK accepted");
+        tls
+    }
+
+    /// Sends CONNECT as the device and returns the 4 bytes of the answer (a CONNACK
+    /// accepting it is `20 02 00 00`); an error when the connection closes first.
+    pub async fn mqtt_connect(
+        tls: &mut Tls,
+        b: &DeviceBundle,
+        keep_alive: u16,
+    ) -> std::io::Result<[u8; 4]> {
         let connect = Packet::Connect(Connect {
             clean_session: true,
             keep_alive,
@@ -357,11 +382,10 @@ pub mod raw {
             username: None,
             password: None,
         });
-        tls.write_all(&encode(&connect)).await.unwrap();
+        tls.write_all(&encode(&connect)).await?;
         let mut ack = [0u8; 4];
-        tls.read_exact(&mut ack).await.unwrap();
-        assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK accepted");
-        tls
+        tls.read_exact(&mut ack).await?;
+        Ok(ack)
     }
 
     /// Waits until the gateway closes the connection; returns how long it took.
@@ -401,4 +425,33 @@ pub fn gateway_binary() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The address a `fleet-gateway serve` child listens on, from the first line of its
+/// stdout (`... listening on <addr>`), waiting at most 20 s; panics with `log` (its stderr
+/// file) when it does not come. Take the stdout and put the child under a guard that stops
+/// it before calling this, so a panic here does not leave it running.
+pub fn gateway_address(stdout: std::process::ChildStdout, log: &std::path::Path) -> SocketAddr {
+    use std::io::BufRead;
+    // Read on a thread so that the wait is bounded.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_default();
+    first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the gateway did not start: {first:?}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
 }

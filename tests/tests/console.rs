@@ -7,7 +7,6 @@
 //! and the gateway binary: FLEET_GATEWAY_BIN, or `target/debug/fleet-gateway` (built by
 //! `cargo build -p fleet-gateway`, and by `cargo test --workspace`).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -50,22 +49,9 @@ impl Gateway {
             .stderr(std::fs::File::create(pki.path("gateway.log")).unwrap())
             .spawn()
             .expect("the gateway binary starts");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
+        let stdout = child.stdout.take().expect("piped stdout");
         let process = Process(child);
-        let addr = first
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "gateway did not start: {first:?}\n{}",
-                    std::fs::read_to_string(pki.path("gateway.log")).unwrap_or_default()
-                )
-            });
+        let addr = fleet_tests::gateway_address(stdout, &pki.path("gateway.log"));
         Gateway {
             addr,
             admin,

@@ -12,6 +12,8 @@
 //! stream = "FLEET_MESSAGES"            # QoS 1/2 messages
 //! retained_bucket = "fleet-retained"   # one key per retained topic
 //! control_bucket = "fleet-control"     # revocations, kicks, session locations
+//! crl_bucket = "fleet-crl"             # the CRLs the stations publish (watched; see crls.rs)
+//! crl_cache = "cluster-crls.pem"       # the last verified CRLs from it (default: next to the config)
 //! replicas = 1                         # of the stream and the buckets (3 for an R3 NATS cluster)
 //! max_age_secs = 86400                 # how long the stream keeps a message
 //! ```
@@ -38,6 +40,11 @@ pub struct ClusterConfig {
     pub stream: String,
     pub retained_bucket: String,
     pub control_bucket: String,
+    /// The KV bucket the stations publish their CRLs to.
+    pub crl_bucket: String,
+    /// Where the CRLs verified from the bucket are kept (`None`: nowhere, so a gateway
+    /// started while NATS is away has only its CRL files).
+    pub crl_cache: Option<PathBuf>,
     pub replicas: usize,
     pub max_age: Duration,
 }
@@ -54,6 +61,8 @@ impl ClusterConfig {
             stream: "FLEET_MESSAGES".into(),
             retained_bucket: "fleet-retained".into(),
             control_bucket: "fleet-control".into(),
+            crl_bucket: "fleet-crl".into(),
+            crl_cache: None,
             replicas: 1,
             max_age: Duration::from_secs(86_400),
         }
@@ -73,6 +82,8 @@ pub(crate) struct FileCluster {
     stream: Option<String>,
     retained_bucket: Option<String>,
     control_bucket: Option<String>,
+    crl_bucket: Option<String>,
+    crl_cache: Option<PathBuf>,
     replicas: Option<usize>,
     max_age_secs: Option<u64>,
 }
@@ -131,6 +142,12 @@ impl FileCluster {
             _ => return Err(ConfigError::new("cluster", Problem::CertWithoutKey)),
         };
         c.ca = self.ca.map(|p| resolve(base, &p));
+        c.crl_cache = Some(resolve(
+            base,
+            self.crl_cache
+                .as_deref()
+                .unwrap_or(Path::new("cluster-crls.pem")),
+        ));
         let names = [
             (
                 "cluster.subject_prefix",
@@ -148,6 +165,7 @@ impl FileCluster {
                 self.control_bucket,
                 &mut c.control_bucket,
             ),
+            ("cluster.crl_bucket", self.crl_bucket, &mut c.crl_bucket),
         ];
         for (key, value, slot) in names {
             if let Some(v) = value {
@@ -190,7 +208,9 @@ mod tests {
     #[test]
     fn defaults_and_paths() {
         let c = parse("servers = [\"nats://127.0.0.1:4222\"]").unwrap();
-        assert_eq!(c, ClusterConfig::new(vec!["nats://127.0.0.1:4222".into()]));
+        let mut expected = ClusterConfig::new(vec!["nats://127.0.0.1:4222".into()]);
+        expected.crl_cache = Some("/etc/fleet/cluster-crls.pem".into());
+        assert_eq!(c, expected);
         let c = parse(
             "servers = [\"tls://nats:4222\"]\nclient_cert = \"c.pem\"\nclient_key = \"/k.pem\"\n\
              ca = \"ca.pem\"\nreplicas = 3\nstream = \"S\"\nname = \"gw-1\"",

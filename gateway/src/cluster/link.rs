@@ -90,6 +90,11 @@ impl Status {
         Ok(())
     }
 
+    /// Whether the connection to NATS is up now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
     fn problem(&self) -> Option<String> {
         self.problem
             .lock()

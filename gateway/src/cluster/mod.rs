@@ -21,11 +21,13 @@
 //! - retained messages live in a KV bucket (key = topic tokens) that every gateway watches
 //!   into its local [`RetainedStore`] copy;
 //! - revocations, admin kicks and session locations ([`control`]) go through the control
-//!   bucket and a subject every gateway watches.
+//!   bucket and a subject every gateway watches;
+//! - the CRLs the stations publish arrive through the CRL bucket ([`crls`]).
 
 mod backend;
 mod config;
 pub mod control;
+pub mod crls;
 pub mod envelope;
 mod link;
 pub mod subject;
@@ -43,6 +45,7 @@ pub use backend::{Interest, JetStreamBackend, Outbound};
 pub use config::ClusterConfig;
 pub(crate) use config::FileCluster;
 pub use control::{Control, Located, Order};
+pub use crls::{BucketEntry, CrlSource};
 pub use link::Status;
 
 use crate::broker::{BrokerConfig, InProcess, RetainedStore};
@@ -68,6 +71,10 @@ pub struct Cluster {
     done: tokio::sync::watch::Receiver<u64>,
     /// The publish queue to NATS.
     queue: Arc<backend::Queue>,
+    /// The CRLs taken from the CRL bucket.
+    pub crls: Arc<CrlSource>,
+    /// The CRL bucket's values as they arrive, until the gateway takes them to apply them.
+    crl_entries: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<BucketEntry>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -128,11 +135,13 @@ impl Cluster {
     /// [`Status::ready`] and logged, never fatal) and starts the link; returns the hub whose
     /// broker distributes through the cluster. Only unusable settings (TLS files) fail.
     /// `registry`: the gateway's live sessions (revocations and kicks from other gateways
-    /// close them; their locations are published).
+    /// close them; their locations are published); `crls`: where the CRL bucket's values go
+    /// (see [`crls`]).
     pub async fn start(
         config: &ClusterConfig,
         broker: BrokerConfig,
         registry: Registry,
+        crls: Arc<CrlSource>,
     ) -> Result<(Arc<Hub>, Arc<Cluster>), Error> {
         let name = config.name.clone().unwrap_or_else(default_name);
         let status = Arc::new(Status::default());
@@ -204,7 +213,9 @@ impl Cluster {
             &name,
         ));
         let control = Arc::new(Control::default());
+        let (crl_tx, crl_rx) = unbounded_channel();
         let tasks = vec![
+            tokio::spawn(link.clone().watch_crls(crls.clone(), crl_tx)),
             tokio::spawn(link.clone().setup()),
             tokio::spawn(link.clone().publish(out_rx, queue.clone())),
             tokio::spawn(link.clone().interest(int_rx, done_tx)),
@@ -224,6 +235,8 @@ impl Cluster {
             queued,
             queue,
             done,
+            crls,
+            crl_entries: Mutex::new(Some(crl_rx)),
             tasks: Mutex::new(tasks),
         });
         Ok((hub, cluster))
@@ -286,6 +299,14 @@ impl Cluster {
         let refused = self.status.store_failures.swap(0, Ordering::Relaxed);
         metrics.dropped("cluster_unavailable", dropped);
         metrics.broker_event("store_refused", refused);
+    }
+
+    /// The CRL bucket's values as they arrive: given once, to the task that applies them.
+    pub fn take_crl_entries(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<BucketEntry>> {
+        self.crl_entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Stops the link's tasks (the gateway is shutting down).

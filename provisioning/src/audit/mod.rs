@@ -3,10 +3,14 @@
 //! `DIR/audit.log` holds one JSON record per line; each record carries its sequence number
 //! and the SHA-256 of the previous line's exact bytes, so editing, removing or reordering any
 //! record breaks the chain. The hash of the newest line is also kept in the registry database
-//! (`audit_head`), which catches a cut-off tail. At the end of every batch a manifest of the
+//! (`audit_head` in `DIR/registry.sqlite3`; with a shared PostgreSQL registry, `audit_heads`
+//! there, next to a copy of every record: see [`postgres`]), which catches a cut-off tail.
+//! At the end of every batch a manifest of the
 //! issued certificate fingerprints is written and signed with the issuing CA key; its hash is
 //! recorded in the log. `fleet-provision audit verify` checks all of it.
 
+mod postgres;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -19,10 +23,13 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-pub use verify::{verify, Problem, Verified};
+pub(crate) use postgres::insert_log;
+pub use shared::{verify_all_stations, StationProblem, StationVerified};
+pub use verify::{verify, verify_at, Problem, Verified};
 
 use crate::digest::sha256_hex;
 use crate::error::{db as db_err, io as io_err, AuditError, Error};
+use crate::registry::PostgresTarget;
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +89,18 @@ pub enum Event {
     },
     /// Certificates superseded by a renewal whose grace period ended.
     ExpireSuperseded { serials: Vec<String> },
+    /// The station's SQLite registry and this log's records were moved into a shared
+    /// PostgreSQL registry (`fleet-provision registry migrate`).
+    Migrated {
+        /// The shared registry (`postgres://user@host:port/db`, never a password).
+        to: String,
+        /// The station's name there.
+        station: String,
+        devices: usize,
+        certs: usize,
+        /// The records moved with it (all before this one).
+        records: u64,
+    },
     /// What a run found after a crash or failure and how it settled it.
     Recovery {
         /// Reserved serials whose certificates were never delivered (now on the CRL).
@@ -111,9 +130,132 @@ pub struct Manifest {
     pub devices: Vec<(String, String, String)>,
 }
 
+/// Where a station's audit log is anchored.
+#[derive(Debug, Clone, Copy)]
+pub enum AnchorAt<'a> {
+    /// `DIR/registry.sqlite3` (table `audit_head`).
+    StationDir,
+    /// A shared PostgreSQL registry: the anchor and a copy of every record, as `station`.
+    Shared {
+        target: &'a PostgresTarget,
+        station: &'a str,
+    },
+}
+
+/// One appended line: what the anchor needs of it.
+pub(crate) struct Line {
+    seq: u64,
+    prev: String,
+    text: String,
+    hash: String,
+}
+
+/// A station's whole log, read to be moved into a shared registry (`registry migrate`),
+/// with the record that says so.
+pub(crate) struct WholeLog {
+    path: PathBuf,
+    len: u64,
+    pub(crate) lines: Vec<Line>,
+}
+
+impl WholeLog {
+    pub(crate) fn read(dir: &Path) -> Result<WholeLog, Error> {
+        let path = dir.join("audit.log");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let lines = lines_after(&text, 0, GENESIS.to_owned());
+        Ok(WholeLog {
+            len: text.len() as u64,
+            path,
+            lines,
+        })
+    }
+
+    /// Encodes `event` as the record after the last, and appends it durably to the file
+    /// (never anchored here: the caller's transaction holds its anchor).
+    pub(crate) fn append_unanchored(&mut self, event: Event) -> Result<(), Error> {
+        let (seq, prev) = self
+            .lines
+            .last()
+            .map_or((1, GENESIS.to_owned()), |l| (l.seq + 1, l.hash.clone()));
+        let record = Record {
+            seq,
+            ts: time::OffsetDateTime::now_utc().unix_timestamp(),
+            prev: prev.clone(),
+            event,
+        };
+        let text = serde_json::to_string(&record).map_err(AuditError::Encode)?;
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io_err(&self.path))?;
+        file.write_all(format!("{text}\n").as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(io_err(&self.path))?;
+        self.lines.push(Line {
+            seq,
+            prev,
+            hash: line_hash(&text),
+            text,
+        });
+        Ok(())
+    }
+
+    /// Takes back what [`WholeLog::append_unanchored`] appended (its transaction failed).
+    pub(crate) fn truncate_back(&self) -> Result<(), Error> {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(io_err(&self.path))?;
+        f.set_len(self.len)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(&self.path))
+    }
+}
+
+/// The open anchor.
+enum Anchor {
+    Sqlite { db: Connection, path: PathBuf },
+    Postgres(Box<postgres::PgAnchor>),
+}
+
+impl Anchor {
+    fn open(dir: &Path, at: AnchorAt<'_>) -> Result<Anchor, Error> {
+        match at {
+            AnchorAt::StationDir => {
+                let path = dir.join("registry.sqlite3");
+                let db = Connection::open(&path).map_err(db_err(&path))?;
+                Ok(Anchor::Sqlite { db, path })
+            }
+            AnchorAt::Shared { target, station } => Ok(Anchor::Postgres(Box::new(
+                postgres::PgAnchor::open(target, station)?,
+            ))),
+        }
+    }
+
+    /// The anchored record: (seq, hash).
+    fn head(&mut self) -> Result<Option<(u64, String)>, Error> {
+        match self {
+            Anchor::Sqlite { db, path } => anchored(db, path),
+            Anchor::Postgres(pg) => pg.head(),
+        }
+    }
+
+    /// Anchors `lines` (consecutive, following record `after`): SQLite keeps the last one's
+    /// hash; PostgreSQL also a copy of each, in one statement.
+    fn advance(&mut self, after: u64, lines: &[Line]) -> Result<(), Error> {
+        let Some(last) = lines.last() else {
+            return Ok(());
+        };
+        match self {
+            Anchor::Sqlite { db, path } => set_anchor(db, path, last.seq, &last.hash),
+            Anchor::Postgres(pg) => pg.advance(after, lines),
+        }
+    }
+}
+
 struct State {
     file: File,
-    db: Connection,
+    anchor: Anchor,
     seq: u64,
     head: String,
 }
@@ -121,7 +263,8 @@ struct State {
 /// The open audit log of a station.
 pub struct AuditLog {
     path: PathBuf,
-    db_path: PathBuf,
+    /// The shared registry and this station's name there, when anchored in one.
+    shared: Option<(PostgresTarget, String)>,
     state: Mutex<State>,
 }
 
@@ -151,9 +294,16 @@ impl AuditLog {
     /// off and its length returned, for the caller to record. Complete records after the
     /// anchor (a crash between the append and the anchor update) are anchored now.
     pub fn open(dir: &Path) -> Result<(AuditLog, usize), Error> {
+        AuditLog::open_at(dir, AnchorAt::StationDir)
+    }
+
+    /// [`AuditLog::open`] with the anchor at `at`. In a shared registry, records past the
+    /// anchor are copied into it with the anchor; a log the database has never seen is
+    /// refused when `DIR/registry.sqlite3` holds a station registry (it needs
+    /// `registry migrate`).
+    pub fn open_at(dir: &Path, at: AnchorAt<'_>) -> Result<(AuditLog, usize), Error> {
         let path = dir.join("audit.log");
-        let db_path = dir.join("registry.sqlite3");
-        let db = Connection::open(&db_path).map_err(db_err(&db_path))?;
+        let mut anchor = Anchor::open(dir, at)?;
         // Only the end of the log is needed here (a station opens it for every command).
         let (offset, mut text) = read_tail(&path).map_err(io_err(&path))?;
         let torn = cut_torn_line(&path, offset, &mut text)?;
@@ -169,18 +319,22 @@ impl AuditLog {
             }
             None => (0, GENESIS.to_owned()),
         };
-        reconcile_anchor(&db, &db_path, &path, seq, &head)?;
+        reconcile_anchor(&mut anchor, dir, &path, seq, &head)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        let shared = match at {
+            AnchorAt::StationDir => None,
+            AnchorAt::Shared { target, station } => Some((target.clone(), station.to_owned())),
+        };
         let log = AuditLog {
             path,
-            db_path,
+            shared,
             state: Mutex::new(State {
                 file,
-                db,
+                anchor,
                 seq,
                 head,
             }),
@@ -199,18 +353,25 @@ impl AuditLog {
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let (mut seq, mut head) = (st.seq, st.head.clone());
         let mut buf = String::new();
+        let mut lines = Vec::new();
         for event in events {
             seq += 1;
             let record = Record {
                 seq,
                 ts,
-                prev: head,
+                prev: head.clone(),
                 event,
             };
-            let line = serde_json::to_string(&record).map_err(AuditError::Encode)?;
-            head = line_hash(&line);
-            buf.push_str(&line);
+            let text = serde_json::to_string(&record).map_err(AuditError::Encode)?;
+            buf.push_str(&text);
             buf.push('\n');
+            let prev = std::mem::replace(&mut head, line_hash(&text));
+            lines.push(Line {
+                seq,
+                prev,
+                text,
+                hash: head.clone(),
+            });
         }
         if buf.is_empty() {
             return Ok(());
@@ -219,10 +380,19 @@ impl AuditLog {
             .write_all(buf.as_bytes())
             .and_then(|()| st.file.sync_data())
             .map_err(io_err(&self.path))?;
-        set_anchor(&st.db, &self.db_path, seq, &head)?;
+        let after = st.seq;
+        st.anchor.advance(after, &lines)?;
         st.seq = seq;
         st.head = head;
         Ok(())
+    }
+
+    /// Where this log is anchored.
+    pub fn anchor_at(&self) -> AnchorAt<'_> {
+        match &self.shared {
+            None => AnchorAt::StationDir,
+            Some((target, station)) => AnchorAt::Shared { target, station },
+        }
     }
 }
 
@@ -250,13 +420,13 @@ fn cut_torn_line(path: &Path, offset: u64, text: &mut String) -> Result<usize, E
 /// replaced. Records after the anchor (a crash between an append and its anchor update)
 /// are anchored now.
 fn reconcile_anchor(
-    db: &Connection,
-    db_path: &Path,
+    anchor: &mut Anchor,
+    dir: &Path,
     path: &Path,
     seq: u64,
     head: &str,
 ) -> Result<(), Error> {
-    match anchored(db, db_path)? {
+    match anchor.head()? {
         Some((s, hash)) if s > seq || (s == seq && hash != head) => Err(AuditError::CutOff {
             path: path.to_owned(),
             anchored: s,
@@ -278,11 +448,55 @@ fn reconcile_anchor(
                 }
                 .into());
             }
-            set_anchor(db, db_path, seq, head)
+            let lines = lines_after(&full, s, hash);
+            if matches!(anchor, Anchor::Sqlite { .. }) {
+                refuse_migrated(path, &lines)?;
+            }
+            anchor.advance(s, &lines)
         }
-        None if seq > 0 => set_anchor(db, db_path, seq, head),
+        None if seq > 0 => {
+            if let Anchor::Postgres(pg) = anchor {
+                pg.refuse_unmigrated(dir, path)?;
+            }
+            let full = std::fs::read_to_string(path).map_err(io_err(path))?;
+            anchor.advance(0, &lines_after(&full, 0, GENESIS.to_owned()))
+        }
         _ => Ok(()),
     }
+}
+
+/// Past the SQLite anchor, a `Migrated` record: the station runs on the shared registry now
+/// (its SQLite registry was left behind, stale).
+fn refuse_migrated(path: &Path, lines: &[Line]) -> Result<(), Error> {
+    for line in lines {
+        if let Ok(Record {
+            event: Event::Migrated { to, .. },
+            ..
+        }) = serde_json::from_str(&line.text)
+        {
+            return Err(AuditError::Migrated {
+                path: path.to_owned(),
+                to,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The records of `text` after record `after` (whose hash is `head`), to anchor.
+fn lines_after(text: &str, after: u64, mut head: String) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for (i, text) in text.lines().enumerate().skip(after as usize) {
+        let hash = line_hash(text);
+        lines.push(Line {
+            seq: i as u64 + 1,
+            prev: std::mem::replace(&mut head, hash.clone()),
+            text: text.to_owned(),
+            hash,
+        });
+    }
+    lines
 }
 
 /// How much of the log's end `open` reads (records are far smaller).

@@ -25,6 +25,13 @@ fn log_with(dir: &Path, n: u32) -> AuditLog {
     log
 }
 
+fn set_sqlite_anchor(log: &AuditLog, seq: u64, hash: &str) {
+    let Anchor::Sqlite { db, path } = &log.state.lock().unwrap().anchor else {
+        panic!("a station-dir log is anchored in SQLite");
+    };
+    set_anchor(db, path, seq, hash).unwrap();
+}
+
 fn read_lines(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("audit.log"))
         .unwrap()
@@ -220,14 +227,14 @@ fn records_after_the_anchor_are_anchored_on_open_unless_the_anchor_moved() {
     let log = log_with(dir.path(), 3);
     // A crash between an append and its anchor update: the anchor is one record behind.
     let hash2 = line_hash(&read_lines(dir.path())[1]);
-    set_anchor(&log.state.lock().unwrap().db, &log.db_path, 2, &hash2).unwrap();
+    set_sqlite_anchor(&log, 2, &hash2);
     drop(log);
     AuditLog::open(dir.path()).unwrap();
     assert!(problems(dir.path()).is_empty());
 
     // An anchor whose record changed since is refused.
     let log = AuditLog::open(dir.path()).unwrap().0;
-    set_anchor(&log.state.lock().unwrap().db, &log.db_path, 2, GENESIS).unwrap();
+    set_sqlite_anchor(&log, 2, GENESIS);
     drop(log);
     let err = AuditLog::open(dir.path()).err().expect("refused");
     assert!(
@@ -240,12 +247,13 @@ fn records_after_the_anchor_are_anchored_on_open_unless_the_anchor_moved() {
 fn a_garbled_line_and_a_missing_anchor_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let log = log_with(dir.path(), 3);
-    log.state
-        .lock()
-        .unwrap()
-        .db
-        .execute("DELETE FROM audit_head", [])
-        .unwrap();
+    {
+        let st = log.state.lock().unwrap();
+        let Anchor::Sqlite { db, .. } = &st.anchor else {
+            panic!("a station-dir log is anchored in SQLite");
+        };
+        db.execute("DELETE FROM audit_head", []).unwrap();
+    }
     drop(log);
     let mut lines = read_lines(dir.path());
     lines[0] = "{ not json".into();

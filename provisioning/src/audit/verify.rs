@@ -1,5 +1,6 @@
-//! `fleet-provision audit verify`: the chain, its anchor in the registry, and every signed
-//! batch manifest, each problem found named as what it is.
+//! `fleet-provision audit verify`: the chain, its anchor in the registry (and, in a shared
+//! one, the registry's copy of every record), and every signed batch manifest, each problem
+//! found named as what it is.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -7,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::{anchored, line_hash, Event, Manifest, Record, GENESIS};
+use super::postgres::{DbRecord, PgAnchor};
+use super::{anchored, line_hash, AnchorAt, Event, Manifest, Record, GENESIS};
 use crate::digest::sha256_hex;
 
 /// What `verify` found intact.
@@ -37,6 +39,14 @@ pub enum Problem {
     NoAnchor,
     /// The registry cannot be read.
     Registry { path: PathBuf, reason: String },
+    /// A record's hash in the shared registry is not the SHA-256 of its line there: the
+    /// line (or the hash) was edited in the database.
+    HashMismatch { record: u64 },
+    /// The station's log and the shared registry's copy of a record differ.
+    CopyDiffers { record: u64 },
+    /// The shared registry anchors a record whose copy (or the copy of one before it) it
+    /// does not hold: rows deleted in the database.
+    CopyMissing { record: u64 },
     /// A manifest the log records, or its signature, is missing.
     ManifestMissing { record: u64, path: PathBuf },
     /// A manifest does not match the hash the log recorded for it.
@@ -71,6 +81,18 @@ impl fmt::Display for Problem {
             ),
             Problem::NoAnchor => write!(f, "the registry holds no audit anchor"),
             Problem::Registry { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Problem::HashMismatch { record } => write!(
+                f,
+                "record {record}: the registry's hash is not the SHA-256 of its line (edited in the database)"
+            ),
+            Problem::CopyDiffers { record } => write!(
+                f,
+                "record {record}: the log's line differs from the registry's copy"
+            ),
+            Problem::CopyMissing { record } => write!(
+                f,
+                "record {record}: anchored in the registry, but its copy there is missing (deleted in the database)"
+            ),
             Problem::ManifestMissing { record, path } => write!(
                 f,
                 "record {record}: manifest {} or its signature is missing",
@@ -97,20 +119,30 @@ impl fmt::Display for Problem {
 }
 
 /// What walking the chain collected.
-struct Chain {
+pub(super) struct Chain {
     /// Records in the log.
-    count: u64,
+    pub(super) count: u64,
     /// `hashes[n]`: the hash of record n (`hashes[0]`: the genesis hash).
     hashes: Vec<String>,
     /// (device id, fingerprint) of every issue record.
     issued: HashSet<(String, String)>,
     /// (record, batch, SHA-256) of every manifest record.
-    manifests: Vec<(u64, String, String)>,
+    pub(super) manifests: Vec<(u64, String, String)>,
 }
 
 /// Checks the chain, its anchor, and every batch manifest and its signature.
 /// `issuing_cert_der`: the CA whose key signs manifests.
 pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<Problem>> {
+    verify_at(dir, issuing_cert_der, AnchorAt::StationDir)
+}
+
+/// [`verify`] with the anchor at `at`; in a shared registry the log is also compared with
+/// the registry's copy of each record.
+pub fn verify_at(
+    dir: &Path,
+    issuing_cert_der: &[u8],
+    at: AnchorAt<'_>,
+) -> Result<Verified, Vec<Problem>> {
     let path = dir.join("audit.log");
     let text = std::fs::read_to_string(&path).map_err(|e| {
         vec![Problem::Unreadable {
@@ -119,8 +151,30 @@ pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<Probl
         }]
     })?;
     let mut problems = Vec::new();
-    let chain = walk_chain(&text, &mut problems);
-    check_anchor(dir, &chain, &mut problems);
+    let chain = walk_chain(text.lines(), &mut problems);
+    match at {
+        AnchorAt::StationDir => check_anchor(dir, &chain, &mut problems),
+        AnchorAt::Shared { target, station } => {
+            let shared = PgAnchor::open(target, station).and_then(|mut pg| pg.all(Some(station)));
+            match shared {
+                Ok(copy) => {
+                    let rows = copy.records;
+                    let head = copy
+                        .heads
+                        .into_iter()
+                        .next()
+                        .map(|(_, seq, hash)| (seq, hash));
+                    let anchored = head.as_ref().map_or(0, |h| h.0);
+                    problems.extend(anchor_problem(head, &chain, false));
+                    compare_copy(&text, &rows, anchored, &mut problems);
+                }
+                Err(e) => problems.push(Problem::Registry {
+                    path: PathBuf::from(target.to_string()),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
     let devices = check_manifests(dir, issuing_cert_der, &chain, &mut problems);
     if problems.is_empty() {
         Ok(Verified {
@@ -133,7 +187,30 @@ pub fn verify(dir: &Path, issuing_cert_der: &[u8]) -> Result<Verified, Vec<Probl
     }
 }
 
-fn walk_chain(text: &str, problems: &mut Vec<Problem>) -> Chain {
+/// Each record both the log and the registry's copy hold must be the same line, and the
+/// copy hold every record up to the `anchored` one.
+fn compare_copy(text: &str, rows: &[DbRecord], anchored: u64, problems: &mut Vec<Problem>) {
+    let held: HashSet<i64> = rows.iter().map(|r| r.seq).collect();
+    if let Some(record) = (1..=anchored).find(|n| !held.contains(&(*n as i64))) {
+        problems.push(Problem::CopyMissing { record });
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    for row in rows {
+        let Some(line) = usize::try_from(row.seq - 1).ok().and_then(|i| lines.get(i)) else {
+            continue;
+        };
+        if *line != row.line {
+            problems.push(Problem::CopyDiffers {
+                record: row.seq as u64,
+            });
+        }
+    }
+}
+
+pub(super) fn walk_chain<'a>(
+    lines: impl Iterator<Item = &'a str>,
+    problems: &mut Vec<Problem>,
+) -> Chain {
     let mut chain = Chain {
         count: 0,
         hashes: vec![GENESIS.to_owned()],
@@ -141,7 +218,7 @@ fn walk_chain(text: &str, problems: &mut Vec<Problem>) -> Chain {
         manifests: Vec::new(),
     };
     let mut head = GENESIS.to_owned();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in lines.enumerate() {
         let n = i as u64 + 1;
         match serde_json::from_str::<Record>(line) {
             Err(e) => problems.push(Problem::NotARecord {
@@ -186,24 +263,34 @@ fn check_anchor(dir: &Path, chain: &Chain, problems: &mut Vec<Problem>) {
         .map_err(|e| e.to_string())
         .and_then(|db| anchored(&db, &db_path).map_err(|e| e.to_string()))
     {
-        Ok(Some((seq, hash))) => {
-            // Records past the anchor are an append interrupted before anchoring (the next
-            // station run anchors them); they still have to chain.
-            let anchored_here =
-                seq <= chain.count && chain.hashes.get(seq as usize).is_some_and(|h| *h == hash);
-            if !anchored_here {
-                problems.push(Problem::AnchorMismatch {
-                    anchored: seq,
-                    last: chain.count,
-                });
-            }
-        }
-        Ok(None) if chain.count > 0 => problems.push(Problem::NoAnchor),
-        Ok(None) => {}
+        Ok(head) => problems.extend(anchor_problem(head, chain, false)),
         Err(reason) => problems.push(Problem::Registry {
             path: db_path,
             reason,
         }),
+    }
+}
+
+/// What is wrong with anchor `head` (seq, hash) for `chain`. Unless `exact`, records past
+/// the anchor are an append interrupted before anchoring (the next station run anchors
+/// them; they still have to chain); `exact`: the anchor must be the last record.
+pub(super) fn anchor_problem(
+    head: Option<(u64, String)>,
+    chain: &Chain,
+    exact: bool,
+) -> Option<Problem> {
+    match head {
+        Some((seq, hash)) => {
+            let anchored_here = seq <= chain.count
+                && (!exact || seq == chain.count)
+                && chain.hashes.get(seq as usize).is_some_and(|h| *h == hash);
+            (!anchored_here).then_some(Problem::AnchorMismatch {
+                anchored: seq,
+                last: chain.count,
+            })
+        }
+        None if chain.count > 0 => Some(Problem::NoAnchor),
+        None => None,
     }
 }
 

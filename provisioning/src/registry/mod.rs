@@ -10,11 +10,14 @@
 //! are turned `aborted` by the next run (their serials go on the CRL, in case the certificate
 //! was signed before the crash).
 
+mod notify;
 mod postgres;
 mod target;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use postgres::{pg_err, Conn};
+pub use notify::{RevocationFeed, RevocationWatch};
 pub use postgres::{PostgresRegistry, StationIdentity};
 pub use target::{PostgresTarget, RegistryLocation};
 
@@ -131,6 +134,11 @@ pub trait Registry {
     fn cert_der(&self, serial_hex: &str) -> Result<Option<Vec<u8>>, Error>;
     /// Revokes every active and superseded certificate of a device; returns them.
     fn revoke_device(&mut self, device_id: &str, reason: &str) -> Result<Vec<CertRecord>, Error>;
+    /// Where to hear of revocations other stations make of this station's certificates (a
+    /// shared registry only; see [`notify`]).
+    fn revocation_watch(&self) -> Option<RevocationWatch> {
+        None
+    }
     /// Revokes (reason superseded) certificates superseded at or before `cutoff` (in a
     /// shared registry: those of this station's issuing CA).
     fn expire_superseded(&mut self, cutoff: i64) -> Result<Vec<CertRecord>, Error>;

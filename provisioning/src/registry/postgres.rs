@@ -27,11 +27,14 @@ use crate::error::{Busy, Error};
 mod bulk;
 
 /// The schema, in order: (version, name, SQL). Applied at open, each once, under a lock.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "shared registry",
-    include_str!("migrations/0001_shared_registry.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "shared registry",
+        include_str!("migrations/0001_shared_registry.sql"),
+    ),
+    (2, "audit", include_str!("migrations/0002_audit.sql")),
+];
 
 /// The advisory lock stations take while migrating (any constant the fleet agrees on).
 const MIGRATION_LOCK: i64 = 0x666c_6565_7472_6567; // "fleetreg"
@@ -53,10 +56,11 @@ pub struct PostgresRegistry {
     conn: Mutex<Conn>,
     at: String,
     me: StationIdentity,
+    target: PostgresTarget,
 }
 
-/// The client, used and dropped off any tokio runtime.
-struct Conn(Option<Client>);
+/// The client, used and dropped off any tokio runtime (the audit log's anchor has one too).
+pub(crate) struct Conn(pub(crate) Option<Client>);
 
 fn in_runtime() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
@@ -65,7 +69,7 @@ fn in_runtime() -> bool {
 impl Conn {
     /// Runs `f` with the client: on this thread, or on a scoped thread of its own when this
     /// one is inside a tokio runtime (the client blocks on a runtime of its own).
-    fn run<T: Send>(
+    pub(crate) fn run<T: Send>(
         &mut self,
         at: &str,
         f: impl FnOnce(&mut Client) -> Result<T, Error> + Send,
@@ -127,6 +131,7 @@ impl PostgresRegistry {
             conn: Mutex::new(conn),
             at,
             me,
+            target: target.clone(),
         };
         reg.with_tx(migrate)?;
         Ok(reg)
@@ -166,7 +171,7 @@ impl PostgresRegistry {
 }
 
 impl Conn {
-    fn connect(target: &PostgresTarget, at: &str) -> Result<Client, Error> {
+    pub(crate) fn connect(target: &PostgresTarget, at: &str) -> Result<Client, Error> {
         let connect = || match &target.tls {
             Some(tls) => target.config.connect(tls.clone()),
             None => target.config.connect(postgres::NoTls),
@@ -345,6 +350,13 @@ impl Registry for PostgresRegistry {
         })
     }
 
+    fn revocation_watch(&self) -> Option<super::RevocationWatch> {
+        Some(super::RevocationWatch {
+            target: self.target.clone(),
+            me: self.me.clone(),
+        })
+    }
+
     fn revoke_device(&mut self, device_id: &str, reason: &str) -> Result<Vec<CertRecord>, Error> {
         self.with_tx(|tx, ctx| {
             let certs = select(
@@ -361,6 +373,7 @@ impl Registry for PostgresRegistry {
                 &[&device_id, &at, &reason],
             )
             .map_err(pg_err(ctx.at))?;
+            super::notify::notify_revoked(tx, ctx.at, ctx.me, device_id, at)?;
             Ok(mark_revoked(live, Status::Revoked, at, reason))
         })
     }

@@ -27,6 +27,7 @@ mod error;
 mod issue;
 mod openapi;
 mod renew;
+mod revocations;
 mod routes;
 mod tls;
 
@@ -181,6 +182,21 @@ impl Server {
         let mut connections = JoinSet::new();
         let mut expiry = tokio::time::interval(EXPIRY_INTERVAL);
         expiry.tick().await;
+        // Revocations of this station's certificates by other stations (shared registry).
+        let (wake, mut revoked_elsewhere) = tokio::sync::mpsc::unbounded_channel();
+        let watch = self
+            .shared
+            .station
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .revocation_watch();
+        let _idle = match watch {
+            Some(watch) => {
+                revocations::listen(watch, wake);
+                None
+            }
+            None => Some(wake),
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -189,6 +205,12 @@ impl Server {
                     let grace = self.shared.options.grace;
                     if let Err(e) = self.shared.with_station(move |s| s.expire_superseded(grace)).await {
                         tracing::error!("expiring superseded certificates: {}", e.message);
+                    }
+                }
+                Some(()) = revoked_elsewhere.recv() => {
+                    while revoked_elsewhere.try_recv().is_ok() {}
+                    if let Err(e) = self.shared.with_station(|s| s.write_crl().map(drop)).await {
+                        tracing::error!("a CRL after another station's revocation: {}", e.message);
                     }
                 }
                 accepted = self.listener.accept() => {

@@ -9,6 +9,7 @@ use crate::digest::sha256_hex;
 use crate::error::Error;
 use crate::fs::write_file;
 use crate::pki::{self, CrlEntry};
+use crate::publish::{issuer_key, PublishError, Publisher};
 
 /// How long a CRL is current (its nextUpdate); `serve` and `fleet-provision crl` renew it.
 const CRL_DAYS: i64 = 7;
@@ -39,7 +40,52 @@ impl Station {
             revoked: entries.len(),
             sha256: sha256_hex(pem.as_bytes()),
         })?;
+        self.publish_crl(number, pem.as_bytes());
         Ok(path)
+    }
+
+    /// Publishes every CRL written from now on to `publisher` too (see [`crate::publish`]).
+    pub fn publish_crls_to(&mut self, publisher: Option<Publisher>) {
+        self.publisher = publisher;
+    }
+
+    /// Why the last CRL written was not published (taken: asked once). The CRL is in the
+    /// file and its revocations in the registry all the same.
+    pub fn take_publish_failure(&mut self) -> Option<PublishError> {
+        self.unpublished.take()
+    }
+
+    /// Puts the CRL just written into the cluster's CRL bucket, if the station publishes;
+    /// a failure is logged and kept for [`Station::take_publish_failure`].
+    fn publish_crl(&mut self, number: u64, pem_bytes: &[u8]) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        let key = issuer_key(&self.issuing.cert_der);
+        let result = match pem::parse(pem_bytes) {
+            Ok(p) => publisher.publish(&key, p.contents()),
+            Err(e) => Err(PublishError {
+                server: publisher.server.clone(),
+                bucket: publisher.bucket.clone(),
+                detail: format!("the CRL just written is not PEM: {e}"),
+            }),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(number, key, bucket = publisher.bucket, "CRL published");
+                self.unpublished = None;
+            }
+            Err(e) => {
+                tracing::error!(number, "{e}; the CRL file and the registry have it");
+                self.unpublished = Some(e);
+            }
+        }
+    }
+
+    /// Where to hear of revocations other stations make of this station's certificates
+    /// (a shared registry only).
+    pub fn revocation_watch(&self) -> Option<crate::registry::RevocationWatch> {
+        self.registry.revocation_watch()
     }
 
     /// The number of the last CRL the station wrote (0 before the first).

@@ -3,17 +3,17 @@
 
 use std::path::Path;
 
-use super::open::open_registry;
+use super::open::{open_registry, station_name};
 use super::Station;
 use crate::audit;
 use crate::error::Error;
 use crate::pki::CaCert;
-use crate::registry::{CertRecord, RegistryLocation};
+use crate::registry::{CertRecord, PostgresTarget, RegistryLocation};
 
 impl Station {
     /// Checks the audit chain, its anchor and every signed batch manifest.
     pub fn verify_audit(&self) -> Result<audit::Verified, Vec<audit::Problem>> {
-        audit::verify(&self.dir, &self.issuing.cert_der)
+        audit::verify_at(&self.dir, &self.issuing.cert_der, self.audit.anchor_at())
     }
 
     /// Every certificate in the registry.
@@ -86,10 +86,68 @@ pub fn list_registry_at(
 
 /// Checks the audit log of a station directory without opening its CA key.
 pub fn verify_audit_dir(dir: &Path) -> Result<audit::Verified, Vec<audit::Problem>> {
+    verify_audit_dir_at(dir, &RegistryLocation::StationDir)
+}
+
+/// [`verify_audit_dir`] with the anchor where the registry at `registry` keeps it (a shared
+/// registry: also the registry's copy of each record).
+pub fn verify_audit_dir_at(
+    dir: &Path,
+    registry: &RegistryLocation,
+) -> Result<audit::Verified, Vec<audit::Problem>> {
+    let cert = issuing_cert(dir).map_err(|p| vec![p])?;
+    match registry {
+        RegistryLocation::StationDir => audit::verify(dir, &cert),
+        RegistryLocation::Postgres(target) => {
+            let station = local_station(dir).map_err(|p| vec![p])?;
+            let at = audit::AnchorAt::Shared {
+                target,
+                station: &station,
+            };
+            audit::verify_at(dir, &cert, at)
+        }
+    }
+}
+
+/// Checks every station's audit chain in the shared registry at `target`, and the log and
+/// manifests of the station in `dir` (see [`audit::verify_all_stations`]).
+pub fn verify_all_stations(
+    dir: &Path,
+    target: &PostgresTarget,
+) -> Result<Vec<audit::StationVerified>, Vec<audit::StationProblem>> {
+    let local = |problem| {
+        vec![audit::StationProblem {
+            station: station_name(dir, false).unwrap_or_default(),
+            problem,
+        }]
+    };
+    let cert = issuing_cert(dir).map_err(local)?;
+    let station = local_station(dir).map_err(local)?;
+    audit::verify_all_stations(dir, &cert, target, &station)
+}
+
+/// The DER of the station's issuing CA certificate.
+fn issuing_cert(dir: &Path) -> Result<Vec<u8>, audit::Problem> {
     let path = dir.join("ca/issuing.pem");
-    let cert = std::fs::read_to_string(&path)
+    std::fs::read_to_string(&path)
         .map_err(|e| e.to_string())
         .and_then(|t| CaCert::from_pem(&t))
-        .map_err(|reason| vec![audit::Problem::Unreadable { path, reason }])?;
-    audit::verify(dir, &cert.cert_der)
+        .map(|c| c.cert_der)
+        .map_err(|reason| audit::Problem::Unreadable { path, reason })
+}
+
+/// The name of the station in `dir` in a shared registry (it must have one).
+fn local_station(dir: &Path) -> Result<String, audit::Problem> {
+    let path = dir.join("station-name");
+    match station_name(dir, false) {
+        Ok(name) if !name.is_empty() => Ok(name),
+        Ok(_) => Err(audit::Problem::Unreadable {
+            path,
+            reason: "missing: this directory has never opened a shared registry".into(),
+        }),
+        Err(e) => Err(audit::Problem::Unreadable {
+            path,
+            reason: e.to_string(),
+        }),
+    }
 }

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 pub use bundle::bundle_to_pem;
 pub use certify::{Certified, CsrInput, CsrRequest};
 pub use issue::{BatchRequest, DeviceIssued};
-pub use lookup::{list_registry, list_registry_at, verify_audit_dir};
+pub use lookup::{
+    list_registry, list_registry_at, verify_all_stations, verify_audit_dir, verify_audit_dir_at,
+};
 pub use open::{station_name, ImportFiles, KeyProtection};
 pub use recover::Recovered;
 pub use renew::RenewalPolicy;
@@ -58,6 +60,10 @@ pub struct Station {
     recovered: Recovered,
     /// Held for the station's lifetime: one writer per directory keeps the audit chain whole.
     _lock: std::fs::File,
+    /// Where every CRL written is also published (the gateway cluster's NATS), if anywhere.
+    publisher: Option<crate::publish::Publisher>,
+    /// Why the last CRL written was not published, until taken.
+    unpublished: Option<crate::publish::PublishError>,
 }
 
 impl Station {

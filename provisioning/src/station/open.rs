@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{check_name, Recovered, Station};
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AnchorAt, AuditLog, Event};
 use crate::digest::sha256_hex;
 use crate::error::Error;
 use crate::fs::{lock_station, read_to_string, write_file};
@@ -145,8 +145,9 @@ impl Station {
             .not_after
             .to_datetime();
         let lock = lock_station(dir)?;
-        let registry = open_registry(dir, &issuing.cert_der, registry, true)?;
-        let (audit, torn_bytes) = AuditLog::open(dir)?;
+        let at = registry;
+        let registry = open_registry(dir, &issuing.cert_der, at, true)?;
+        let (audit, torn_bytes) = open_audit(dir, at)?;
         let mut station = Station {
             dir: dir.to_owned(),
             root,
@@ -156,9 +157,29 @@ impl Station {
             audit,
             recovered: Recovered::default(),
             _lock: lock,
+            publisher: None,
+            unpublished: None,
         };
         station.recovered = station.recover(torn_bytes)?;
         Ok(station)
+    }
+}
+
+/// The station's audit log, anchored where its registry is (a shared registry knows the
+/// station by its name, made by [`open_registry`]).
+fn open_audit(dir: &Path, at: &RegistryLocation) -> Result<(AuditLog, usize), Error> {
+    match at {
+        RegistryLocation::StationDir => AuditLog::open(dir),
+        RegistryLocation::Postgres(target) => {
+            let station = station_name(dir, false)?;
+            AuditLog::open_at(
+                dir,
+                AnchorAt::Shared {
+                    target,
+                    station: &station,
+                },
+            )
+        }
     }
 }
 

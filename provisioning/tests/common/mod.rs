@@ -23,6 +23,19 @@ pub fn station(dir: &Path) -> Station {
     Station::init(dir, "Acme Corp", KeyProtection::InsecurePlaintext).expect("init")
 }
 
+/// The arguments of `batch` issuing `count` devices of tenant acme for gateway gw.test.
+pub fn batch_args(count: &str) -> [&str; 7] {
+    [
+        "batch",
+        "--count",
+        count,
+        "--tenant",
+        "acme",
+        "--gateway-host",
+        "gw.test",
+    ]
+}
+
 /// Runs the `fleet-provision` binary on `dir`.
 pub fn cli(dir: &Path, args: &[&str]) -> Output {
     cli_env(dir, args, &[])

@@ -11,7 +11,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -299,25 +298,7 @@ fn spawn_gateway(
         .expect("the gateway binary starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let process = Process(child);
-    // Its first line names the address; read it on a thread so the wait is bounded.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut first = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut first);
-        let _ = tx.send(first);
-    });
-    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-    let addr = first
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the gateway did not start: {first:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+    let addr = crate::gateway_address(stdout, &log);
     (addr, log, process, crl)
 }
 

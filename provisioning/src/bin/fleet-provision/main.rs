@@ -2,6 +2,7 @@
 //! its own function.
 
 mod bundle;
+mod publish;
 mod registry;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ struct Cli {
     passphrase_file: Option<PathBuf>,
     #[command(flatten)]
     registry: registry::RegistryArgs,
+    #[command(flatten)]
+    publish: publish::PublishArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,6 +108,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// The device registry itself.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
     },
 }
 
@@ -225,8 +233,14 @@ struct ImportArgs {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain, its anchor in the registry and every signed batch manifest.
-    Verify,
+    /// Check the hash chain, its anchor in the registry and every signed batch manifest
+    /// (with a shared registry: also the registry's copy of every record).
+    Verify {
+        /// Check every station's chain in the shared registry (`--registry postgres://...`),
+        /// from the records the stations copied there.
+        #[arg(long)]
+        all_stations: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,13 +311,15 @@ struct Context {
     dir: PathBuf,
     pass: Option<Passphrase>,
     registry: RegistryLocation,
+    publisher: Option<fleet_provision::publish::Publisher>,
 }
 
 impl Context {
     /// Opens the station, telling the operator what an interrupted run left and how it was
     /// settled.
     fn open(&self) -> Result<Station, Error> {
-        let station = Station::open_at(&self.dir, self.pass.as_ref(), &self.registry)?;
+        let mut station = Station::open_at(&self.dir, self.pass.as_ref(), &self.registry)?;
+        station.publish_crls_to(self.publisher.clone());
         let r = station.recovered();
         if !r.aborted.is_empty() || r.torn_bytes > 0 {
             eprintln!(
@@ -321,9 +337,15 @@ impl Context {
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
+    let registry = match &cli.command {
+        // `registry migrate` names its registry with --to.
+        Command::Registry { .. } => RegistryLocation::StationDir,
+        _ => cli.registry.location()?,
+    };
     let ctx = Context {
         pass: passphrase(cli.passphrase_file.as_deref())?,
-        registry: cli.registry.location()?,
+        registry,
+        publisher: cli.publish.publisher()?,
         dir: cli.dir,
     };
     match cli.command {
@@ -348,8 +370,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Bundle { command } => bundle::bundle(command),
         Command::Revoke { device, reason } => revoke(&ctx, &device, &reason),
         Command::Audit {
-            command: AuditCommand::Verify,
-        } => audit_verify(&ctx),
+            command: AuditCommand::Verify { all_stations },
+        } => audit_verify(&ctx, all_stations),
+        Command::Registry { command } => registry::registry(&cli.registry, command),
         Command::Crl { grace_hours } => crl(&ctx, grace_hours),
         Command::Devices { device } => devices(&ctx, device.as_deref()),
     }
@@ -615,12 +638,15 @@ fn revoke(ctx: &Context, device: &str, reason: &str) -> Result<(), Error> {
         );
     }
     println!("CRL written to {}", revoked.crl_path.display());
-    Ok(())
+    publish::check(&mut station)
 }
 
 /// `audit verify`
-fn audit_verify(ctx: &Context) -> Result<(), Error> {
-    match fleet_provision::verify_audit_dir(&ctx.dir) {
+fn audit_verify(ctx: &Context, all_stations: bool) -> Result<(), Error> {
+    if all_stations {
+        return registry::verify_all_stations(&ctx.dir, &ctx.registry);
+    }
+    match fleet_provision::verify_audit_dir_at(&ctx.dir, &ctx.registry) {
         Ok(v) => {
             println!(
                 "audit log OK: {} records, {} signed batch manifests covering {} devices",
@@ -652,7 +678,7 @@ fn crl(ctx: &Context, grace_hours: u32) -> Result<(), Error> {
         );
     }
     println!("CRL written to {}", station.write_crl()?.display());
-    Ok(())
+    publish::check(&mut station)
 }
 
 /// `devices`
