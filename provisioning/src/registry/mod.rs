@@ -16,8 +16,8 @@ mod target;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use postgres::{pg_err, Conn};
 pub use notify::{RevocationFeed, RevocationWatch};
+pub(crate) use postgres::{pg_err, Conn};
 pub use postgres::{PostgresRegistry, StationIdentity};
 pub use target::{PostgresTarget, RegistryLocation};
 
