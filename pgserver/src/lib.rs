@@ -40,6 +40,8 @@ pub struct Options {
     pub fsync: bool,
     /// `max_connections` (default 60).
     pub max_connections: Option<u32>,
+    /// More server settings, `name=value` each (e.g. `shared_preload_libraries=pg_stat_statements`).
+    pub settings: Vec<String>,
 }
 
 /// Why the server could not be started.
@@ -167,6 +169,9 @@ impl PgServer {
             format!("max_connections={}", options.max_connections.unwrap_or(60)),
         ]
         .into();
+        for setting in &options.settings {
+            args.extend(["-c".to_owned(), setting.clone()]);
+        }
         if let Some((cert, key)) = &options.tls {
             args.extend(tls_only(&data, cert, key, owner)?);
         }
@@ -235,26 +240,38 @@ impl PgServer {
 
     /// Creates database `db` (with `psql`) and returns its URL (without the password).
     pub fn database(&self, db: &str) -> Result<String, StartError> {
+        self.psql("postgres", &format!("CREATE DATABASE {db}"))?;
+        Ok(self.url(db))
+    }
+
+    /// Runs `sql` on database `db` with `psql`; returns what it printed, unaligned, tuples
+    /// only, fields separated by `|`.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, StartError> {
         let out = Command::new(Path::new(PG_BIN).join("psql"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
-            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c"])
-            .arg(format!("CREATE DATABASE {db}"))
+            .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-c"])
+            .arg(sql)
             .env("PGPASSWORD", &self.password)
             .env("PGSSLMODE", "prefer")
             .output()
             .map_err(fail("psql"))?;
         if !out.status.success() {
             return Err(StartError(format!(
-                "create database {db}: {}",
+                "{sql}: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        Ok(self.url(db))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The URL of database `db` (without the password).
     pub fn url(&self, db: &str) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The PID of the server's postmaster (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The server's temp directory (its data directory is `data` in it).

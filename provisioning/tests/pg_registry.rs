@@ -1,13 +1,20 @@
-//! The shared registry on a real PostgreSQL 15 server of the test's own: the semantics of
-//! the SQLite registry (reservation, duplicates, all or nothing, activation, revocation,
-//! look-ups, crash leftovers, CRL numbers, renewals), then what sharing adds: stations
-//! reserving at once, each aborting only its own leftovers, CRLs and their numbers per
-//! issuing CA, and the schema migrations. One server for the file, one database per case.
+//! The shared registry on a real PostgreSQL 15 server of the test's own: the registry's
+//! semantics (the same case bodies as the SQLite registry, common/registry_cases.rs), then
+//! what sharing adds: devices, serials and renewals fleet-wide, a station activating and
+//! aborting only its own reservations, revocation from any station, expiry, CRLs and their
+//! numbers per issuing CA, stations reserving at once, and the schema migrations. One
+//! server for the file, one database per case.
 
 mod common;
 
+#[path = "common/registry_cases.rs"]
+mod cases;
+
 use std::collections::HashSet;
 
+use cases::{
+    activation, assert_duplicate, assert_not_reserved, reservation, serials, statuses, Backend,
+};
 use common::pg::{self, PgServer};
 use fleet_provision::registry::{
     Activation, DeviceId, PostgresRegistry, Registry, Reservation, StationIdentity, Status,
@@ -26,125 +33,66 @@ fn open(target: &PostgresTarget, station: &str, issuer: &str) -> PostgresRegistr
     PostgresRegistry::open(target, me(station, issuer)).expect("open the shared registry")
 }
 
-fn reservation(serial: &str, device: DeviceId) -> Reservation {
-    Reservation {
-        tenant: "acme".into(),
-        batch: "batch-1".into(),
-        serial_hex: serial.into(),
-        device,
-    }
-}
+/// A database of its own; `open` connects as station s1 of issuing CA ca1.
+struct Pg(PostgresTarget);
 
-fn activation(device_id: &str, serial: &str) -> Activation {
-    Activation {
-        device_id: device_id.into(),
-        serial_hex: serial.into(),
-        fingerprint_hex: format!("fp-{serial}"),
-        not_after: 2_000_000_000,
-        cert_der: vec![0x30, serial.len() as u8],
-    }
-}
+impl Backend for Pg {
+    type Reg = PostgresRegistry;
 
-fn statuses(reg: &PostgresRegistry, device_id: &str) -> Vec<Status> {
-    reg.device(device_id)
-        .unwrap()
-        .iter()
-        .map(|c| c.status)
-        .collect()
+    fn open(&self) -> PostgresRegistry {
+        open(&self.0, "s1", "ca1")
+    }
+
+    /// A database constraint: the serial is the primary key.
+    fn duplicate_serial(&self, err: &Error) -> bool {
+        matches!(err, Error::SharedRegistry { .. }) && err.to_string().contains("certs_pkey")
+    }
 }
 
 #[test]
-fn the_shared_registry_keeps_the_registry_semantics_across_stations() {
+fn the_shared_registry_keeps_the_registry_semantics() {
     let Some(pg) = pg::start() else { return };
-    reservations_allocate_next_ids_and_survive_a_reopen(&pg::target(&pg, "next_ids"));
-    duplicates_are_refused_all_or_nothing(&pg::target(&pg, "duplicates"));
-    activation_supersedes_and_revocation_takes_every_live_certificate(&pg::target(
-        &pg,
-        "lifecycle",
-    ));
-    look_ups_and_expiry(&pg::target(&pg, "look_ups"));
-    renewals_are_counted_per_device(&pg::target(&pg, "renewals"));
+    cases::run_all(|case| Pg(pg::target(&pg, case)));
+}
+
+#[test]
+fn the_shared_registry_is_one_fleet_wide_with_its_stations_and_issuing_cas() {
+    let Some(pg) = pg::start() else { return };
+    devices_and_serials_are_fleet_wide(&pg::target(&pg, "fleet_wide"));
+    a_station_activates_its_own_and_any_station_revokes(&pg::target(&pg, "lifecycle"));
+    expiry_is_per_issuing_ca_and_renewals_fleet_wide(&pg::target(&pg, "expiry"));
     stations_reserving_at_once_never_share_an_id(&pg::target(&pg, "concurrent"));
     a_station_aborts_only_its_own_reservations(&pg::target(&pg, "abort"));
     crls_and_their_numbers_are_per_issuing_ca(&pg::target(&pg, "crl"));
     migrations_apply_once_and_a_newer_schema_is_refused(&pg, &pg::target(&pg, "schema"));
 }
 
-fn reservations_allocate_next_ids_and_survive_a_reopen(t: &PostgresTarget) {
-    let mut reg = open(t, "s1", "ca1");
-    let ids = reg
-        .reserve(&[
-            reservation("01", DeviceId::Next),
-            reservation("02", DeviceId::New("acme-000002".into())),
-            reservation("03", DeviceId::Next),
-        ])
-        .unwrap();
-    // An id given explicitly is skipped by the counter.
-    assert_eq!(ids, ["acme-000001", "acme-000002", "acme-000003"]);
-    drop(reg);
-    let mut reg = open(t, "s1", "ca1");
-    assert_eq!(
-        reg.reserve(&[reservation("04", DeviceId::Next)]).unwrap(),
-        ["acme-000004"]
-    );
-    let row = reg.cert("04").unwrap().unwrap();
-    assert_eq!(row.status, Status::Reserved);
-    assert_eq!(
-        (row.tenant.as_str(), row.batch.as_str()),
-        ("acme", "batch-1")
-    );
-    assert_eq!(row.fingerprint_hex, None);
-    assert_eq!(reg.cert_der("04").unwrap(), None, "nothing delivered yet");
-}
-
-fn duplicates_are_refused_all_or_nothing(t: &PostgresTarget) {
+fn devices_and_serials_are_fleet_wide(t: &PostgresTarget) {
     let mut reg = open(t, "s1", "ca1");
     reg.reserve(&[reservation("01", DeviceId::New("board-1".into()))])
         .unwrap();
-    let taken = reg
-        .reserve(&[
-            reservation("02", DeviceId::New("board-2".into())),
-            reservation("03", DeviceId::New("board-1".into())),
-        ])
-        .unwrap_err();
-    assert!(
-        matches!(taken, Error::DuplicateDevice(ref id) if id == "board-1"),
-        "{taken}"
-    );
-    let twice = reg
-        .reserve(&[
-            reservation("04", DeviceId::New("board-3".into())),
-            reservation("05", DeviceId::New("board-3".into())),
-        ])
-        .unwrap_err();
-    assert!(matches!(twice, Error::DuplicateDevice(_)), "{twice}");
-    let unknown = reg
-        .reserve(&[reservation("06", DeviceId::Existing("board-9".into()))])
-        .unwrap_err();
-    assert!(
-        matches!(unknown, Error::UnknownDevice(ref id) if id == "board-9"),
-        "{unknown}"
-    );
+    let taken = reg.reserve(&[
+        reservation("02", DeviceId::New("board-2".into())),
+        reservation("03", DeviceId::New("board-1".into())),
+    ]);
+    assert_duplicate(taken, "board-1");
     // Another station sees the same devices: board-1 is taken fleet-wide.
     let mut other = open(t, "s2", "ca2");
-    let elsewhere = other
-        .reserve(&[reservation("07", DeviceId::New("board-1".into()))])
-        .unwrap_err();
-    assert!(
-        matches!(elsewhere, Error::DuplicateDevice(_)),
-        "{elsewhere}"
-    );
-    // All or nothing: only the first reservation is there, and board-2 is still free.
-    let serials: Vec<String> = reg
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|c| c.serial_hex)
-        .collect();
-    assert_eq!(serials, ["01"]);
+    let elsewhere = other.reserve(&[reservation("07", DeviceId::New("board-1".into()))]);
+    assert_duplicate(elsewhere, "board-1");
+    // All or nothing: board-2 is still free, for any station; the tenant's counter too.
+    assert_eq!(serials(&reg), ["01"]);
     other
         .reserve(&[reservation("08", DeviceId::New("board-2".into()))])
         .unwrap();
+    assert_eq!(
+        other.reserve(&[reservation("09", DeviceId::Next)]).unwrap(),
+        ["acme-000001"]
+    );
+    assert_eq!(
+        reg.reserve(&[reservation("0a", DeviceId::Next)]).unwrap(),
+        ["acme-000002"]
+    );
     // A serial is never reserved twice, by any station: a database constraint.
     let again = other
         .reserve(&[reservation("01", DeviceId::Next)])
@@ -153,37 +101,22 @@ fn duplicates_are_refused_all_or_nothing(t: &PostgresTarget) {
     assert!(again.to_string().contains("certs_pkey"), "{again}");
 }
 
-fn activation_supersedes_and_revocation_takes_every_live_certificate(t: &PostgresTarget) {
+fn a_station_activates_its_own_and_any_station_revokes(t: &PostgresTarget) {
     let mut reg = open(t, "s1", "ca1");
     let id = reg.reserve(&[reservation("01", DeviceId::Next)]).unwrap()[0].clone();
     reg.activate(&[activation(&id, "01")]).unwrap();
-    let row = reg.cert("01").unwrap().unwrap();
-    assert_eq!(row.status, Status::Active);
-    assert_eq!(row.fingerprint_hex.as_deref(), Some("fp-01"));
-    assert_eq!(row.not_after, Some(2_000_000_000));
-    assert_eq!(reg.cert_der("01").unwrap(), Some(vec![0x30, 2]));
     reg.reserve(&[reservation("02", DeviceId::Existing(id.clone()))])
         .unwrap();
     reg.activate(&[activation(&id, "02")]).unwrap();
-    assert_eq!(statuses(&reg, &id), [Status::Superseded, Status::Active]);
-    assert!(reg.cert("01").unwrap().unwrap().superseded_at.is_some());
-    let err = reg.activate(&[activation(&id, "02")]).unwrap_err();
-    assert!(
-        matches!(err, Error::Conflict(Conflict::NotReserved { ref serial_hex }) if serial_hex == "02"),
-        "{err}"
-    );
     // A station activates only what it reserved.
     let mut other = open(t, "s2", "ca2");
     other
         .reserve(&[reservation("03", DeviceId::Existing(id.clone()))])
         .unwrap();
-    let err = reg.activate(&[activation(&id, "03")]).unwrap_err();
-    assert!(
-        matches!(err, Error::Conflict(Conflict::NotReserved { .. })),
-        "{err}"
-    );
+    assert_not_reserved(reg.activate(&[activation(&id, "03")]), "03");
     other.abort_reserved().unwrap();
 
+    // Station 2 revokes what station 1 made.
     let revoked = other.revoke_device(&id, "keyCompromise").unwrap();
     let serials: Vec<&str> = revoked.iter().map(|c| c.serial_hex.as_str()).collect();
     assert_eq!(serials, ["01", "02"]);
@@ -200,65 +133,25 @@ fn activation_supersedes_and_revocation_takes_every_live_certificate(t: &Postgre
         matches!(again, Error::Conflict(Conflict::NothingToRevoke { ref device_id }) if *device_id == id),
         "{again}"
     );
-    let unknown = reg.revoke_device("acme-000404", "unspecified").unwrap_err();
-    assert!(matches!(unknown, Error::UnknownDevice(_)), "{unknown}");
 }
 
-fn look_ups_and_expiry(t: &PostgresTarget) {
+fn expiry_is_per_issuing_ca_and_renewals_fleet_wide(t: &PostgresTarget) {
     let mut reg = open(t, "s1", "ca1");
-    let ids = reg
-        .reserve(&[
-            reservation("0a", DeviceId::New("zeta".into())),
-            reservation("0b", DeviceId::New("alpha".into())),
-        ])
+    let id = reg.reserve(&[reservation("01", DeviceId::Next)]).unwrap()[0].clone();
+    reg.activate(&[activation(&id, "01")]).unwrap();
+    reg.reserve(&[reservation("02", DeviceId::Existing(id.clone()))])
         .unwrap();
-    reg.activate(&[activation(&ids[0], "0a"), activation(&ids[1], "0b")])
-        .unwrap();
-    let all: Vec<String> = reg
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|c| c.device_id)
-        .collect();
-    assert_eq!(all, ["alpha", "zeta"], "by device id");
-    assert_eq!(reg.device("zeta").unwrap()[0].serial_hex, "0a");
-    assert!(reg.device("nobody").unwrap().is_empty());
-    assert_eq!(reg.cert("0b").unwrap().unwrap().device_id, "alpha");
-    assert_eq!(reg.cert("ff").unwrap(), None);
-    assert_eq!(reg.cert_der("ff").unwrap(), None);
-
-    reg.reserve(&[reservation("0c", DeviceId::Existing("zeta".into()))])
-        .unwrap();
-    reg.activate(&[activation("zeta", "0c")]).unwrap();
-    let superseded_at = reg.cert("0a").unwrap().unwrap().superseded_at.unwrap();
-    assert!(reg.expire_superseded(superseded_at - 1).unwrap().is_empty());
+    reg.activate(&[activation(&id, "02")]).unwrap();
+    let superseded_at = reg.cert("01").unwrap().unwrap().superseded_at.unwrap();
     // Another issuing CA's station leaves this CA's superseded certificates alone.
     let mut other = open(t, "s2", "ca2");
     assert!(other.expire_superseded(superseded_at).unwrap().is_empty());
+    assert_eq!(statuses(&reg, &id), [Status::Superseded, Status::Active]);
+    // Renewals are counted fleet-wide: another station sees them.
+    assert_eq!(other.renewals_since(&id, 0).unwrap().len(), 1);
     let expired = reg.expire_superseded(superseded_at).unwrap();
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].revocation_reason.as_deref(), Some("superseded"));
-    assert_eq!(statuses(&reg, "zeta"), [Status::Revoked, Status::Active]);
-}
-
-fn renewals_are_counted_per_device(t: &PostgresTarget) {
-    let mut reg = open(t, "s1", "ca1");
-    let id = reg.reserve(&[reservation("01", DeviceId::Next)]).unwrap()[0].clone();
-    let other = reg.reserve(&[reservation("02", DeviceId::Next)]).unwrap()[0].clone();
-    assert!(reg.renewals_since(&id, 0).unwrap().is_empty());
-    reg.reserve(&[
-        reservation("03", DeviceId::Existing(id.clone())),
-        reservation("04", DeviceId::Existing(id.clone())),
-        reservation("05", DeviceId::Existing(other.clone())),
-    ])
-    .unwrap();
-    drop(reg);
-    // Counted fleet-wide: another station sees them.
-    let reg = open(t, "s2", "ca2");
-    let at = reg.renewals_since(&id, 0).unwrap();
-    assert_eq!(at.len(), 2);
-    assert_eq!(reg.renewals_since(&other, 0).unwrap().len(), 1);
-    assert!(reg.renewals_since(&id, at[1] + 1).unwrap().is_empty());
+    assert_eq!(statuses(&reg, &id), [Status::Revoked, Status::Active]);
 }
 
 fn stations_reserving_at_once_never_share_an_id(t: &PostgresTarget) {

@@ -5,209 +5,15 @@
 
 mod common;
 
+#[path = "common/pg_fleet.rs"]
+mod pg_fleet;
+
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
-use common::pg::{self, PgServer};
+use common::pg;
 use common::{stderr, stdout};
-use fleet_provision::pki;
-
-/// Three station directories, their issuing CAs under one root, on database `db`.
-struct Fleet<'a> {
-    pg: &'a PgServer,
-    db: String,
-    url: String,
-    _dir: tempfile::TempDir,
-    stations: Vec<PathBuf>,
-    root_der: Vec<u8>,
-}
-
-impl<'a> Fleet<'a> {
-    fn new(pg: &'a PgServer, db: &str) -> Fleet<'a> {
-        let url = pg::database(pg, db);
-        let dir = tempfile::tempdir().unwrap();
-        let root = pki::new_root_ca("Acme").unwrap();
-        std::fs::write(dir.path().join("root.pem"), &root.cert_pem).unwrap();
-        let mut fleet = Fleet {
-            pg,
-            db: db.into(),
-            url,
-            stations: Vec::new(),
-            root_der: root.cert_der.clone(),
-            _dir: dir,
-        };
-        for n in 1..=3 {
-            let base = fleet._dir.path();
-            let issuing = pki::new_issuing_ca(&root, &format!("Acme Line {n}")).unwrap();
-            let cert = base.join(format!("issuing-{n}.pem"));
-            let key = base.join(format!("issuing-{n}.key"));
-            std::fs::write(&cert, &issuing.cert_pem).unwrap();
-            std::fs::write(&key, pki::key_to_pem(&issuing.key, None).unwrap()).unwrap();
-            let station = base.join(format!("station-{n}"));
-            let out = fleet.cli(
-                &station,
-                &[
-                    "ca",
-                    "import",
-                    "--cert",
-                    cert.to_str().unwrap(),
-                    "--key",
-                    key.to_str().unwrap(),
-                    "--root",
-                    base.join("root.pem").to_str().unwrap(),
-                    "--insecure-plaintext-keys",
-                ],
-            );
-            assert!(out.status.success(), "ca import {n}: {}", stderr(&out));
-            fleet.stations.push(station);
-        }
-        fleet
-    }
-
-    fn station(&self, n: usize) -> &Path {
-        &self.stations[n - 1]
-    }
-
-    /// `fleet-provision` on `dir` with the shared registry (URL and password from the
-    /// environment, as a factory line would set them).
-    fn command(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-provision"));
-        cmd.arg("--dir").arg(dir).args(args);
-        cmd.env_remove("FLEET_CA_PASSPHRASE")
-            .env("FLEET_REGISTRY", &self.url)
-            .env("PGPASSWORD", &self.pg.password);
-        cmd
-    }
-
-    fn cli(&self, dir: &Path, args: &[&str]) -> Output {
-        self.command(dir, args)
-            .output()
-            .expect("fleet-provision runs")
-    }
-
-    fn batch(&self, n: usize, count: u32) -> Child {
-        self.command(
-            self.station(n),
-            &[
-                "batch",
-                "--count",
-                &count.to_string(),
-                "--tenant",
-                "acme",
-                "--gateway-host",
-                "gw.test",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fleet-provision batch starts")
-    }
-
-    /// `devices` on station `n`: (device id, status, serial) per certificate.
-    fn devices(&self, n: usize) -> Vec<(String, String, String)> {
-        let out = self.cli(self.station(n), &["devices"]);
-        assert!(out.status.success(), "devices: {}", stderr(&out));
-        stdout(&out)
-            .lines()
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f[0].to_owned(), f[2].to_owned(), f[4].to_owned())
-            })
-            .collect()
-    }
-
-    fn station_name(&self, n: usize) -> String {
-        fleet_provision::station_name(self.station(n), false).unwrap()
-    }
-
-    /// (status, count) of station `n`'s certificates, straight from the database.
-    fn counts(&self, n: usize) -> HashMap<String, i64> {
-        let mut c = self.pg.client(&self.db).unwrap();
-        c.query(
-            "SELECT status, count(*) FROM certs WHERE station = $1 GROUP BY status",
-            &[&self.station_name(n)],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-    }
-
-    /// The serials station `n`'s CRL lists, after checking its signature by station `n`'s
-    /// issuing CA.
-    fn crl_serials(&self, n: usize) -> HashSet<String> {
-        let pem_text =
-            std::fs::read_to_string(self.station(n).join("crl/issuing.crl.pem")).unwrap();
-        let der = pem::parse(pem_text).unwrap().into_contents();
-        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
-        let issuing = self.issuing_der(n);
-        let (_, ca) = x509_parser::parse_x509_certificate(&issuing).unwrap();
-        crl.verify_signature(ca.public_key())
-            .expect("the CRL is signed by the station's issuing CA");
-        crl.iter_revoked_certificates()
-            .map(|r| hex::encode(r.raw_serial()))
-            .collect()
-    }
-
-    fn issuing_der(&self, n: usize) -> Vec<u8> {
-        let text = std::fs::read_to_string(self.station(n).join("ca/issuing.pem")).unwrap();
-        pem::parse(text).unwrap().into_contents()
-    }
-
-    /// Checks every device certificate station `n` wrote against its issuing CA and the
-    /// root; returns (device id, serial hex) of each.
-    fn verified_devices(&self, n: usize) -> Vec<(String, String)> {
-        let issuing_der = self.issuing_der(n);
-        let (_, issuing) = x509_parser::parse_x509_certificate(&issuing_der).unwrap();
-        let (_, root) = x509_parser::parse_x509_certificate(&self.root_der).unwrap();
-        issuing
-            .verify_signature(Some(root.public_key()))
-            .expect("the issuing CA chains to the root");
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(self.station(n).join("devices")).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "pem") {
-                continue;
-            }
-            let der = pem::parse(std::fs::read_to_string(&path).unwrap())
-                .unwrap()
-                .into_contents();
-            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-            cert.verify_signature(Some(issuing.public_key()))
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(cert.issuer(), issuing.subject(), "{}", path.display());
-            let cn = cert
-                .subject()
-                .iter_common_name()
-                .next()
-                .and_then(|c| c.as_str().ok())
-                .unwrap()
-                .to_owned();
-            assert_eq!(Some(cn.as_str()), path.file_stem().and_then(|s| s.to_str()));
-            out.push((cn, hex::encode(cert.raw_serial())));
-        }
-        out
-    }
-
-    fn audit_ok(&self, n: usize) {
-        let out = self.cli(self.station(n), &["audit", "verify"]);
-        assert!(
-            out.status.success() && stdout(&out).contains("audit log OK"),
-            "audit verify on station {n}: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
-    }
-}
-
-fn finish(child: Child, what: &str) -> Output {
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{what}: {}", stderr(&out));
-    out
-}
+use pg_fleet::{finish, wait_mid_batch, Fleet};
 
 #[test]
 fn three_stations_issue_at_once_and_a_revocation_reaches_the_signing_cas_crl() {
@@ -297,26 +103,6 @@ fn three_stations_issue_at_once_and_a_revocation_reaches_the_signing_cas_crl() {
     fleet.audit_ok(2);
 }
 
-/// Waits (at most 60 s) until station `n` has both delivered and reserved certificates.
-fn wait_mid_batch(fleet: &Fleet<'_>, n: usize, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the batch ended before it was killed"
-        );
-        let c = fleet.counts(n);
-        if c.get("active").is_some_and(|&a| a > 0) && c.get("reserved").is_some_and(|&r| r > 0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "station {n} never got mid-batch: {c:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn a_station_killed_mid_batch_aborts_only_its_own_reservations_on_restart() {
     let Some(pg) = pg::start() else { return };
@@ -344,26 +130,8 @@ fn a_station_killed_mid_batch_aborts_only_its_own_reservations_on_restart() {
         three.try_wait().unwrap().is_none(),
         "station 3 must still be issuing: raise its count"
     );
-    // (Earlier tries' leftovers were aborted when the next try opened the station.)
-    let aborted_before = fleet.counts(1).get("aborted").copied().unwrap_or(0);
-
-    // Restart station 1 (any command that opens it settles what the crash left).
-    let out = fleet.cli(fleet.station(1), &["crl"]);
-    assert!(out.status.success(), "crl: {}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!(
-            "{reserved_at_kill} undelivered certificate(s) aborted"
-        )),
-        "{}",
-        stderr(&out)
-    );
-    let one = fleet.counts(1);
-    assert_eq!(one.get("reserved"), None, "{one:?}");
-    assert_eq!(
-        one.get("aborted"),
-        Some(&(aborted_before + reserved_at_kill)),
-        "{one:?}"
-    );
+    // Restart station 1 (earlier tries' leftovers were aborted when the next try opened it).
+    fleet.recover(1, reserved_at_kill);
     // Station 3's reservations were left alone, and its batch completes.
     assert!(
         three.try_wait().unwrap().is_none(),

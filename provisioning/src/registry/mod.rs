@@ -16,8 +16,8 @@ mod target;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use postgres::{pg_err, Conn};
 pub use notify::{RevocationFeed, RevocationWatch};
+pub(crate) use postgres::{pg_err, Conn};
 pub use postgres::{PostgresRegistry, StationIdentity};
 pub use target::{PostgresTarget, RegistryLocation};
 
@@ -415,20 +415,7 @@ impl Registry for SqliteRegistry {
     }
 
     fn revoke_device(&mut self, device_id: &str, reason: &str) -> Result<Vec<CertRecord>, Error> {
-        let certs = self.device(device_id)?;
-        if certs.is_empty() {
-            return Err(Error::UnknownDevice(device_id.to_owned()));
-        }
-        let live: Vec<CertRecord> = certs
-            .into_iter()
-            .filter(|c| matches!(c.status, Status::Active | Status::Superseded))
-            .collect();
-        if live.is_empty() {
-            return Err(Conflict::NothingToRevoke {
-                device_id: device_id.to_owned(),
-            }
-            .into());
-        }
+        let live = live_to_revoke(device_id, self.device(device_id)?)?;
         let at = now();
         let path = self.path.clone();
         let err = db_err(&path);
@@ -440,15 +427,7 @@ impl Registry for SqliteRegistry {
         )
         .map_err(&err)?;
         tx.commit().map_err(&err)?;
-        Ok(live
-            .into_iter()
-            .map(|c| CertRecord {
-                status: Status::Revoked,
-                revoked_at: Some(at),
-                revocation_reason: Some(reason.to_owned()),
-                ..c
-            })
-            .collect())
+        Ok(mark_revoked(live, Status::Revoked, at, reason))
     }
 
     fn expire_superseded(&mut self, cutoff: i64) -> Result<Vec<CertRecord>, Error> {
@@ -468,15 +447,7 @@ impl Registry for SqliteRegistry {
                 params![cutoff, at],
             )
             .map_err(db_err(&self.path))?;
-        Ok(rows
-            .into_iter()
-            .map(|c| CertRecord {
-                status: Status::Revoked,
-                revoked_at: Some(at),
-                revocation_reason: Some("superseded".into()),
-                ..c
-            })
-            .collect())
+        Ok(mark_revoked(rows, Status::Revoked, at, "superseded"))
     }
 
     fn revoked(&self) -> Result<Vec<(String, i64, String)>, Error> {
@@ -536,6 +507,38 @@ impl Registry for SqliteRegistry {
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(db_err(&self.path))
     }
+}
+
+/// What revoking `device_id` takes, from all its certificates: the live ones (active and
+/// superseded). An unknown device, or one with nothing live, is an error (both registries).
+fn live_to_revoke(device_id: &str, certs: Vec<CertRecord>) -> Result<Vec<CertRecord>, Error> {
+    if certs.is_empty() {
+        return Err(Error::UnknownDevice(device_id.to_owned()));
+    }
+    let live: Vec<CertRecord> = certs
+        .into_iter()
+        .filter(|c| matches!(c.status, Status::Active | Status::Superseded))
+        .collect();
+    if live.is_empty() {
+        return Err(Conflict::NothingToRevoke {
+            device_id: device_id.to_owned(),
+        }
+        .into());
+    }
+    Ok(live)
+}
+
+/// Sets `status`, `revoked_at` and the reason of the selected rows; returns them as they
+/// are now.
+fn mark_revoked(rows: Vec<CertRecord>, status: Status, at: i64, reason: &str) -> Vec<CertRecord> {
+    rows.into_iter()
+        .map(|c| CertRecord {
+            status,
+            revoked_at: Some(at),
+            revocation_reason: Some(reason.to_owned()),
+            ..c
+        })
+        .collect()
 }
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {

@@ -18,8 +18,13 @@ use postgres::error::SqlState;
 use postgres::{Client, GenericClient, Row, Transaction};
 
 use super::target::PostgresTarget;
-use super::{now, Activation, CertRecord, DeviceId, Registry, Reservation, Status, COLUMNS};
-use crate::error::{Busy, Conflict, Error};
+use super::{
+    live_to_revoke, mark_revoked, now, Activation, CertRecord, Registry, Reservation, Status,
+    COLUMNS,
+};
+use crate::error::{Busy, Error};
+
+mod bulk;
 
 /// The schema, in order: (version, name, SQL). Applied at open, each once, under a lock.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -253,19 +258,6 @@ fn row_to_record(r: &Row) -> CertRecord {
     }
 }
 
-/// Claims `id` for a new device of `tenant`; false when it is taken (by any station, also
-/// one whose claim commits while this one waits).
-fn claim(tx: &mut Transaction<'_>, ctx: &Ctx<'_>, id: &str, tenant: &str) -> Result<bool, Error> {
-    let n = tx
-        .execute(
-            "INSERT INTO devices (device_id, tenant, station, created_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (device_id) DO NOTHING",
-            &[&id, &tenant, &ctx.me.station, &now()],
-        )
-        .map_err(pg_err(ctx.at))?;
-    Ok(n == 1)
-}
-
 /// Locks the tenant's counter row until the transaction ends and returns its next number.
 fn lock_counter(tx: &mut Transaction<'_>, ctx: &Ctx<'_>, tenant: &str) -> Result<i64, Error> {
     let row = tx
@@ -276,155 +268,6 @@ fn lock_counter(tx: &mut Transaction<'_>, ctx: &Ctx<'_>, tenant: &str) -> Result
         )
         .map_err(pg_err(ctx.at))?;
     Ok(row.get(0))
-}
-
-/// Claims the tenant's next free id from `next` on (skipping ids given explicitly);
-/// returns it and the counter's new value.
-fn claim_next(
-    tx: &mut Transaction<'_>,
-    ctx: &Ctx<'_>,
-    tenant: &str,
-    mut next: i64,
-) -> Result<(String, i64), Error> {
-    for _ in 0..MAX_SKIP {
-        let id = format!("{tenant}-{next:06}");
-        next += 1;
-        if claim(tx, ctx, &id, tenant)? {
-            return Ok((id, next));
-        }
-    }
-    Err(Error::InvalidInput {
-        field: "tenant",
-        message: format!(
-            "{tenant}: the {MAX_SKIP} ids after number {} are all taken",
-            next - MAX_SKIP as i64
-        ),
-    })
-}
-
-fn device_exists(tx: &mut Transaction<'_>, ctx: &Ctx<'_>, id: &str) -> Result<bool, Error> {
-    let row = tx
-        .query_opt("SELECT 1 FROM devices WHERE device_id = $1", &[&id])
-        .map_err(pg_err(ctx.at))?;
-    Ok(row.is_some())
-}
-
-fn reserve_in(
-    tx: &mut Transaction<'_>,
-    ctx: &Ctx<'_>,
-    items: &[Reservation],
-) -> Result<Vec<String>, Error> {
-    let err = pg_err(ctx.at);
-    let created = now();
-    let mut ids = Vec::with_capacity(items.len());
-    // Each tenant's counter: locked at its first use, written back at the end.
-    let mut counters: Vec<(String, i64)> = Vec::new();
-    for item in items {
-        let id = match &item.device {
-            DeviceId::Next => {
-                let at = match counters.iter().position(|(t, _)| *t == item.tenant) {
-                    Some(i) => i,
-                    None => {
-                        let next = lock_counter(tx, ctx, &item.tenant)?;
-                        counters.push((item.tenant.clone(), next));
-                        counters.len() - 1
-                    }
-                };
-                let (id, next) = claim_next(tx, ctx, &item.tenant, counters[at].1)?;
-                counters[at].1 = next;
-                id
-            }
-            DeviceId::New(id) => {
-                if !claim(tx, ctx, id, &item.tenant)? {
-                    return Err(Error::DuplicateDevice(id.clone()));
-                }
-                id.clone()
-            }
-            DeviceId::Existing(id) => {
-                if !device_exists(tx, ctx, id)? {
-                    return Err(Error::UnknownDevice(id.clone()));
-                }
-                // Counted for the renewal rate in the same transaction as the reservation.
-                tx.execute(
-                    "INSERT INTO renewals (serial, device_id, at) VALUES ($1, $2, $3)",
-                    &[&item.serial_hex, id, &created],
-                )
-                .map_err(&err)?;
-                id.clone()
-            }
-        };
-        tx.execute(
-            "INSERT INTO certs (serial, issuer, station, device_id, tenant, status, batch, created_at)
-             VALUES ($1, $2, $3, $4, $5, 'reserved', $6, $7)",
-            &[
-                &item.serial_hex,
-                &ctx.me.issuer,
-                &ctx.me.station,
-                &id,
-                &item.tenant,
-                &item.batch,
-                &created,
-            ],
-        )
-        .map_err(&err)?;
-        ids.push(id);
-    }
-    for (tenant, next) in &counters {
-        tx.execute(
-            "UPDATE counters SET next = $2 WHERE tenant = $1",
-            &[tenant, next],
-        )
-        .map_err(&err)?;
-    }
-    Ok(ids)
-}
-
-fn activate_in(tx: &mut Transaction<'_>, ctx: &Ctx<'_>, items: &[Activation]) -> Result<(), Error> {
-    let err = pg_err(ctx.at);
-    let at = now();
-    for a in items {
-        tx.execute(
-            "UPDATE certs SET status = 'superseded', superseded_at = $2
-             WHERE device_id = $1 AND status = 'active'",
-            &[&a.device_id, &at],
-        )
-        .map_err(&err)?;
-        let changed = tx
-            .execute(
-                "UPDATE certs SET status = 'active', fingerprint = $2, not_after = $3,
-                     cert_der = $4
-                 WHERE serial = $1 AND device_id = $5 AND station = $6 AND status = 'reserved'",
-                &[
-                    &a.serial_hex,
-                    &a.fingerprint_hex,
-                    &a.not_after,
-                    &a.cert_der,
-                    &a.device_id,
-                    &ctx.me.station,
-                ],
-            )
-            .map_err(&err)?;
-        if changed != 1 {
-            return Err(Conflict::NotReserved {
-                serial_hex: a.serial_hex.clone(),
-            }
-            .into());
-        }
-    }
-    Ok(())
-}
-
-/// Sets `status`, `revoked_at` and the reason of the selected rows; returns them as they
-/// are now.
-fn mark_revoked(rows: Vec<CertRecord>, status: Status, at: i64, reason: &str) -> Vec<CertRecord> {
-    rows.into_iter()
-        .map(|c| CertRecord {
-            status,
-            revoked_at: Some(at),
-            revocation_reason: Some(reason.to_owned()),
-            ..c
-        })
-        .collect()
 }
 
 impl Registry for PostgresRegistry {
@@ -452,11 +295,11 @@ impl Registry for PostgresRegistry {
     }
 
     fn reserve(&mut self, items: &[Reservation]) -> Result<Vec<String>, Error> {
-        self.with_tx(|tx, ctx| reserve_in(tx, ctx, items))
+        self.with_tx(|tx, ctx| bulk::reserve_in(tx, ctx, items))
     }
 
     fn activate(&mut self, items: &[Activation]) -> Result<(), Error> {
-        self.with_tx(|tx, ctx| activate_in(tx, ctx, items))
+        self.with_tx(|tx, ctx| bulk::activate_in(tx, ctx, items))
     }
 
     fn abort_reserved(&mut self) -> Result<Vec<CertRecord>, Error> {
@@ -522,19 +365,7 @@ impl Registry for PostgresRegistry {
                 "WHERE device_id = $1 ORDER BY created_at, seq FOR UPDATE",
                 &[&device_id],
             )?;
-            if certs.is_empty() {
-                return Err(Error::UnknownDevice(device_id.to_owned()));
-            }
-            let live: Vec<CertRecord> = certs
-                .into_iter()
-                .filter(|c| matches!(c.status, Status::Active | Status::Superseded))
-                .collect();
-            if live.is_empty() {
-                return Err(Conflict::NothingToRevoke {
-                    device_id: device_id.to_owned(),
-                }
-                .into());
-            }
+            let live = live_to_revoke(device_id, certs)?;
             let at = now();
             tx.execute(
                 "UPDATE certs SET status = 'revoked', revoked_at = $2, revocation_reason = $3

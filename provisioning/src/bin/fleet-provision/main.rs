@@ -56,12 +56,9 @@ enum Command {
     Sign(SignArgs),
     /// Run the station's HTTPS API (mTLS): issue, look up, revoke, renew, CRL.
     Serve(ServeArgs),
-    /// Measure issuance throughput (both flows) in a scratch station; prints JSON.
-    Bench {
-        /// Devices per flow.
-        #[arg(long, default_value_t = 10000)]
-        devices: u32,
-    },
+    /// Measure issuance throughput (both flows) in a scratch station, its registry where
+    /// --registry says (SQLite in the scratch directory by default); prints JSON.
+    Bench(BenchArgs),
     /// Issue a backend service certificate (subject OU=service).
     ServiceCert {
         #[arg(long)]
@@ -141,6 +138,21 @@ struct BatchArgs {
     /// Where the bundles go (default: DIR/devices).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Devices per flow.
+    #[arg(long, default_value_t = 10000)]
+    devices: u32,
+    /// A station directory whose root CA (unencrypted key) signs the scratch station's
+    /// issuing CA, as for several stations under one root.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Before each timed flow print `ready <flow>` and wait for a line on stdin (several
+    /// stations started together).
+    #[arg(long)]
+    sync: bool,
 }
 
 #[derive(Args)]
@@ -351,7 +363,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Batch(args) => batch(&ctx, args),
         Command::Sign(args) => sign(&ctx, args),
         Command::Serve(args) => serve_api(&ctx, args),
-        Command::Bench { devices } => bench(devices),
+        Command::Bench(args) => bench(&ctx, args),
         Command::ServiceCert { name, tenant } => service_cert(&ctx, &name, &tenant),
         Command::GatewayClientCert { name } => gateway_client_cert(&ctx, &name),
         Command::OperatorCert { name } => operator_cert(&ctx, &name),
@@ -549,9 +561,19 @@ fn serve_api(ctx: &Context, args: ServeArgs) -> Result<(), Error> {
 }
 
 /// `bench`
-fn bench(devices: u32) -> Result<(), Error> {
-    let bar = progress_bar(u64::from(devices), "{msg}");
-    let report = fleet_provision::bench::run(devices, &mut |phase, done, _| {
+fn bench(ctx: &Context, args: BenchArgs) -> Result<(), Error> {
+    let opts = fleet_provision::bench::Options {
+        devices: args.devices,
+        registry: ctx.registry.clone(),
+        root: args.root,
+        sync: args.sync,
+    };
+    let bar = if args.sync {
+        indicatif::ProgressBar::hidden()
+    } else {
+        progress_bar(u64::from(args.devices), "{msg}")
+    };
+    let report = fleet_provision::bench::run(&opts, &mut |phase, done, _| {
         bar.set_message(phase.to_owned());
         bar.set_position(done);
     })?;
