@@ -588,7 +588,13 @@ async fn a_message_published_on_a_right_after_the_suback_on_b_is_delivered() {
         let topic = format!("sa/{i}");
         sub.subscribe_ok(i + 1, &[Sub::new(&topic, 1)]).await;
         device.publish(&Msg::new(&topic, "first", 1, i + 1)).await;
-        let got = sub.receive("the first message after the SUBACK").await;
+        let got = tokio::select! {
+            m = sub.receive("the first message after the SUBACK") => m,
+            _ = tokio::time::sleep(Duration::from_secs(4)) => panic!(
+                "{topic}: the first message after the SUBACK did not reach B within 4 s\n{}",
+                gws.logs()
+            ),
+        };
         got.check(&Msg::new(&topic, "first", 1, 0), "at B");
     }
 }

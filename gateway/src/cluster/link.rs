@@ -42,7 +42,7 @@ pub const FLEET_ID: &str = "Fleet-Id";
 const RECENT_IDS: usize = 16_384;
 /// How long a QoS 1/2 publish JetStream did not store is retried before it is refused.
 const HOLD: Duration = Duration::from_secs(5);
-/// How long a flush of new subscriptions may take before SUBACKs go out anyway.
+/// How long the round trip after new subscriptions may take before SUBACKs go out anyway.
 const FLUSH_WITHIN: Duration = Duration::from_secs(1);
 /// How long one try waits for JetStream's acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -363,12 +363,22 @@ impl Link {
             }
             if changes.is_empty() {
                 if self.status.ready().is_ok() {
-                    // A PING/PONG round trip: the server has every SUB sent before it.
-                    let _ = tokio::time::timeout(FLUSH_WITHIN, self.client.flush()).await;
+                    let _ = tokio::time::timeout(FLUSH_WITHIN, self.round_trip()).await;
                 }
                 done.send_replace(applied);
             }
         }
+    }
+
+    /// A round trip through the NATS server on this connection: when it returns, the server
+    /// has processed every SUB this client sent before it. (async-nats' `flush` only writes
+    /// the socket: a SUBACK sent after it alone raced a publish from another gateway, which
+    /// the server could route before reading this SUB.) A request to a subject nobody
+    /// subscribes to is answered by the server itself ("no responders") after it processed
+    /// everything before it on this connection.
+    async fn round_trip(&self) {
+        let subject = format!("_FLEET_SYNC.{}", subject::token(&self.ids));
+        let _ = self.client.request(subject, Bytes::new()).await;
     }
 
     fn held_filters(&self) -> std::sync::MutexGuard<'_, HashSet<Box<str>>> {

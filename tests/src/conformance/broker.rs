@@ -291,7 +291,11 @@ fn spawn_gateway(
     let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "info")
+        // FLEET_GW_LOG (e.g. `fleet_gateway=debug,async_nats=debug`) for a closer look.
+        .env(
+            "RUST_LOG",
+            std::env::var("FLEET_GW_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
