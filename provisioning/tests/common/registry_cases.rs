@@ -223,11 +223,7 @@ pub fn a_group_activating_one_device_twice_keeps_the_later_certificate(b: &impl 
 
 pub fn revocation_takes_every_live_certificate_of_a_device_once(b: &impl Backend) {
     let mut reg = b.open();
-    let id = reg.reserve(&[reservation("01", DeviceId::Next)]).unwrap()[0].clone();
-    reg.activate(&[activation(&id, "01")]).unwrap();
-    reg.reserve(&[reservation("02", DeviceId::Existing(id.clone()))])
-        .unwrap();
-    reg.activate(&[activation(&id, "02")]).unwrap();
+    let id = renewed_device(&mut reg);
 
     let revoked = reg.revoke_device(&id, "keyCompromise").unwrap();
     let serials: Vec<&str> = revoked.iter().map(|c| c.serial_hex.as_str()).collect();
@@ -305,11 +301,7 @@ pub fn reservations_a_crash_left_are_aborted_and_listed_for_the_crl(b: &impl Bac
 
 pub fn superseded_certificates_expire_after_the_cutoff_only(b: &impl Backend) {
     let mut reg = b.open();
-    let id = reg.reserve(&[reservation("01", DeviceId::Next)]).unwrap()[0].clone();
-    reg.activate(&[activation(&id, "01")]).unwrap();
-    reg.reserve(&[reservation("02", DeviceId::Existing(id.clone()))])
-        .unwrap();
-    reg.activate(&[activation(&id, "02")]).unwrap();
+    let id = renewed_device(&mut reg);
     let superseded_at = reg.cert("01").unwrap().unwrap().superseded_at.unwrap();
     assert!(reg.expire_superseded(superseded_at - 1).unwrap().is_empty());
     let expired = reg.expire_superseded(superseded_at).unwrap();
@@ -348,4 +340,14 @@ pub fn renewals_are_counted_per_device_and_survive_a_reopen(b: &impl Backend) {
     assert_eq!(at.len(), 2);
     assert_eq!(reg.renewals_since(&other, 0).unwrap().len(), 1);
     assert!(reg.renewals_since(&id, at[1] + 1).unwrap().is_empty());
+}
+
+/// A new device with serial 01, renewed once: 01 superseded by 02, both issued.
+fn renewed_device(reg: &mut impl Registry) -> String {
+    let id = reg.reserve(&[reservation("01", DeviceId::Next)]).unwrap()[0].clone();
+    reg.activate(&[activation(&id, "01")]).unwrap();
+    reg.reserve(&[reservation("02", DeviceId::Existing(id.clone()))])
+        .unwrap();
+    reg.activate(&[activation(&id, "02")]).unwrap();
+    id
 }
