@@ -1,5 +1,5 @@
 //! Three stations on one PostgreSQL registry, through the real `fleet-provision` binary:
-//! each with its own issuing CA under one root (`ca import`), batches issued at once, a
+//! each with its own issuing CA under one root (`ca import`), batches and CSRs issued at once, a
 //! station killed (SIGKILL) mid-batch and restarted, and a fleet-wide revocation reaching
 //! the CRL of the CA that signed the device. The server is the test's own (see common/pg).
 
@@ -216,4 +216,70 @@ fn registry_errors_name_the_database_and_never_show_the_password() {
     let out = common::cli(dir.path(), &["--registry-ca-file", "db-ca.pem", "devices"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("need --registry"), "{}", stderr(&out));
+}
+
+/// Issue 18: "three stations on one PostgreSQL issuing concurrently (CSR flow …)": each
+/// station signs devices' CSRs (`sign --csr …`) at the same time as the others. Every
+/// device gets one id and one serial fleet-wide, its certificate chains to its own
+/// station's CA, and it carries the key of the CSR it was made from.
+#[test]
+fn three_stations_sign_csrs_at_once_without_sharing_an_id_or_serial() {
+    let Some(pg) = pg::start() else { return };
+    let fleet = Fleet::new(&pg, "csrs");
+    let requests = tempfile::tempdir().unwrap();
+    let mut keys = HashSet::new();
+    let mut children = Vec::new();
+    for n in 1..=3 {
+        let mut paths = Vec::new();
+        for i in 0..40 {
+            let (key, csr) = common::api::new_csr_pem();
+            keys.insert(key.public_key_raw().to_vec());
+            let path = requests.path().join(format!("station-{n}-{i}.csr"));
+            std::fs::write(&path, csr).unwrap();
+            paths.push(path);
+        }
+        let mut args = vec!["sign".to_owned(), "--tenant".into(), "acme".into()];
+        for p in &paths {
+            args.extend(["--csr".to_owned(), p.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        children.push(
+            fleet
+                .command(fleet.station(n), &args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("fleet-provision sign starts"),
+        );
+    }
+    for (n, child) in children.into_iter().enumerate() {
+        finish(child, &format!("sign on station {}", n + 1));
+    }
+
+    let listed = fleet.devices(1);
+    assert_eq!(listed.len(), 120, "{listed:?}");
+    assert!(listed.iter().all(|(_, status, _)| status == "active"));
+    let ids: HashSet<&str> = listed.iter().map(|d| d.0.as_str()).collect();
+    let serials: HashSet<&str> = listed.iter().map(|d| d.2.as_str()).collect();
+    assert_eq!(
+        (ids.len(), serials.len()),
+        (120, 120),
+        "an id or serial twice"
+    );
+    let mut signed_keys = HashSet::new();
+    for n in 1..=3 {
+        let made = fleet.verified_devices(n);
+        assert_eq!(made.len(), 40, "station {n}");
+        for entry in std::fs::read_dir(fleet.station(n).join("devices")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "pem") {
+                let der = pem::parse(std::fs::read_to_string(&path).unwrap())
+                    .unwrap()
+                    .into_contents();
+                let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+                signed_keys.insert(cert.public_key().subject_public_key.data.to_vec());
+            }
+        }
+    }
+    assert_eq!(signed_keys, keys, "each certificate carries its CSR's key");
 }
